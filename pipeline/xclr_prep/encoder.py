@@ -1,0 +1,60 @@
+"""The caption encoder: one sentence-transformers model, loaded once, encoding many parts.
+
+``encode(texts)`` returns float32 rows normalised to unit L2 norm: e_i = f(t_i) / ||f(t_i)||_2. The whole list
+goes to one ``SentenceTransformer.encode`` call, which orders it by length before cutting batches, so each batch
+pads to similar lengths (length-sorted batching); results come back in input order. On CUDA the model runs in
+fp16 and the rows are normalised again in float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+
+from xclr_prep.errors import PrepError
+
+transformers.logging.set_verbosity_error()  # the "sequence longer than max" warning: scan counts those itself
+transformers.logging.disable_progress_bar()  # a "Loading weights" bar per actor
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's state dict (names and raw tensor bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class Encoder:
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 256) -> None:
+        try:
+            st = SentenceTransformer(model, device=device, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - any load failure becomes one line for the user
+            raise PrepError(f"cannot load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        self.weights_sha256 = weights_sha256(st)
+        if device.startswith("cuda"):
+            st.half()
+        self.model = st
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = int(st.get_embedding_dimension())
+        self.max_seq_length = int(st.max_seq_length)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token count of each text, special tokens included, before truncation."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.model.tokenizer(texts, truncation=False)["input_ids"]]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, unit-norm rows, in input order."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        emb = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+        emb = emb.astype(np.float32, copy=False)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

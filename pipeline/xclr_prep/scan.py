@@ -1,0 +1,187 @@
+"""Scan: the first pass over one input file. Validates rows, normalises captions, writes scan parts.
+
+Output under ``OUT/scan/`` (intermediate; deleted once the embed directory is complete):
+
+    fNNNNN-CCCC.parquet   SCAN_SCHEMA, at most `part_size` valid rows of input file NNNNN, in input order
+    fNNNNN.json           done marker, written last: parts, rows read, skips by reason, truncations
+
+Skip reasons (a skipped row is counted, never written): key_missing, key_not_utf8, key_has_dot, key_has_slash,
+caption_missing, caption_not_utf8, caption_empty, caption_too_long (only with ``too_long="skip"``),
+label_invalid, json_invalid, line_invalid, line_not_utf8. A file that cannot be read to its end (unreadable,
+truncated) is skipped whole: its marker records the error and no parts, so no row of it is half-used.
+
+A caption is too long when its token count (special tokens included) exceeds the model's max_seq_length; with
+``too_long="truncate"`` it is kept, the model truncates it, and it is counted as truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xclr_prep.captions import digest, normalise
+from xclr_prep.corpus import CorpusSpec, InputFile, RawRow, read_rows
+from xclr_prep.fsutil import write_atomic, write_json_atomic
+
+SCAN_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption", pa.string()),
+        ("caption_digest", pa.binary(16)),
+        ("key_digest", pa.binary(16)),
+        ("image_source", pa.string()),
+        ("image_member", pa.string()),
+        ("image_row", pa.int64()),
+        ("label", pa.int64()),
+    ]
+)
+TOO_LONG_POLICIES = ("truncate", "skip")
+_READ_ERRORS = (OSError, EOFError, tarfile.TarError, ValueError, pa.ArrowException)
+
+
+def scan_marker(out: Path, file_index: int) -> Path:
+    return out / "scan" / f"f{file_index:05d}.json"
+
+
+def _label_index(value: object, classnames: tuple[str, ...] | None) -> int | None:
+    """Class index of a raw label (an index, or a class name when classnames are given), None if invalid."""
+    if isinstance(value, str) and classnames is not None and value in classnames:
+        return classnames.index(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value if classnames is None or value < len(classnames) else None
+
+
+def validate(raw: RawRow, spec: CorpusSpec) -> tuple[str | None, tuple[str, str, int] | None]:
+    """(skip reason, None) for a bad row, else (None, (key, normalised caption, label or -1))."""
+    if raw.error:
+        return raw.error, None
+    key = raw.key
+    if isinstance(key, bytes):
+        try:
+            key = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return "key_not_utf8", None
+    if key is None or not str(key).strip():
+        return "key_missing", None
+    key = str(key)
+    if "." in key:
+        return "key_has_dot", None
+    if "/" in key:
+        return "key_has_slash", None
+    label = -1
+    if spec.label_col:
+        index = _label_index(raw.label, spec.classnames)
+        if index is None and (spec.class_label_mode or raw.label is not None):
+            return "label_invalid", None
+        label = -1 if index is None else index
+    if spec.class_label_mode:
+        caption = spec.template.format(spec.classnames[label])
+    else:
+        caption = raw.caption
+        if caption is None:
+            return "caption_missing", None
+        if isinstance(caption, bytes):
+            try:
+                caption = caption.decode("utf-8")
+            except UnicodeDecodeError:
+                return "caption_not_utf8", None
+    caption = normalise(str(caption))
+    if not caption:
+        return "caption_empty", None
+    return None, (key, caption, label)
+
+
+def scan_file(
+    file_index: int,
+    file: InputFile,
+    spec: CorpusSpec,
+    out: Path,
+    part_size: int,
+    count_tokens: Callable[[list[str]], list[int]],
+    max_tokens: int,
+    too_long: str,
+) -> dict:
+    """Scan input file `file_index` into parts under ``out/scan`` and write its done marker; return the marker.
+
+    `count_tokens` returns each text's token count, special tokens included. Only captions whose character
+    count could exceed `max_tokens` are tokenised (a token covers at least one character).
+    """
+    skipped: Counter[str] = Counter()
+    parts: list[dict] = []
+    rows_in = truncated = 0
+    buffer: list[tuple[RawRow, tuple[str, str, int]]] = []
+
+    def flush() -> None:
+        nonlocal buffer, truncated
+        long = [i for i, (_, (_, caption, _)) in enumerate(buffer) if len(caption) + 2 > max_tokens]
+        over = {i for i, n in zip(long, count_tokens([buffer[i][1][1] for i in long])) if n > max_tokens}
+        if too_long == "skip":
+            skipped["caption_too_long"] += len(over)
+            buffer = [row for i, row in enumerate(buffer) if i not in over]
+        else:
+            truncated += len(over)
+        if buffer:
+            name = f"f{file_index:05d}-{len(parts):04d}.parquet"
+            table = pa.table(
+                {
+                    "key": [k for _, (k, _, _) in buffer],
+                    "caption": [c for _, (_, c, _) in buffer],
+                    "caption_digest": [digest(c) for _, (_, c, _) in buffer],
+                    "key_digest": [digest(k) for _, (k, _, _) in buffer],
+                    "image_source": [r.image_source for r, _ in buffer],
+                    "image_member": [r.image_member for r, _ in buffer],
+                    "image_row": [r.image_row for r, _ in buffer],
+                    "label": [lab for _, (_, _, lab) in buffer],
+                },
+                schema=SCAN_SCHEMA,
+            )
+            write_atomic(out / "scan" / name, lambda p: pq.write_table(table, p))
+            parts.append({"name": name, "rows": table.num_rows})
+        buffer = []
+
+    file_error = None
+    try:
+        for raw in read_rows(file, spec):
+            rows_in += 1
+            reason, row = validate(raw, spec)
+            if reason:
+                skipped[reason] += 1
+                continue
+            buffer.append((raw, row))
+            if len(buffer) >= part_size:
+                flush()
+        flush()
+    except _READ_ERRORS as e:
+        file_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        for part in parts:
+            (out / "scan" / part["name"]).unlink(missing_ok=True)
+        parts, rows_in, truncated, skipped = [], 0, 0, Counter()
+    marker = {
+        "file_index": file_index,
+        "path": file.path,
+        "format": file.format,
+        "parts": parts,
+        "rows_in": rows_in,
+        "skipped": dict(sorted(skipped.items())),
+        "truncated": truncated,
+        "file_error": file_error,
+    }
+    write_json_atomic(scan_marker(out, file_index), marker)
+    return marker
+
+
+def read_scan_marker(out: Path, file_index: int) -> dict | None:
+    """The done marker of input file `file_index`, or None when it has not been scanned to the end."""
+    path = scan_marker(out, file_index)
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv at the repository root and installs xclr into it with everything it needs:
+# the Debian data sets of shared/DESIGN.md section 8 (WordNet, tuxpaint stamps, Fashion-MNIST),
+# torch/torchvision from this machine's disk, then the project and its pinned dependencies.
+# Idempotent: a second call only re-installs when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -d /usr/share/wordnet ] || need+=(wordnet-base)
+[ -d /usr/share/tuxpaint/stamps ] || need+=(tuxpaint-stamps-default)
+[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+if [ ${#need[@]} -gt 0 ]; then
+  as_root=""; [ "$(id -u)" = 0 ] || as_root=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $as_root apt-get install -y -q "${need[@]}" >/dev/null \
+    || { $as_root apt-get update -q >/dev/null && $as_root apt-get install -y -q "${need[@]}" >/dev/null; }
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=.venv/.xclr-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+  pip install --upgrade pip
+  pip install torch==2.14.1 torchvision==0.29.1   # from this machine's disk; see README
+  pip install -e ".[test]"
+  echo "$want" > "$stamp"
+fi

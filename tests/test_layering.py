@@ -1,0 +1,33 @@
+"""The dependency rule of shared/DESIGN.md section 2: xclr_prep -> xclr_schemas <- xclr_train."""
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ["ray", "faiss", "sentence_transformers", "torch", "xclr_prep", "xclr_train"]
+
+
+def imported_after(code: str) -> set[str]:
+    probe = f"import sys; {code}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_schemas_import_only_numpy_and_pyarrow():
+    mods = imported_after("import xclr_schemas; xclr_schemas.load_embed_dir")
+    assert not mods & set(HEAVY), mods & set(HEAVY)
+    assert {"numpy", "pyarrow"} <= mods
+
+
+@pytest.mark.parametrize("module", ["xclr_train", "xclr_train.cli", "xclr_train.eval_cli"])
+def test_trainer_needs_no_prep_stack(module):
+    mods = imported_after(f"import {module}")
+    assert not mods & {"ray", "faiss", "sentence_transformers", "xclr_prep"}
+
+
+def test_prep_driver_does_not_load_the_model_stack():
+    """The driver process orchestrates; only the actors import torch and sentence-transformers."""
+    mods = imported_after("import xclr_prep.cli, xclr_prep.embed_stage")
+    assert "ray" in mods
+    assert not mods & {"torch", "sentence_transformers", "xclr_train"}
