@@ -1,0 +1,168 @@
+"""`xclr-prep embed` end to end: real local Ray, real model, real files; real corpora where installed."""
+
+import gzip
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from conftest import cosine_rows, run_prep
+from sentence_transformers import SentenceTransformer
+from xclr_schemas import load_embed_dir
+
+from xclr_prep.captions import normalise
+from xclr_prep.sample_corpora import tuxpaint_stamps, write_tuxpaint_tars
+
+FAST = ["--no-progress", "--batch-size", "64"]
+
+
+def last_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[-1]
+
+
+def test_wordnet_corpus_in_three_formats(tmp_path, wordnet, model_path):
+    """Embeddings equal a direct encode; dedup and duplicate keys are exact; the reader contract holds."""
+    rows = wordnet.slice(0, 1200).to_pylist()
+    # 60 repeated captions under new keys (some with other whitespace), 10 repeated keys
+    rows += [{"key": f"again{i}", "caption": " " + r["caption"] + "\n"} for i, r in enumerate(rows[:60])]
+    rows += [{"key": r["key"], "caption": "a caption under a key already used"} for r in rows[100:110]]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:500]), corpus / "a.parquet")
+    pacsv.write_csv(pa.Table.from_pylist(rows[500:900]), corpus / "b.csv")
+    (corpus / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[900:]))
+
+    out = tmp_path / "out"
+    run_prep("embed", corpus, "--out", out, "--part-size", "256", "--dtype", "float32", *FAST)
+    d = load_embed_dir(out)
+
+    kept = rows[:-10]
+    unique = list(dict.fromkeys(normalise(r["caption"]) for r in kept))
+    counts = d.manifest["counts"]
+    assert counts["input_rows"] == len(rows) and counts["kept"] == len(kept)
+    assert counts["skipped"] == {"duplicate_key": 10} and counts["unique_captions"] == len(unique)
+    assert d.captions == unique
+    assert d.caption_ids.tolist() == list(range(len(unique)))
+    assert d.embeddings.shape == (len(unique), 384) and d.embeddings.flags.c_contiguous
+    assert d.samples.column("key").to_pylist() == [r["key"] for r in kept]
+    assert [d.captions[i] for i in d.samples.column("caption_id").to_pylist()] == [normalise(r["caption"])
+                                                                                 for r in kept]
+    direct = SentenceTransformer(model_path, device="cpu").encode(unique)
+    assert cosine_rows(d.embeddings, direct).min() >= 0.999
+
+    again = run_prep("embed", corpus, "--out", out, "--part-size", "256", "--dtype", "float32", *FAST)
+    assert "already complete" in again.stdout
+    other = run_prep("embed", corpus, "--out", out, "--dtype", "float16", *FAST, check=False)
+    assert other.returncode == 2 and "other inputs or options" in last_line(other)
+
+
+def write_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_bad_input_is_skipped_and_counted(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = [{"key": f"g{i}", "caption": f"a photo of thing number {i}"} for i in range(30)]
+    pq.write_table(pa.Table.from_pylist(good), corpus / "a.parquet")
+    bad = [{"key": "b1", "caption": ""}, {"key": "b2", "caption": "   "}, {"key": "b.3", "caption": "dot"},
+           {"key": "g0", "caption": "duplicate of a key in a.parquet"},
+           {"key": "b4", "caption": " ".join(["long"] * 400)}, {"key": "b5", "caption": "fine"}]
+    body = "".join(json.dumps(r) + "\n" for r in bad).encode() + b'{"key": "b6", "caption": "\xff"}\n'
+    (corpus / "b.jsonl").write_bytes(body)
+    write_tar(corpus / "c.tar", [(f"t{i}.txt", f"tar caption {i}".encode()) for i in range(100)])
+    data = (corpus / "c.tar").read_bytes()
+    (corpus / "c.tar").write_bytes(data[: len(data) // 2])  # truncated
+    (corpus / "d.parquet").write_bytes(b"not a parquet file")
+
+    out = tmp_path / "out"
+    proc = run_prep("embed", corpus, "--out", out, *FAST)
+    m = load_embed_dir(out).manifest
+    c = m["counts"]
+    assert c["skipped"] == {"caption_empty": 2, "key_has_dot": 1, "duplicate_key": 1, "line_not_utf8": 1}
+    assert c["kept"] == 32 and c["truncated"] == 1
+    assert c["input_rows"] == c["kept"] + c["skipped_total"] == 37
+    assert c["files_skipped"] == 2
+    assert sorted(f["path"].rsplit("/", 1)[1] for f in m["skipped_files"]) == ["c.tar", "d.parquet"]
+    assert "2 files unreadable" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--caption-col", "text"], "has no column 'text'"),
+        (["--model", "/nonexistent/model"], "model path does not exist: /nonexistent/model"),
+        (["--model", "nobody/no-such-model-offline"], "cannot load model 'nobody/no-such-model-offline'"),
+    ],
+)
+def test_clear_one_line_errors(tmp_path, args, message):
+    pq.write_table(pa.table({"key": ["a"], "caption": ["c"]}), tmp_path / "t.parquet")
+    proc = run_prep("embed", tmp_path / "t.parquet", "--out", tmp_path / "out", *args, *FAST, check=False)
+    assert proc.returncode == 2
+    assert message in last_line(proc) and last_line(proc).startswith("xclr-prep: error:")
+
+
+def test_empty_corpus_errors(tmp_path):
+    proc = run_prep("embed", tmp_path / "none-*.parquet", "--out", tmp_path / "o1", *FAST, check=False)
+    assert proc.returncode == 2 and "no input files match" in last_line(proc)
+    (tmp_path / "blank.jsonl").write_text('{"key": "a", "caption": " "}\n{"key": "b", "caption": ""}\n')
+    proc = run_prep("embed", tmp_path / "blank.jsonl", "--out", tmp_path / "o2", *FAST, check=False)
+    assert proc.returncode == 2
+    assert "nothing to embed: 2 input rows, all skipped (caption_empty: 2)" in last_line(proc)
+
+
+def fashion_mnist_labels(n):
+    with gzip.open("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz") as f:
+        data = f.read()
+    assert int.from_bytes(data[:4], "big") == 2049
+    return list(data[8 : 8 + n])
+
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def test_class_label_mode_on_fashion_mnist(tmp_path, model_path):
+    labels = fashion_mnist_labels(2000)
+    pq.write_table(pa.table({"key": [f"fm{i}" for i in range(2000)], "label": labels}), tmp_path / "fm.parquet")
+    (tmp_path / "classes.txt").write_text("\n".join(FASHION) + "\n")
+    out = tmp_path / "out"
+    run_prep("embed", tmp_path / "fm.parquet", "--out", out, "--label-col", "label", "--classnames",
+             tmp_path / "classes.txt", "--template", "a photo of a {}", *FAST)
+    d = load_embed_dir(out)
+    order = list(dict.fromkeys(labels))
+    assert d.captions == [f"a photo of a {FASHION[i]}" for i in order]
+    assert d.samples.column("label").to_pylist() == labels
+    assert [d.captions[i] for i in d.samples.column("caption_id").to_pylist()] == [
+        f"a photo of a {FASHION[i]}" for i in labels]
+    assert d.manifest["classnames"] == FASHION
+    direct = SentenceTransformer(model_path, device="cpu").encode(d.captions)
+    assert cosine_rows(d.embeddings, direct).min() >= 0.999
+
+
+def test_tuxpaint_stamp_tars(tmp_path):
+    tars = tmp_path / "tars"
+    write_tuxpaint_tars(tars, per_tar=100)
+    stamps = tuxpaint_stamps()
+    out = tmp_path / "out"
+    run_prep("embed", tars, "--out", out, "--label-col", "label", *FAST)
+    d = load_embed_dir(out)
+    with_caption = [s for s in stamps if s[1] is not None]
+    c = d.manifest["counts"]
+    assert c["input_rows"] == len(stamps) and c["kept"] == len(with_caption)
+    assert c["skipped"] == {"caption_missing": len(stamps) - len(with_caption)}
+    assert c["unique_captions"] == len({normalise(s[1]) for s in with_caption})
+    classnames = sorted({s[2] for s in stamps})
+    assert d.samples.column("label").to_pylist() == [classnames.index(s[2]) for s in with_caption]
+    members = d.samples.column("image_member").to_pylist()
+    assert all(m.endswith(".png") for m in members)
+    assert np.all(np.isfinite(d.embeddings.astype(np.float32)))
