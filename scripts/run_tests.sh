@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up .venv (see setup_env.sh), then run the whole test suite. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
+exec .venv/bin/python -m pytest -q "$@"
