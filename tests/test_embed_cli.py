@@ -1,21 +1,19 @@
 """`xclr-prep embed` end to end: real local Ray, real model, real files; real corpora where installed."""
 
 import gzip
-import io
 import json
-import tarfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import cosine_rows, run_prep
 from sentence_transformers import SentenceTransformer
-from xclr_schemas import load_embed_dir
 
+from conftest import cosine_rows, run_prep, write_tar
 from xclr_prep.captions import normalise
 from xclr_prep.sample_corpora import tuxpaint_stamps, write_tuxpaint_tars
+from xclr_schemas import load_embed_dir
 
 FAST = ["--no-progress", "--batch-size", "64"]
 
@@ -61,13 +59,6 @@ def test_wordnet_corpus_in_three_formats(tmp_path, wordnet, model_path):
     other = run_prep("embed", corpus, "--out", out, "--dtype", "float16", *FAST, check=False)
     assert other.returncode == 2 and "other inputs or options" in last_line(other)
 
-
-def write_tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def test_bad_input_is_skipped_and_counted(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+
 from conftest import assert_same_result, run_prep
 from xclr_schemas import load_embed_dir
 

@@ -34,7 +34,8 @@ def cli() -> None:
               help="Storage dtype of the embeddings.")
 @click.option("--too-long", type=click.Choice(["truncate", "skip"]), default="truncate", show_default=True,
               help="Captions over the model's token limit: truncate (and count) or skip (and count).")
-@click.option("--part-size", default=100_000, show_default=True, help="Rows per work unit (an input file may make several).")
+@click.option("--part-size", default=100_000, show_default=True,
+              help="Rows per work unit (an input file may make several).")
 @click.option("--num-workers", type=int, default=None, help="Actors [default: one per GPU, else one per 8 CPUs].")
 @click.option("--gpus-per-worker", default=1.0, show_default=True)
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")

@@ -35,13 +35,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
-from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
 
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import remove_temporaries, write_json_atomic
 from xclr_prep.scan import TOO_LONG_POLICIES, read_scan_marker
+from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
 
 MAX_ATTEMPTS = 3
 NORMALISATION = "nfc-trim-collapse-whitespace/1"
