@@ -11,17 +11,18 @@ skew every backend alike; the JSON keeps each round's captions/s.
 Every backend runs inside the same ``SentenceTransformer.encode`` (same tokenisation, length-sorted
 batches, mean pooling, normalisation): the ONNX and OpenVINO models stand in for the Hugging Face model, as
 sentence-transformers' own ``backend="onnx"/"openvino"`` does. That option is not used because it needs
-optimum-onnx / optimum-intel, and no release of those on PyPI works with transformers 5 (which
-sentence-transformers 6.2.0 requires). The export and quantisation settings follow sentence-transformers:
+optimum-onnx / optimum-intel: no optimum-onnx release on PyPI works with transformers 5 (which
+sentence-transformers 6.2.0 requires), and the newest optimum-intel (2.2.0) needs transformers < 5.6. The
+export and quantisation settings follow sentence-transformers:
 
 - onnx int8: ONNX Runtime dynamic quantisation with the settings of ``export_dynamic_quantized_onnx_model``
-  ("avx2": per-channel, symmetric uint8 weights, uint8 activations); avx2 is what this CPU has
-  (no avx512_vnni).
+  ("avx2": per-channel, symmetric uint8 weights, uint8 activations): the project's machines (AMD EPYC, 2
+  cores) have avx2 but no avx512_vnni.
 - openvino int8: NNCF post-training static quantisation (transformer preset, 300 calibration samples) like
   ``export_static_quantized_openvino_model``, but calibrated on the WordNet captions that follow the
   benchmark's instead of GLUE/SST-2 from the Hub, so it runs offline.
 
-Run (about 5 minutes on 2 cores at the default --n; use a small --n while developing)::
+Run (about 9 minutes on 2 cores at the default --n; use a small --n while developing)::
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_backends.py --n 20000 --out backends.json
 

@@ -42,6 +42,7 @@ SCAN_SCHEMA = pa.schema(
     ]
 )
 TOO_LONG_POLICIES = ("truncate", "skip")
+_SPECIAL_TOKENS = 4  # upper bound on the special tokens a tokenizer adds ([CLS] and [SEP] for BERT)
 _READ_ERRORS = (OSError, EOFError, tarfile.TarError, ValueError, pa.ArrowException)
 
 
@@ -114,8 +115,9 @@ def scan_file(
 ) -> dict:
     """Scan input file `file_index` into parts under ``out/scan`` and write its done marker; return the marker.
 
-    `count_tokens` returns each text's token count, special tokens included. Only captions whose character
-    count could exceed `max_tokens` are tokenised (a token covers at least one character).
+    `count_tokens` returns each text's token count, special tokens included. Only captions that could exceed
+    `max_tokens` are tokenised: a token covers at least one UTF-8 byte (WordPiece, byte-level BPE and
+    SentencePiece with byte fallback alike), so a caption of b bytes has at most b + _SPECIAL_TOKENS tokens.
     """
     skipped: Counter[str] = Counter()
     parts: list[dict] = []
@@ -124,7 +126,8 @@ def scan_file(
 
     def flush() -> None:
         nonlocal buffer, truncated
-        long = [i for i, (_, (_, caption, _)) in enumerate(buffer) if len(caption) + 2 > max_tokens]
+        long = [i for i, (_, (_, caption, _)) in enumerate(buffer)
+                if len(caption.encode("utf-8")) + _SPECIAL_TOKENS > max_tokens]
         over = {i for i, n in zip(long, count_tokens([buffer[i][1][1] for i in long])) if n > max_tokens}
         if too_long == "skip":
             skipped["caption_too_long"] += len(over)
