@@ -6,7 +6,9 @@ openvino int8. Each one reports the time to export/quantise the model and to loa
 the throughput), encode throughput in captions/s after a warm-up, the speed-up over torch, and the mean and
 min cosine similarity of its L2-normalised embeddings to torch's. The backends take turns on 10 chunks of
 the captions and the figures are medians over those rounds, so that other processes that share the CPU
-skew every backend alike; the JSON keeps each round's captions/s.
+skew every backend alike; the JSON keeps each round's captions/s. Because the embeddings feed a top-k caption
+graph, it also reports neighbour agreement: the mean overlap of each caption's 10 nearest other captions
+under the backend's embeddings with those under torch's (1.0 = the same graph).
 
 Every backend runs inside the same ``SentenceTransformer.encode`` (same tokenisation, length-sorted
 batches, mean pooling, normalisation): the ONNX and OpenVINO models stand in for the Hugging Face model, as
@@ -24,17 +26,16 @@ export and quantisation settings follow sentence-transformers:
 
 Run (about 9 minutes on 2 cores at the default --n; use a small --n while developing)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_backends.py --n 20000 --out backends.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_backends.py --n 20000 --out benchmarks/results/backends.json
 
-Needs, besides the project's own dependencies: onnx, onnxruntime, openvino and nncf, e.g.
-``pip install onnx==1.23.2 onnxruntime==1.32.0 openvino==2026.4.1 nncf==3.4.0``.
+Needs, besides the project's own dependencies, onnx, onnxruntime, openvino and nncf: the ``backends`` extra,
+``.venv/bin/pip install -e ".[backends]"``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +45,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
-from xclr_prep.sample_corpora import wordnet_captions  # noqa: E402
+from xclr_prep.sample_corpora import wordnet_captions
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CALIBRATION_SAMPLES = 300
@@ -161,6 +161,22 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def nearest(embeddings: np.ndarray, k: int = 10, block: int = 2048) -> np.ndarray:
+    """(n, k) ids of each row's k most cosine-similar other rows (unordered), computed in row blocks."""
+    e = unit(embeddings).astype(np.float32)
+    out = np.empty((len(e), k), dtype=np.int64)
+    for start in range(0, len(e), block):
+        sims = e[start : start + block] @ e.T
+        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf
+        out[start : start + block] = np.argpartition(-sims, k, axis=1)[:, :k]
+    return out
+
+
+def neighbour_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean fraction of each row's neighbours in `a` that are also its neighbours in `b`."""
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+
+
 @click.command()
 @click.option("--n", default=20000, show_default=True, help="Number of WordNet captions to embed.")
 @click.option("--batch-size", default=256, show_default=True)
@@ -203,6 +219,7 @@ def main(n: int, batch_size: int, out: Path | None) -> None:
             embeddings[name].append(model.encode(texts[i : i + chunk], batch_size=batch_size))
             rate[name].append(len(texts[i : i + chunk]) / (time.perf_counter() - start))
     reference = unit(np.concatenate(embeddings["torch fp32"]))
+    reference_nearest = nearest(reference)
     for name in modules:
         cosine = np.sum(unit(np.concatenate(embeddings[name])) * reference, axis=1)
         rows[name] |= {
@@ -211,18 +228,20 @@ def main(n: int, batch_size: int, out: Path | None) -> None:
             "round_captions_per_s": rate[name],
             "cos_mean": float(cosine.mean()),
             "cos_min": float(cosine.min()),
+            "top10_agreement": neighbour_agreement(nearest(np.concatenate(embeddings[name])), reference_nearest),
         }
 
     click.echo(f"\n{n} WordNet captions, batch size {batch_size}, {threads} threads ({os.cpu_count()} CPUs)\n")
-    click.echo("| backend | export s | load s | captions/s | speed-up | cos mean | cos min |")
-    click.echo("|---|---:|---:|---:|---:|---:|---:|")
+    click.echo("| backend | export s | load s | captions/s | speed-up | cos mean | cos min | top-10 agreement |")
+    click.echo("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         if "error" in row:
-            click.echo(f"| {name} | failed: {row['error']} ||||||")
+            click.echo(f"| {name} | failed: {row['error']} |||||||")
         else:
             click.echo(
                 f"| {name} | {row['export_s']:.1f} | {row['load_s']:.1f} | {row['captions_per_s']:.0f} "
-                f"| {row['speedup']:.2f}x | {row['cos_mean']:.5f} | {row['cos_min']:.5f} |"
+                f"| {row['speedup']:.2f}x | {row['cos_mean']:.5f} | {row['cos_min']:.5f} "
+                f"| {row['top10_agreement']:.3f} |"
             )
     if out:
         result = {
