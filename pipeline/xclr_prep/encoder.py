@@ -51,7 +51,9 @@ class Encoder:
         """Token count of each text, special tokens included, before truncation."""
         if not texts:
             return []
-        return [len(ids) for ids in self.model.tokenizer(texts, truncation=False)["input_ids"]]
+        ids = self.model.tokenizer(texts, truncation=False, return_attention_mask=False,
+                                   return_token_type_ids=False)["input_ids"]
+        return [len(i) for i in ids]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, unit-norm rows, in input order."""
@@ -61,4 +63,5 @@ class Encoder:
             batch = order[start : start + self.batch_size]
             emb[batch] = self.model.encode([texts[i] for i in batch], batch_size=len(batch), convert_to_numpy=True,
                                            show_progress_bar=False)
-        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb
