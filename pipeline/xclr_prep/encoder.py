@@ -33,6 +33,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 class Encoder:
+    """A sentence-transformers model (trust_remote_code off) on `device`, with the digest of its weights, its
+    output `dim` and its token limit `max_seq_length`. Raises PrepError when the model cannot be loaded."""
+
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 256) -> None:
         try:
             st = SentenceTransformer(model, device=device, trust_remote_code=False)
@@ -42,7 +45,6 @@ class Encoder:
         if device.startswith("cuda"):
             st.half()
         self.model = st
-        self.device = device
         self.batch_size = batch_size
         self.dim = int(st.get_embedding_dimension())
         self.max_seq_length = int(st.max_seq_length)
