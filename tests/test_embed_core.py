@@ -11,8 +11,7 @@ from xclr_prep.captions import normalise
 from xclr_prep.corpus import CorpusSpec, InputFile
 from xclr_prep.dedup import assign_caption_ids
 from xclr_prep.embed_part import write_embed_part
-from xclr_prep.embed_stage import _read_digests
-from xclr_prep.scan import scan_file
+from xclr_prep.scan import read_digests, scan_file
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -29,7 +28,7 @@ def test_parts_equal_a_direct_sentence_transformers_encode(tmp_path, encoder, mo
     marker = scan_file(0, InputFile(str(path), "parquet"), CorpusSpec(), out, 150, encoder.count_tokens,
                        encoder.max_seq_length, "truncate")
     scan_paths = [out / "scan" / p["name"] for p in marker["parts"]]
-    part_ids, duplicate_keys = assign_caption_ids([_read_digests(p) for p in scan_paths])
+    part_ids, duplicate_keys = assign_caption_ids([read_digests(p) for p in scan_paths])
     unique = list(dict.fromkeys(normalise(c) for c in captions))  # first-appearance order
     assert len(unique) < 400 + 40
     assert duplicate_keys == 0 and part_ids[-1].end == len(unique)

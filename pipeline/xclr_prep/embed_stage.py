@@ -31,8 +31,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
@@ -40,7 +38,7 @@ from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import remove_temporaries, write_json_atomic
-from xclr_prep.scan import TOO_LONG_POLICIES, read_scan_marker
+from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
 
 MAX_ATTEMPTS = 3
@@ -96,8 +94,6 @@ class EmbedWorker:
 
     def scan(self, file_index: int, file: InputFile, spec: CorpusSpec, out: Path, part_size: int,
              too_long: str) -> dict:
-        from xclr_prep.scan import scan_file
-
         e = self.encoder
         return scan_file(file_index, file, spec, out, part_size, e.count_tokens, e.max_seq_length, too_long)
 
@@ -219,14 +215,6 @@ def _run_units(actors: list, method: str, units: list[tuple], on_result) -> None
         on_result(result)
 
 
-def _read_digests(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    table = pq.read_table(path, columns=["caption_digest", "key_digest"])
-    return tuple(
-        np.frombuffer(table.column(c).combine_chunks().buffers()[1], dtype="V16")[: table.num_rows]
-        for c in ("caption_digest", "key_digest")
-    )
-
-
 def run_embed(opts: EmbedOptions) -> dict:
     """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
     _check_options(opts)
@@ -276,7 +264,7 @@ def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: l
         _run_units(actors, "scan", todo, scanned)
 
     scan_parts = [out / "scan" / p["name"] for i in range(len(files)) for p in markers[i]["parts"]]
-    part_ids, duplicate_keys = assign_caption_ids([_read_digests(p) for p in scan_parts])
+    part_ids, duplicate_keys = assign_caption_ids([read_digests(p) for p in scan_parts])
     unique = part_ids[-1].end if part_ids else 0
 
     done: dict[int, dict] = {}

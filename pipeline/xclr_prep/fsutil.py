@@ -41,9 +41,8 @@ def write_json_atomic(final: Path, obj: object) -> None:
     write_atomic(final, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
-def remove_temporaries(root: Path) -> int:
-    """Delete leftover temporary files under `root` (from killed writers); return how many."""
-    stale = [p for p in root.rglob(f"*{TMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
+def remove_temporaries(root: Path) -> None:
+    """Delete leftover temporary files under `root` (from killed writers)."""
+    for p in root.rglob(f"*{TMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)

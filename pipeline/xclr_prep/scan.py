@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -188,3 +189,12 @@ def read_scan_marker(out: Path, file_index: int) -> dict | None:
     """The done marker of input file `file_index`, or None when it has not been scanned to the end."""
     path = scan_marker(out, file_index)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_digests(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The caption and key digests of scan part `path`, as two 'V16' arrays (views of the Arrow buffers)."""
+    table = pq.read_table(path, columns=["caption_digest", "key_digest"])
+    return tuple(
+        np.frombuffer(table.column(c).combine_chunks().buffers()[1], dtype="V16")[: table.num_rows]
+        for c in ("caption_digest", "key_digest")
+    )
