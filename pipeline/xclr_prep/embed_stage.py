@@ -8,7 +8,7 @@ Driver flow:
    (``manifest.json`` present) is left as it is.
 3. Ray: a local instance started in-process and sized to the machine, or an existing cluster (``ray_address``).
    An actor pool of `EmbedWorker` (model loaded once per actor). An actor that dies is restarted by Ray and its
-   unit retried; a unit is given up after `MAX_ATTEMPTS`.
+   unit retried; a unit is given up after `xclr_prep.raypool.MAX_ATTEMPTS`.
 4. Scan: one unit per input file without a scan marker (`xclr_prep.scan`).
 5. Dedup on the driver (`xclr_prep.dedup`).
 6. Embed: one unit per scan part without a valid done marker (`xclr_prep.embed_part`).
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,16 +37,12 @@ from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import remove_temporaries, write_json_atomic
+from xclr_prep.raypool import cluster_device, pool_shape, run_units, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
 
-MAX_ATTEMPTS = 3
 NORMALISATION = "nfc-trim-collapse-whitespace/1"
 DTYPES = ("float16", "float32")
-_LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
-# Ray replaces 127.0.0.1 with the primary interface's address on Linux (services.resolve_ip_for_localhost);
-# another loopback address keeps a local instance's traffic on loopback.
-_LOCAL_NODE_IP = "127.0.0.2"
 
 
 def default_model() -> str:
@@ -148,73 +143,6 @@ def _claim_out_dir(out: Path, fingerprint: str, plan: dict) -> bool:
     return False
 
 
-def _start_ray(address: str | None) -> None:
-    if address:
-        ray.init(address=address, logging_level=logging.ERROR)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
-                 object_store_memory=_LOCAL_OBJECT_STORE_BYTES, _node_ip_address=_LOCAL_NODE_IP)
-
-
-def _pool_shape(opts: EmbedOptions) -> tuple[str, int, float, float]:
-    """(device, number of actors, CPUs per actor, GPUs per actor) for the connected cluster.
-
-    CPU actors share the cluster's CPUs: each gets floor(cpus / n) threads, capped by the largest node; by
-    default one actor per 8 CPUs. GPU actors get `gpus_per_worker` GPUs each; by default all GPUs are used.
-    """
-    total = ray.cluster_resources()
-    device = opts.device if opts.device != "auto" else ("cuda" if total.get("GPU", 0) > 0 else "cpu")
-    if device == "cuda":
-        gpus = total.get("GPU", 0)
-        if gpus < opts.gpus_per_worker:
-            raise PrepError(f"--device cuda, but the Ray cluster has {gpus:g} GPUs")
-        n = opts.num_workers or max(1, int(gpus // opts.gpus_per_worker))
-        return device, n, 1, opts.gpus_per_worker
-    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
-    n = opts.num_workers or max(1, sum(node_cpus) // 8)
-    threads = max(1, min(max(node_cpus), sum(node_cpus) // n))
-    if sum(c // threads for c in node_cpus) < n:
-        raise PrepError(f"{n} workers of {threads} CPUs do not fit on this Ray cluster (CPUs per node: {node_cpus})")
-    return device, n, threads, 0
-
-
-def _user_error(e: Exception) -> str:
-    """The PrepError message inside a Ray error, else its first line."""
-    for line in reversed(str(e).splitlines()):
-        if "PrepError: " in line:
-            return line.split("PrepError: ", 1)[1]
-    return str(e).splitlines()[0]
-
-
-def _run_units(actors: list, method: str, units: list[tuple], on_result) -> None:
-    """Run ``actor.method(*unit)`` for every unit over the pool, two in flight per actor; call on_result(result).
-
-    A unit whose actor died (Ray restarts it) is resubmitted, up to MAX_ATTEMPTS in all; an exception raised by
-    the unit's own code stops the run with that error.
-    """
-    pending = deque((unit, 1) for unit in units)
-    free = [a for a in actors for _ in range(2)]
-    running: dict = {}
-    while pending or running:
-        while pending and free:
-            actor = free.pop()
-            unit, attempt = pending.popleft()
-            running[getattr(actor, method).remote(*unit)] = (actor, unit, attempt)
-        done, _ = ray.wait(list(running), num_returns=1)
-        actor, unit, attempt = running.pop(done[0])
-        free.append(actor)
-        try:
-            result = ray.get(done[0])
-        except ray.exceptions.RayActorError as e:
-            if attempt >= MAX_ATTEMPTS:
-                raise PrepError(f"{method} of {unit[0]} failed {attempt} times; last: {_user_error(e)}") from e
-            pending.appendleft((unit, attempt + 1))
-            continue
-        except ray.exceptions.RayTaskError as e:
-            raise PrepError(f"{method} of {unit[0]} failed: {_user_error(e)}") from e
-        on_result(result)
-
-
 def run_embed(opts: EmbedOptions) -> dict:
     """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
     _check_options(opts)
@@ -230,16 +158,13 @@ def run_embed(opts: EmbedOptions) -> dict:
         return json.loads((out / MANIFEST).read_text())
     remove_temporaries(out)
 
-    _start_ray(opts.ray_address)
+    start_ray(opts.ray_address)
     try:
-        device, n, cpus, gpus = _pool_shape(opts)
-        worker_cls = ray.remote(EmbedWorker).options(
-            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=MAX_ATTEMPTS)
-        actors = [worker_cls.remote(model, device, opts.batch_size, int(cpus)) for _ in range(n)]
-        try:
-            infos = ray.get([a.info.remote() for a in actors])
-        except ray.exceptions.RayActorError as e:
-            raise PrepError(_user_error(e)) from e
+        device = cluster_device(opts.device)
+        # CPU: one actor per 8 CPUs (torch scales poorly past that); GPU: one per GPU.
+        n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, 8)
+        actors = start_pool(EmbedWorker, n, cpus, gpus, model, device, opts.batch_size, cpus)
+        infos = ray.get([a.info.remote() for a in actors])
         t_ready = time.perf_counter()
         manifest = _run_stages(opts, out, files, actors, infos[0], device, fingerprint, model)
     finally:
@@ -261,7 +186,7 @@ def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: l
             markers[marker["file_index"]] = marker
             bar.update(1)
 
-        _run_units(actors, "scan", todo, scanned)
+        run_units(actors, "scan", todo, scanned)
 
     scan_parts = [out / "scan" / p["name"] for i in range(len(files)) for p in markers[i]["parts"]]
     part_ids, duplicate_keys = assign_caption_ids([read_digests(p) for p in scan_parts])
@@ -285,7 +210,7 @@ def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: l
             done[marker["index"]] = marker
             bar.update(marker["caption_end"] - marker["caption_start"])
 
-        _run_units(actors, "embed", todo, embedded)
+        run_units(actors, "embed", todo, embedded)
 
     skipped: Counter[str] = Counter()
     for m in markers.values():

@@ -1,0 +1,109 @@
+"""The Ray plumbing shared by the prep stages: start or join Ray, size an actor pool, run units over it.
+
+A stage is a pool of actors of one class and a list of units (argument tuples of one actor method). Each unit
+writes its own output and done marker, so running a unit twice is harmless; `run_units` resubmits the units of
+an actor that died (Ray restarts the actor) and stops at the first error raised by a unit's own code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+
+import ray
+
+from xclr_prep.errors import PrepError
+
+MAX_ATTEMPTS = 3
+_LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+# Ray replaces 127.0.0.1 with the primary interface's address on Linux (services.resolve_ip_for_localhost);
+# another loopback address keeps a local instance's traffic on loopback.
+_LOCAL_NODE_IP = "127.0.0.2"
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local instance sized to this machine."""
+    if address:
+        ray.init(address=address, logging_level=logging.ERROR)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
+                 object_store_memory=_LOCAL_OBJECT_STORE_BYTES, _node_ip_address=_LOCAL_NODE_IP)
+
+
+def cluster_device(device: str) -> str:
+    """Resolve ``auto`` to ``cuda`` when the connected cluster has GPUs, else ``cpu``."""
+    if device != "auto":
+        return device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def pool_shape(device: str, num_workers: int | None, gpus_per_worker: float,
+               cpus_per_worker: int | None) -> tuple[int, int, float]:
+    """(number of actors, CPUs per actor, GPUs per actor) on the connected cluster.
+
+    GPU actors get `gpus_per_worker` GPUs each; by default every GPU is used. CPU actors share the cluster's CPUs:
+    by default one actor per `cpus_per_worker` CPUs (None: one actor per node); each gets floor(CPUs / actors)
+    threads, capped by the largest node.
+    """
+    if device == "cuda":
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < gpus_per_worker:
+            raise PrepError(f"--device cuda, but the Ray cluster has {gpus:g} GPUs")
+        return num_workers or max(1, int(gpus // gpus_per_worker)), 1, gpus_per_worker
+    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
+    default = len(node_cpus) if cpus_per_worker is None else max(1, sum(node_cpus) // cpus_per_worker)
+    n = num_workers or default
+    threads = max(1, min(max(node_cpus), sum(node_cpus) // n))
+    if sum(c // threads for c in node_cpus) < n:
+        raise PrepError(f"{n} workers of {threads} CPUs do not fit on this Ray cluster (CPUs per node: {node_cpus})")
+    return n, threads, 0
+
+
+def start_pool(cls: type, n: int, cpus: int, gpus: float, *args) -> list:
+    """`n` actors of `cls` (restarted by Ray when they die), constructed with `args`; waits until they are up."""
+    remote = ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=MAX_ATTEMPTS)
+    actors = [remote.remote(*args) for _ in range(n)]
+    try:
+        ray.get([a.__ray_ready__.remote() for a in actors])
+    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+        raise PrepError(user_error(e)) from e
+    return actors
+
+
+def user_error(e: Exception) -> str:
+    """The PrepError message inside a Ray error, else its first line."""
+    for line in reversed(str(e).splitlines()):
+        if "PrepError: " in line:
+            return line.split("PrepError: ", 1)[1]
+    return str(e).splitlines()[0]
+
+
+def run_units(actors: list, method: str, units: list[tuple], on_result: Callable[[object], None]) -> None:
+    """Run ``actor.method(*unit)`` for every unit over the pool, two in flight per actor; call on_result(result).
+
+    A unit whose actor died (Ray restarts it) is resubmitted, up to MAX_ATTEMPTS in all; an exception raised by
+    the unit's own code stops the run with that error.
+    """
+    pending = deque((unit, 1) for unit in units)
+    free = [a for a in actors for _ in range(2)]
+    running: dict = {}
+    while pending or running:
+        while pending and free:
+            actor = free.pop()
+            unit, attempt = pending.popleft()
+            running[getattr(actor, method).remote(*unit)] = (actor, unit, attempt)
+        done, _ = ray.wait(list(running), num_returns=1)
+        actor, unit, attempt = running.pop(done[0])
+        free.append(actor)
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayActorError as e:
+            if attempt >= MAX_ATTEMPTS:
+                raise PrepError(f"{method} of {unit[0]} failed {attempt} times; last: {user_error(e)}") from e
+            pending.appendleft((unit, attempt + 1))
+            continue
+        except ray.exceptions.RayTaskError as e:
+            raise PrepError(f"{method} of {unit[0]} failed: {user_error(e)}") from e
+        on_result(result)
