@@ -91,36 +91,94 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def _check_parts(root: Path, manifest: dict) -> list[dict]:
+    for part in manifest["parts"]:
+        missing = [str(p) for p in part_paths(root, part["index"]).values() if not p.exists()]
+        if missing:
+            raise EmbedDirError(f"{root}: part {part['index']} is missing {missing[0]}")
+    return manifest["parts"]
+
+
+class EmbeddingRows:
+    """Row access to an embed directory's embeddings without loading them: the part files are memory-mapped.
+
+    ``block(start, end)`` and ``take(ids)`` return float32 copies; memory is only what they return.
+    """
+
+    def __init__(self, path: str | Path, manifest: dict | None = None) -> None:
+        root = Path(path)
+        manifest = manifest or read_manifest(root)
+        self.n = manifest["counts"]["unique_captions"]
+        self.dim = manifest["model"]["dim"]
+        self.starts = np.array([p["caption_start"] for p in manifest["parts"]], dtype=np.int64)
+        self.parts = []
+        for part in _check_parts(root, manifest):
+            emb = np.load(part_paths(root, part["index"])["embeddings"], mmap_mode="r", allow_pickle=False)
+            if emb.shape != (part["caption_end"] - part["caption_start"], self.dim):
+                raise EmbedDirError(f"{root}: part {part['index']} does not hold captions "
+                                    f"[{part['caption_start']}, {part['caption_end']})")
+            self.parts.append(emb)
+
+    def block(self, start: int, end: int) -> np.ndarray:
+        """Rows [start, end) as a (end - start, dim) float32 array."""
+        out = np.empty((end - start, self.dim), dtype=np.float32)
+        for p in range(max(0, int(np.searchsorted(self.starts, start, "right")) - 1), len(self.parts)):
+            s = int(self.starts[p])
+            if s >= end:
+                break
+            lo, hi = max(start, s), min(end, s + len(self.parts[p]))
+            if lo < hi:
+                out[lo - start:hi - start] = self.parts[p][lo - s:hi - s]
+        return out
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` (any order, repeats allowed) as a (len(ids), dim) float32 array."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        part_of = np.searchsorted(self.starts, ids, "right") - 1
+        for p in np.unique(part_of):
+            sel = part_of == p
+            out[sel] = self.parts[p][ids[sel] - self.starts[p]]
+        return out
+
+
+def read_captions(path: str | Path, manifest: dict | None = None) -> pa.ChunkedArray:
+    """The caption texts, element i = caption id i (Arrow strings: about 1 GB at 12M captions)."""
+    root = Path(path)
+    manifest = manifest or read_manifest(root)
+    tables = [pq.read_table(part_paths(root, p["index"])["captions"], schema=CAPTIONS_SCHEMA)
+              for p in _check_parts(root, manifest)]
+    table = pa.concat_tables(tables) if tables else CAPTIONS_SCHEMA.empty_table()
+    if not np.array_equal(table.column("caption_id").to_numpy(), np.arange(manifest["counts"]["unique_captions"])):
+        raise EmbedDirError(f"{root}: caption ids are not 0..{manifest['counts']['unique_captions'] - 1} in part order")
+    return table.column("text")
+
+
+def read_samples(path: str | Path, manifest: dict | None = None) -> pa.Table:
+    """The sample table (SAMPLES_SCHEMA), rows in input order."""
+    root = Path(path)
+    manifest = manifest or read_manifest(root)
+    tables = [pq.read_table(part_paths(root, p["index"])["samples"], schema=SAMPLES_SCHEMA)
+              for p in _check_parts(root, manifest)]
+    table = pa.concat_tables(tables) if tables else SAMPLES_SCHEMA.empty_table()
+    if table.num_rows != manifest["counts"]["kept"]:
+        raise EmbedDirError(f"{root}: {table.num_rows} samples on disk, manifest says {manifest['counts']['kept']}")
+    return table
+
+
 def load_embed_dir(path: str | Path) -> EmbedDir:
     """Load a complete embed directory into memory: one contiguous (U, dim) embedding array, ids, texts, samples.
 
-    Memory: U * dim * itemsize for the embeddings plus the caption texts and the sample table.
+    Memory: U * dim * itemsize for the embeddings plus the caption texts and the sample table. For corpora that
+    should not be held in memory, use `EmbeddingRows`, `read_captions` and `read_samples`.
     Raises EmbedDirError when the directory is incomplete or disagrees with its manifest.
     """
     root = Path(path)
     manifest = read_manifest(root)
-    n, dim = manifest["counts"]["unique_captions"], manifest["model"]["dim"]
-    embeddings = np.empty((n, dim), dtype=np.dtype(manifest["dtype"]))
-    caption_ids = np.empty(n, dtype=np.int64)
-    texts: list[str] = []
-    samples = []
-    for part in manifest["parts"]:
-        files = part_paths(root, part["index"])
-        missing = [str(p) for p in files.values() if not p.exists()]
-        if missing:
-            raise EmbedDirError(f"{root}: part {part['index']} is missing {missing[0]}")
-        start, end = part["caption_start"], part["caption_end"]
-        emb = np.load(files["embeddings"], mmap_mode="r", allow_pickle=False)
-        captions = pq.read_table(files["captions"], schema=CAPTIONS_SCHEMA)
-        if emb.shape != (end - start, dim) or captions.num_rows != end - start:
-            raise EmbedDirError(f"{root}: part {part['index']} does not hold captions [{start}, {end})")
-        embeddings[start:end] = emb
-        caption_ids[start:end] = captions.column("caption_id").to_numpy()
-        texts.extend(captions.column("text").to_pylist())
-        samples.append(pq.read_table(files["samples"], schema=SAMPLES_SCHEMA))
-    if not np.array_equal(caption_ids, np.arange(n)):
-        raise EmbedDirError(f"{root}: caption ids are not 0..{n - 1} in part order")
-    table = pa.concat_tables(samples) if samples else SAMPLES_SCHEMA.empty_table()
-    if table.num_rows != manifest["counts"]["kept"]:
-        raise EmbedDirError(f"{root}: {table.num_rows} samples on disk, manifest says {manifest['counts']['kept']}")
-    return EmbedDir(manifest=manifest, caption_ids=caption_ids, embeddings=embeddings, captions=texts, samples=table)
+    rows = EmbeddingRows(root, manifest)
+    embeddings = np.empty((rows.n, rows.dim), dtype=np.dtype(manifest["dtype"]))
+    for start, part in zip(rows.starts, rows.parts):
+        embeddings[start:start + len(part)] = part
+    captions = read_captions(root, manifest)
+    return EmbedDir(manifest=manifest, caption_ids=np.arange(rows.n, dtype=np.int64), embeddings=embeddings,
+                    captions=captions.to_pylist(), samples=read_samples(root, manifest))

@@ -1,0 +1,59 @@
+"""The caption graph: each caption's top-k most similar other captions (shared/DESIGN.md sections 3 and 4).
+
+Written by `xclr-prep graph` under ``SHARDS_DIR/graph/`` and kept there, so shards can be re-packed without
+searching again. Layout of a graph directory ``G``::
+
+    G/manifest.json            written last: its presence means the graph is complete
+    G/neighbors.npy            (U, k) NEIGHBOR_DTYPE; row c = caption c's k nearest other captions, best first
+    G/plan.json                fingerprint of the embed directory and the options that change the graph
+    G/done/block-NNNNN.json    per query block marker: rows [start, end) of neighbors.npy are final
+    G/index.faiss              approximate methods only: the index and its tuned search parameter
+
+Row c of ``neighbors.npy`` holds caption ids (``id``) and cosine similarities (``sim``), sorted by similarity
+descending; c itself never appears (captions are deduplicated, so "self" also covers every sample with the same
+caption). A caption whose embedding is invalid (not finite, not unit norm) is never anyone's neighbour, and its own
+row is all ``(-1, nan)``; the manifest lists such captions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GRAPH_SCHEMA_VERSION = "xclr.graph/1"
+NEIGHBOR_DTYPE = np.dtype([("id", "<i8"), ("sim", "<f4")])
+NEIGHBORS = "neighbors.npy"
+
+
+class GraphDirError(ValueError):
+    """A graph directory that is incomplete, of another schema version, or inconsistent with its manifest."""
+
+
+@dataclass(frozen=True)
+class Graph:
+    manifest: dict
+    neighbors: np.ndarray  # (U, k) NEIGHBOR_DTYPE, memory-mapped read-only
+
+
+def block_marker(root: Path, index: int) -> Path:
+    return root / "done" / f"block-{index:05d}.json"
+
+
+def load_graph(path: str | Path) -> Graph:
+    """Open a complete graph directory; ``neighbors`` is memory-mapped (no memory used until rows are read)."""
+    root = Path(path)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise GraphDirError(f"{root} is not a complete graph directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("schema_version") != GRAPH_SCHEMA_VERSION:
+        raise GraphDirError(f"{root} has schema version {manifest.get('schema_version')!r}, "
+                            f"this xclr reads {GRAPH_SCHEMA_VERSION!r}")
+    neighbors = np.load(root / NEIGHBORS, mmap_mode="r", allow_pickle=False)
+    if neighbors.dtype != NEIGHBOR_DTYPE or neighbors.shape != (manifest["captions"], manifest["k"]):
+        raise GraphDirError(f"{root}/{NEIGHBORS} is {neighbors.dtype} {neighbors.shape}, the manifest says "
+                            f"({manifest['captions']}, {manifest['k']})")
+    return Graph(manifest=manifest, neighbors=neighbors)

@@ -1,0 +1,68 @@
+"""Training shards: what `xclr-prep graph` writes and `xclr-train` streams (shared/DESIGN.md section 3).
+
+Layout of a shards directory ``S``::
+
+    S/manifest.json            written last: present = complete (graph, layout and counts; see below)
+    S/sizes.json               {"shard-000000.tar": samples, ...}, as open_clip reads it
+    S/shard-NNNNNN.tar         WebDataset tars, about ``shard_bytes`` / ``shard_samples`` each
+    S/done/shard-NNNNNN.json   per-shard marker, written after the tar is renamed into place
+    S/graph/                   the caption graph (`xclr_schemas.graph_dir`), unless another one was reused
+    S/plan.json, S/layout/     fingerprint and the sample layout (resume state)
+
+Members of one sample, in this order, all named ``KEY.<suffix>`` (keys contain no dots and no slashes):
+
+    KEY.<ext>      the image bytes as in the source; ext = jpg | png | webp | gif | bmp | tiff (from its content)
+    KEY.txt        the caption (normalised, UTF-8)
+    KEY.json       {"caption_id": int, "group": int} plus "label": int when the sample has one
+    KEY.nbr.npy    NEIGHBOR_DTYPE array of shape (k,): the caption's top-k neighbours, best first
+    KEY.emb.npy    optional (``--with-embeddings``): the caption embedding, float16, shape (dim,)
+
+Samples of one neighbour group are contiguous in one shard and share ``group``; groups are placed at random.
+Nothing is pickled: ``.npy`` members load with ``numpy.load(..., allow_pickle=False)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+SHARDS_SCHEMA_VERSION = "xclr.shards/1"
+SIZES = "sizes.json"
+IMAGE_SUFFIXES = ("jpg", "png", "webp", "gif", "bmp", "tiff")
+TEXT_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX, EMBEDDING_SUFFIX = "txt", "json", "nbr.npy", "emb.npy"
+
+
+class ShardsDirError(ValueError):
+    """A shards directory that is incomplete or of another schema version."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def read_shards_manifest(path: str | Path) -> dict:
+    """The manifest of a complete shards directory; ShardsDirError if absent or of another schema version."""
+    root = Path(path)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise ShardsDirError(f"{root} is not a complete shards directory (no manifest.json; rerun xclr-prep graph)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("schema_version") != SHARDS_SCHEMA_VERSION:
+        raise ShardsDirError(f"{root} has schema version {manifest.get('schema_version')!r}, "
+                             f"this xclr reads {SHARDS_SCHEMA_VERSION!r}")
+    return manifest
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The ``.npy`` file of `array`, as stored in a shard member."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """Inverse of `npy_bytes` (never unpickles)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
