@@ -1,0 +1,157 @@
+"""The graph search: every caption's top-k other captions, queries sharded over a Ray actor pool.
+
+Units are query blocks of `block_size` caption ids. A unit searches its block (`xclr_prep.knn`), writes its rows
+of ``G/neighbors.npy`` in place (the file is created once, full size, under a temporary name) and then its done
+marker; a block without a marker is searched again by the rerun. Approximate methods first build and tune the
+index once (``G/index.faiss`` + ``G/index.json``, written in that order) on the first actor; the other actors
+load it from disk. When every block is done, the first actor measures recall@k of the written rows on a query
+sample against exact search, the background similarity and the mean k-th similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from xclr_prep.fsutil import write_atomic, write_json_atomic
+from xclr_prep.raypool import run_units
+from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
+from xclr_schemas.graph_dir import NEIGHBORS, block_marker
+
+TUNING_QUERIES = 1_000
+RECALL_QUERIES = 2_000
+BACKGROUND_PAIRS = 200_000
+
+
+class SearchWorker:
+    """Ray actor: searches query blocks of one graph. `plan` is the graph's plan.json content."""
+
+    def __init__(self, embed_dir: str, graph_dir: str, plan: dict, invalid_ids: np.ndarray, device: str,
+                 threads: int) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        self.rows = EmbeddingRows(embed_dir)
+        self.graph = Path(graph_dir)
+        self.k, self.method, self.device = plan["k"], plan["method"], device
+        self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
+        self.index = None
+
+    def prepare_index(self, seed: int, target: float) -> dict:
+        """Build and tune the approximate index, write it and its parameters; returns the parameters."""
+        import faiss
+
+        from xclr_prep import knn
+
+        started = time.perf_counter()
+        self.index = knn.build_index(self.rows, self.valid_ids, self.method, seed)
+        built = time.perf_counter()
+        sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[:TUNING_QUERIES])
+        value, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target)
+        knn.set_search_parameter(self.index, self.method, value)
+        write_atomic(self.graph / "index.faiss", lambda p: faiss.write_index(self.index, str(p)))
+        params = {"parameter": knn.search_parameter(self.method), "value": value, "tuning_recall": recall,
+                  "tuning_queries": len(sample), "build_seconds": round(built - started, 2),
+                  "tune_seconds": round(time.perf_counter() - built, 2)}
+        if self.method == "ivf":
+            params["nlist"] = faiss.extract_index_ivf(self.index).nlist
+        write_json_atomic(self.graph / "index.json", params)
+        return params
+
+    def search(self, index: int, start: int, end: int) -> dict:
+        """Search caption ids [start, end), write their rows of neighbors.npy, then the block's marker."""
+        from xclr_prep import knn
+
+        started = time.perf_counter()
+        query_ids = self.valid_ids[(self.valid_ids >= start) & (self.valid_ids < end)]
+        out = np.empty((end - start, self.k), dtype=NEIGHBOR_DTYPE)
+        out["id"], out["sim"] = -1, np.nan
+        n_exact = 0
+        if len(query_ids):
+            if self.method == "exact":
+                sims, ids = knn.exact_neighbors(self.rows, query_ids, self.valid_ids, self.k, self.device)
+            else:
+                sims, ids, n_exact = knn.index_neighbors(self._index(), self.rows, query_ids, self.valid_ids, self.k)
+            out["id"][query_ids - start], out["sim"][query_ids - start] = ids, sims
+        _write_rows(self.graph / NEIGHBORS, start, out)
+        marker = {"index": index, "start": start, "end": end, "exact_fallback": n_exact,
+                  "seconds": round(time.perf_counter() - started, 3)}
+        write_json_atomic(block_marker(self.graph, index), marker)
+        return marker
+
+    def _index(self):
+        if self.index is None:
+            import faiss
+
+            from xclr_prep import knn
+
+            self.index = faiss.read_index(str(self.graph / "index.faiss"))
+            params = json.loads((self.graph / "index.json").read_text())
+            knn.set_search_parameter(self.index, self.method, params["value"])
+        return self.index
+
+    def measure(self, seed: int) -> dict:
+        """recall@k of the written graph on a query sample, background similarity, mean k-th similarity."""
+        from xclr_prep import knn
+
+        neighbors = np.load(self.graph / NEIGHBORS, mmap_mode="r", allow_pickle=False)
+        sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[-RECALL_QUERIES:])
+        exact_sims, _ = knn.exact_neighbors(self.rows, sample, self.valid_ids, self.k, self.device)
+        recall = knn.recall_at_k(self.rows, sample, np.asarray(neighbors["id"][sample]), exact_sims)
+        mean, std = knn.background_similarity(self.rows, self.valid_ids, BACKGROUND_PAIRS, seed)
+        kth = np.concatenate([np.asarray(neighbors["sim"][s:s + 1_000_000, -1])
+                              for s in range(0, len(neighbors), 1_000_000)])
+        return {"recall": {"k": self.k, "measured": recall, "queries": len(sample)},
+                "background_similarity": {"mean": mean, "std": std, "pairs": BACKGROUND_PAIRS},
+                "kth_similarity_mean": float(np.nanmean(kth))}
+
+
+def _write_rows(path: Path, start: int, rows: np.ndarray) -> None:
+    """Write `rows` over rows [start, start + len) of the .npy at `path`, in place, and fsync."""
+    offset = np.load(path, mmap_mode="r", allow_pickle=False).offset + start * rows.shape[1] * NEIGHBOR_DTYPE.itemsize
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, rows.tobytes(), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_neighbors_file(graph: Path, n: int, k: int) -> None:
+    """Create ``G/neighbors.npy`` of shape (n, k) (a sparse file until blocks are written) unless it exists."""
+    path = graph / NEIGHBORS
+    if not path.exists():
+        write_atomic(path, lambda p: np.lib.format.open_memmap(p, mode="w+", dtype=NEIGHBOR_DTYPE, shape=(n, k)))
+
+
+def search_graph(actors: list, graph: Path, n: int, block_size: int, method: str, seed: int, target: float,
+                 progress: bool) -> dict:
+    """Run the search over `actors` (SearchWorker); returns index parameters, exact fallbacks and measurements."""
+    import ray
+
+    params = None
+    if method != "exact":
+        params_path = graph / "index.json"
+        if params_path.exists() and (graph / "index.faiss").exists():
+            params = json.loads(params_path.read_text())
+        else:
+            params = ray.get(actors[0].prepare_index.remote(seed, target))
+    blocks = [(i, s, min(n, s + block_size)) for i, s in enumerate(range(0, n, block_size))]
+    markers = {i: json.loads(block_marker(graph, i).read_text()) for i, _, _ in blocks
+               if block_marker(graph, i).exists()}
+    todo = [b for b in blocks if b[0] not in markers]
+    with tqdm(total=n, initial=n - sum(e - s for _, s, e in todo), unit="caption", unit_scale=True, desc="search",
+              disable=not progress) as bar:
+        def searched(marker: dict) -> None:
+            markers[marker["index"]] = marker
+            bar.update(marker["end"] - marker["start"])
+
+        run_units(actors, "search", todo, searched)
+    measured = ray.get(actors[0].measure.remote(seed))
+    return {"index": params, "exact_fallback_queries": sum(m["exact_fallback"] for m in markers.values()),
+            "blocks": len(blocks), **measured}

@@ -1,0 +1,100 @@
+"""The search core against numpy: exact top-k, self removal with ties, approximate recall, background."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import assert_topk_equal, brute_force_topk, clustered, write_embed_dir
+from xclr_prep import knn
+from xclr_schemas import EmbeddingRows
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """3000 clustered vectors (dim 64) in three parts, rows 10..14 identical copies of row 5."""
+    x = clustered(3000, 64, 30, 0.6, seed=1)
+    x[10:15] = x[5]
+    path = tmp_path_factory.mktemp("small") / "embed"
+    write_embed_dir(path, x, parts=3)
+    return EmbeddingRows(path), x.astype(np.float16).astype(np.float32)
+
+
+def test_exact_equals_numpy_brute_force(small, monkeypatch):
+    rows, x = small
+    monkeypatch.setattr(knn, "DB_BLOCK", 700)  # several database blocks, merged by the heap
+    ids = np.arange(rows.n)
+    sims, found = knn.exact_neighbors(rows, ids, ids, 16)
+    ref_sims, ref_ids = brute_force_topk(x, 16)
+    assert_topk_equal(sims, found, ref_sims, ref_ids)
+    assert not (found == ids[:, None]).any()
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+
+
+def test_self_is_dropped_when_an_identical_caption_outranks_it(small):
+    rows, _ = small
+    twins = np.array([5, 10, 11, 12, 13, 14])
+    sims, found = knn.exact_neighbors(rows, twins, np.arange(rows.n), 3)
+    for query, row in zip(twins, found):
+        assert query not in row and set(row) <= set(twins)
+    np.testing.assert_allclose(sims, 1.0, atol=1e-3)
+
+
+def test_torch_path_equals_faiss_path(small, monkeypatch):
+    rows, _ = small
+    monkeypatch.setattr(knn, "DB_BLOCK", 1000)
+    queries, ids = rows.take(np.arange(0, 3000, 7)), np.arange(rows.n)
+    faiss_sims, faiss_ids = knn.exact_search(rows, queries, ids, 9)
+    torch_sims, torch_ids = knn._exact_search_torch(rows, queries, ids, 9, "cpu")
+    assert_topk_equal(torch_sims, torch_ids, faiss_sims.astype(np.float64), faiss_ids, atol=1e-5)
+
+
+def test_database_subset_excludes_the_rest(small):
+    rows, x = small
+    database = np.arange(0, rows.n, 2)
+    _, found = knn.exact_neighbors(rows, np.arange(100), database, 5)
+    assert np.isin(found, database).all()
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_approximate_meets_recall_target_on_clustered_data(tmp_path, method):
+    x = clustered(20_000, 64, 200, 0.5, seed=2)
+    write_embed_dir(tmp_path / "embed", x)
+    rows = EmbeddingRows(tmp_path / "embed")
+    ids = np.arange(rows.n)
+    index = knn.build_index(rows, ids, method, seed=0)
+    tuning = np.arange(0, 20_000, 20)
+    value, tuned = knn.tune(index, method, rows, tuning, ids, 10, 0.95)
+    assert tuned >= 0.95
+    knn.set_search_parameter(index, method, value)
+    held_out = np.arange(3, 20_000, 17)
+    _, found, _ = knn.index_neighbors(index, rows, held_out, ids, 10)
+    ref_sims, _ = brute_force_topk(x.astype(np.float16).astype(np.float32), 10, held_out)
+    recall = knn.recall_at_k(rows, held_out, found, ref_sims)
+    assert recall >= 0.94
+    assert not (found == held_out[:, None]).any()
+
+
+def test_recall_counts_ties_and_misses(small):
+    rows, x = small
+    ref_sims, ref_ids = brute_force_topk(x, 4)
+    queries = np.array([0, 1, 2])
+    assert knn.recall_at_k(rows, queries, ref_ids[queries], ref_sims[queries]) == 1.0
+    wrong = ref_ids[queries].copy()
+    wrong[:, 0] = np.argsort(x[queries] @ x.T, axis=1)[:, 0]  # the least similar caption
+    assert knn.recall_at_k(rows, queries, wrong, ref_sims[queries]) == pytest.approx(0.75)
+
+
+def test_background_similarity_is_the_mean_over_pairs(small):
+    rows, x = small
+    sims = x.astype(np.float64) @ x.T
+    off_diagonal = sims[~np.eye(len(x), dtype=bool)]
+    mean, std = knn.background_similarity(rows, np.arange(rows.n), 200_000, seed=0)
+    assert mean == pytest.approx(off_diagonal.mean(), abs=3 * off_diagonal.std() / np.sqrt(200_000) + 1e-3)
+    assert std == pytest.approx(off_diagonal.std(), rel=0.05)
+
+
+def test_ivf_lists_follow_the_autofaiss_range():
+    assert knn.ivf_lists(1_000) == 128
+    assert knn.ivf_lists(3_000_000) == 8192
+    assert knn.ivf_lists(10) == 16 and knn.ivf_lists(10**12) == 65_536
