@@ -72,6 +72,53 @@ def embed(corpus: tuple[str, ...], out: Path, input_format: str | None, key_col:
         click.echo("skipped: " + json.dumps(counts["skipped"]))
 
 
+@cli.command()
+@click.argument("embed_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Shards directory.")
+@click.option("--k", type=int, default=None, help="Neighbours per caption [default: 32, capped at U - 1].")
+@click.option("--index", "method", type=click.Choice(["auto", "exact", "ivf", "hnsw"]), default="auto",
+              show_default=True, help="Search method (auto: exact while cheap, else IVF).")
+@click.option("--recall-target", default=0.95, show_default=True,
+              help="Approximate methods are tuned to this recall@k; below it (measured) the command fails.")
+@click.option("--allow-low-recall", is_flag=True, help="Keep a graph whose measured recall is below the target.")
+@click.option("--graph", "graph_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Reuse this graph (e.g. OTHER_OUT/graph) instead of searching again: re-pack only.")
+@click.option("--group-size", default=8, show_default=True, help="Neighbour group size (1: plain random order).")
+@click.option("--shard-samples", default=10_000, show_default=True, help="At most this many samples per shard.")
+@click.option("--shard-bytes", default=1_000_000_000, show_default=True, help="About at most this many bytes.")
+@click.option("--with-embeddings", is_flag=True, help="Add KEY.emb.npy (fp16 caption embedding) to every sample.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the layout and of the sampled measurements.")
+@click.option("--block-size", default=16_384, show_default=True, help="Query captions per search unit.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--num-workers", type=int, default=None, help="Actors [default: one per GPU, else one per node].")
+@click.option("--gpus-per-worker", default=1.0, show_default=True)
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def graph(embed_dir: Path, out: Path, k: int | None, method: str, recall_target: float, allow_low_recall: bool,
+          graph_dir: Path | None, group_size: int, shard_samples: int, shard_bytes: int, with_embeddings: bool,
+          seed: int, block_size: int, device: str, num_workers: int | None, gpus_per_worker: float,
+          ray_address: str | None, no_progress: bool) -> None:
+    """Find every caption's top-k neighbours in EMBED_DIR and write neighbour-grouped training shards to OUT."""
+    from xclr_prep.graph_stage import GraphOptions, run_graph
+    from xclr_prep.shard_stage import ShardOptions
+
+    shards = ShardOptions(group_size=group_size, shard_samples=shard_samples, shard_bytes=shard_bytes,
+                          with_embeddings=with_embeddings, seed=seed)
+    opts = GraphOptions(embed_dir=embed_dir, out=out, k=k, method=method, recall_target=recall_target,
+                        allow_low_recall=allow_low_recall, graph=graph_dir, shards=shards, block_size=block_size,
+                        device=device, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
+                        ray_address=ray_address, progress=not no_progress)
+    manifest = run_graph(opts)
+    g, counts = manifest["graph"], manifest["counts"]
+    click.echo(f"graph: k={g['k']} {g['method']} recall@k={g['recall']['measured']:.4f} "
+               f"background={g['background_similarity']['mean']:.3f} k-th mean={g['kth_similarity_mean']:.3f}")
+    click.echo(f"wrote {counts['written']} samples in {counts['shards']} shards "
+               f"({counts['skipped_total']} skipped; in-group neighbours per sample "
+               f"{manifest['groups']['in_group_neighbors_mean']:.2f}) -> {out}")
+    if counts["skipped"]:
+        click.echo("skipped: " + json.dumps(counts["skipped"]))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -1,0 +1,266 @@
+"""`xclr-prep graph`: the caption graph and the training shards of one embed directory.
+
+Driver flow:
+
+1. Read the embed directory (one-line error when incomplete or of another schema version); find captions whose
+   embedding is invalid (not finite, or norm off 1 by more than 0.01): they are no one's neighbour and their
+   samples are skipped (``caption_embedding_invalid``). Resolve k (default 32, capped at U - 1; an explicit
+   k >= U is an error) and the method.
+2. ``OUT/plan.json``: a fingerprint of the embed manifest and every option. An OUT holding another plan is
+   refused; the same plan is resumed; a complete OUT is left as it is.
+3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
+   (`xclr_prep.search_stage`) unless ``--graph`` names an existing graph of the same embed directory. Below the
+   recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
+4. Shards by a pool of `ShardWorker` (`xclr_prep.shard_stage`), then ``sizes.json`` and ``manifest.json`` last.
+
+Method ``auto``: exact on GPUs, and on CPUs up to EXACT_MAX_CPU captions; above, IVF when its index fits in half
+the memory of the smallest node, else exact (which needs only block-sized memory, just more time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from xclr_prep import knn
+from xclr_prep.errors import PrepError
+from xclr_prep.fsutil import remove_temporaries, write_json_atomic
+from xclr_prep.raypool import cluster_device, pool_shape, start_pool, start_ray
+from xclr_prep.search_stage import SearchWorker, create_neighbors_file, search_graph
+from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
+from xclr_schemas import (
+    GRAPH_SCHEMA_VERSION,
+    SHARDS_SCHEMA_VERSION,
+    SIZES,
+    EmbeddingRows,
+    EmbedDirError,
+    GraphDirError,
+    load_graph,
+    read_captions,
+    read_manifest,
+    read_samples,
+)
+
+DEFAULT_K = 32
+EXACT_MAX_CPU = 250_000
+NORM_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    embed_dir: Path
+    out: Path
+    k: int | None = None  # None: DEFAULT_K capped at U - 1
+    method: str = "auto"  # auto | exact | ivf | hnsw
+    recall_target: float = 0.95
+    allow_low_recall: bool = False
+    graph: Path | None = None  # reuse this complete graph directory
+    shards: ShardOptions = ShardOptions()
+    block_size: int = 16_384
+    device: str = "auto"
+    num_workers: int | None = None
+    gpus_per_worker: float = 1.0
+    ray_address: str | None = None
+    progress: bool = True
+
+
+def invalid_captions(rows: EmbeddingRows) -> np.ndarray:
+    """Ids of captions whose embedding is not finite or whose norm is off 1 by more than NORM_TOLERANCE."""
+    bad = []
+    for start in range(0, rows.n, 262_144):
+        block = rows.block(start, min(rows.n, start + 262_144))
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = np.isfinite(block).all(axis=1) & (np.abs(np.linalg.norm(block, axis=1) - 1) <= NORM_TOLERANCE)
+        bad.append(start + np.flatnonzero(~ok))
+    return np.concatenate(bad).astype(np.int64) if bad else np.empty(0, dtype=np.int64)
+
+
+def _check_options(opts: GraphOptions) -> None:
+    s = opts.shards
+    if opts.method not in ("auto",) + knn.METHODS:
+        raise PrepError(f"--index must be auto or one of {', '.join(knn.METHODS)}")
+    if not 0 < opts.recall_target <= 1:
+        raise PrepError("--recall-target must be in (0, 1]")
+    if min(s.group_size, s.shard_samples, s.shard_bytes, opts.block_size) < 1 or (opts.k is not None and opts.k < 1):
+        raise PrepError("--k, --group-size, --shard-samples, --shard-bytes and --block-size must be positive")
+
+
+def _resolve_k(requested: int | None, valid: int) -> int:
+    if valid < 2:
+        raise PrepError(f"a caption graph needs at least 2 unique captions with valid embeddings, this one has {valid}")
+    if requested is None:
+        return min(DEFAULT_K, valid - 1)
+    if requested >= valid:
+        raise PrepError(f"--k {requested} needs more than {requested} unique captions, there are {valid} "
+                        f"(use --k {valid - 1} or less, or omit --k to use min({DEFAULT_K}, U - 1))")
+    return requested
+
+
+def _resolve_method(requested: str, device: str, n: int, dim: int) -> str:
+    if requested != "auto":
+        return requested
+    if device == "cuda" or n <= EXACT_MAX_CPU:
+        return "exact"
+    smallest = min(node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"])
+    return "ivf" if knn.index_bytes("ivf", n, dim) <= smallest / 2 else "exact"
+
+
+def _claim(path: Path, fingerprint: str, what: str, hint: str) -> bool:
+    """Create or resume directory `path` for `fingerprint`; True when it is already complete."""
+    plan = path / "plan.json"
+    if plan.exists():
+        if json.loads(plan.read_text()).get("fingerprint") != fingerprint:
+            raise PrepError(f"{path} holds {what} from other inputs or options; {hint}")
+        return (path / "manifest.json").exists()
+    if path.exists() and any(path.iterdir()):
+        raise PrepError(f"{path} exists, is not empty and is not an xclr {what} directory")
+    write_json_atomic(plan, {"fingerprint": fingerprint})
+    return False
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def run_graph(opts: GraphOptions) -> dict:
+    """Run (or resume) the graph stage; return the shards manifest. Raises PrepError on bad input or options."""
+    _check_options(opts)
+    t0 = time.perf_counter()
+    try:
+        embed_manifest = read_manifest(opts.embed_dir)
+        rows = EmbeddingRows(opts.embed_dir, embed_manifest)
+    except EmbedDirError as e:
+        raise PrepError(str(e)) from e
+    embed_sha = hashlib.sha256((opts.embed_dir / "manifest.json").read_bytes()).hexdigest()
+    invalid = invalid_captions(rows)
+    k = _resolve_k(opts.k, rows.n - len(invalid))
+    if opts.graph is not None and (opts.k is not None or opts.method != "auto"):
+        raise PrepError("--graph reuses a graph as it is: drop --k and --index")
+
+    start_ray(opts.ray_address)
+    try:
+        device = cluster_device(opts.device)
+        if opts.graph is None:
+            method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
+            graph_plan = {"schema_version": GRAPH_SCHEMA_VERSION, "embed_manifest_sha256": embed_sha, "k": k,
+                          "method": method, "recall_target": opts.recall_target, "block_size": opts.block_size,
+                          "device": device, "seed": opts.shards.seed}
+            graph_dir = opts.out / "graph"
+        else:
+            graph_dir = opts.graph
+            graph_plan = _reused_graph_plan(graph_dir, embed_sha)
+        plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(graph_plan), "graph_dir": str(graph_dir),
+                "shards": asdict(opts.shards)}
+        hint = (f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)")
+        if _claim(opts.out, _digest(plan), "shards", hint):
+            print(f"{opts.out} is already complete")
+            return json.loads((opts.out / "manifest.json").read_text())
+        remove_temporaries(opts.out)
+        if opts.graph is None:
+            graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed_manifest, rows, invalid, device)
+        else:
+            graph_manifest = load_graph(graph_dir).manifest
+        manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed_sha, rows, invalid, device)
+    finally:
+        ray.shutdown()
+    manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(opts.out / SIZES, {s["name"]: s["samples"] for s in manifest["shards"]})
+    write_json_atomic(opts.out / "manifest.json", manifest)
+    return manifest
+
+
+def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> dict:
+    try:
+        manifest = load_graph(graph_dir).manifest
+    except GraphDirError as e:
+        raise PrepError(str(e)) from e
+    if manifest["plan"]["embed_manifest_sha256"] != embed_sha:
+        raise PrepError(f"--graph {graph_dir} was computed from another embed directory")
+    return manifest["plan"]
+
+
+def _build_graph(opts: GraphOptions, graph_dir: Path, plan: dict, embed_manifest: dict, rows: EmbeddingRows,
+                 invalid: np.ndarray, device: str) -> dict:
+    fingerprint = _digest(plan)
+    if _claim(graph_dir, fingerprint, "a graph", "use another --out"):
+        return load_graph(graph_dir).manifest
+    started = time.perf_counter()
+    create_neighbors_file(graph_dir, rows.n, plan["k"])
+    n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, None)
+    actors = start_pool(SearchWorker, n, cpus, gpus, str(opts.embed_dir), str(graph_dir), plan, invalid, device, cpus)
+    result = search_graph(actors, graph_dir, rows.n, opts.block_size, plan["method"], plan["seed"],
+                          opts.recall_target, opts.progress)
+    for actor in actors:
+        ray.kill(actor)
+    recall = result["recall"]["measured"]
+    if recall < opts.recall_target and not opts.allow_low_recall:
+        raise PrepError(f"recall@{plan['k']} of the {plan['method']} graph is {recall:.4f}, below --recall-target "
+                        f"{opts.recall_target} (rerun with --index exact, a lower --recall-target, or "
+                        f"--allow-low-recall to keep it)")
+    manifest = {
+        "schema_version": GRAPH_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plan": plan,
+        "fingerprint": fingerprint,
+        "embed_dir": str(opts.embed_dir),
+        "model": embed_manifest["model"],
+        "captions": rows.n,
+        "k": plan["k"],
+        "method": plan["method"],
+        "recall_target": opts.recall_target,
+        "invalid_captions": {"count": len(invalid), "ids": invalid[:100].tolist()},
+        **result,
+        "run": {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
+                "seconds": round(time.perf_counter() - started, 2)},
+    }
+    write_json_atomic(graph_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, embed_manifest: dict, embed_sha: str,
+                  rows: EmbeddingRows, invalid: np.ndarray, device: str) -> dict:
+    samples = read_samples(opts.embed_dir, embed_manifest)
+    captions = read_captions(opts.embed_dir, embed_manifest)
+    neighbor_ids = load_graph(graph_dir).neighbors["id"]
+    caption_of = samples.column("caption_id").to_numpy()
+    bad_caption = np.isin(caption_of, invalid)
+    eligible = np.flatnonzero(~bad_caption)
+    n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, None)
+    actors = start_pool(ShardWorker, n, cpus, 0, str(opts.embed_dir), str(graph_dir), str(opts.out),
+                        opts.shards.with_embeddings, cpus)
+    result = run_shards(actors, opts.out, samples, captions, neighbor_ids, eligible, graph_manifest["k"], rows.dim,
+                        opts.shards, opts.progress)
+    skipped = result["skipped"]
+    if bad_caption.any():
+        skipped = dict(sorted({**skipped, "caption_embedding_invalid": int(bad_caption.sum())}.items()))
+    kept = embed_manifest["counts"]["kept"]
+    if result["written"] + sum(skipped.values()) != kept:
+        raise RuntimeError(f"count mismatch: {kept} samples in, {result['written']} written, {skipped} skipped")
+    if not result["written"]:
+        raise PrepError(f"no sample could be written: {kept} samples, all skipped ({json.dumps(skipped)})")
+    graph = {key: graph_manifest[key] for key in ("k", "method", "recall", "background_similarity",
+                                                   "kth_similarity_mean", "fingerprint")}
+    return {
+        "schema_version": SHARDS_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "embed": {"path": str(opts.embed_dir), "manifest_sha256": embed_sha},
+        "model": embed_manifest["model"],
+        "classnames": embed_manifest.get("classnames"),
+        "graph": {"path": str(graph_dir), **graph},
+        "options": asdict(opts.shards),
+        "counts": {"samples_in": kept, "written": result["written"], "skipped": skipped,
+                   "skipped_total": sum(skipped.values()), "shards": len(result["shards"])},
+        "skipped_examples": {"image_undecodable": samples.column("key").take(
+            pa.array(result["undecodable"][:20], pa.int64())).to_pylist()},
+        "groups": result["groups"],
+        "shards": result["shards"],
+        "run": {"workers": n, "cpus_per_worker": cpus, **result["timing"]},
+    }

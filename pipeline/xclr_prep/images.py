@@ -1,0 +1,120 @@
+"""Where each sample's image bytes are, and whether they decode.
+
+`locate` turns the embed directory's image references (see `xclr_schemas.embed_dir`) into byte ranges
+(blob path, offset, size) that a shard writer reads with one ``pread``, in any order:
+
+- member of a plain tar: the tar itself, at the member's data offset (headers are read, data is not);
+- member of a compressed tar: the tar is decompressed once into ``stage_dir`` and read from there;
+- bytes column of a table: the column is copied once into a blob file in ``stage_dir``;
+- image file: the file, offset 0.
+
+A sample whose image cannot be found is skipped with reason ``no_image`` (the corpus row had none) or
+``image_missing`` (the member, row or file named is not there). `check_image` decodes (JPEG at reduced scale)
+and names the format; a failure is reason ``image_undecodable``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from xclr_prep.fsutil import write_atomic
+
+LOCATION_SCHEMA = pa.schema([("sample", pa.int64()), ("blob", pa.string()), ("offset", pa.int64()),
+                             ("size", pa.int64())])
+_SUFFIX_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+def source_kind(source: str, member: str, row: int) -> str:
+    """``tar`` | ``column`` | ``file`` | ``none`` for one sample's image reference."""
+    if not source:
+        return "none"
+    if row >= 0:
+        return "column"
+    return "tar" if member else "file"
+
+
+def locate(kind: str, source: str, refs: list, samples: np.ndarray, stage_path: Path) -> tuple[pa.Table, int]:
+    """(LOCATION_SCHEMA table of the samples found, number not found) for samples of one source.
+
+    ``refs[i]`` points at the image of sample ``samples[i]``: its member name (kind "tar", `source` the tar), its
+    (column, row) (kind "column", `source` the Parquet file) or its path (kind "file"; `source` unused).
+    """
+    if kind == "file":
+        found = [(s, p, 0, os.path.getsize(p)) for s, p in zip(samples.tolist(), refs) if os.path.isfile(p)]
+    elif kind == "tar":
+        found = _locate_in_tar(source, refs, samples, stage_path)
+    else:
+        found = _locate_in_column(source, refs, samples, stage_path)
+    columns = list(zip(*found)) if found else [[] for _ in LOCATION_SCHEMA]
+    table = pa.table([pa.array(c, f.type) for c, f in zip(columns, LOCATION_SCHEMA)], schema=LOCATION_SCHEMA)
+    return table, len(samples) - len(found)
+
+
+def _locate_in_tar(path: str, members: list[str], samples: np.ndarray, stage_path: Path) -> list[tuple]:
+    if path.lower().endswith((".gz", ".tgz")):
+        def decompress(tmp: Path) -> None:
+            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+        write_atomic(stage_path, decompress)
+        path = str(stage_path)
+    size = os.path.getsize(path)
+    where: dict[str, tuple[int, int]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isfile() and m.offset_data + m.size <= size:
+                    where.setdefault(m.name, (m.offset_data, m.size))
+    except (OSError, tarfile.TarError):
+        pass  # members read before the damage are still located; the rest count as missing
+    return [(s, path, *where[m]) for s, m in zip(samples.tolist(), members) if m in where]
+
+
+def _locate_in_column(path: str, refs: list[tuple[str, int]], samples: np.ndarray, stage_path: Path) -> list[tuple]:
+    column = refs[0][0]
+    wanted = {row: s for (_, row), s in zip(refs, samples.tolist())}
+    found = []
+
+    def copy(tmp: Path) -> None:
+        offset, row = 0, 0
+        with open(tmp, "wb") as out:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=[column]):
+                for value in batch.column(0).to_pylist():
+                    if row in wanted and value:
+                        out.write(value)
+                        found.append((wanted[row], str(stage_path), offset, len(value)))
+                        offset += len(value)
+                    row += 1
+
+    write_atomic(stage_path, copy)
+    return found
+
+
+def read_bytes(blob: str, offset: int, size: int) -> bytes:
+    with open(blob, "rb") as f:
+        return os.pread(f.fileno(), size, offset)
+
+
+def check_image(data: bytes) -> str | None:
+    """The shard suffix of the image (jpg, png, ...) if it decodes, else None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                suffix = _SUFFIX_OF_FORMAT.get(img.format)
+                img.draft("RGB", (256, 256))  # JPEG: decode at 1/2..1/8 scale; the full image is checked
+                img.load()
+        return suffix
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError):
+        return None

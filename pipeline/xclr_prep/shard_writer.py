@@ -1,0 +1,83 @@
+"""Writing one training shard: its samples in, a WebDataset tar and a done marker out (xclr_schemas.shards).
+
+Runs with or without Ray. The tar is written under a temporary name, fsynced and renamed, and only then is the
+done marker written: a shard whose marker exists is complete. Tar headers carry no time, owner or mode of this
+machine, so the same samples give the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from xclr_prep.fsutil import write_atomic, write_json_atomic
+from xclr_prep.images import check_image, read_bytes
+from xclr_schemas import npy_bytes, shard_name
+from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX, TEXT_SUFFIX
+
+# Columns of the table a shard is written from, one row per sample in shard order.
+SHARD_INPUT_COLUMNS = ("sample", "key", "text", "caption_id", "group", "label", "blob", "offset", "size")
+TAR_BLOCK = 512
+
+
+def tar_bytes(sizes: np.ndarray) -> np.ndarray:
+    """Bytes a tar member of each size takes: a 512-byte header plus the data padded to 512."""
+    return TAR_BLOCK + -(-sizes // TAR_BLOCK) * TAR_BLOCK
+
+
+def done_marker(out: Path, index: int) -> Path:
+    return out / "done" / f"{shard_name(index)[:-4]}.json"
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    return info, io.BytesIO(data)
+
+
+def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray, embeddings: np.ndarray | None,
+                threads: int) -> dict:
+    """Write shard `index` of `out` from `samples` (SHARD_INPUT_COLUMNS), ``neighbors[i]`` (k,) and optionally
+    ``embeddings[i]`` (fp16) being those of sample i. Images that do not decode are skipped and listed.
+
+    Returns the done marker: index, name, samples written, bytes, skipped {reason: count}, skipped samples.
+    """
+    cols = {c: samples.column(c).to_pylist() for c in SHARD_INPUT_COLUMNS}
+    with ThreadPoolExecutor(threads) as pool:
+        images = list(pool.map(read_bytes, cols["blob"], cols["offset"], cols["size"]))
+        suffixes = list(pool.map(check_image, images))
+    skipped = [s for s, suffix in zip(cols["sample"], suffixes) if suffix is None]
+    name = shard_name(index)
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for i, suffix in enumerate(suffixes):
+                if suffix is None:
+                    continue
+                key = cols["key"][i]
+                meta = {"caption_id": cols["caption_id"][i], "group": cols["group"][i]}
+                if cols["label"][i] >= 0:
+                    meta["label"] = cols["label"][i]
+                members = [(suffix, images[i]), (TEXT_SUFFIX, cols["text"][i].encode()),
+                           (META_SUFFIX, json.dumps(meta).encode()), (NEIGHBORS_SUFFIX, npy_bytes(neighbors[i]))]
+                if embeddings is not None:
+                    members.append((EMBEDDING_SUFFIX, npy_bytes(embeddings[i])))
+                for member_suffix, data in members:
+                    tar.addfile(*_member(f"{key}.{member_suffix}", data))
+
+    written = len(suffixes) - len(skipped)
+    if written:
+        write_atomic(out / name, write)
+    marker = {"index": index, "name": name, "samples": written,
+              "bytes": (out / name).stat().st_size if written else 0,
+              "skipped": dict(Counter({"image_undecodable": len(skipped)}) if skipped else {}),
+              "skipped_samples": skipped}
+    write_json_atomic(done_marker(out, index), marker)
+    return marker
