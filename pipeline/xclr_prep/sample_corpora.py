@@ -4,15 +4,19 @@
   texts. Keys are ``wn{pos}{offset}`` for a definition and ``wn{pos}{offset}e{i}`` for its i-th example.
 - Tuxpaint stamps (`tuxpaint-stamps-default`): about 800 PNG stamps; the caption is the first line of the
   ``.txt`` beside each PNG (a few have none), the label is the top-level category folder.
+- Fashion-MNIST (`dataset-fashion-mnist`): 60k train + 10k test 28x28 grey images of 10 classes, for class-label
+  mode (no captions: the caption is a template of the class name).
 
 Used by the README's main job, the tests and the benchmarks. Run as a module to write them to disk::
 
     python -m xclr_prep.sample_corpora wordnet OUT.parquet [--limit N]
     python -m xclr_prep.sample_corpora tuxpaint OUT_DIR [--per-tar 100]
+    python -m xclr_prep.sample_corpora fashion-mnist OUT_DIR [--split train] [--limit N] [--per-tar 10000]
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import re
@@ -20,11 +24,15 @@ import tarfile
 from pathlib import Path
 
 import click
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
 _WORDNET_POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 _QUOTED = re.compile(r'"([^"]+)"')
 
@@ -76,21 +84,61 @@ def write_tuxpaint_tars(out_dir: Path, per_tar: int = 100) -> list[Path]:
     (out_dir / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
     tars = []
     for shard, start in enumerate(range(0, len(stamps), per_tar)):
-        path = out_dir / f"{shard:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i, (png, caption, category) in enumerate(stamps[start : start + per_tar]):
-                key = f"{shard:05d}{i:04d}"
-                meta = {"label": classnames.index(category), "category": category,
-                        "path": str(png.relative_to(TUXPAINT_DIR))}
-                members = {f"{key}.png": png.read_bytes(), f"{key}.json": json.dumps(meta).encode()}
-                if caption is not None:
-                    members[f"{key}.txt"] = caption.encode("utf-8")
-                for name, data in members.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        tars.append(path)
+        members = {}
+        for i, (png, caption, category) in enumerate(stamps[start : start + per_tar]):
+            key = f"{shard:05d}{i:04d}"
+            meta = {"label": classnames.index(category), "category": category,
+                    "path": str(png.relative_to(TUXPAINT_DIR))}
+            members[f"{key}.png"] = png.read_bytes()
+            members[f"{key}.json"] = json.dumps(meta).encode()
+            if caption is not None:
+                members[f"{key}.txt"] = caption.encode("utf-8")
+        tars.append(_write_tar(out_dir / f"{shard:05d}.tar", members))
     return tars
+
+
+def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (n, 28, 28), labels uint8 (n,)) of the Fashion-MNIST `split` (train | test)."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    if not FASHION_MNIST_DIR.is_dir():
+        raise click.ClickException(f"{FASHION_MNIST_DIR} not found: install the Debian package dataset-fashion-mnist")
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    return images, labels
+
+
+def write_fashion_mnist_tars(out_dir: Path, split: str = "train", limit: int | None = None,
+                             per_tar: int = 10_000) -> list[Path]:
+    """Write Fashion-MNIST as img2dataset-style tars (KEY.png, KEY.json with ``label``) plus ``classnames.txt``,
+    for class-label mode. KEY = 5-digit tar number + 4-digit index."""
+    from PIL import Image
+
+    images, labels = fashion_mnist(split)
+    images, labels = images[:limit], labels[:limit]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "classnames.txt").write_text("\n".join(FASHION_MNIST_CLASSES) + "\n", encoding="utf-8")
+    tars = []
+    for shard, start in enumerate(range(0, len(images), per_tar)):
+        members = {}
+        for i in range(start, min(len(images), start + per_tar)):
+            buf = io.BytesIO()
+            Image.fromarray(images[i]).save(buf, format="PNG")
+            key = f"{shard:05d}{i - start:04d}"
+            members[f"{key}.png"] = buf.getvalue()
+            members[f"{key}.json"] = json.dumps({"label": int(labels[i])}).encode()
+        tars.append(_write_tar(out_dir / f"{split}-{shard:05d}.tar", members))
+    return tars
+
+
+def _write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 @click.group()
@@ -115,6 +163,17 @@ def wordnet(out: Path, limit: int | None) -> None:
 def tuxpaint(out_dir: Path, per_tar: int) -> None:
     """Tuxpaint stamps as img2dataset-style tars."""
     tars = write_tuxpaint_tars(out_dir, per_tar)
+    click.echo(f"wrote {len(tars)} tars to {out_dir}")
+
+
+@main.command("fashion-mnist")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--limit", type=int, default=None, help="Keep only the first N images.")
+@click.option("--per-tar", type=int, default=10_000, show_default=True)
+def fashion_mnist_command(out_dir: Path, split: str, limit: int | None, per_tar: int) -> None:
+    """Fashion-MNIST as img2dataset-style tars for class-label mode."""
+    tars = write_fashion_mnist_tars(out_dir, split, limit, per_tar)
     click.echo(f"wrote {len(tars)} tars to {out_dir}")
 
 
