@@ -1,0 +1,93 @@
+"""`xclr-prep graph` on bad input: one-line errors, or skipped and counted; approximate recall as measured."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import brute_force_topk, clustered, run_prep, tiny_png, write_embed_dir, write_tar
+from xclr_prep import knn
+from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
+
+FAST = ["--no-progress"]
+
+
+def error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("xclr-prep: error: ")
+    return lines[-1]
+
+
+def test_single_caption(tmp_path):
+    write_embed_dir(tmp_path / "embed", clustered(1, 16, 1, 0.1), parts=1)
+    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
+    assert "needs at least 2 unique captions with valid embeddings, this one has 1" in error_line(proc)
+
+
+def test_other_schema_version_and_incomplete_embed_dir(tmp_path):
+    write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
+    manifest = json.loads((tmp_path / "embed" / "manifest.json").read_text())
+    (tmp_path / "embed" / "manifest.json").write_text(json.dumps({**manifest, "schema_version": "xclr.embed/0"}))
+    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
+    assert "has schema version 'xclr.embed/0', this xclr reads 'xclr.embed/1'" in error_line(proc)
+    (tmp_path / "embed" / "manifest.json").unlink()
+    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
+    assert "is not a complete embed directory" in error_line(proc)
+    write_embed_dir(tmp_path / "e2", clustered(50, 16, 2, 0.3))
+    (tmp_path / "e2" / "embeddings" / "part-00001.npy").unlink()
+    proc = run_prep("graph", tmp_path / "e2", "--out", tmp_path / "out", *FAST, check=False)
+    assert "part 1 is missing" in error_line(proc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_not_ours(tmp_path):
+    write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
+    assert "is not empty and is not an xclr shards directory" in error_line(proc)
+
+
+def test_nan_rows_missing_and_undecodable_images_are_skipped_and_counted(tmp_path):
+    x = clustered(400, 32, 8, 0.4)
+    write_embed_dir(tmp_path / "embed", x)
+    part = tmp_path / "embed" / "embeddings" / "part-00000.npy"
+    emb = np.load(part)
+    emb[7] = np.nan
+    np.save(part, emb)
+    members = [(f"s{i:06d}.png", b"not an image at all" if i in (4, 5) else tiny_png(i))
+               for i in range(400) if i != 3]
+    write_tar(tmp_path / "embed" / "images.tar", members)
+
+    run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", "--k", "8", *FAST)
+    manifest = read_shards_manifest(tmp_path / "out")
+    assert manifest["counts"]["skipped"] == {"caption_embedding_invalid": 1, "image_missing": 1,
+                                             "image_undecodable": 2}
+    assert manifest["counts"]["written"] == 396 and manifest["counts"]["samples_in"] == 400
+    assert sorted(manifest["skipped_examples"]["image_undecodable"]) == ["s000004", "s000005"]
+    graph = load_graph(tmp_path / "out" / "graph")
+    assert graph.manifest["invalid_captions"] == {"count": 1, "ids": [7]}
+    assert (graph.neighbors["id"][7] == -1).all() and np.isnan(graph.neighbors["sim"][7]).all()
+    others = np.delete(graph.neighbors["id"], 7, axis=0)
+    assert (others >= 0).all() and not (others == 7).any()
+    assert sum(json.loads((tmp_path / "out" / "sizes.json").read_text()).values()) == 396
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
+    x = clustered(10_000, 64, 100, 0.5, seed=3)
+    write_embed_dir(tmp_path / "embed", x)
+    run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", "--index", method, "--k", "10", *FAST)
+    graph = load_graph(tmp_path / "out" / "graph")
+    assert graph.manifest["method"] == method and graph.manifest["index"]["parameter"] in ("nprobe", "efSearch")
+    rows = EmbeddingRows(tmp_path / "embed")
+    x16 = x.astype(np.float16).astype(np.float32)
+    ids = np.arange(len(x))
+    recall = np.mean([knn.recall_at_k(rows, ids[s:s + 2000], np.asarray(graph.neighbors["id"][s:s + 2000]),
+                                      brute_force_topk(x16, 10, ids[s:s + 2000])[0]) for s in range(0, len(x), 2000)])
+    assert recall >= 0.95
+    assert graph.manifest["recall"]["measured"] == pytest.approx(recall, abs=0.01)
+    assert graph.manifest["recall"]["queries"] == 2000

@@ -1,0 +1,141 @@
+"""`xclr-prep graph` end to end on real data: shards read back with webdataset and tar, the graph against numpy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from conftest import assert_topk_equal, brute_force_topk, run_prep
+from xclr_prep.groups import in_group_neighbors
+from xclr_prep.sample_corpora import write_fashion_mnist_tars, write_tuxpaint_tars
+from xclr_schemas import load_embed_dir, load_graph, load_npy, read_shards_manifest
+
+FAST = ["--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tux(tmp_path_factory):
+    """Tuxpaint stamps: embedded, then graphed into small shards (k 16, groups of 8, at most 100 per shard)."""
+    root = tmp_path_factory.mktemp("tux")
+    write_tuxpaint_tars(root / "tars", per_tar=100)
+    run_prep("embed", root / "tars", "--out", root / "embed", "--label-col", "label", *FAST)
+    run_prep("graph", root / "embed", "--out", root / "shards", "--k", "16", "--shard-samples", "100", *FAST)
+    return root
+
+
+def read_shards(path):
+    """Every sample of every shard listed in sizes.json, via the plain webdataset library."""
+    sizes = json.loads((path / "sizes.json").read_text())
+    urls = [str(path / name) for name in sizes]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    return sizes, samples
+
+
+def test_shards_hold_every_sample_once_with_its_graph_row(tux):
+    embed = load_embed_dir(tux / "embed")
+    graph = load_graph(tux / "shards" / "graph")
+    manifest = read_shards_manifest(tux / "shards")
+    sizes, samples = read_shards(tux / "shards")
+
+    keys = [s["__key__"] for s in samples]
+    assert sorted(keys) == sorted(embed.samples.column("key").to_pylist())  # every sample exactly once
+    assert all("." not in k for k in keys)
+    per_shard = Counter(s["__url__"].rsplit("/", 1)[1] for s in samples)
+    assert per_shard == Counter(sizes) and sum(sizes.values()) == manifest["counts"]["written"] == len(keys)
+    assert max(sizes.values()) <= 100
+    for name, count in sizes.items():  # the same counts through tar(1)
+        listing = subprocess.run(["tar", "-tf", str(tux / "shards" / name)], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        assert sum(m.endswith(".nbr.npy") for m in listing) == count
+
+    row_of = {k: i for i, k in enumerate(embed.samples.column("key").to_pylist())}
+    for s in samples:
+        i = row_of[s["__key__"]]
+        meta = json.loads(s["json"])
+        cid = embed.samples.column("caption_id")[i].as_py()
+        assert meta["caption_id"] == cid and meta["label"] == embed.samples.column("label")[i].as_py()
+        assert s["txt"].decode() == embed.captions[cid]
+        nbr = load_npy(s["nbr.npy"])
+        assert nbr.dtype == np.dtype([("id", "<i8"), ("sim", "<f4")]) and nbr.shape == (16,)
+        assert np.array_equal(nbr, graph.neighbors[cid])
+        assert s["png"] == tarfile.open(embed.samples.column("image_source")[i].as_py()).extractfile(
+            embed.samples.column("image_member")[i].as_py()).read()
+
+
+def test_exact_graph_equals_numpy_brute_force(tux):
+    embed = load_embed_dir(tux / "embed")
+    graph = load_graph(tux / "shards" / "graph")
+    ref_sims, ref_ids = brute_force_topk(embed.embeddings.astype(np.float32), 16)
+    assert_topk_equal(graph.neighbors["sim"], graph.neighbors["id"], ref_sims, ref_ids)
+    m = graph.manifest
+    assert m["method"] == "exact" and m["recall"]["measured"] == 1.0
+    x = embed.embeddings.astype(np.float64)
+    off_diagonal = (x @ x.T)[~np.eye(len(x), dtype=bool)]
+    assert m["background_similarity"]["mean"] == pytest.approx(off_diagonal.mean(), abs=0.003)
+    assert m["kth_similarity_mean"] == pytest.approx(ref_sims[:, -1].mean(), abs=1e-3)
+
+
+def test_groups_are_contiguous_and_hold_graph_neighbours(tux):
+    manifest = read_shards_manifest(tux / "shards")
+    neighbor_ids = load_graph(tux / "shards" / "graph").neighbors["id"]
+    _, samples = read_shards(tux / "shards")
+    groups = np.array([json.loads(s["json"])["group"] for s in samples])
+    captions = np.array([json.loads(s["json"])["caption_id"] for s in samples])
+    shard_of = [s["__url__"] for s in samples]
+    assert (np.diff(groups) >= 0).all()  # contiguous, numbered along the shards
+    assert all(len({shard_of[i] for i in np.flatnonzero(groups == g)}) == 1 for g in np.unique(groups))
+    assert np.bincount(groups).max() <= 8
+    measured = in_group_neighbors(captions, groups, neighbor_ids).mean()
+    assert manifest["groups"]["in_group_neighbors_mean"] == pytest.approx(measured)
+    assert measured >= 0.5 * (8 - 1)
+
+
+def test_repack_reuses_the_graph(tux):
+    neighbors = tux / "shards" / "graph" / "neighbors.npy"
+    before = neighbors.stat().st_mtime_ns
+    out = tux / "plain"
+    run_prep("graph", tux / "embed", "--out", out, "--graph", tux / "shards" / "graph", "--group-size", "1",
+             "--with-embeddings", *FAST)
+    assert neighbors.stat().st_mtime_ns == before and not (out / "graph").exists()
+    manifest = read_shards_manifest(out)
+    assert manifest["graph"]["path"] == str(tux / "shards" / "graph")
+    assert manifest["groups"]["size_mean"] == 1 and manifest["groups"]["in_group_neighbors_mean"] == 0
+    embed = load_embed_dir(tux / "embed")
+    _, samples = read_shards(out)
+    assert len(samples) == manifest["counts"]["written"] == embed.samples.num_rows
+    for s in samples[:50]:
+        cid = json.loads(s["json"])["caption_id"]
+        emb = load_npy(s["emb.npy"])
+        assert emb.dtype == np.float16 and np.array_equal(emb, embed.embeddings[cid])
+
+
+def test_rerun_of_a_complete_dir_does_nothing_and_other_options_are_refused(tux):
+    again = run_prep("graph", tux / "embed", "--out", tux / "shards", "--k", "16", "--shard-samples", "100", *FAST)
+    assert "already complete" in again.stdout
+    other = run_prep("graph", tux / "embed", "--out", tux / "shards", "--k", "16", "--group-size", "4", *FAST,
+                     check=False)
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].startswith("xclr-prep: error: ")
+    assert "holds shards from other inputs or options" in other.stderr and "--graph" in other.stderr
+
+
+def test_class_label_mode_gives_the_dense_class_graph(tmp_path):
+    write_fashion_mnist_tars(tmp_path / "tars", limit=1000, per_tar=500)
+    run_prep("embed", tmp_path / "tars", "--out", tmp_path / "embed", "--label-col", "label", "--classnames",
+             tmp_path / "tars" / "classnames.txt", *FAST)
+    run_prep("graph", tmp_path / "embed", "--out", tmp_path / "shards", *FAST)  # k defaults to min(32, U - 1)
+    graph = load_graph(tmp_path / "shards" / "graph")
+    assert graph.manifest["k"] == 9
+    for c, row in enumerate(graph.neighbors["id"]):
+        assert sorted(row) == [i for i in range(10) if i != c]
+    manifest = read_shards_manifest(tmp_path / "shards")
+    assert manifest["counts"]["written"] == 1000 and manifest["classnames"][0] == "T-shirt/top"
+    too_many = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "s2", "--k", "10", *FAST, check=False)
+    assert too_many.returncode == 2
+    assert "--k 10 needs more than 10 unique captions, there are 10" in too_many.stderr
