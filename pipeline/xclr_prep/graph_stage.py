@@ -13,8 +13,9 @@ Driver flow:
    recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
 4. Shards by a pool of `ShardWorker` (`xclr_prep.shard_stage`), then ``sizes.json`` and ``manifest.json`` last.
 
-Method ``auto``: exact on GPUs, and on CPUs up to EXACT_MAX_CPU captions; above, IVF when its index fits in half
-the memory of the smallest node, else exact (which needs only block-sized memory, just more time).
+Method ``auto``: exact on GPUs, and on CPUs up to EXACT_MAX_CPU captions. Above, as autofaiss chooses: HNSW when its
+index fits in half the memory of the smallest node, else IVF-SQfp16 when that fits, else exact (which needs only
+block-sized memory, just more time).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _resolve_method(requested: str, device: str, n: int, dim: int) -> str:
     if device == "cuda" or n <= EXACT_MAX_CPU:
         return "exact"
     smallest = min(node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"])
-    return "ivf" if knn.index_bytes("ivf", n, dim) <= smallest / 2 else "exact"
+    return next((m for m in ("hnsw", "ivf") if knn.index_bytes(m, n, dim) <= smallest / 2), "exact")
 
 
 def _claim(path: Path, fingerprint: str, what: str, hint: str) -> bool:

@@ -1,0 +1,170 @@
+"""Graph search and shard writing, each against a baseline measured in the same run.
+
+    .venv/bin/python benchmarks/bench_graph.py --embed-dir runs/bench/wordnet-all-embed \
+        --shards-n 20000 --out benchmarks/results/graph.json
+
+Search (the caption embeddings of an embed directory, e.g. all WordNet glosses and examples):
+- GEMM: numpy float32 matrix multiply of the search's shape (16384 x dim) @ (dim x 65536): FLOP/s of this machine.
+- exact: `knn.exact_neighbors` over every caption, blocks of 16384 queries; its FLOP/s = 2 N^2 dim / seconds, as a
+  fraction of GEMM.
+- ivf, hnsw: build + tune (to recall 0.95) + search every caption; speed-up = exact seconds / seconds; recall@k
+  over *all* captions against the exact run.
+Each method runs in its own process; peak RSS is that process's, against N * dim * 2 (the fp16 embeddings).
+
+Shards (--shards-n N, 0 to skip): the first N WordNet captions, each with a tuxpaint stamp PNG (cycled), as
+img2dataset tars; `xclr-prep embed`, then `xclr-prep graph` end to end. Write MB/s = shard bytes / the write
+phase's seconds, against GNU tar copying the corpus tars' members into one tar (``tar -cf copy.tar @src...``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+K = 32
+BLOCK = 16_384
+
+
+def _gemm_flops(dim: int) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((BLOCK, dim), dtype=np.float32)
+    b = rng.standard_normal((dim, 65_536), dtype=np.float32)
+    a @ b  # warm up
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * BLOCK * dim * 65_536 / best
+
+
+def _one(method: str, embed_dir: str, exact_path: str) -> dict:
+    """Run one method over every caption in this process; save/compare the neighbours."""
+    from xclr_prep import knn
+    from xclr_schemas import EmbeddingRows
+
+    rows = EmbeddingRows(embed_dir)
+    ids = np.arange(rows.n)
+    started = time.perf_counter()
+    out = {"method": method}
+    if method == "gemm":
+        return {"method": method, "flops": _gemm_flops(rows.dim), "dim": rows.dim}
+    if method == "exact":
+        found = np.concatenate([knn.exact_neighbors(rows, ids[s:s + BLOCK], ids, K)[1]
+                                for s in range(0, rows.n, BLOCK)])
+        np.save(exact_path, found)
+    else:
+        index = knn.build_index(rows, ids, method, seed=0)
+        out["build_seconds"] = time.perf_counter() - started
+        sample = np.sort(np.random.default_rng(0).permutation(rows.n)[:1000])
+        value, tuned = knn.tune(index, method, rows, sample, ids, K, 0.95)
+        knn.set_search_parameter(index, method, value)
+        out.update(parameter=knn.search_parameter(method), value=value, tuning_recall=tuned,
+                   tune_seconds=time.perf_counter() - started - out["build_seconds"])
+        found = np.concatenate([knn.index_neighbors(index, rows, ids[s:s + BLOCK], ids, K)[1]
+                                for s in range(0, rows.n, BLOCK)])
+    out["seconds"] = time.perf_counter() - started
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the recall check
+    if method != "exact":
+        exact = np.load(exact_path)
+        exact_sims = np.concatenate([np.einsum("nd,nkd->nk", rows.take(ids[s:s + BLOCK]),
+                                               rows.take(exact[s:s + BLOCK].ravel()).reshape(-1, K, rows.dim))
+                                     for s in range(0, rows.n, BLOCK)])
+        out["recall_all"] = float(np.mean([knn.recall_at_k(rows, ids[s:s + BLOCK], found[s:s + BLOCK],
+                                                           exact_sims[s:s + BLOCK]) for s in range(0, rows.n, BLOCK)]))
+    out.update(n=rows.n, dim=rows.dim)
+    return out
+
+
+def _run_one(method: str, embed_dir: Path, exact_path: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", method, "--embed-dir", str(embed_dir),
+                           "--exact-path", str(exact_path)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _write_corpus(out: Path, n: int) -> None:
+    from xclr_prep.sample_corpora import tuxpaint_stamps, wordnet_captions
+
+    captions = wordnet_captions(n)
+    pngs = [png.read_bytes() for png, _, _ in tuxpaint_stamps()]
+    out.mkdir(parents=True)
+    for shard, start in enumerate(range(0, n, 10_000)):
+        with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
+            for i in range(start, min(n, start + 10_000)):
+                key = captions.column("key")[i].as_py()
+                for name, data in ((f"{key}.png", pngs[i % len(pngs)]),
+                                   (f"{key}.txt", captions.column("caption")[i].as_py().encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def _shards(n: int, work: Path) -> dict:
+    corpus = work / "corpus"
+    _write_corpus(corpus, n)
+    xclr = [sys.executable, "-m", "xclr_prep"]
+    subprocess.run(xclr + ["embed", str(corpus), "--out", str(work / "embed"), "--no-progress"], check=True,
+                   capture_output=True)
+    subprocess.run(xclr + ["graph", str(work / "embed"), "--out", str(work / "shards"), "--no-progress"], check=True,
+                   capture_output=True)
+    m = json.loads((work / "shards" / "manifest.json").read_text())
+    shard_bytes = sum(s["bytes"] for s in m["shards"])
+    sources = sorted(str(p) for p in corpus.glob("*.tar"))
+    t = time.perf_counter()
+    subprocess.run(["tar", "-cf", str(work / "copy.tar")] + [f"@{s}" for s in sources], check=True)
+    tar_seconds = time.perf_counter() - t
+    tar_bytes = (work / "copy.tar").stat().st_size
+    write = m["run"]["write_seconds"]
+    return {"samples": m["counts"]["written"], "shards": m["counts"]["shards"], "shard_mb": shard_bytes / 1e6,
+            "write_seconds": write, "write_mb_s": shard_bytes / 1e6 / write, "tar_copy_mb": tar_bytes / 1e6,
+            "tar_copy_seconds": tar_seconds, "tar_copy_mb_s": tar_bytes / 1e6 / tar_seconds,
+            "ratio_vs_tar_copy": (shard_bytes / write) / (tar_bytes / tar_seconds),
+            "locate_seconds": m["run"]["locate_seconds"], "layout_seconds": m["run"]["layout_seconds"],
+            "in_group_neighbors_mean": m["groups"]["in_group_neighbors_mean"]}
+
+
+@click.command()
+@click.option("--embed-dir", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--shards-n", default=20_000, show_default=True, help="Samples of the shard benchmark (0: skip).")
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@click.option("--methods", default="exact,ivf,hnsw", show_default=True)
+@click.option("--one", default=None, hidden=True)
+@click.option("--exact-path", default=None, hidden=True)
+def main(embed_dir: Path, shards_n: int, out: Path | None, methods: str, one: str | None,
+         exact_path: str | None) -> None:
+    if one:
+        print(json.dumps(_one(one, str(embed_dir), exact_path)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        exact_path = Path(tmp) / "exact.npy"
+        results = {"gemm": _run_one("gemm", embed_dir, exact_path)}
+        for method in methods.split(","):
+            results[method] = r = _run_one(method, embed_dir, exact_path)
+            print(json.dumps(r), flush=True)
+        exact = results["exact"]
+        flops = 2 * exact["n"] ** 2 * exact["dim"] / exact["seconds"]
+        exact.update(flops=flops, fraction_of_gemm=flops / results["gemm"]["flops"],
+                     data_mib=exact["n"] * exact["dim"] * 2 / 2**20)
+        for method in methods.split(",")[1:]:
+            results[method]["speedup_vs_exact"] = exact["seconds"] / results[method]["seconds"]
+        if shards_n:
+            results["shards"] = _shards(shards_n, Path(tmp))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
