@@ -2,7 +2,8 @@
 # The main job on real offline data: set up .venv, then embed two real corpora with xclr-prep embed
 #   - the tuxpaint stamps as img2dataset-style tars (image + caption + label), and
 #   - 20k WordNet definitions and examples (a caption-only Parquet table),
-# and show each stamp caption's nearest other captions, read back through xclr_schemas.load_embed_dir.
+# build the stamps' caption graph and neighbour-grouped training shards with xclr-prep graph, and show a few
+# neighbour groups read back from the shards with the plain webdataset library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -17,18 +18,29 @@ py=.venv/bin/python
 [ -f "$runs/wordnet-20k.parquet" ] || $py -m xclr_prep.sample_corpora wordnet "$runs/wordnet-20k.parquet" --limit 20000
 .venv/bin/xclr-prep embed "$runs/wordnet-20k.parquet" --out "$runs/wordnet-embed"
 
-$py - "$runs/tuxpaint-embed" <<'PY'
-import sys
-import numpy as np
-from xclr_schemas import load_embed_dir
+.venv/bin/xclr-prep graph "$runs/tuxpaint-embed" --out "$runs/tuxpaint-shards" --shard-samples 200
 
-d = load_embed_dir(sys.argv[1])
-e = d.embeddings.astype(np.float32)
-for i in np.random.default_rng(0).choice(len(d.captions), 4, replace=False):
-    sims = e @ e[i]
-    sims[i] = -1
-    best = np.argsort(-sims)[:3]
-    print(f"\n{d.captions[i]!r}\n" + "\n".join(f"   {sims[j]:.2f}  {d.captions[j]!r}" for j in best))
+$py - "$runs/tuxpaint-shards" <<'PY'
+import json, sys
+from itertools import groupby
+import webdataset as wds
+from xclr_schemas import load_npy, read_shards_manifest
+
+root = sys.argv[1]
+sizes = json.load(open(f"{root}/sizes.json"))
+samples = wds.WebDataset([f"{root}/{name}" for name in sizes], shardshuffle=False)
+groups = groupby(samples, key=lambda s: json.loads(s["json"])["group"])
+for _, (gid, group) in zip(range(3), groups):
+    group = list(group)
+    print(f"\ngroup {gid}: {len(group)} samples")
+    for s in group:
+        top = load_npy(s["nbr.npy"])[0]
+        print(f"   {s['__key__']}  {s['txt'].decode()!r:40}  best neighbour sim {top['sim']:.2f}")
+m = read_shards_manifest(root)
+print(f"\n{m['counts']['written']} samples in {m['counts']['shards']} shards; "
+      f"mean in-group graph neighbours per sample {m['groups']['in_group_neighbors_mean']:.2f} "
+      f"(group size {m['options']['group_size']}); background similarity "
+      f"{m['graph']['background_similarity']['mean']:.3f}, mean k-th neighbour {m['graph']['kth_similarity_mean']:.3f}")
 PY
 echo
-echo "embed directories: $runs/tuxpaint-embed and $runs/wordnet-embed (manifest.json in each)"
+echo "embed directories: $runs/tuxpaint-embed and $runs/wordnet-embed; shards: $runs/tuxpaint-shards"

@@ -139,3 +139,37 @@ def test_class_label_mode_gives_the_dense_class_graph(tmp_path):
     too_many = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "s2", "--k", "10", *FAST, check=False)
     assert too_many.returncode == 2
     assert "--k 10 needs more than 10 unique captions, there are 10" in too_many.stderr
+
+
+def test_images_from_every_source_kind(tmp_path):
+    """Parquet image bytes, image files named by a JSONL table, and a .tar.gz all end up in the shards."""
+    import gzip
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import tiny_png, write_tar
+    from xclr_prep.sample_corpora import wordnet_captions
+
+    captions = wordnet_captions(90).column("caption").to_pylist()
+    corpus = tmp_path / "corpus"
+    (corpus / "img").mkdir(parents=True)
+    pq.write_table(pa.table({"key": [f"p{i}" for i in range(30)], "caption": captions[:30],
+                             "image": [tiny_png(i) for i in range(30)]}), corpus / "bytes.parquet")
+    lines = []
+    for i in range(30, 60):
+        (corpus / "img" / f"{i}.png").write_bytes(tiny_png(i))
+        lines.append(json.dumps({"key": f"j{i}", "caption": captions[i], "image": f"img/{i}.png"}))
+    (corpus / "files.jsonl").write_text("\n".join(lines) + "\n")
+    write_tar(tmp_path / "t.tar", [m for i in range(60, 90) for m in ((f"t{i}.png", tiny_png(i)),
+                                                                       (f"t{i}.txt", captions[i].encode()))])
+    with open(tmp_path / "t.tar", "rb") as src, gzip.open(corpus / "t.tar.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    run_prep("embed", corpus, "--out", tmp_path / "embed", "--image-col", "image", *FAST)
+    run_prep("graph", tmp_path / "embed", "--out", tmp_path / "shards", "--k", "4", *FAST)
+    _, samples = read_shards(tmp_path / "shards")
+    expected = {f"{p}{i}": tiny_png(i) for p, r in (("p", range(30)), ("j", range(30, 60)), ("t", range(60, 90)))
+                for i in r}
+    assert {s["__key__"]: s["png"] for s in samples} == expected
+    assert read_shards_manifest(tmp_path / "shards")["counts"]["skipped_total"] == 0

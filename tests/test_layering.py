@@ -28,6 +28,6 @@ def test_trainer_needs_no_prep_stack(module):
 
 def test_prep_driver_does_not_load_the_model_stack():
     """The driver process orchestrates; only the actors import torch and sentence-transformers."""
-    mods = imported_after("import xclr_prep.cli, xclr_prep.embed_stage")
+    mods = imported_after("import xclr_prep.cli, xclr_prep.embed_stage, xclr_prep.graph_stage")
     assert "ray" in mods
     assert not mods & {"torch", "sentence_transformers", "xclr_train"}

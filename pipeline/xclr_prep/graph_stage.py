@@ -234,7 +234,7 @@ def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, emb
     caption_of = samples.column("caption_id").to_numpy()
     bad_caption = np.isin(caption_of, invalid)
     eligible = np.flatnonzero(~bad_caption)
-    n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, None)
+    n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, 1)  # one shard writer per CPU
     actors = start_pool(ShardWorker, n, cpus, 0, str(opts.embed_dir), str(graph_dir), str(opts.out),
                         opts.shards.with_embeddings, cpus)
     result = run_shards(actors, opts.out, samples, captions, neighbor_ids, eligible, graph_manifest["k"], rows.dim,

@@ -80,8 +80,10 @@ def user_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
-def run_units(actors: list, method: str, units: list[tuple], on_result: Callable[[object], None]) -> None:
+def run_units(actors: list, method: str, units: list[tuple], on_result: Callable[[object], None],
+              prepare: Callable[[tuple], tuple] | None = None) -> None:
     """Run ``actor.method(*unit)`` for every unit over the pool, two in flight per actor; call on_result(result).
+    With `prepare`, the arguments are ``prepare(unit)``, built only when the unit is submitted (bounded memory).
 
     A unit whose actor died (Ray restarts it) is resubmitted, up to MAX_ATTEMPTS in all; an exception raised by
     the unit's own code stops the run with that error.
@@ -93,7 +95,8 @@ def run_units(actors: list, method: str, units: list[tuple], on_result: Callable
         while pending and free:
             actor = free.pop()
             unit, attempt = pending.popleft()
-            running[getattr(actor, method).remote(*unit)] = (actor, unit, attempt)
+            args = prepare(unit) if prepare else unit
+            running[getattr(actor, method).remote(*args)] = (actor, unit, attempt)
         done, _ = ray.wait(list(running), num_returns=1)
         actor, unit, attempt = running.pop(done[0])
         free.append(actor)

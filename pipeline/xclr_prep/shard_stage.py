@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from xclr_prep.fsutil import write_atomic, write_json_atomic
 from xclr_prep.groups import in_group_neighbors, neighbour_groups
-from xclr_prep.images import LOCATION_SCHEMA, locate, source_kind
+from xclr_prep.images import LOCATION_SCHEMA, locate
 from xclr_prep.raypool import run_units
 from xclr_prep.shard_writer import done_marker, tar_bytes, write_shard
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows, shard_name
@@ -78,22 +78,27 @@ def _locate_path(out: Path, unit: int) -> Path:
 def locate_units(samples: pa.Table, eligible: np.ndarray) -> tuple[list[tuple], int]:
     """(units, samples without any image reference) for the `eligible` sample rows: one unit per tar or table
     source, image files in units of FILES_PER_UNIT. A unit is (unit index, kind, source, refs, sample rows)."""
-    sources = samples.column("image_source").to_numpy(zero_copy_only=False)
+    encoded = samples.column("image_source").combine_chunks().dictionary_encode()
+    sources, codes = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
     members = samples.column("image_member").to_numpy(zero_copy_only=False)
     rows = samples.column("image_row").to_numpy()
-    kinds = np.array([source_kind(s, m, r) for s, m, r in zip(sources[eligible], members[eligible],
-                                                               rows[eligible])])
+    kind = np.where(rows >= 0, "column", np.where(members != "", "tar", "file"))
+    if "" in sources:
+        kind[codes == sources.index("")] = "none"
     units: list[tuple] = []
-    for source in sorted(set(sources[eligible[kinds == "tar"]]) | set(sources[eligible[kinds == "column"]])):
-        picked = eligible[(sources[eligible] == source) & ((kinds == "tar") | (kinds == "column"))]
-        kind = source_kind(source, members[picked[0]], rows[picked[0]])
-        refs = list(members[picked]) if kind == "tar" else list(zip(members[picked], rows[picked].tolist()))
-        units.append((len(units), kind, source, refs, picked))
-    files = eligible[kinds == "file"]
+    per_source = eligible[np.isin(kind[eligible], ("tar", "column"))]
+    per_source = per_source[np.lexsort((kind[per_source], codes[per_source]))]
+    cuts = np.flatnonzero((np.diff(codes[per_source]) != 0) | (kind[per_source][1:] != kind[per_source][:-1])) + 1
+    for picked in np.split(per_source, cuts) if len(per_source) else []:
+        source = sources[codes[picked[0]]]
+        refs = (members[picked].tolist() if kind[picked[0]] == "tar"
+                else list(zip(members[picked].tolist(), rows[picked].tolist())))
+        units.append((len(units), str(kind[picked[0]]), source, refs, picked))
+    files = eligible[kind[eligible] == "file"]
     for lo in range(0, len(files), FILES_PER_UNIT):
         picked = files[lo:lo + FILES_PER_UNIT]
-        units.append((len(units), "file", "", list(sources[picked]), picked))
-    return units, int((kinds == "none").sum())
+        units.append((len(units), "file", "", [sources[c] for c in codes[picked]], picked))
+    return units, int((kind[eligible] == "none").sum())
 
 
 def plan_layout(located: pa.Table, caption_of: np.ndarray, text_bytes: np.ndarray, neighbor_ids: np.ndarray,
@@ -172,7 +177,7 @@ def run_shards(actors: list, out: Path, samples: pa.Table, captions: pa.ChunkedA
             written[marker["index"]] = marker
             bar.update(int(bounds[marker["index"] + 1] - bounds[marker["index"]]))
 
-        run_units(actors, "write", [(i, shard_input(i)) for i in todo], wrote)
+        run_units(actors, "write", [(i,) for i in todo], wrote, prepare=lambda unit: (unit[0], shard_input(unit[0])))
 
     wrote_at = time.perf_counter()
     skipped = Counter({"no_image": no_image, "image_missing": sum(m["missing"] for m in markers.values())})

@@ -7,10 +7,8 @@ machine, so the same samples give the same bytes on every run.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX,
 # Columns of the table a shard is written from, one row per sample in shard order.
 SHARD_INPUT_COLUMNS = ("sample", "key", "text", "caption_id", "group", "label", "blob", "offset", "size")
 TAR_BLOCK = 512
+CHUNK = 256
 
 
 def tar_bytes(sizes: np.ndarray) -> np.ndarray:
@@ -36,10 +35,11 @@ def done_marker(out: Path, index: int) -> Path:
     return out / "done" / f"{shard_name(index)[:-4]}.json"
 
 
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+def _member(name: str, data: bytes) -> bytes:
+    """One tar member: header (no time, owner or mode of this machine), data, padding to 512."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
-    return info, io.BytesIO(data)
+    return info.tobuf(tarfile.PAX_FORMAT) + data + bytes(-len(data) % TAR_BLOCK)
 
 
 def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray, embeddings: np.ndarray | None,
@@ -47,37 +47,44 @@ def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray,
     """Write shard `index` of `out` from `samples` (SHARD_INPUT_COLUMNS), ``neighbors[i]`` (k,) and optionally
     ``embeddings[i]`` (fp16) being those of sample i. Images that do not decode are skipped and listed.
 
+    Samples are read, checked and written CHUNK at a time, so memory is one chunk of images whatever the shard size.
     Returns the done marker: index, name, samples written, bytes, skipped {reason: count}, skipped samples.
     """
     cols = {c: samples.column(c).to_pylist() for c in SHARD_INPUT_COLUMNS}
-    with ThreadPoolExecutor(threads) as pool:
-        images = list(pool.map(read_bytes, cols["blob"], cols["offset"], cols["size"]))
-        suffixes = list(pool.map(check_image, images))
-    skipped = [s for s, suffix in zip(cols["sample"], suffixes) if suffix is None]
     name = shard_name(index)
+    skipped: list[int] = []
 
     def write(tmp: Path) -> None:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for i, suffix in enumerate(suffixes):
-                if suffix is None:
-                    continue
-                key = cols["key"][i]
-                meta = {"caption_id": cols["caption_id"][i], "group": cols["group"][i]}
-                if cols["label"][i] >= 0:
-                    meta["label"] = cols["label"][i]
-                members = [(suffix, images[i]), (TEXT_SUFFIX, cols["text"][i].encode()),
-                           (META_SUFFIX, json.dumps(meta).encode()), (NEIGHBORS_SUFFIX, npy_bytes(neighbors[i]))]
-                if embeddings is not None:
-                    members.append((EMBEDDING_SUFFIX, npy_bytes(embeddings[i])))
-                for member_suffix, data in members:
-                    tar.addfile(*_member(f"{key}.{member_suffix}", data))
+        with open(tmp, "wb") as f, ThreadPoolExecutor(threads) as pool:
+            for lo in range(0, samples.num_rows, CHUNK):
+                chunk = range(lo, min(samples.num_rows, lo + CHUNK))
+                images = list(pool.map(read_bytes, *(cols[c][lo:chunk.stop] for c in ("blob", "offset", "size"))))
+                for i, image, suffix in zip(chunk, images, pool.map(check_image, images)):
+                    if suffix is None:
+                        skipped.append(cols["sample"][i])
+                        continue
+                    f.write(b"".join(_member(f"{cols['key'][i]}.{member}", data)
+                                     for member, data in _members(cols, i, suffix, image, neighbors, embeddings)))
+            f.write(bytes(2 * TAR_BLOCK))  # end-of-archive marker
 
-    written = len(suffixes) - len(skipped)
-    if written:
-        write_atomic(out / name, write)
+    write_atomic(out / name, write)
+    written = samples.num_rows - len(skipped)
+    if not written:
+        (out / name).unlink()
     marker = {"index": index, "name": name, "samples": written,
               "bytes": (out / name).stat().st_size if written else 0,
-              "skipped": dict(Counter({"image_undecodable": len(skipped)}) if skipped else {}),
-              "skipped_samples": skipped}
+              "skipped": {"image_undecodable": len(skipped)} if skipped else {}, "skipped_samples": skipped}
     write_json_atomic(done_marker(out, index), marker)
     return marker
+
+
+def _members(cols: dict, i: int, suffix: str, image: bytes, neighbors: np.ndarray,
+             embeddings: np.ndarray | None) -> list[tuple[str, bytes]]:
+    meta = {"caption_id": cols["caption_id"][i], "group": cols["group"][i]}
+    if cols["label"][i] >= 0:
+        meta["label"] = cols["label"][i]
+    members = [(suffix, image), (TEXT_SUFFIX, cols["text"][i].encode()), (META_SUFFIX, json.dumps(meta).encode()),
+               (NEIGHBORS_SUFFIX, npy_bytes(neighbors[i]))]
+    if embeddings is not None:
+        members.append((EMBEDDING_SUFFIX, npy_bytes(embeddings[i])))
+    return members
