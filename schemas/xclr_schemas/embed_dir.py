@@ -22,13 +22,14 @@ Where a sample's image is (``image_source``, ``image_member``, ``image_row``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from xclr_schemas.versioned import read_versioned_manifest
 
 EMBED_SCHEMA_VERSION = "xclr.embed/1"
 MANIFEST = "manifest.json"
@@ -79,16 +80,8 @@ class EmbedDir:
 
 def read_manifest(path: str | Path) -> dict:
     """The manifest of a complete embed directory; EmbedDirError if absent or of another schema version."""
-    root = Path(path)
-    manifest_path = root / MANIFEST
-    if not manifest_path.exists():
-        raise EmbedDirError(f"{root} is not a complete embed directory (no {MANIFEST}; rerun xclr-prep embed)")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("schema_version") != EMBED_SCHEMA_VERSION:
-        raise EmbedDirError(
-            f"{root} has schema version {manifest.get('schema_version')!r}, this xclr reads {EMBED_SCHEMA_VERSION!r}"
-        )
-    return manifest
+    return read_versioned_manifest(Path(path), EMBED_SCHEMA_VERSION, EmbedDirError, "embed directory",
+                                   "xclr-prep embed")
 
 
 def _check_parts(root: Path, manifest: dict) -> list[dict]:
@@ -142,15 +135,19 @@ class EmbeddingRows:
         return out
 
 
+def _read_part_tables(root: Path, manifest: dict, kind: str, schema: pa.Schema) -> pa.Table:
+    tables = [pq.read_table(part_paths(root, p["index"])[kind], schema=schema) for p in _check_parts(root, manifest)]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
 def read_captions(path: str | Path, manifest: dict | None = None) -> pa.ChunkedArray:
     """The caption texts, element i = caption id i (Arrow strings: about 1 GB at 12M captions)."""
     root = Path(path)
     manifest = manifest or read_manifest(root)
-    tables = [pq.read_table(part_paths(root, p["index"])["captions"], schema=CAPTIONS_SCHEMA)
-              for p in _check_parts(root, manifest)]
-    table = pa.concat_tables(tables) if tables else CAPTIONS_SCHEMA.empty_table()
-    if not np.array_equal(table.column("caption_id").to_numpy(), np.arange(manifest["counts"]["unique_captions"])):
-        raise EmbedDirError(f"{root}: caption ids are not 0..{manifest['counts']['unique_captions'] - 1} in part order")
+    table = _read_part_tables(root, manifest, "captions", CAPTIONS_SCHEMA)
+    n = manifest["counts"]["unique_captions"]
+    if not np.array_equal(table.column("caption_id").to_numpy(), np.arange(n)):
+        raise EmbedDirError(f"{root}: caption ids are not 0..{n - 1} in part order")
     return table.column("text")
 
 
@@ -158,9 +155,7 @@ def read_samples(path: str | Path, manifest: dict | None = None) -> pa.Table:
     """The sample table (SAMPLES_SCHEMA), rows in input order."""
     root = Path(path)
     manifest = manifest or read_manifest(root)
-    tables = [pq.read_table(part_paths(root, p["index"])["samples"], schema=SAMPLES_SCHEMA)
-              for p in _check_parts(root, manifest)]
-    table = pa.concat_tables(tables) if tables else SAMPLES_SCHEMA.empty_table()
+    table = _read_part_tables(root, manifest, "samples", SAMPLES_SCHEMA)
     if table.num_rows != manifest["counts"]["kept"]:
         raise EmbedDirError(f"{root}: {table.num_rows} samples on disk, manifest says {manifest['counts']['kept']}")
     return table

@@ -17,11 +17,12 @@ row is all ``(-1, nan)``; the manifest lists such captions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from xclr_schemas.versioned import read_versioned_manifest
 
 GRAPH_SCHEMA_VERSION = "xclr.graph/1"
 NEIGHBOR_DTYPE = np.dtype([("id", "<i8"), ("sim", "<f4")])
@@ -45,13 +46,8 @@ def block_marker(root: Path, index: int) -> Path:
 def load_graph(path: str | Path) -> Graph:
     """Open a complete graph directory; ``neighbors`` is memory-mapped (no memory used until rows are read)."""
     root = Path(path)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.exists():
-        raise GraphDirError(f"{root} is not a complete graph directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("schema_version") != GRAPH_SCHEMA_VERSION:
-        raise GraphDirError(f"{root} has schema version {manifest.get('schema_version')!r}, "
-                            f"this xclr reads {GRAPH_SCHEMA_VERSION!r}")
+    manifest = read_versioned_manifest(root, GRAPH_SCHEMA_VERSION, GraphDirError, "graph directory",
+                                       "xclr-prep graph")
     neighbors = np.load(root / NEIGHBORS, mmap_mode="r", allow_pickle=False)
     if neighbors.dtype != NEIGHBOR_DTYPE or neighbors.shape != (manifest["captions"], manifest["k"]):
         raise GraphDirError(f"{root}/{NEIGHBORS} is {neighbors.dtype} {neighbors.shape}, the manifest says "

@@ -24,10 +24,11 @@ Nothing is pickled: ``.npy`` members load with ``numpy.load(..., allow_pickle=Fa
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
+
+from xclr_schemas.versioned import read_versioned_manifest
 
 SHARDS_SCHEMA_VERSION = "xclr.shards/1"
 SIZES = "sizes.json"
@@ -45,15 +46,8 @@ def shard_name(index: int) -> str:
 
 def read_shards_manifest(path: str | Path) -> dict:
     """The manifest of a complete shards directory; ShardsDirError if absent or of another schema version."""
-    root = Path(path)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.exists():
-        raise ShardsDirError(f"{root} is not a complete shards directory (no manifest.json; rerun xclr-prep graph)")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("schema_version") != SHARDS_SCHEMA_VERSION:
-        raise ShardsDirError(f"{root} has schema version {manifest.get('schema_version')!r}, "
-                             f"this xclr reads {SHARDS_SCHEMA_VERSION!r}")
-    return manifest
+    return read_versioned_manifest(Path(path), SHARDS_SCHEMA_VERSION, ShardsDirError, "shards directory",
+                                   "xclr-prep graph")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

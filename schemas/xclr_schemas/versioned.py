@@ -1,0 +1,18 @@
+"""Reading a stage's manifest: present means the directory is complete; its schema version must be this xclr's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_versioned_manifest(root: Path, version: str, error: type[Exception], what: str, rerun: str) -> dict:
+    """``root/manifest.json`` as a dict. Raises `error` when it is absent (the directory is not a complete `what`;
+    the message suggests `rerun`) or its ``schema_version`` is not `version`."""
+    path = root / "manifest.json"
+    if not path.exists():
+        raise error(f"{root} is not a complete {what} (no manifest.json; rerun {rerun})")
+    manifest = json.loads(path.read_text())
+    if manifest.get("schema_version") != version:
+        raise error(f"{root} has schema version {manifest.get('schema_version')!r}, this xclr reads {version!r}")
+    return manifest
