@@ -104,8 +104,9 @@ def graph(embed_dir: Path, out: Path, k: int | None, method: str, recall_target:
 
     shards = ShardOptions(group_size=group_size, shard_samples=shard_samples, shard_bytes=shard_bytes,
                           with_embeddings=with_embeddings, seed=seed)
-    opts = GraphOptions(embed_dir=embed_dir, out=out, k=k, method=method, recall_target=recall_target,
-                        allow_low_recall=allow_low_recall, graph=graph_dir, shards=shards, block_size=block_size,
+    opts = GraphOptions(embed_dir=embed_dir.resolve(), out=out.resolve(), k=k, method=method,
+                        recall_target=recall_target, allow_low_recall=allow_low_recall,
+                        graph=graph_dir.resolve() if graph_dir else None, shards=shards, block_size=block_size,
                         device=device, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
                         ray_address=ray_address, progress=not no_progress)
     manifest = run_graph(opts)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 from tqdm import tqdm
 
 from xclr_prep.fsutil import write_atomic, write_json_atomic
@@ -132,8 +133,6 @@ def create_neighbors_file(graph: Path, n: int, k: int) -> None:
 def search_graph(actors: list, graph: Path, n: int, block_size: int, method: str, seed: int, target: float,
                  progress: bool) -> dict:
     """Run the search over `actors` (SearchWorker); returns index parameters, exact fallbacks and measurements."""
-    import ray
-
     params = None
     if method != "exact":
         params_path = graph / "index.json"
