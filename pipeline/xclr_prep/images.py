@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from xclr_prep.fsutil import write_atomic
+from xclr_schemas.shards import IMAGE_SUFFIX_OF_FORMAT
 
 LOCATION_SCHEMA = pa.schema([("sample", pa.int64()), ("blob", pa.string()), ("offset", pa.int64()),
                              ("size", pa.int64())])
-_SUFFIX_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 
 def locate(kind: str, source: str, refs: list, samples: np.ndarray, stage_path: Path) -> tuple[pa.Table, int]:
@@ -108,7 +108,7 @@ def check_image(data: bytes) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:
-                suffix = _SUFFIX_OF_FORMAT.get(img.format)
+                suffix = IMAGE_SUFFIX_OF_FORMAT.get(img.format)
                 if img.format == "PNG":
                     img.verify()
                 else:
