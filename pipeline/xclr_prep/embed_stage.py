@@ -36,7 +36,7 @@ from tqdm import tqdm
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import remove_temporaries, write_json_atomic
+from xclr_prep.fsutil import claim_dir, remove_temporaries, write_json_atomic
 from xclr_prep.raypool import cluster_device, pool_shape, run_units, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
@@ -130,19 +130,6 @@ def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tupl
     return digest, plan
 
 
-def _claim_out_dir(out: Path, fingerprint: str, plan: dict) -> bool:
-    """Create or resume `out`. Returns True when `out` already holds the complete result of this plan."""
-    plan_path = out / "plan.json"
-    if plan_path.exists():
-        if json.loads(plan_path.read_text()).get("fingerprint") != fingerprint:
-            raise PrepError(f"{out} holds an embed run of other inputs or options; use another --out or delete it")
-        return (out / MANIFEST).exists()
-    if out.exists() and any(out.iterdir()):
-        raise PrepError(f"{out} exists, is not empty and is not an xclr embed directory")
-    write_json_atomic(plan_path, {"fingerprint": fingerprint, **plan})
-    return False
-
-
 def run_embed(opts: EmbedOptions) -> dict:
     """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
     _check_options(opts)
@@ -153,7 +140,7 @@ def run_embed(opts: EmbedOptions) -> dict:
         check_columns(f, opts.spec)
     fingerprint, plan = _fingerprint(files, opts, model)
     out = opts.out
-    if _claim_out_dir(out, fingerprint, plan):
+    if claim_dir(out, fingerprint, plan, "embed", "an embed run", "use another --out or delete it"):
         print(f"{out} is already complete")
         return json.loads((out / MANIFEST).read_text())
     remove_temporaries(out)

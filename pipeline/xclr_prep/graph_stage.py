@@ -33,7 +33,7 @@ import ray
 
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import remove_temporaries, write_json_atomic
+from xclr_prep.fsutil import claim_dir, remove_temporaries, write_json_atomic
 from xclr_prep.raypool import cluster_device, pool_shape, start_pool, start_ray
 from xclr_prep.search_stage import SearchWorker, create_neighbors_file, search_graph
 from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
@@ -114,19 +114,6 @@ def _resolve_method(requested: str, device: str, n: int, dim: int) -> str:
     return next((m for m in ("hnsw", "ivf") if knn.index_bytes(m, n, dim) <= smallest / 2), "exact")
 
 
-def _claim(path: Path, fingerprint: str, what: str, hint: str) -> bool:
-    """Create or resume directory `path` for `fingerprint`; True when it is already complete."""
-    plan = path / "plan.json"
-    if plan.exists():
-        if json.loads(plan.read_text()).get("fingerprint") != fingerprint:
-            raise PrepError(f"{path} holds {what} from other inputs or options; {hint}")
-        return (path / "manifest.json").exists()
-    if path.exists() and any(path.iterdir()):
-        raise PrepError(f"{path} exists, is not empty and is not an xclr {what} directory")
-    write_json_atomic(plan, {"fingerprint": fingerprint})
-    return False
-
-
 def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -161,7 +148,7 @@ def run_graph(opts: GraphOptions) -> dict:
         plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(graph_plan), "graph_dir": str(graph_dir),
                 "shards": asdict(opts.shards)}
         hint = (f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)")
-        if _claim(opts.out, _digest(plan), "shards", hint):
+        if claim_dir(opts.out, _digest(plan), {}, "shards", "shards", hint):
             print(f"{opts.out} is already complete")
             return json.loads((opts.out / "manifest.json").read_text())
         remove_temporaries(opts.out)
@@ -191,7 +178,7 @@ def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> dict:
 def _build_graph(opts: GraphOptions, graph_dir: Path, plan: dict, embed_manifest: dict, rows: EmbeddingRows,
                  invalid: np.ndarray, device: str) -> dict:
     fingerprint = _digest(plan)
-    if _claim(graph_dir, fingerprint, "a graph", "use another --out"):
+    if claim_dir(graph_dir, fingerprint, {}, "graph", "a graph", "use another --out"):
         return load_graph(graph_dir).manifest
     started = time.perf_counter()
     create_neighbors_file(graph_dir, rows.n, plan["k"])
