@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 
 from xclr_prep.dedup import PartIds
 from xclr_prep.encoder import Encoder
-from xclr_prep.fsutil import write_atomic, write_json_atomic
 from xclr_schemas import CAPTIONS_SCHEMA, SAMPLES_SCHEMA, part_paths
+from xclr_schemas.atomic import write_atomic, write_json_atomic
 
 
 def write_embed_part(

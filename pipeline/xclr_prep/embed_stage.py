@@ -36,10 +36,11 @@ from tqdm import tqdm
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir, remove_temporaries, write_json_atomic
+from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, run_units, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
+from xclr_schemas.atomic import remove_temporaries, write_json_atomic
 
 NORMALISATION = "nfc-trim-collapse-whitespace/1"
 DTYPES = ("float16", "float32")

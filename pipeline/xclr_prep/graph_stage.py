@@ -33,7 +33,7 @@ import ray
 
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir, remove_temporaries, write_json_atomic
+from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, start_pool, start_ray
 from xclr_prep.search_stage import SearchWorker, create_neighbors_file, search_graph
 from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
@@ -49,6 +49,7 @@ from xclr_schemas import (
     read_manifest,
     read_samples,
 )
+from xclr_schemas.atomic import remove_temporaries, write_json_atomic
 
 DEFAULT_K = 32
 EXACT_MAX_CPU = 250_000

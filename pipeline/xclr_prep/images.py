@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from xclr_prep.fsutil import write_atomic
+from xclr_schemas.atomic import write_atomic
 from xclr_schemas.shards import IMAGE_SUFFIX_OF_FORMAT
 
 LOCATION_SCHEMA = pa.schema([("sample", pa.int64()), ("blob", pa.string()), ("offset", pa.int64()),

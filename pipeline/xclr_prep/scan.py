@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from xclr_prep.captions import digest, normalise
 from xclr_prep.corpus import CorpusSpec, InputFile, RawRow, read_rows
-from xclr_prep.fsutil import write_atomic, write_json_atomic
+from xclr_schemas.atomic import write_atomic, write_json_atomic
 
 SCAN_SCHEMA = pa.schema(
     [

@@ -19,9 +19,9 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from xclr_prep.fsutil import write_atomic, write_json_atomic
 from xclr_prep.raypool import run_units
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
+from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.graph_dir import NEIGHBORS, block_marker
 
 TUNING_QUERIES = 1_000

@@ -25,12 +25,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from xclr_prep.fsutil import write_atomic, write_json_atomic
 from xclr_prep.groups import in_group_neighbors, neighbour_groups
 from xclr_prep.images import LOCATION_SCHEMA, locate
 from xclr_prep.raypool import run_units
 from xclr_prep.shard_writer import done_marker, tar_bytes, write_shard
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows, shard_name
+from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.graph_dir import NEIGHBORS
 
 FILES_PER_UNIT = 50_000

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from xclr_prep.fsutil import write_atomic, write_json_atomic
 from xclr_prep.images import check_image, read_bytes
 from xclr_schemas import npy_bytes, shard_name
+from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX, TEXT_SUFFIX
 
 # Columns of the table a shard is written from, one row per sample in shard order.
