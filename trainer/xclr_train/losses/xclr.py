@@ -1,0 +1,35 @@
+"""X-CLR: contrastive loss against soft targets from a caption-similarity matrix S (shared/DESIGN.md section 4).
+
+    G[i, j] = S[a(i), a(j)]   (2M x 2M over the views; a(i) = sample of view i)
+    t_i     = softmax_{j != i}(G[i, j] / tau_s),   p_i = softmax_{j != i}(z_i . z_j / tau)
+    loss    = mean over the 2M anchors of  - sum_{j != i} t_ij log p_ij
+
+With S = identity and tau_s -> 0 this is SimCLR's NT-Xent; with S = same-label indicator it is close to SupCon.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xclr_train.losses.soft import soft_contrastive
+
+
+def xclr_weights(similarity_rows: Tensor, tau_s: float) -> Tensor:
+    """Sample-level target weights exp((S - max_b S) / tau_s) for rows of S; t_i is these over j != i, normalised."""
+    if tau_s <= 0:
+        raise ValueError(f"tau_s must be > 0, got {tau_s}")
+    s = similarity_rows.float()
+    return torch.exp((s - s.max(dim=1, keepdim=True).values) / tau_s)
+
+
+def xclr_loss(z1: Tensor, z2: Tensor, similarity: Tensor, tau: float = 0.1, tau_s: float = 0.1) -> Tensor:
+    """X-CLR loss of one global batch: z1, z2 (M, d) view projections (normalised here), similarity (M, M)."""
+    m = z1.shape[0]
+    if z2.shape != z1.shape or similarity.shape != (m, m):
+        raise ValueError(f"z1 {tuple(z1.shape)}, z2 {tuple(z2.shape)} and similarity {tuple(similarity.shape)} "
+                         "must be (M, d), (M, d) and (M, M)")
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    weights = xclr_weights(similarity, tau_s).repeat(2, 1)
+    return soft_contrastive(z, z, torch.arange(2 * m, device=z.device), weights, tau)
