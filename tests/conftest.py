@@ -70,6 +70,27 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+@pytest.fixture(scope="session")
+def tux_embed(tmp_path_factory) -> Path:
+    """Root holding ``tars`` (the real tuxpaint stamps as img2dataset tars, 100 per tar) and ``embed`` (their
+    `xclr-prep embed` output with category labels)."""
+    from xclr_prep.sample_corpora import write_tuxpaint_tars
+
+    root = tmp_path_factory.mktemp("tux")
+    write_tuxpaint_tars(root / "tars", per_tar=100)
+    run_prep("embed", root / "tars", "--out", root / "embed", "--label-col", "label", "--no-progress")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tux_shards(tux_embed) -> Path:
+    """Training shards of the tuxpaint stamps with caption embeddings (k 16, groups of 8, 200 samples a shard)."""
+    out = tux_embed / "train-shards"
+    run_prep("graph", tux_embed / "embed", "--out", out, "--k", "16", "--shard-samples", "200", "--with-embeddings",
+             "--no-progress")
+    return out
+
+
 @pytest.fixture
 def prep():
     return run_prep

@@ -13,20 +13,17 @@ import webdataset as wds
 
 from conftest import assert_topk_equal, brute_force_topk, run_prep
 from xclr_prep.groups import in_group_neighbors
-from xclr_prep.sample_corpora import write_fashion_mnist_tars, write_tuxpaint_tars
+from xclr_prep.sample_corpora import write_fashion_mnist_tars
 from xclr_schemas import load_embed_dir, load_graph, load_npy, read_shards_manifest
 
 FAST = ["--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def tux(tmp_path_factory):
-    """Tuxpaint stamps: embedded, then graphed into small shards (k 16, groups of 8, at most 100 per shard)."""
-    root = tmp_path_factory.mktemp("tux")
-    write_tuxpaint_tars(root / "tars", per_tar=100)
-    run_prep("embed", root / "tars", "--out", root / "embed", "--label-col", "label", *FAST)
-    run_prep("graph", root / "embed", "--out", root / "shards", "--k", "16", "--shard-samples", "100", *FAST)
-    return root
+def tux(tux_embed):
+    """Tuxpaint stamps: embedded (conftest), then graphed into small shards (k 16, groups of 8, 100 per shard)."""
+    run_prep("graph", tux_embed / "embed", "--out", tux_embed / "shards", "--k", "16", "--shard-samples", "100", *FAST)
+    return tux_embed
 
 
 def read_shards(path):

@@ -1,9 +1,61 @@
-"""`xclr-train`: the trainer command line (issue #4 builds it)."""
+"""`xclr-train`: train an image encoder on xclr training shards, on a CPU, a GPU or under torchrun."""
+
+from __future__ import annotations
 
 import click
 
+from xclr_train.checkpoint import CheckpointError
+from xclr_train.data import DataError
+from xclr_train.models import ARCHS
+from xclr_train.objective import LOSSES
+from xclr_train.train import TrainConfig, train
 
-@click.command()
-def main() -> None:
-    """Train an image encoder with X-CLR on xclr training shards (not available yet)."""
-    raise click.ClickException("xclr-train is not implemented yet (issue #4)")
+D = TrainConfig
+
+
+@click.command(context_settings={"show_default": True, "max_content_width": 120})
+@click.option("--data", required=True, help="Shards: a directory (its sizes.json), a sizes.json or a brace pattern.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--loss", type=click.Choice(LOSSES), default=D.loss)
+@click.option("--targets", type=click.Choice(["sparse", "dense"]), default=D.targets,
+              help="X-CLR targets: sparse from KEY.nbr.npy, dense from KEY.emb.npy (needs --with-embeddings shards).")
+@click.option("--calibrate", type=click.Choice(["none", "background"]), default=D.calibrate,
+              help="Map similarities to max(0, (S - b) / (1 - b)) with the graph's background similarity b.")
+@click.option("--tau", type=float, default=D.tau, help="Temperature of the predicted distribution.")
+@click.option("--tau-s", type=float, default=D.tau_s, help="Temperature of the X-CLR target distribution.")
+@click.option("--arch", type=click.Choice(list(ARCHS)), default=D.arch)
+@click.option("--image-size", type=int, default=D.image_size, help="Crop size; <= 64 uses the small-image stem.")
+@click.option("--proj-hidden", type=int, default=D.proj_hidden)
+@click.option("--proj-dim", type=int, default=D.proj_dim, help="Ignored by --loss clip (the caption size).")
+@click.option("--batch-size", type=int, default=D.batch_size, help="Samples per rank per step (two views each).")
+@click.option("--epochs", type=int, default=D.epochs, help="Checkpoint intervals of --samples-per-epoch samples.")
+@click.option("--steps", type=int, default=None, help="Total steps (instead of --epochs).")
+@click.option("--samples-per-epoch", type=int, default=None, help="Default: the shards' sample count (sizes.json).")
+@click.option("--optimizer", type=click.Choice(["lars", "adamw"]), default=D.optimizer)
+@click.option("--lr", type=float, default=None, help="Peak learning rate. Default: LARS 0.3, AdamW 1e-3, x batch/256.")
+@click.option("--weight-decay", type=float, default=D.weight_decay)
+@click.option("--warmup-steps", type=int, default=None, help="Default: a tenth of the steps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=D.precision,
+              help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
+@click.option("--workers", type=int, default=D.workers, help="DataLoader worker processes per rank.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device)
+@click.option("--seed", type=int, default=D.seed)
+@click.option("--resume", default=None, help="'latest' (RUN/checkpoints/latest.pt) or a checkpoint path.")
+@click.option("--save-every", type=int, default=D.save_every, help="Keep epoch-NNNN.pt every this many epochs.")
+@click.option("--log-every", type=int, default=D.log_every, help="Steps per metrics line.")
+@click.option("--progress/--no-progress", default=D.progress)
+def main(**options) -> None:
+    """Train an image encoder with X-CLR (or a baseline) on shards written by `xclr-prep graph`.
+
+    Multi-GPU / multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 8 -m xclr_train ...`.
+    """
+    for name in ("batch_size", "epochs", "steps", "samples_per_epoch", "image_size", "save_every", "log_every"):
+        if options[name] is not None and options[name] < 1:
+            raise click.BadParameter(f"must be at least 1, got {options[name]}",
+                                     param_hint="--" + name.replace("_", "-"))
+    try:
+        last = train(TrainConfig(**options))
+    except (DataError, CheckpointError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if last:
+        click.echo(f"done: step {last['step']}, loss {last['loss']:.4f}; run in {options['out']}")

@@ -1,0 +1,144 @@
+"""`xclr-train` end to end on real shards (tuxpaint stamps through xclr-prep): learning, kill -9 and resume, and
+every bad input of the issue giving a one-line error or a counted skip."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+SMALL = ["--arch", "resnet18", "--image-size", "16", "--no-progress", "--log-every", "1"]
+
+
+def run_train(*args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "xclr_train", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xclr-train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def rewrite_shards(src, dst, drop: str | None = None) -> None:
+    """A copy of a shards directory whose tars lack the members ending in `drop`."""
+    dst.mkdir()
+    for name in ("sizes.json", "manifest.json"):
+        shutil.copy(src / name, dst / name)
+    for tar_path in sorted(src.glob("*.tar")):
+        with tarfile.open(tar_path) as inp, tarfile.open(dst / tar_path.name, "w") as out:
+            for info in inp:
+                if drop is None or not info.name.endswith(drop):
+                    out.addfile(info, io.BytesIO(inp.extractfile(info).read()))
+
+
+@pytest.mark.slow
+def test_a_short_real_run_decreases_the_loss(tux_shards, tmp_path):
+    """X-CLR with sparse targets on the tuxpaint stamps: the loss falls, and neighbours meet in the batch."""
+    run = tmp_path / "run"
+    run_train("--data", tux_shards, "--out", run, *SMALL, "--batch-size", "32", "--steps", "30", "--workers", "1",
+              "--samples-per-epoch", "320")
+    lines = metrics(run)
+    assert [x["step"] for x in lines] == list(range(1, 31))
+    first, last = [x["loss"] for x in lines[:5]], [x["loss"] for x in lines[-5:]]
+    assert sum(last) / 5 < sum(first) / 5 - 0.1, (first, last)
+    # groups of 8 from the graph: an anchor meets several graph neighbours in its batch (random batches: ~0.5)
+    assert sum(x["graph_hits"] for x in lines) / len(lines) > 3
+    assert all(0 < x["target_same_caption"] < 1 and x["target_entropy"] > 0 for x in lines)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch-{e:04d}.pt" for e in (1, 2, 3)] + [
+        "latest.pt"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path):
+    """4 epochs of 2 steps: killed during epoch 3 and resumed from latest, the losses of every step equal an
+    uninterrupted run's, and the metrics log holds each step once."""
+    args = ["--data", tux_shards, *SMALL, "--batch-size", "16", "--steps", "8", "--samples-per-epoch", "32",
+            "--workers", "2", "--loss", "supcon"]
+    run_train(*args, "--out", tmp_path / "whole")
+    reference = [x["loss"] for x in metrics(tmp_path / "whole")]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "xclr_train", *map(str, args), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "epoch-0002.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    while len(metrics(run)) < 5:  # inside epoch 3, past its first step
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / "epoch-0004.pt").exists()
+
+    refused = run_train(*args, "--out", run, check=False)
+    assert refused.returncode != 0 and "--resume latest" in refused.stderr
+    run_train(*args, "--out", run, "--resume", "latest")
+    lines = metrics(run)
+    assert [x["step"] for x in lines] == list(range(1, 9))
+    assert [x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6)
+
+
+def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_nbr, no_emb = tmp_path / "no-nbr", tmp_path / "no-emb"
+    rewrite_shards(tux_shards, no_nbr, drop=".nbr.npy")
+    rewrite_shards(tux_shards, no_emb, drop=".emb.npy")
+    cases = [
+        (["--data", empty], f"no shards in {empty}"),
+        (["--data", tmp_path / "missing-{000..003}.tar"], "4 of 4 shards do not exist"),
+        (["--data", no_nbr], "--loss xclr with sparse targets needs KEY.nbr.npy in every sample"),
+        (["--data", no_emb, "--targets", "dense"], "--targets dense needs KEY.emb.npy"),
+        (["--data", no_emb, "--loss", "clip"], "--loss clip needs KEY.emb.npy"),
+        (["--data", tux_shards, "--samples-per-epoch", "8", "--batch-size", "16"], "less than one global batch"),
+        (["--data", tux_shards, "--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
+    ]
+    for args, message in cases:
+        proc = run_train(*args, "--out", tmp_path / "run", *SMALL, check=False, timeout=120)
+        assert proc.returncode == 1, (args, proc.stderr[-2000:])
+        error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and message in error[0], (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_truncated_tar_is_skipped_and_counted(tux_shards, tmp_path):
+    data = tmp_path / "data"
+    rewrite_shards(tux_shards, data)
+    shard = sorted(data.glob("*.tar"))[1]
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size // 2)
+    run = tmp_path / "run"
+    run_train("--data", data, "--out", run, *SMALL, "--batch-size", "16", "--steps", "12", "--samples-per-epoch",
+              "192", "--workers", "1", "--seed", "3")
+    last = metrics(run)[-1]
+    assert last["skipped_truncated_shard"] >= 1
+    assert last["skipped_incomplete_sample"] >= last["skipped_truncated_shard"]
+    assert last["skipped_undecodable_image"] == last["skipped_bad_member"] == 0
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_architecture_is_refused(tux_shards, tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", tux_shards, "--no-progress", "--image-size", "16", "--batch-size", "8", "--steps", "1",
+              "--samples-per-epoch", "8", "--workers", "0"]
+    run_train(*common, "--out", run, "--arch", "resnet18")
+    proc = run_train(*common, "--out", tmp_path / "other", "--arch", "resnet50", "--resume",
+                     run / "checkpoints" / "latest.pt", check=False)
+    assert proc.returncode == 1
+    assert "holds another model: arch=resnet18 (this run: resnet50)" in proc.stderr
+    changed = run_train(*common, "--out", run, "--arch", "resnet18", "--resume", "latest", "--tau", "0.2",
+                        check=False)
+    assert "was trained with other options: tau=0.1 (now 0.2)" in changed.stderr

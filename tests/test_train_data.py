@@ -1,0 +1,132 @@
+"""The trainer's streaming stages on real tar files: shard lists, tar reading with counted skips, group shuffle,
+decoding, and the per-(epoch, rank, worker) seeding that resume and DDP rely on."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_tar
+from xclr_schemas import NEIGHBOR_DTYPE, npy_bytes
+from xclr_train.augment import simclr_transform
+from xclr_train.data import (
+    DataError,
+    Needs,
+    ShardStream,
+    decode,
+    find_shards,
+    group_shuffle,
+    read_tar,
+    tar_samples,
+)
+
+
+def png(i: int, size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (size, size), (i % 256, 0, 0, 128)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sample_members(key: str, caption: int, group: int, k: int = 3) -> list[tuple[str, bytes]]:
+    nbr = np.zeros(k, dtype=NEIGHBOR_DTYPE)
+    nbr["id"], nbr["sim"] = [caption + 1 + j for j in range(k)], [0.9 - 0.1 * j for j in range(k)]
+    return [(f"{key}.png", png(caption)), (f"{key}.txt", b"a caption"),
+            (f"{key}.json", json.dumps({"caption_id": caption, "group": group}).encode()),
+            (f"{key}.nbr.npy", npy_bytes(nbr))]
+
+
+def write_shards(root, shards: int = 3, groups: int = 4, per_group: int = 3) -> list[str]:
+    root.mkdir(exist_ok=True)
+    sizes = {}
+    for s in range(shards):
+        members = []
+        for g in range(groups):
+            for j in range(per_group):
+                members += sample_members(f"s{s}g{g}m{j}", caption=100 * s + 10 * g + j, group=s * groups + g)
+        write_tar(root / f"shard-{s:06d}.tar", members)
+        sizes[f"shard-{s:06d}.tar"] = groups * per_group
+    (root / "sizes.json").write_text(json.dumps(sizes))
+    return [str(root / name) for name in sizes]
+
+
+def test_find_shards_from_a_directory_sizes_json_and_a_brace_pattern(tmp_path):
+    urls = write_shards(tmp_path / "d")
+    for spec in (tmp_path / "d", tmp_path / "d" / "sizes.json", str(tmp_path / "d" / "shard-{000000..000002}.tar")):
+        found = find_shards(str(spec))
+        assert found.urls == urls and found.samples == 36 and found.manifest is None
+    assert find_shards(str(tmp_path / "d" / "shard-{000000..000001}.tar")).samples == 24
+    with pytest.raises(DataError, match="no shards in"):
+        (tmp_path / "empty").mkdir()
+        find_shards(str(tmp_path / "empty"))
+
+
+def test_a_truncated_tar_keeps_whole_samples_and_counts_the_rest(tmp_path):
+    [url] = write_shards(tmp_path / "d", shards=1, groups=2, per_group=3)
+    data = open(url, "rb").read()
+    open(url, "wb").write(data[: len(data) * 2 // 3])
+    skipped = Counter()
+    keys = [s["__key__"] for s in read_tar(url, skipped)]
+    assert 0 < len(keys) < 6 and len(set(keys)) == len(keys)
+    assert skipped == Counter(truncated_shard=1, incomplete_sample=1)
+
+
+def test_group_shuffle_moves_whole_groups_and_loses_nothing(tmp_path):
+    urls = write_shards(tmp_path / "d", shards=3, groups=5, per_group=3)
+    skipped = Counter()
+    raw = list(tar_samples(skipped, len(urls))(iter(urls)))
+    out = list(group_shuffle(random.Random(1), buffer_groups=4)(iter(raw)))
+    assert sorted(s["__key__"] for s in out) == sorted(s["__key__"] for s in raw)
+    groups = [json.loads(s["json"])["group"] for s in out]
+    runs = [g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]]
+    assert len(runs) == len(set(runs)) == 15  # every group arrives in one piece
+    assert runs != sorted(runs)
+
+
+def test_decode_skips_and_counts_bad_samples(tmp_path):
+    good = dict(sample_members("a", 1, 0))
+    raw = [{"__key__": "a", **{n.split(".", 1)[1]: d for n, d in good.items()}}]
+    broken_image = dict(raw[0], png=b"not a png")
+    bad_nbr = dict(raw[0], **{"nbr.npy": npy_bytes(np.zeros(5, dtype=NEIGHBOR_DTYPE))})
+    no_json = {k: v for k, v in raw[0].items() if k != "json"}
+    skipped = Counter()
+    out = list(decode(simclr_transform(8), Needs(True, False), 3, skipped)(iter(raw + [broken_image, bad_nbr,
+                                                                                       no_json])))
+    assert len(out) == 1 and out[0]["caption_id"] == 1 and out[0]["view1"].shape == (3, 8, 8)
+    assert out[0]["nbr_id"].tolist() == [2, 3, 4]
+    assert skipped == Counter(undecodable_image=1, bad_member=1, incomplete_sample=1)
+
+
+def take(stream: ShardStream, epoch: int, n: int) -> list[dict]:
+    stream.epoch = epoch
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
+    write_shards(tmp_path / "d", shards=2)
+    shards = find_shards(str(tmp_path / "d"))
+
+    def stream(rank):
+        return ShardStream(shards, batch_size=4, image_size=8, needs=Needs(True, False), k=3, seed=0, rank=rank)
+
+    a, again = take(stream(0), 0, 3), take(stream(0), 0, 3)
+    for x, y in zip(a, again):
+        assert torch.equal(x["caption_id"], y["caption_id"]) and torch.equal(x["view1"], y["view1"])
+    other_rank, other_epoch = take(stream(1), 0, 3), take(stream(0), 1, 3)
+    ids = [torch.cat([b["caption_id"] for b in batches]).tolist() for batches in (a, other_rank, other_epoch)]
+    assert ids[0] != ids[1] and ids[0] != ids[2]
+    assert a[0]["skipped"].tolist() == [0, 0, 0, 0]
+
+
+def test_shards_without_any_sample_raise_instead_of_spinning(tmp_path):
+    (tmp_path / "d").mkdir()
+    write_tar(tmp_path / "d" / "shard-000000.tar", [])
+    with pytest.raises(DataError, match="shard reads in a row gave no sample"):
+        next(iter(tar_samples(Counter(), 1)(iter([str(tmp_path / "d" / "shard-000000.tar")] * 100))))

@@ -1,0 +1,3 @@
+from xclr_train.cli import main
+
+main()

@@ -1,0 +1,33 @@
+"""SimCLR's augmentations (Chen et al. 2020, appendix A), the same for every loss so that methods compare fairly."""
+
+from __future__ import annotations
+
+from PIL import Image
+from torchvision import transforms as T
+
+# ImageNet statistics, as torchvision's ResNets expect.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def simclr_transform(image_size: int) -> T.Compose:
+    """RandomResizedCrop(0.08-1) -> flip -> colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8) -> grayscale (p 0.2) ->
+    Gaussian blur (kernel ~ 10% of the size, sigma 0.1-2; p 0.5) -> tensor -> normalise."""
+    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+        T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (clip-art stamps are mostly transparent)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,44 @@
+"""Checkpoints: ``RUN/checkpoints/latest.pt`` after every epoch (atomically replaced) and ``epoch-NNNN.pt`` every
+`--save-every` epochs. A checkpoint is a dict of tensors and plain values, saved and loaded with torch's
+``weights_only`` loader (no arbitrary unpickling):
+
+    {"model": state_dict (unwrapped), "model_config": models.model_config(...), "optimizer": ..., "scaler": ...,
+     "epoch": epochs finished, "step": steps finished, "config": the run's options}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from xclr_schemas.atomic import write_atomic
+
+LATEST = "latest.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (the message is one line, for the user)."""
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` to `path` so that `path` is always either the old or the whole new checkpoint."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, model_config: dict) -> dict:
+    """The checkpoint at `path`; CheckpointError when it is unreadable or its model differs from `model_config`."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path} is not a readable xclr checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model_config" not in state:
+        raise CheckpointError(f"{path} is not an xclr checkpoint")
+    theirs = state["model_config"]
+    if theirs != model_config:
+        diff = ", ".join(f"{k}={theirs.get(k)} (this run: {model_config.get(k)})"
+                         for k in sorted(set(theirs) | set(model_config)) if theirs.get(k) != model_config.get(k))
+        raise CheckpointError(f"{path} holds another model: {diff}")
+    return state

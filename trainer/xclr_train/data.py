@@ -1,0 +1,272 @@
+"""Streaming training batches from xclr shards (shared/DESIGN.md sections 3-5), as small webdataset stages:
+
+    resampled shard draws -> tar samples -> group shuffle -> decode + two SimCLR views -> batches
+
+Every (epoch, rank, DataLoader worker) draws shards with replacement from the whole list, seeded by
+(seed, epoch, rank, worker): no rank or worker ever runs dry, however few shards there are, and an epoch (a
+checkpoint interval of a fixed number of batches) replays exactly on resume. Whole neighbour groups are shuffled
+(a buffer of `SHUFFLE_GROUPS` groups), then cut into batches, so an anchor meets its graph neighbours in its batch.
+
+Samples that cannot be used are skipped and counted by reason (`REASONS`); every batch carries its worker's
+running counts so the trainer can report them. A worker that reads `max(20, 2 * shards)` shards in a row without
+one usable sample raises `DataError` instead of spinning forever.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from xclr_schemas import NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest
+from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
+from xclr_train.augment import simclr_transform, to_rgb
+
+REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
+SHUFFLE_GROUPS = 256
+
+
+class DataError(ValueError):
+    """Training data that cannot be used (the message is one line, for the user)."""
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    urls: list[str]
+    samples: int | None  # from sizes.json, when every shard is listed there
+    manifest: dict | None  # the xclr shards manifest beside the tars, when there is one
+
+
+def find_shards(spec: str) -> ShardSet:
+    """Shards from a directory (its sizes.json, else its *.tar), a sizes.json file, or a brace pattern."""
+    path = Path(spec)
+    if path.is_dir() or path.name == SIZES:
+        root = path if path.is_dir() else path.parent
+        sizes_file = path if path.name == SIZES else root / SIZES
+        if sizes_file.exists():
+            sizes = json.loads(sizes_file.read_text())
+            urls = [str(root / name) for name in sizes]
+        else:
+            urls = sorted(str(p) for p in root.glob("*.tar"))
+    else:
+        urls = wds.shardlists.expand_urls(spec)
+        root = Path(urls[0]).parent if urls else path.parent
+    if not urls:
+        raise DataError(f"no shards in {spec}")
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}")
+    sizes = json.loads((root / SIZES).read_text()) if (root / SIZES).exists() else {}
+    names = [Path(u).name for u in urls]
+    samples = sum(sizes[n] for n in names) if all(n in sizes for n in names) else None
+    manifest = None
+    if (root / "manifest.json").exists():
+        try:
+            manifest = read_shards_manifest(root)
+        except ShardsDirError as exc:
+            raise DataError(str(exc)) from None
+    return ShardSet(urls, samples, manifest)
+
+
+def read_tar(url: str, skipped: Counter) -> Iterator[dict]:
+    """The samples of one tar: {"__key__": key, suffix: bytes, ...} (key = member name up to its first dot).
+
+    A tar that ends early (truncated or corrupt: a read error, or no end-of-archive blocks after its last member)
+    counts `truncated_shard`; its last, possibly partial, sample is dropped and counted `incomplete_sample`.
+    Member names are only split, never used as paths.
+    """
+    current: dict | None = None
+    try:
+        with open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, suffix = info.name.rpartition("/")[2].partition(".")
+                data = tar.extractfile(info).read()
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                current = current or {"__key__": key}
+                current[suffix.lower()] = data
+            # tarfile ends quietly at a cut header; a whole tar has its two zero end blocks there
+            if os.pread(raw.fileno(), 2 * tarfile.BLOCKSIZE, tar.offset) != bytes(2 * tarfile.BLOCKSIZE):
+                raise tarfile.ReadError("no end-of-archive blocks")
+    except (tarfile.TarError, EOFError, OSError):
+        skipped["truncated_shard"] += 1
+        if current is not None:
+            skipped["incomplete_sample"] += 1
+        return
+    if current is not None:
+        yield current
+
+
+def resampled(urls: list[str], rng: random.Random) -> Callable[[], Iterator[str]]:
+    """First stage: shards drawn with replacement, forever."""
+    def draw() -> Iterator[str]:
+        while True:
+            yield rng.choice(urls)
+    return draw
+
+
+def tar_samples(skipped: Counter, shards: int) -> Callable[[Iterator[str]], Iterator[dict]]:
+    """Shard urls -> raw samples, each tagged with the index of the shard read it came from."""
+    def stage(urls: Iterator[str]) -> Iterator[dict]:
+        barren = 0
+        for read, url in enumerate(urls):
+            produced = False
+            for sample in read_tar(url, skipped):
+                sample["__read__"] = read
+                produced = True
+                yield sample
+            barren = 0 if produced else barren + 1
+            if barren >= max(20, 2 * shards):
+                raise DataError(f"{barren} shard reads in a row gave no sample (skipped so far: {dict(skipped)})")
+    return stage
+
+
+def group_shuffle(rng: random.Random,
+                  buffer_groups: int = SHUFFLE_GROUPS) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Yield whole neighbour groups (consecutive samples of one shard read sharing KEY.json's "group") in random
+    order from a buffer of `buffer_groups` groups. Samples without a group id are groups of one."""
+    def group_of(sample: dict) -> tuple:
+        try:
+            group = json.loads(sample[META_SUFFIX]).get("group")
+        except (KeyError, ValueError, AttributeError):
+            group = None
+        return (sample["__read__"], sample["__key__"] if group is None else group)
+
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        buffer: list[list[dict]] = []
+        group: list[dict] = []
+        current = None
+        for sample in samples:
+            gid = group_of(sample)
+            if group and gid != current:
+                buffer.append(group)
+                group = []
+                if len(buffer) >= buffer_groups:
+                    i = rng.randrange(len(buffer))
+                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                    yield from buffer.pop()
+            current = gid
+            group.append(sample)
+        if group:
+            buffer.append(group)
+        rng.shuffle(buffer)
+        for g in buffer:
+            yield from g
+    return stage
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which members every sample must have for the chosen loss."""
+    neighbors: bool
+    embedding: bool
+
+
+def decode(transform: Callable, needs: Needs, k: int | None,
+           skipped: Counter) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Raw sample -> {"view1", "view2": image tensors, "caption_id", and "nbr_id"/"nbr_sim"/"emb" as needed}."""
+    def one(raw: dict) -> dict | None:
+        image = next((raw[s] for s in IMAGE_SUFFIXES if s in raw), None)
+        if image is None or META_SUFFIX not in raw or (needs.neighbors and NEIGHBORS_SUFFIX not in raw) \
+                or (needs.embedding and EMBEDDING_SUFFIX not in raw):
+            skipped["incomplete_sample"] += 1
+            return None
+        try:
+            out = {"caption_id": int(json.loads(raw[META_SUFFIX])["caption_id"])}
+            if needs.neighbors:
+                nbr = load_npy(raw[NEIGHBORS_SUFFIX])
+                if nbr.dtype != NEIGHBOR_DTYPE or nbr.shape != (k,):
+                    raise ValueError("neighbour row of another dtype or length")
+                out["nbr_id"] = torch.from_numpy(nbr["id"].astype(np.int64))
+                out["nbr_sim"] = torch.from_numpy(nbr["sim"].astype(np.float32))
+            if needs.embedding:
+                out["emb"] = torch.from_numpy(load_npy(raw[EMBEDDING_SUFFIX]).astype(np.float32))
+        except (ValueError, KeyError, TypeError, OSError):
+            skipped["bad_member"] += 1
+            return None
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                rgb = to_rgb(img)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            skipped["undecodable_image"] += 1
+            return None
+        out["view1"], out["view2"] = transform(rgb), transform(rgb)
+        return out
+
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        for raw in samples:
+            sample = one(raw)
+            if sample is not None:
+                yield sample
+    return stage
+
+
+def batches(batch_size: int, skipped: Counter, worker: int) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Samples -> batches of `batch_size` stacked tensors, plus "skipped" (this worker's running counts, in
+    `REASONS` order) and "worker"."""
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        pending: list[dict] = []
+        for sample in samples:
+            pending.append(sample)
+            if len(pending) == batch_size:
+                batch = {key: torch.stack([torch.as_tensor(s[key]) for s in pending]) for key in pending[0]}
+                batch["skipped"] = torch.tensor([skipped[r] for r in REASONS])
+                batch["worker"] = torch.tensor(worker)
+                pending = []
+                yield batch
+    return stage
+
+
+class ShardStream(IterableDataset):
+    """Endless batches for one rank; set `epoch` before each `iter` (see the module docstring for the seeding)."""
+
+    def __init__(self, shards: ShardSet, batch_size: int, image_size: int, needs: Needs, k: int | None,
+                 seed: int, rank: int) -> None:
+        super().__init__()
+        self.shards, self.batch_size, self.image_size = shards, batch_size, image_size
+        self.needs, self.k, self.seed, self.rank = needs, k, seed, rank
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        stream_seed = f"xclr/{self.seed}/{self.epoch}/{self.rank}/{worker}"
+        torch.manual_seed(int.from_bytes(stream_seed.encode(), "little") % 2**63)  # the augmentations' RNG
+        rng = random.Random(stream_seed)
+        skipped: Counter = Counter()
+        return iter(wds.DataPipeline(
+            resampled(self.shards.urls, rng),
+            tar_samples(skipped, len(self.shards.urls)),
+            group_shuffle(rng),
+            decode(simclr_transform(self.image_size), self.needs, self.k, skipped),
+            batches(self.batch_size, skipped, worker),
+        ))
+
+
+def first_sample(shards: ShardSet) -> dict:
+    """The first sample of the first shard that has one (for checks before training starts)."""
+    for url in shards.urls[:20]:
+        for sample in read_tar(url, Counter()):
+            return sample
+    raise DataError(f"none of the first {min(20, len(shards.urls))} shards holds a sample, e.g. {shards.urls[0]}")
+
+
+def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoader:
+    """Batches come ready from the workers (batch_size=None), in a fixed round-robin order."""
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers > 0 else None)
