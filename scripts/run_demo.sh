@@ -3,7 +3,8 @@
 #   - the tuxpaint stamps as img2dataset-style tars (image + caption + label), and
 #   - 20k WordNet definitions and examples (a caption-only Parquet table),
 # build the stamps' caption graph and neighbour-grouped training shards with xclr-prep graph, and show a few
-# neighbour groups read back from the shards with the plain webdataset library.
+# neighbour groups read back from the shards with the plain webdataset library; then train a small encoder on the
+# shards with xclr-train (X-CLR, sparse targets; a few CPU steps to show the loop, not a useful model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -42,5 +43,10 @@ print(f"\n{m['counts']['written']} samples in {m['counts']['shards']} shards; "
       f"(group size {m['options']['group_size']}); background similarity "
       f"{m['graph']['background_similarity']['mean']:.3f}, mean k-th neighbour {m['graph']['kth_similarity_mean']:.3f}")
 PY
+
+resume=(); [ -f "$runs/tuxpaint-train/checkpoints/latest.pt" ] && resume=(--resume latest)
+.venv/bin/xclr-train --data "$runs/tuxpaint-shards" --out "$runs/tuxpaint-train" --arch resnet18 --image-size 32 \
+  --batch-size 32 --steps 20 --samples-per-epoch 320 --workers 1 --log-every 5 "${resume[@]}"
 echo
 echo "embed directories: $runs/tuxpaint-embed and $runs/wordnet-embed; shards: $runs/tuxpaint-shards"
+echo "training run: $runs/tuxpaint-train (metrics.jsonl, checkpoints/)"

@@ -319,11 +319,12 @@ def test_soft_contrastive_rank_rows_average_to_whole_batch(world, tau, tau_s):
     s = _random_similarity(world + 1, m).float()
     z = torch.cat([z1, z2]).float().requires_grad_()
     cols = F.normalize(z, dim=1)
-    whole = soft_contrastive(cols, cols, torch.arange(2 * m), xclr_weights(s, tau_s).repeat(2, 1), tau)
+    whole = soft_contrastive(cols, cols, torch.arange(2 * m), xclr_weights(s, tau_s), tau)
     parts = []
     for r in range(world):
         rows = _rank_rows(m, world, r)
-        parts.append(soft_contrastive(cols[rows], cols, rows, xclr_weights(s[rows % m], tau_s), tau))
+        samples = rows[: len(rows) // 2] % m  # the rank's samples; their two views are its anchor rows
+        parts.append(soft_contrastive(cols[rows], cols, rows, xclr_weights(s[samples], tau_s), tau))
     averaged = torch.stack(parts).mean()
     torch.testing.assert_close(averaged, whole, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(whole, xclr_loss(z1.float(), z2.float(), s, tau=tau, tau_s=tau_s), rtol=1e-5, atol=1e-6)
@@ -342,8 +343,7 @@ def test_supcon_rank_rows_average_to_whole_batch(world):
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 3, 4, 2, 5, 0])
     z1, z2 = _projections(20 + world, m, 5)
     cols = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    labels2 = labels.repeat(2)
-    parts = [soft_contrastive(cols[rows], cols, rows, supcon_weights(labels2[rows], labels), 0.1)
+    parts = [soft_contrastive(cols[rows], cols, rows, supcon_weights(labels[rows[: len(rows) // 2] % m], labels), 0.1)
              for rows in (_rank_rows(m, world, r) for r in range(world))]
     torch.testing.assert_close(torch.stack(parts).mean(), supcon_loss(z1.float(), z2.float(), labels, 0.1),
                                rtol=1e-5, atol=1e-6)

@@ -72,7 +72,7 @@ def objective(spec: LossSpec, z1: Tensor, z2: Tensor, batch: dict, rank: int) ->
         weights = (own[:, None] == torch.arange(big_m, device=z1.device)[None, :]).float()
     elif spec.name == "supcon":
         weights = supcon_weights(batch["caption_id"], caption_ids)
-        loss = soft_contrastive(anchors, columns, self_cols, weights.repeat(2, 1), spec.tau)
+        loss = soft_contrastive(anchors, columns, self_cols, weights, spec.tau)
     elif spec.name == "xclr":
         if spec.targets == "sparse":
             s = sparse_similarity_rows(caption_ids, gather(batch["nbr_id"]), gather(batch["nbr_sim"]), spec.floor, own)
@@ -86,7 +86,7 @@ def objective(spec: LossSpec, z1: Tensor, z2: Tensor, batch: dict, rank: int) ->
         if spec.calibrate == "background":
             s = calibrate(s, spec.background)
         weights = xclr_weights(s, spec.tau_s)
-        loss = soft_contrastive(anchors, columns, self_cols, weights.repeat(2, 1), spec.tau)
+        loss = soft_contrastive(anchors, columns, self_cols, weights, spec.tau)
     else:
         raise ValueError(f"unknown loss {spec.name!r}; choose from {', '.join(LOSSES)}")
     with torch.no_grad():

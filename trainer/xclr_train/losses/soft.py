@@ -2,13 +2,15 @@
 
 A global batch holds M samples with two views each. Columns are the 2M L2-normalised view projections, views-major:
 column j < M is view 1 of sample j, column M + j is view 2 of sample j. A rank holds n anchors (its own views) and
-all 2M columns. Each anchor i has its own column self_i and a row w_i of non-negative sample-level weights (length M).
+all 2M columns. Its anchors are the two views of its m samples, [view-1 rows; view-2 rows] (n = 2m); anchor i
+has its own column self_i and the row w_i of its sample's non-negative weights over the M samples (an (m, M) matrix
+W holds one row per sample: both views share it).
 
     t_ij  = w_{i, j mod M} / Z_i        for j != self_i,  Z_i = 2 sum_b w_ib - w_{i, self_i mod M}
     loss  = mean_i  - sum_{j != self_i} t_ij log softmax_{j != self_i}(a_i . c_j / tau)
 
-Evaluated as  LSE_i - (a_i . (w_i @ (C_1 + C_2)) - w_{i,self} a_i . c_self) / (tau Z_i):  an (n x M) @ (M x d)
-product instead of an elementwise pass over the n x 2M logits.
+Evaluated as  LSE_i - (a_i . (w_i @ (C_1 + C_2)) - w_{i,self} a_i . c_self) / (tau Z_i):  one (m x M) @ (M x d)
+product, shared by both views, instead of an elementwise pass over the n x 2M logits.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ def masked_logits(anchors: Tensor, columns: Tensor, self_cols: Tensor, tau: floa
 
 
 def soft_contrastive(anchors: Tensor, columns: Tensor, self_cols: Tensor, weights: Tensor, tau: float) -> Tensor:
-    """The loss above; anchors (n, d) and columns (2M, d) unit-norm, self_cols (n,), weights (n, M) >= 0."""
-    m = weights.shape[1]
-    if columns.shape[0] != 2 * m:
-        raise ValueError(f"columns must hold two views of the {m} samples, got {columns.shape[0]} rows")
+    """The loss above; anchors (2m, d) and columns (2M, d) unit-norm, self_cols (2m,), weights (m, M) >= 0."""
+    m, big_m = weights.shape
+    if columns.shape[0] != 2 * big_m or anchors.shape[0] != 2 * m:
+        raise ValueError(f"weights {tuple(weights.shape)} need 2 x {m} anchors and 2 x {big_m} columns, got "
+                         f"{anchors.shape[0]} and {columns.shape[0]}")
     lse = torch.logsumexp(masked_logits(anchors, columns, self_cols, tau), dim=1)
-    w_self = weights.gather(1, (self_cols % m)[:, None]).squeeze(1)
-    z = 2 * weights.sum(1) - w_self
-    pulled = weights @ (columns[:m] + columns[m:])  # (n, d): sum_b w_ib (c_b + c_{M+b})
+    w_self = weights.gather(1, (self_cols[:m] % big_m)[:, None]).squeeze(1).repeat(2)
+    z = 2 * weights.sum(1).repeat(2) - w_self
+    pulled = (weights @ (columns[:big_m] + columns[big_m:])).repeat(2, 1)  # sum_b w_ab (c_b + c_{M+b})
     linear = ((anchors * pulled).sum(1) - w_self * (anchors * columns[self_cols]).sum(1)) / tau
     return (lse - linear / z).mean()

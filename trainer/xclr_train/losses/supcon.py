@@ -23,5 +23,4 @@ def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, tau: float = 0.1) -> Ten
     """SupCon over one global batch: z1, z2 (M, d) (normalised here), labels (M,)."""
     m = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    labels2 = labels.repeat(2)
-    return soft_contrastive(z, z, torch.arange(2 * m, device=z.device), supcon_weights(labels2, labels), tau)
+    return soft_contrastive(z, z, torch.arange(2 * m, device=z.device), supcon_weights(labels, labels), tau)

@@ -21,7 +21,7 @@ def xclr_weights(similarity_rows: Tensor, tau_s: float) -> Tensor:
     if tau_s <= 0:
         raise ValueError(f"tau_s must be > 0, got {tau_s}")
     s = similarity_rows.float()
-    return torch.exp((s - s.max(dim=1, keepdim=True).values) / tau_s)
+    return torch.sub(s, s.max(dim=1, keepdim=True).values).div_(tau_s).exp_()
 
 
 def xclr_loss(z1: Tensor, z2: Tensor, similarity: Tensor, tau: float = 0.1, tau_s: float = 0.1) -> Tensor:
@@ -31,5 +31,4 @@ def xclr_loss(z1: Tensor, z2: Tensor, similarity: Tensor, tau: float = 0.1, tau_
         raise ValueError(f"z1 {tuple(z1.shape)}, z2 {tuple(z2.shape)} and similarity {tuple(similarity.shape)} "
                          "must be (M, d), (M, d) and (M, M)")
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    weights = xclr_weights(similarity, tau_s).repeat(2, 1)
-    return soft_contrastive(z, z, torch.arange(2 * m, device=z.device), weights, tau)
+    return soft_contrastive(z, z, torch.arange(2 * m, device=z.device), xclr_weights(similarity, tau_s), tau)

@@ -1,0 +1,394 @@
+"""Training cost: the X-CLR loss, a whole training step and the input pipeline, each against a baseline measured
+in the same run (absolute times on a shared machine are noisy; ratios within one run much less so).
+
+    .venv/bin/python benchmarks/bench_train.py --shards runs/dev/tux-shards --out benchmarks/results/train_cpu.json
+    PYTHONPATH=schemas:trainer python benchmarks/bench_train.py --device cuda --out benchmarks/results/train_gpu.json
+
+Imports only torch, numpy, xclr_train and xclr_schemas (webdataset and Pillow only for section 3), so it runs from a
+plain checkout with PYTHONPATH=schemas:trainer.
+
+Synthetic batch content (sections 1 and 2): M samples in neighbour groups of 8 consecutive samples holding 4
+captions twice each (U = M / 2 distinct caption ids, drawn from a pool of 1e6); a caption's k = 32 neighbours are the
+other 3 captions of its group, then random ids of the pool; similarities descend 0.9 .. 0.4; floor 0.2.
+
+1. Loss (--m, default 1024 and 4096; d = 128; --device): forward + backward, median of interleaved repeats after a
+   warm-up, of
+     simclr      `losses.nt_xent_loss(z1, z2)`: the baseline
+     targets     `targets.sparse_similarity(...)` alone (no backward)
+     xclr        `targets.sparse_similarity(...)` + `losses.xclr_loss(z1, z2, S)`
+     dense       `targets.dense_similarity_rows(E, E)` (E: M x 384) + `losses.xclr_loss`
+     objective   `objective.objective(LossSpec("xclr", floor=0.2, background=0.2), ...)` on one rank holding the
+                 whole batch (targets + loss + the logged target statistics), what the trainer pays
+     per-rank    the same objective for one rank of a global batch M holding B = --batch-size local samples (2B
+                 anchor rows against 2M columns); the other ranks' columns come from a stand-in for the gathers
+                 (communication not counted), as under DDP with M / B ranks; against the same for
+                 `LossSpec("simclr")`
+   Ratios: each against simclr (aim: xclr / simclr <= 1.3 on the CPU). All take turns within each repeat.
+2. Step (--arch, --image-size, --batch-size B): one training step on synthetic images: forward of the 2B views
+   through `models.Encoder(**model_config(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
+   (`optim.make_optimizer("lars", ...)`); on CUDA bf16 autocast and channels_last, as `xclr_train.train` does.
+   Reported: steps/s, samples/s (a sample = two views), a per-phase breakdown (synchronised after each phase), and
+   the loss + targets time (the objective's forward + backward, timed alone) as a fraction of the step time at
+   M = B and, from section 1, at each --m (whole batch on one rank, and one rank's share of a global batch M).
+   The issue's GPU aim: under 3% of a ResNet-50 step.
+3. Input pipeline (--shards DIR; skipped without): samples/s of `data.ShardStream` (X-CLR sparse needs, the step's
+   batch and image size) through `data.make_loader` with 1 and --workers DataLoader workers, over a fixed number of
+   batches after one warm-up batch per worker; per worker against the model's samples/s (workers a rank needs), and
+   against a plain baseline in this process with one thread: PNG decode + RGB + the same two SimCLR views of the
+   same images, already in memory (no tar reading, grouping, neighbour rows or batching).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import xclr_train.objective as objective_module
+from xclr_train.losses import nt_xent_loss, xclr_loss
+from xclr_train.models import Encoder, model_config
+from xclr_train.objective import LossSpec, objective
+from xclr_train.optim import make_optimizer
+from xclr_train.targets import dense_similarity_rows, sparse_similarity
+
+D, K, GROUP, POOL, FLOOR, EMB_DIM = 128, 32, 8, 1_000_000, 0.2, 384
+SPEC = LossSpec("xclr", floor=FLOOR, background=0.2)
+SIMCLR = LossSpec("simclr")
+DEFAULTS = {"cpu": {"arch": "resnet18", "image_size": 32, "batch_size": 32, "steps": 8, "budget": 30.0},
+            "cuda": {"arch": "resnet50", "image_size": 224, "batch_size": 256, "steps": 30, "budget": 5.0}}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_batch(m: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """caption_id (M,), nbr_id (M, K), nbr_sim (M, K) as described in the module docstring."""
+    g = torch.Generator().manual_seed(seed)
+    per_group = GROUP // 2
+    i = torch.arange(m)
+    cap_index = (i // GROUP) * per_group + (i % GROUP) % per_group
+    u = int(cap_index.max()) + 1
+    captions = torch.randperm(POOL, generator=g)[:u]
+    nbr = torch.randint(POOL, (u, K), generator=g)  # random pool captions ...
+    c = torch.arange(u)
+    base = (c // per_group) * per_group
+    for j in range(1, per_group):  # ... after the other captions of the group, most similar first
+        mate = base + (c % per_group + j) % per_group
+        ok = mate < u
+        nbr[ok, j - 1] = captions[mate[ok]]
+    sims = torch.linspace(0.9, 0.4, K).expand(u, K)
+    return {"caption_id": captions[cap_index].to(device), "nbr_id": nbr[cap_index].contiguous().to(device),
+            "nbr_sim": sims[cap_index].contiguous().to(device)}
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def bench_interleaved(fns: dict, device: torch.device, budget: float, max_repeats: int) -> tuple[dict, int]:
+    """Median seconds of each fn; the fns take turns in every repeat, so that load changes on a shared machine
+    touch them alike. Repeats: as many as fit `budget` seconds, at least 5 and at most `max_repeats`."""
+    warm = {name: timed(fn, device) for name, fn in fns.items()}
+    if device.type == "cuda":
+        warm = {name: timed(fn, device) for name, fn in fns.items()}
+    repeats = max(5, min(max_repeats, int(budget / max(sum(warm.values()), 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}, repeats
+
+
+def fwd_bwd(loss_fn, *leaves: torch.Tensor):
+    def run() -> None:
+        loss_fn().backward()
+        for leaf in leaves:
+            leaf.grad = None
+    return run
+
+
+@contextmanager
+def one_rank_of(global_batch: dict[str, torch.Tensor], m: int, d: int, device: torch.device):
+    """Stand in for `objective`'s gathers as rank 0 of a world of M / m ranks: `gather` of a local batch tensor
+    (a slice of the global one, so the same data pointer) returns the global tensor; `gather_with_grad` of m rows
+    appends the other ranks' (fixed, random unit) projections, keeping the gradient of this rank's rows as the
+    real all-gather does. Tensors of the whole batch pass through unchanged, as in a world of one."""
+    big_m = len(global_batch["caption_id"])
+    others = F.normalize(torch.randn(big_m - m, d, device=device), dim=1)
+    by_ptr = {t.data_ptr(): t for t in global_batch.values()}
+    saved = objective_module.gather, objective_module.gather_with_grad
+    objective_module.gather = lambda x: x if len(x) == big_m else by_ptr[x.data_ptr()]
+    objective_module.gather_with_grad = lambda x: x if len(x) == big_m else torch.cat([x, others.to(x.dtype)])
+    try:
+        yield {key: t[:m] for key, t in global_batch.items()}
+    finally:
+        objective_module.gather, objective_module.gather_with_grad = saved
+
+
+def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats: int) -> dict:
+    torch.manual_seed(m)
+    z1, z2 = (torch.randn(m, D, device=device, requires_grad=True) for _ in range(2))
+    emb = torch.randn(m, EMB_DIM, device=device)
+    batch = synthetic_batch(m, device)
+    ids, nbr, sims = batch["caption_id"], batch["nbr_id"], batch["nbr_sim"]
+    fns = {
+        "simclr": fwd_bwd(lambda: nt_xent_loss(z1, z2), z1, z2),
+        "targets": lambda: sparse_similarity(ids, nbr, sims, FLOOR),
+        "xclr": fwd_bwd(lambda: xclr_loss(z1, z2, sparse_similarity(ids, nbr, sims, FLOOR)), z1, z2),
+        "dense": fwd_bwd(lambda: xclr_loss(z1, z2, dense_similarity_rows(emb, emb)), z1, z2),
+        "objective": fwd_bwd(lambda: objective(SPEC, z1, z2, batch, 0)[0], z1, z2),
+    }
+    l1, l2 = (torch.randn(b, D, device=device, requires_grad=True) for _ in range(2))
+    with one_rank_of(batch, min(b, m), D, device) as local:
+        if b < m:  # one rank's share: its B samples against the global batch of M, and SimCLR's likewise
+            fns["per_rank"] = fwd_bwd(lambda: objective(SPEC, l1, l2, local, 0)[0], l1, l2)
+            fns["per_rank_simclr"] = fwd_bwd(lambda: objective(SIMCLR, l1, l2, local, 0)[0], l1, l2)
+        seconds, repeats = bench_interleaved(fns, device, budget, max_repeats)
+    s = {f"{name}_ms": 1e3 * t for name, t in seconds.items()}
+    out = {"m": m, "d": D, "k": K, "repeats": repeats, "local_batch": b if b < m else None, **s}
+    for name in ("xclr", "dense", "objective", "targets"):
+        out[f"{name}_vs_simclr"] = seconds[name] / seconds["simclr"]
+    if "per_rank" in seconds:
+        out["per_rank_vs_simclr"] = seconds["per_rank"] / seconds["per_rank_simclr"]
+    return out
+
+
+def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.device, budget: float,
+               max_repeats: int) -> dict:
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    model = Encoder(**model_config(arch, image_size, 2048, D)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = make_optimizer("lars", model, lr=0.3 * b / 256, weight_decay=1e-6)
+    images = torch.randn(2 * b, 3, image_size, image_size, device=device)
+    if cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
+    batch = synthetic_batch(b, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+
+    def step(marks: list | None) -> None:
+        def mark() -> None:
+            if marks is not None:
+                sync(device)
+                marks.append(time.perf_counter())
+        mark()
+        with autocast:
+            z1, z2 = model(images).chunk(2)
+        mark()
+        loss, _ = objective(SPEC, z1, z2, batch, 0)
+        mark()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        mark()
+        optimizer.step()
+        mark()
+
+    for _ in range(3 if cuda else 2):
+        step(None)
+    phases = []
+    for _ in range(steps):  # synchronised after every phase
+        marks: list[float] = []
+        step(marks)
+        phases.append(np.diff(marks))
+    breakdown = np.median(np.array(phases), axis=0)
+    if cuda:  # the headline without the phase synchronisations, which would expose launch overheads
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            step(None)
+        sync(device)
+        step_s = (time.perf_counter() - t) / steps
+    else:
+        step_s = float(statistics.median(np.sum(phases, axis=1)))
+
+    # The objective alone at M = B, on projections of the dtype the model gives, against NT-Xent on the same.
+    dtype = torch.bfloat16 if cuda else torch.float32
+    z1, z2 = (torch.randn(b, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    seconds, _ = bench_interleaved({
+        "objective": fwd_bwd(lambda: objective(SPEC, z1, z2, batch, 0)[0], z1, z2),
+        "simclr": fwd_bwd(lambda: nt_xent_loss(z1, z2), z1, z2)}, device, budget / 3, 50)
+    return {"arch": arch, "image_size": image_size, "batch_size": b, "steps": steps,
+            "precision": "bf16" if cuda else "fp32", "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,
+            "samples_per_s": b / step_s, "images_per_s": 2 * b / step_s,
+            **{f"{name}_ms": 1e3 * float(t) for name, t in zip(("forward", "objective_forward", "backward",
+                                                               "optimizer"), breakdown)},
+            "objective_ms_at_b": 1e3 * seconds["objective"], "simclr_ms_at_b": 1e3 * seconds["simclr"],
+            "objective_fraction_at_b": seconds["objective"] / step_s}
+
+
+def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, samples: int, step_samples_per_s: float,
+                   plain_samples: int) -> dict:
+    import io
+    from collections import Counter
+
+    from PIL import Image
+
+    from xclr_schemas import load_npy
+    from xclr_schemas.shards import IMAGE_SUFFIXES, NEIGHBORS_SUFFIX
+    from xclr_train.augment import simclr_transform, to_rgb
+    from xclr_train.data import Needs, ShardStream, find_shards, first_sample, make_loader, read_tar
+
+    shards = find_shards(shards_dir)
+    k = len(load_npy(first_sample(shards)[NEIGHBORS_SUFFIX]))
+    out: dict = {"shards": shards_dir, "shard_files": len(shards.urls), "shard_samples": shards.samples,
+                 "batch_size": b, "image_size": image_size, "k": k, "runs": []}
+    for w in sorted({1, workers}):
+        stream = ShardStream(shards, b, image_size, Needs(True, False), k, seed=0, rank=0)
+        loader = make_loader(stream, workers=w, pin_memory=False)
+        it = iter(loader)
+        for _ in range(w):  # one warm-up batch per worker (process start, first shard open)
+            next(it)
+        n_batches = w * math.ceil(samples / (b * w))
+        t = time.perf_counter()
+        n = sum(len(next(it)["caption_id"]) for _ in range(n_batches))
+        seconds = time.perf_counter() - t
+        del it, loader
+        per_worker = n / seconds / w
+        out["runs"].append({"workers": w, "batches": n_batches, "samples": n, "seconds": seconds,
+                            "samples_per_s": n / seconds, "samples_per_s_per_worker": per_worker,
+                            "per_worker_vs_model": per_worker / step_samples_per_s if step_samples_per_s else None,
+                            "workers_needed": step_samples_per_s / per_worker if step_samples_per_s else None})
+
+    # Plain baseline: the same images, in memory, decoded and augmented twice in this process on one thread.
+    images = []
+    for url in shards.urls:
+        for raw in read_tar(url, Counter()):
+            images.append(next(raw[s] for s in IMAGE_SUFFIXES if s in raw))
+            if len(images) >= plain_samples:
+                break
+        if len(images) >= plain_samples:
+            break
+    transform = simclr_transform(image_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        for data in images:
+            with Image.open(io.BytesIO(data)) as img:
+                rgb = to_rgb(img)
+            torch.stack([transform(rgb), transform(rgb)])
+        plain = len(images) / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    out["plain_samples"] = len(images)
+    out["plain_samples_per_s"] = plain
+    out["one_worker_vs_plain"] = out["runs"][0]["samples_per_s"] / plain
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--m", type=int, action="append", help="Loss batch sizes M (repeatable; 1024 and 4096).")
+    parser.add_argument("--arch", choices=("resnet18", "resnet50"), help="cpu: resnet18, cuda: resnet50")
+    parser.add_argument("--image-size", type=int, help="cpu: 32, cuda: 224")
+    parser.add_argument("--batch-size", type=int, help="Step batch B (samples; 2B views). cpu: 32, cuda: 256")
+    parser.add_argument("--steps", type=int, help="Timed training steps. cpu: 8, cuda: 30")
+    parser.add_argument("--budget", type=float, help="Seconds per loss measurement set. cpu: 30, cuda: 5")
+    parser.add_argument("--max-repeats", type=int, default=50)
+    parser.add_argument("--shards", help="xclr shards directory for section 3 (skipped without).")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the second pipeline run.")
+    parser.add_argument("--pipeline-samples", type=int, default=1500, help="Samples timed per pipeline run.")
+    parser.add_argument("--plain-samples", type=int, default=300, help="Images of the plain decode baseline.")
+    parser.add_argument("--out", type=Path, help="Write all figures as JSON here.")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    d = DEFAULTS[device.type]
+    arch, image_size = args.arch or d["arch"], args.image_size or d["image_size"]
+    b, steps, budget = args.batch_size or d["batch_size"], args.steps or d["steps"], args.budget or d["budget"]
+    sizes = args.m or [1024, 4096]
+    results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+                     or platform.machine(), "device_type": device.type, "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "options": {"m": sizes, "arch": arch, "image_size": image_size, "batch_size": b, "steps": steps,
+                                 "budget": budget, "max_repeats": args.max_repeats, "shards": args.shards,
+                                 "workers": args.workers, "pipeline_samples": args.pipeline_samples,
+                                 "plain_samples": args.plain_samples}}
+    t0 = time.perf_counter()
+
+    results["loss"] = []
+    for m in sizes:
+        results["loss"].append(bench_loss(m, b, device, budget, args.max_repeats))
+        print(json.dumps(results["loss"][-1]), flush=True)
+    results["step"] = step = bench_step(arch, image_size, b, steps, device, budget, args.max_repeats)
+    step["objective_fraction"] = {str(b): step["objective_fraction_at_b"]}
+    step["objective_fraction_per_rank"] = {}
+    for r in results["loss"]:
+        step["objective_fraction"][str(r["m"])] = r["objective_ms"] / step["step_ms"]
+        if "per_rank_ms" in r:
+            step["objective_fraction_per_rank"][str(r["m"])] = r["per_rank_ms"] / step["step_ms"]
+    print(json.dumps(step), flush=True)
+    if args.shards:
+        results["pipeline"] = bench_pipeline(args.shards, b, image_size, args.workers, args.pipeline_samples,
+                                             step["samples_per_s"], args.plain_samples)
+        print(json.dumps(results["pipeline"]), flush=True)
+    results["seconds"] = time.perf_counter() - t0
+
+    print(f"\n### Loss forward + backward ({results['device']}, {device.type}, d = {D}, k = {K}; median ms; "
+          f"per rank: B = {b} local samples of M)\n")
+    print("| M | repeats | SimCLR | targets | targets + X-CLR | X-CLR / SimCLR | dense + X-CLR | dense / SimCLR "
+          "| objective | objective / SimCLR | per rank: objective | per rank: SimCLR objective | per rank ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results["loss"]:
+        per_rank = (f"{r['per_rank_ms']:.2f} | {r['per_rank_simclr_ms']:.2f} | {r['per_rank_vs_simclr']:.2f}"
+                    if "per_rank_ms" in r else "- | - | -")
+        print(f"| {r['m']} | {r['repeats']} | {r['simclr_ms']:.2f} | {r['targets_ms']:.2f} | {r['xclr_ms']:.2f} "
+              f"| {r['xclr_vs_simclr']:.2f} | {r['dense_ms']:.2f} | {r['dense_vs_simclr']:.2f} "
+              f"| {r['objective_ms']:.2f} | {r['objective_vs_simclr']:.2f} | {per_rank} |")
+
+    print(f"\n### Training step ({step['arch']}, {step['image_size']} px, B = {b}, {step['precision']}; "
+          f"median of {steps} steps)\n")
+    print("| steps/s | samples/s | step ms | forward ms | objective fwd ms | backward ms | optimizer ms "
+          "| objective fwd+bwd at M=B ms | SimCLR at M=B ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {step['steps_per_s']:.2f} | {step['samples_per_s']:.1f} | {step['step_ms']:.1f} "
+          f"| {step['forward_ms']:.1f} | {step['objective_forward_ms']:.1f} | {step['backward_ms']:.1f} "
+          f"| {step['optimizer_ms']:.1f} | {step['objective_ms_at_b']:.2f} | {step['simclr_ms_at_b']:.2f} |")
+    print("\n| loss + targets at M | whole batch on one rank: % of step | one rank of M / B (B local): % of step |")
+    print("|---:|---:|---:|")
+    for m, frac in step["objective_fraction"].items():
+        per_rank = step["objective_fraction_per_rank"].get(m)
+        print(f"| {m} | {100 * frac:.2f} | {'-' if per_rank is None else f'{100 * per_rank:.2f}'} |")
+
+    if "pipeline" in results:
+        p = results["pipeline"]
+        print(f"\n### Input pipeline ({p['shards']}, B = {p['batch_size']}, {p['image_size']} px; model "
+              f"{step['samples_per_s']:.1f} samples/s)\n")
+        print("| workers | samples | samples/s | per worker | per worker / model | workers needed per rank |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in p["runs"]:
+            print(f"| {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | "
+                  f"{r['samples_per_s_per_worker']:.1f} | {r['per_worker_vs_model']:.2f} "
+                  f"| {r['workers_needed']:.2f} |")
+        print(f"\nPlain decode + 2 views, one thread: {p['plain_samples_per_s']:.1f} samples/s; "
+              f"1 worker / plain = {p['one_worker_vs_plain']:.2f}")
+    print(f"\nTotal {results['seconds']:.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
