@@ -2,10 +2,11 @@
 in the same run (absolute times on a shared machine are noisy; ratios within one run much less so).
 
     .venv/bin/python benchmarks/bench_train.py --shards runs/dev/tux-shards --out benchmarks/results/train_cpu.json
-    PYTHONPATH=schemas:trainer python benchmarks/bench_train.py --device cuda --out benchmarks/results/train_gpu.json
+    PYTHONPATH=schemas:trainer python3 benchmarks/bench_train.py --device cuda --m 1024 --m 4096 --m 16384 \
+        --shards runs/dev/tux-shards --workers 8 --out benchmarks/results/train_gpu_h100.json
 
 Imports only torch, numpy, xclr_train and xclr_schemas (webdataset and Pillow only for section 3), so it runs from a
-plain checkout with PYTHONPATH=schemas:trainer.
+plain checkout with PYTHONPATH=schemas:trainer (section 3 also needs webdataset and braceexpand importable).
 
 Synthetic batch content (sections 1 and 2): M samples in neighbour groups of 8 consecutive samples holding 4
 captions twice each (U = M / 2 distinct caption ids, drawn from a pool of 1e6); a caption's k = 32 neighbours are the
