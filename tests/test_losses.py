@@ -309,6 +309,18 @@ def _rank_rows(m, world, rank):
     return torch.cat([own, own + m])
 
 
+def _assert_ranks_equal_whole(parts, whole, single, ref, z):
+    """The mean of the per-rank losses equals the whole-batch row loss, the single-process loss and the float64
+    loop reference, and its gradient w.r.t. the projections `z` equals the whole batch's."""
+    averaged = torch.stack(parts).mean()
+    torch.testing.assert_close(averaged, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(averaged.double(), ref, rtol=RTOL, atol=ATOL)
+    g_avg, = torch.autograd.grad(averaged, [z], retain_graph=True)
+    g_whole, = torch.autograd.grad(whole, [z])
+    torch.testing.assert_close(g_avg, g_whole, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("tau,tau_s", [(0.1, 0.1), (0.3, 0.02)])
 def test_soft_contrastive_rank_rows_average_to_whole_batch(world, tau, tau_s):
@@ -325,15 +337,9 @@ def test_soft_contrastive_rank_rows_average_to_whole_batch(world, tau, tau_s):
         rows = _rank_rows(m, world, r)
         samples = rows[: len(rows) // 2] % m  # the rank's samples; their two views are its anchor rows
         parts.append(soft_contrastive(cols[rows], cols, rows, xclr_weights(s[samples], tau_s), tau))
-    averaged = torch.stack(parts).mean()
-    torch.testing.assert_close(averaged, whole, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(whole, xclr_loss(z1.float(), z2.float(), s, tau=tau, tau_s=tau_s), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         ref = xclr_ref(z1.float().double(), z2.float().double(), s.double(), tau, tau_s)
-    torch.testing.assert_close(averaged.double(), ref, rtol=RTOL, atol=ATOL)
-    g_avg, = torch.autograd.grad(averaged, [z], retain_graph=True)
-    g_whole, = torch.autograd.grad(whole, [z])
-    torch.testing.assert_close(g_avg, g_whole, rtol=1e-4, atol=1e-6)
+    _assert_ranks_equal_whole(parts, whole, xclr_loss(z1.float(), z2.float(), s, tau=tau, tau_s=tau_s), ref, z)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -360,15 +366,9 @@ def test_nt_xent_rank_rows_average_to_whole_batch(world, tau):
     cols = F.normalize(z, dim=1)
     whole = nt_xent_rows(cols, cols, torch.arange(2 * m), tau)
     parts = [nt_xent_rows(cols[rows], cols, rows, tau) for rows in (_rank_rows(m, world, r) for r in range(world))]
-    averaged = torch.stack(parts).mean()
-    torch.testing.assert_close(averaged, whole, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(whole, nt_xent_loss(z1.float(), z2.float(), tau), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         ref = nt_xent_ref(z1.float().double(), z2.float().double(), tau)
-    torch.testing.assert_close(averaged.double(), ref, rtol=RTOL, atol=ATOL)
-    g_avg, = torch.autograd.grad(averaged, [z], retain_graph=True)
-    g_whole, = torch.autograd.grad(whole, [z])
-    torch.testing.assert_close(g_avg, g_whole, rtol=1e-4, atol=1e-6)
+    _assert_ranks_equal_whole(parts, whole, nt_xent_loss(z1.float(), z2.float(), tau), ref, z)
 
 
 @pytest.mark.parametrize("world", [2, 3])

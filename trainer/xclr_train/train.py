@@ -174,7 +174,10 @@ def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | No
     sample = first_sample(shards)
     graph = (shards.manifest or {}).get("graph", {})
     background = graph.get("background_similarity", {}).get("mean")
-    spec = LossSpec(cfg.loss, cfg.tau, cfg.tau_s, cfg.targets, calibrate=cfg.calibrate)
+    # The floor stands for "not among the top k": the background similarity, clipped at the mean k-th neighbour
+    # similarity if it is not already well below it (shared/DESIGN.md section 4).
+    floor = min(background, graph.get("kth_similarity_mean", background)) if background is not None else 0.0
+    spec = LossSpec(cfg.loss, cfg.tau, cfg.tau_s, cfg.targets, floor, background or 0.0, cfg.calibrate)
     if cfg.loss == "xclr" and cfg.targets not in ("sparse", "dense"):
         raise ValueError(f"--targets must be sparse or dense, got {cfg.targets!r}")
     if spec.needs_neighbors and NEIGHBORS_SUFFIX not in sample:
@@ -189,11 +192,6 @@ def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | No
                         f"tars; {cfg.data} has none")
     k = len(load_npy(sample[NEIGHBORS_SUFFIX])) if spec.needs_neighbors else None
     emb_dim = len(load_npy(sample[EMBEDDING_SUFFIX])) if EMBEDDING_SUFFIX in sample else None
-    if cfg.loss == "xclr":
-        # The floor stands for "not among the top k": the background similarity, clipped below the mean k-th
-        # neighbour similarity if it is not already well below it (shared/DESIGN.md section 4).
-        floor = min(background, graph.get("kth_similarity_mean", background))
-        spec = LossSpec(cfg.loss, cfg.tau, cfg.tau_s, cfg.targets, floor, background, cfg.calibrate)
     if cfg.calibrate not in ("none", "background"):
         raise ValueError(f"--calibrate must be none or background, got {cfg.calibrate!r}")
     return spec, k, emb_dim
