@@ -1,4 +1,4 @@
-"""The dependency rule of shared/DESIGN.md section 2: xclr_prep -> xclr_schemas <- xclr_train."""
+"""The dependency rule of shared/DESIGN.md section 2: xclr_prep -> xclr_schemas <- xclr_train <- xclr_eval."""
 
 import subprocess
 import sys
@@ -20,10 +20,16 @@ def test_schemas_import_only_numpy_and_pyarrow():
     assert {"numpy", "pyarrow"} <= mods
 
 
-@pytest.mark.parametrize("module", ["xclr_train", "xclr_train.cli", "xclr_train.eval_cli"])
-def test_trainer_needs_no_prep_stack(module):
+@pytest.mark.parametrize("module", ["xclr_train", "xclr_train.cli"])
+def test_trainer_needs_no_prep_or_eval_stack(module):
     mods = imported_after(f"import {module}")
-    assert not mods & {"ray", "faiss", "sentence_transformers", "xclr_prep"}
+    assert not mods & {"ray", "faiss", "sentence_transformers", "xclr_prep", "xclr_eval", "sklearn", "matplotlib"}
+
+
+def test_eval_needs_no_prep_stack():
+    mods = imported_after("import xclr_eval.cli")
+    assert "xclr_train" in mods
+    assert not mods & {"ray", "faiss", "xclr_prep"}
 
 
 def test_prep_driver_does_not_load_the_model_stack():

@@ -16,7 +16,6 @@ Used by the README's main job, the tests and the benchmarks. Run as a module to 
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import re
@@ -28,11 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
+
 WORDNET_DIR = Path("/usr/share/wordnet")
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
 _WORDNET_POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 _QUOTED = re.compile(r'"([^"]+)"')
 
@@ -72,14 +70,16 @@ def tuxpaint_stamps() -> list[tuple[Path, str | None, str]]:
     return stamps
 
 
-def write_tuxpaint_tars(out_dir: Path, per_tar: int = 100) -> list[Path]:
-    """Write the stamps as img2dataset-style tars ``NNNNN.tar`` (KEY.png, KEY.txt, KEY.json) plus ``classnames.txt``.
+def write_tuxpaint_tars(out_dir: Path, per_tar: int = 100, every: int = 1) -> list[Path]:
+    """Write the stamps (every `every`-th in path order: a spread over all categories) as img2dataset-style tars
+    ``NNNNN.tar`` (KEY.png, KEY.txt, KEY.json) plus ``classnames.txt``.
 
     KEY = 5-digit tar number + 4-digit index, as img2dataset names them. KEY.json holds ``label`` (index into
     classnames.txt), ``category`` and the stamp's path. A stamp without a caption gets no KEY.txt.
     """
     stamps = tuxpaint_stamps()
     classnames = sorted({category for _, _, category in stamps})
+    stamps = stamps[::every]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
     tars = []
@@ -99,14 +99,10 @@ def write_tuxpaint_tars(out_dir: Path, per_tar: int = 100) -> list[Path]:
 
 def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (n, 28, 28), labels uint8 (n,)) of the Fashion-MNIST `split` (train | test)."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    if not FASHION_MNIST_DIR.is_dir():
+    files = idx_files(FASHION_MNIST_DIR, split)
+    if files is None:
         raise click.ClickException(f"{FASHION_MNIST_DIR} not found: install the Debian package dataset-fashion-mnist")
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
-    return images, labels
+    return read_idx(*files)
 
 
 def write_fashion_mnist_tars(out_dir: Path, split: str = "train", limit: int | None = None,
@@ -160,9 +156,11 @@ def wordnet(out: Path, limit: int | None) -> None:
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--per-tar", type=int, default=100, show_default=True)
-def tuxpaint(out_dir: Path, per_tar: int) -> None:
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep every N-th stamp (e.g. 10 for a 10% subset across all categories).")
+def tuxpaint(out_dir: Path, per_tar: int, every: int) -> None:
     """Tuxpaint stamps as img2dataset-style tars."""
-    tars = write_tuxpaint_tars(out_dir, per_tar)
+    tars = write_tuxpaint_tars(out_dir, per_tar, every)
     click.echo(f"wrote {len(tars)} tars to {out_dir}")
 
 

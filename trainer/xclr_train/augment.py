@@ -1,4 +1,5 @@
-"""SimCLR's augmentations (Chen et al. 2020, appendix A), the same for every loss so that methods compare fairly."""
+"""SimCLR's augmentations (Chen et al. 2020, appendix A), the same for every loss so that methods compare fairly, and
+the deterministic view that evaluation uses."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def simclr_transform(image_size: int) -> T.Compose:
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+        T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+
+
+def eval_transform(image_size: int) -> T.Compose:
+    """Evaluation view: resize the shorter side to `image_size` -> centre crop -> tensor -> normalise."""
+    return T.Compose([
+        T.Resize(image_size, antialias=True),
+        T.CenterCrop(image_size),
         T.ToTensor(),
         T.Normalize(MEAN, STD),
     ])

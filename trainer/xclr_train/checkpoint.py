@@ -26,8 +26,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: Path, model_config: dict) -> dict:
-    """The checkpoint at `path`; CheckpointError when it is unreadable or its model differs from `model_config`."""
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, whatever its model; CheckpointError when it is missing or not an xclr checkpoint."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -36,6 +36,12 @@ def load_checkpoint(path: Path, model_config: dict) -> dict:
         raise CheckpointError(f"{path} is not a readable xclr checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "model_config" not in state:
         raise CheckpointError(f"{path} is not an xclr checkpoint")
+    return state
+
+
+def load_checkpoint(path: Path, model_config: dict) -> dict:
+    """The checkpoint at `path`; CheckpointError when it is unreadable or its model differs from `model_config`."""
+    state = read_checkpoint(path)
     theirs = state["model_config"]
     if theirs != model_config:
         diff = ", ".join(f"{k}={theirs.get(k)} (this run: {model_config.get(k)})"

@@ -1,0 +1,172 @@
+"""The quality study of issue 5: X-CLR against SimCLR, SupCon and CLIP under one budget.
+
+Two corpora, each in a full and a low-data (10%) regime:
+  * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
+    IDX test split (10k images);
+  * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels.
+Every method trains the same backbone with the same augmentations, batch, steps, optimizer and seeds:
+  xclr-groups  X-CLR, sparse targets, neighbour-grouped shards (--group-size 8)
+  xclr-random  X-CLR, sparse targets, shards in random order (--group-size 1)
+  xclr-dense   X-CLR, dense targets from the caption embeddings (random order)
+  simclr, supcon (labels = caption ids), clip (frozen caption embeddings; random order)
+plus an ablation sweep of X-CLR's knobs (`--sweep`). Each step is skipped when its output is complete, so the
+script can be stopped and rerun. Each regime's runs are evaluated by one `xclr-eval` (ROOT/CORPUS/REGIME/eval/);
+the summary is ROOT/results.json, ROOT/results.md and ROOT/plots/compare-CORPUS-REGIME.png.
+
+    .venv/bin/python benchmarks/study.py --root runs/study [--seeds 0 1 2] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+# corpus -> regime -> (sample_corpora arguments, embed arguments beyond the tars)
+CLASS_MODE = ["--label-col", "label", "--classnames", "{tars}/classnames.txt"]
+CORPORA = {
+    "fashion-mnist": {
+        "full": (["fashion-mnist", "--limit", "10000"], CLASS_MODE),
+        "low": (["fashion-mnist", "--limit", "1000"], CLASS_MODE),
+    },
+    "tuxpaint": {
+        "full": (["tuxpaint"], ["--label-col", "label"]),
+        "low": (["tuxpaint", "--every", "10"], ["--label-col", "label"]),
+    },
+}
+EVAL_DATA = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "tuxpaint": "{root}/tuxpaint/full/tars"}
+LAYOUTS = {"groups": ["--group-size", "8"], "random": ["--group-size", "1"]}
+METHODS = {
+    "xclr-groups": ("groups", ["--loss", "xclr"]),
+    "xclr-random": ("random", ["--loss", "xclr"]),
+    "xclr-dense": ("random", ["--loss", "xclr", "--targets", "dense"]),
+    "simclr": ("random", ["--loss", "simclr"]),
+    "supcon": ("random", ["--loss", "supcon"]),
+    "clip": ("random", ["--loss", "clip"]),
+}
+# X-CLR's knobs, each changed alone from the defaults (tau = tau_s = 0.1, k = 32, group 8, floor = background).
+SWEEP = {
+    "xclr-groups-tau_s0.02": ("groups", ["--loss", "xclr", "--tau-s", "0.02"]),
+    "xclr-groups-calibrated": ("groups", ["--loss", "xclr", "--calibrate", "background"]),
+    "xclr-dense-calibrated": ("random", ["--loss", "xclr", "--targets", "dense", "--calibrate", "background"]),
+    "xclr-groups-tau0.2": ("groups", ["--loss", "xclr", "--tau", "0.2"]),
+}
+# One budget for every method (a 2-core CPU study: a small CNN at 32 px).
+TRAIN = ["--arch", "convnet", "--image-size", "32", "--proj-hidden", "512", "--proj-dim", "128", "--batch-size", "128",
+         "--optimizer", "adamw", "--workers", "1", "--log-every", "10", "--no-progress"]
+STEPS = {"fashion-mnist": 100, "tuxpaint": 60}
+
+
+def sh(*args: str) -> None:
+    print("+", " ".join(args), flush=True)
+    subprocess.run(args, check=True, env=ENV)
+
+
+def prepare(root: Path, corpus: str, regime: str) -> Path:
+    """Tars -> embed -> one shard set per layout; returns the regime's directory."""
+    base = root / corpus / regime
+    corpus_args, embed_args = CORPORA[corpus][regime]
+    tars = base / "tars"
+    if not (tars / "classnames.txt").exists():
+        sh(str(BIN / "python"), "-m", "xclr_prep.sample_corpora", corpus_args[0], str(tars), *corpus_args[1:])
+    embed_args = [a.format(tars=tars) for a in embed_args]
+    sh(str(BIN / "xclr-prep"), "embed", str(tars), "--out", str(base / "embed"), *embed_args, "--no-progress")
+    graph = []
+    for layout, args in LAYOUTS.items():
+        sh(str(BIN / "xclr-prep"), "graph", str(base / "embed"), "--out", str(base / f"shards-{layout}"), *args,
+           "--with-embeddings", "--shard-samples", "1000", "--no-progress", *graph)
+        graph = ["--graph", str(base / f"shards-{layout}" / "graph")]
+    return base
+
+
+def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed: int) -> Path:
+    run = base / "runs" / f"{name}-s{seed}"
+    if (run / "done.json").exists():
+        return run
+    steps = STEPS[corpus]
+    resume = ["--resume", "latest"] if (run / "checkpoints" / "latest.pt").exists() else []
+    start = time.perf_counter()
+    sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *args, *TRAIN,
+       "--steps", str(steps), "--samples-per-epoch", str(steps * 128), "--seed", str(seed), *resume)
+    (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
+    return run
+
+
+def evaluate(root: Path, base: Path, corpus: str, runs: list[Path]) -> dict:
+    """One `xclr-eval` over all runs of a regime (the class-caption embeddings once); reused when it covers them."""
+    out = base / "eval"
+    names = sorted(run.name for run in runs)
+    if (out / "results.json").exists():
+        results = json.loads((out / "results.json").read_text())
+        if sorted(results["runs"]) == names:
+            return results
+    sh(str(BIN / "xclr-eval"), *[str(run / "checkpoints" / "latest.pt") for run in runs],
+       "--data", EVAL_DATA[corpus].format(root=root), "--out", str(out))
+    return json.loads((out / "results.json").read_text())
+
+
+def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) -> None:
+    """ROOT/results.json (per corpus, regime, method: the metrics of every seed), results.md and plots."""
+    from xclr_eval import plots
+
+    table: dict = {}
+    for corpus, regimes in results.items():
+        for regime, evaluation in regimes.items():
+            per_method: dict[str, dict[str, list[float]]] = {}
+            for run_name, run in evaluation["runs"].items():
+                method = run_name.rsplit("-s", 1)[0]
+                for key, value in run["metrics"].items():
+                    per_method.setdefault(method, {}).setdefault(key, []).append(value)
+            table.setdefault(corpus, {})[regime] = per_method
+            shown = {m: per_method[m] for m in methods if m in per_method}
+            plots.compare_runs(shown, f"{corpus}, {regime} data", root / "plots" / f"compare-{corpus}-{regime}.png")
+    (root / "results.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    lines = []
+    for corpus, regimes in table.items():
+        lines += [f"### {corpus}", "", "| method | " + " | ".join(
+            f"{regime} {col}" for regime in regimes for col in ("kNN", "linear", "mAP", "semantic rho")) + " |",
+            "|---|" + "---:|" * (4 * len(regimes))]
+        for method in methods:
+            if all(method in regimes[r] for r in regimes):
+                cells = [_cell(regimes[r][method][key]) for r in regimes
+                         for key in ("knn_accuracy", "linear_probe_accuracy", "mAP", "semantic_alignment")]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    (root / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("runs/study"))
+    parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
+    parser.add_argument("--regimes", nargs="+", default=["full", "low"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--sweep", action="store_true", help="Also run the X-CLR ablations (SWEEP).")
+    opts = parser.parse_args()
+    methods = {**METHODS, **(SWEEP if opts.sweep else {})}
+    results: dict[str, dict[str, dict]] = {}
+    for corpus in opts.corpora:
+        for regime in opts.regimes:
+            base = prepare(opts.root, corpus, regime)
+            runs = [train(base, corpus, name, layout, args, seed)
+                    for seed in opts.seeds for name, (layout, args) in methods.items()]
+            results.setdefault(corpus, {})[regime] = evaluate(opts.root, base, corpus, runs)
+    report(opts.root, results, list(methods))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from xclr_eval.cli import main
+
+main()

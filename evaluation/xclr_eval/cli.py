@@ -1,0 +1,109 @@
+"""`xclr-eval`: evaluate one or more trained checkpoints on a labelled evaluation set.
+
+Writes to OUT: results.json (everything), results.md (the table), plots/similarity-NAME.png (learned vs target
+class similarities), plots/training-NAME.png (from the run's metrics.jsonl when it is beside the checkpoint) and
+plots/compare.png (the runs side by side). A run's NAME is its run directory (RUN/checkpoints/latest.pt -> RUN),
+with the checkpoint's stem appended when it is not latest.pt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from xclr_eval import plots
+from xclr_eval.evalsets import EvalSetError, load_eval_set
+from xclr_eval.features import extract_features, load_encoder
+from xclr_eval.metrics import evaluate
+from xclr_eval.report import markdown_table
+from xclr_eval.text import class_caption_embeddings, default_model
+from xclr_schemas.atomic import write_atomic, write_json_atomic
+from xclr_train.checkpoint import LATEST, CheckpointError
+
+
+def run_name(checkpoint: Path) -> str:
+    if checkpoint.parent.name == "checkpoints":
+        run = checkpoint.parent.parent.name
+        return run if checkpoint.name == LATEST else f"{run}-{checkpoint.stem}"
+    return checkpoint.stem
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", required=True, help="Fashion-MNIST IDX directory, an image folder per class, or "
+              "WebDataset tars with KEY.json 'label' (a directory, sizes.json or brace pattern).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Results directory.")
+@click.option("--classnames", type=click.Path(dir_okay=False, path_type=Path),
+              help="Class names in label order, one per line [default: DATA/classnames.txt, folder names, or "
+              "Fashion-MNIST's].")
+@click.option("--template", default="a photo of a {}", show_default=True,
+              help="Class caption for the semantic-alignment target.")
+@click.option("--text-model", default=None, help="sentence-transformers model of the class captions [default: "
+              "packaged all-MiniLM-L6-v2, as xclr-prep].")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Which IDX split (Fashion-MNIST).")
+@click.option("--limit", type=click.IntRange(min=2), default=None, help="Only the first N labelled images.")
+@click.option("--save-features", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write features and labels to this .npz (one checkpoint only).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Train/test split, k-means and probe seed.")
+def main(checkpoints: tuple[Path, ...], data: str, out: Path, classnames: Path | None, template: str,
+         text_model: str | None, split: str, limit: int | None, save_features: Path | None, device: str,
+         batch_size: int, seed: int) -> None:
+    """Backbone features of each CHECKPOINT on a labelled set: kNN and linear-probe accuracy, retrieval,
+    clustering and semantic alignment, as JSON, Markdown and plots in OUT."""
+    names = [run_name(c) for c in checkpoints]
+    if len(set(names)) < len(names):
+        raise click.ClickException(f"two checkpoints would share a name in {', '.join(names)}")
+    if save_features is not None and len(checkpoints) > 1:
+        raise click.ClickException("--save-features takes one checkpoint")
+    if "{}" not in template:
+        raise click.ClickException(f"--template {template!r} has no {{}} for the class name")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    try:
+        evalset = load_eval_set(data, classnames, split, limit)
+        models = [load_encoder(c) for c in checkpoints]
+    except (EvalSetError, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    text = class_caption_embeddings(evalset.classnames, template, text_model or default_model())
+    click.echo(f"{len(evalset.images)} labelled images of {len(evalset.classnames)} classes from {data}"
+               + (f" (skipped: {dict(evalset.skipped)})" if evalset.skipped else ""))
+
+    runs = {}
+    for name, checkpoint, (model, info) in zip(names, checkpoints, models):
+        features, ok = extract_features(model, evalset.images, info["config"]["image_size"], dev, batch_size)
+        labels = evalset.labels[ok]
+        try:
+            metrics = evaluate(features, labels, text, seed)
+        except ValueError as exc:
+            raise click.ClickException(f"{name}: {exc}") from None
+        similarity = metrics.pop("class_similarity")
+        runs[name] = {"checkpoint": str(checkpoint), "loss": info["config"]["loss"], "step": info["step"],
+                      "epoch": info["epoch"], "config": info["config"], "images": int(ok.sum()),
+                      "skipped_undecodable_image": int((~ok).sum()), "metrics": metrics,
+                      "class_similarity": similarity}
+        plots.similarity_heatmaps(np.array(similarity["learned"]), np.array(similarity["target"]),
+                                  evalset.classnames, f"{name}: semantic rho {metrics['semantic_alignment']:.3f}",
+                                  out / "plots" / f"similarity-{name}.png")
+        metrics_jsonl = checkpoint.parent.parent / "metrics.jsonl"
+        if checkpoint.parent.name == "checkpoints" and metrics_jsonl.is_file():
+            plots.training_curves(metrics_jsonl, name, out / "plots" / f"training-{name}.png")
+        if save_features is not None:
+            write_atomic(save_features, lambda tmp: np.savez(tmp.open("wb"), features=features, labels=labels,
+                                                             classnames=np.array(evalset.classnames)))
+        click.echo(f"{name}: kNN {metrics['knn_accuracy']:.3f}  linear {metrics['linear_probe_accuracy']:.3f}  "
+                   f"mAP {metrics['mAP']:.3f}  semantic rho {metrics['semantic_alignment']:.3f}")
+
+    plots.compare_runs({n: r["metrics"] for n, r in runs.items()}, f"xclr-eval on {data}",
+                       out / "plots" / "compare.png")
+    write_json_atomic(out / "results.json", {
+        "data": data, "images": len(evalset.images), "skipped": dict(evalset.skipped),
+        "classnames": evalset.classnames, "template": template, "text_model": text_model or "all-MiniLM-L6-v2",
+        "seed": seed, "runs": runs})
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown_table(runs)))
+    click.echo(f"results: {out / 'results.json'}, {out / 'results.md'}; plots: {out / 'plots'}")

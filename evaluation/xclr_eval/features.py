@@ -1,0 +1,53 @@
+"""Backbone features of a trained encoder (before the projection head), as the evaluation protocol uses them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xclr_train.augment import eval_transform, to_rgb
+from xclr_train.checkpoint import read_checkpoint
+from xclr_train.models import Encoder
+
+
+def load_encoder(path: Path) -> tuple[Encoder, dict]:
+    """(the encoder of checkpoint `path` in eval mode, the checkpoint minus its weights and optimizer state)."""
+    state = read_checkpoint(path)
+    model = Encoder(**state["model_config"])
+    model.load_state_dict(state["model"])
+    info = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scaler")}
+    return model.eval(), info
+
+
+@torch.no_grad()
+def extract_features(model: Encoder, images: list, image_size: int, device: torch.device,
+                     batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32 (n_ok, feature_dim), ok bool (n,)): images that do not decode are left out, ok False."""
+    transform = eval_transform(image_size)
+    model = model.to(device)
+    features, ok = [], np.zeros(len(images), dtype=bool)
+    for start in range(0, len(images), batch_size):
+        batch = []
+        for i in range(start, min(start + batch_size, len(images))):
+            image = _decode(images[i])
+            if image is not None:
+                batch.append(transform(image))
+                ok[i] = True
+        if batch:
+            features.append(model.features(torch.stack(batch).to(device)).float().cpu().numpy())
+    dim = model.feature_dim
+    return (np.concatenate(features) if features else np.zeros((0, dim), np.float32)), ok
+
+
+def _decode(image: bytes | np.ndarray) -> Image.Image | None:
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            return to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None

@@ -1,0 +1,75 @@
+"""PNG figures: learned vs target class similarities, training curves from a run's metrics.jsonl, and a bar chart
+comparing runs. Each returns the path it wrote (atomically)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+
+from xclr_schemas.atomic import write_atomic  # noqa: E402
+
+CURVES = {"loss": "loss", "graph_hits": "graph hits per anchor", "target_same_caption": "target mass on same caption",
+          "samples_per_s": "samples / s"}
+BARS = ("knn_accuracy", "linear_probe_accuracy", "mAP", "kmeans_nmi", "semantic_alignment")
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def similarity_heatmaps(learned: np.ndarray, target: np.ndarray, classnames: list[str], title: str,
+                        path: Path) -> Path:
+    """Learned (image centroids) and target (class captions) cosine similarities side by side, off-diagonal colour
+    range shared per panel so the ordering of class pairs is what shows."""
+    fig, axes = plt.subplots(1, 2, figsize=(6 + 0.8 * len(classnames), 2.5 + 0.3 * len(classnames)),
+                             layout="constrained")
+    off = ~np.eye(len(learned), dtype=bool)
+    for ax, matrix, name in zip(axes, (learned, target), ("learned (image features)", "target (class captions)")):
+        image = ax.imshow(matrix, cmap="viridis", vmin=matrix[off].min(), vmax=matrix[off].max())
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(classnames)), classnames, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classnames)), classnames, fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def training_curves(metrics_jsonl: Path, title: str, path: Path) -> Path:
+    """One panel per logged quantity of CURVES present in the run's metrics, against the step."""
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    keys = [k for k in CURVES if any(k in row for row in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(row["step"], row[key]) for row in rows if key in row]
+        ax.plot(*zip(*points), marker=".")
+        ax.set_xlabel("step")
+        ax.set_title(CURVES[key], fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def compare_runs(results: dict[str, dict], title: str, path: Path) -> Path:
+    """Grouped bars: one group per metric of BARS, one bar per run (mean over seeds with min-max whiskers when a
+    run's value is a list)."""
+    names = list(results)
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(1.6 * len(BARS) + 2, 3.4))
+    for i, name in enumerate(names):
+        values = [np.atleast_1d(results[name][m]) for m in BARS]
+        means = [v.mean() for v in values]
+        errors = np.array([[m - v.min() for m, v in zip(means, values)], [v.max() - m for m, v in zip(means, values)]])
+        ax.bar(np.arange(len(BARS)) + i * width, means, width, yerr=errors if errors.any() else None, label=name)
+    ax.set_xticks(np.arange(len(BARS)) + 0.4 - width / 2, [m.replace("_", " ") for m in BARS], fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

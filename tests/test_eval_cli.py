@@ -1,0 +1,155 @@
+"""`xclr-eval` end to end: a real trained checkpoint, the real tuxpaint stamps and Fashion-MNIST, real tars."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_tar
+from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
+
+METRICS = {"knn_accuracy", "linear_probe_accuracy", "precision@1", "precision@10", "recall@10", "mAP", "kmeans_ari",
+           "kmeans_nmi", "silhouette", "davies_bouldin", "dunn", "semantic_alignment"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_eval(*args, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "xclr_eval", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xclr-eval failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def run(tux_shards, tmp_path_factory):
+    """A real X-CLR run on the tuxpaint shards: the small CNN, 2 epochs of 2 steps (latest.pt, epoch-000N.pt)."""
+    out = tmp_path_factory.mktemp("eval") / "tux-xclr"
+    subprocess.run([sys.executable, "-m", "xclr_train", "--data", tux_shards, "--out", out, "--arch", "convnet",
+                    "--image-size", "32", "--proj-hidden", "64", "--batch-size", "16", "--epochs", "2",
+                    "--samples-per-epoch", "32", "--workers", "1", "--log-every", "1", "--no-progress"],
+                   check=True, capture_output=True, timeout=600)
+    return out
+
+
+def test_tuxpaint_tars_all_metrics_plots_and_two_checkpoints(run, tux_embed, tmp_path):
+    tars = tux_embed / "tars"
+    out = tmp_path / "ev"
+    proc = run_eval(run / "checkpoints" / "latest.pt", run / "checkpoints" / "epoch-0001.pt", "--data", tars,
+                    "--out", out)
+    results = json.loads((out / "results.json").read_text())
+    classnames = (tars / "classnames.txt").read_text().split()
+    assert results["classnames"] == classnames
+    assert set(results["runs"]) == {"tux-xclr", "tux-xclr-epoch-0001"}
+    for name, r in results["runs"].items():
+        assert set(r["metrics"]) == METRICS
+        assert all(np.isfinite(v) for v in r["metrics"].values())
+        assert 0 <= r["metrics"]["knn_accuracy"] <= 1 and -1 <= r["metrics"]["semantic_alignment"] <= 1
+        assert r["images"] == results["images"] and r["skipped_undecodable_image"] == 0
+        sim = np.array(r["class_similarity"]["learned"])
+        assert sim.shape == (len(classnames),) * 2 and np.allclose(np.diag(sim), 1, atol=1e-4)
+        assert (out / "plots" / f"similarity-{name}.png").read_bytes()[:8] == PNG_MAGIC
+        assert (out / "plots" / f"training-{name}.png").read_bytes()[:8] == PNG_MAGIC
+    assert results["runs"]["tux-xclr"]["step"] == 4 and results["runs"]["tux-xclr-epoch-0001"]["step"] == 2
+    assert (out / "plots" / "compare.png").read_bytes()[:8] == PNG_MAGIC
+    table = (out / "results.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| tux-xclr | xclr | 4 |")
+    assert "results:" in proc.stdout
+
+
+def test_tuxpaint_image_count_matches_the_tars(run, tux_embed, tmp_path):
+    """Every stamp with an image and a label is evaluated: the count equals the tars' PNG members."""
+    import tarfile
+
+    pngs = sum(name.endswith(".png") for t in (tux_embed / "tars").glob("*.tar") for name in tarfile.open(t).getnames())
+    run_eval(run / "checkpoints" / "latest.pt", "--data", tux_embed / "tars", "--out", tmp_path / "ev")
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["images"] == pngs > 700
+
+
+def test_fashion_mnist_idx_and_saved_features(run, tmp_path):
+    npz = tmp_path / "features.npz"
+    run_eval(run / "checkpoints" / "latest.pt", "--data", FASHION_MNIST_DIR, "--limit", 400, "--out", tmp_path / "ev",
+             "--save-features", npz)
+    saved = np.load(npz)
+    _, labels = read_idx(*idx_files(FASHION_MNIST_DIR, "test"))
+    assert saved["features"].shape == (400, 256) and saved["features"].dtype == np.float32
+    np.testing.assert_array_equal(saved["labels"], labels[:400])
+    assert saved["classnames"].tolist() == list(FASHION_MNIST_CLASSES)
+    assert np.isfinite(saved["features"]).all() and saved["features"].std(0).max() > 0
+
+
+def test_image_folder_counts_undecodable_images(run, tmp_path):
+    images, labels = read_idx(*idx_files(FASHION_MNIST_DIR, "test"))
+    root = tmp_path / "folder"
+    for i in range(120):
+        folder = root / FASHION_MNIST_CLASSES[labels[i]].replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / f"{i}.png")
+    (root / "Bag" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "ev"
+    run_eval(run / "checkpoints" / "latest.pt", "--data", root, "--out", out)
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == 121 and results["runs"]["tux-xclr"]["images"] == 120
+    assert results["runs"]["tux-xclr"]["skipped_undecodable_image"] == 1
+    assert results["classnames"] == sorted(p.name for p in root.iterdir())
+
+
+def test_shards_without_labels_are_counted_and_class_names_required(run, tmp_path):
+    def png(i):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (30 * i % 255, 0, 0)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    members = []
+    for i in range(12):
+        members.append((f"{i:04d}.png", png(i)))
+        if i != 5:
+            members.append((f"{i:04d}.json", json.dumps({"label": i % 3}).encode()))
+    members.append(("0099.json", b'{"label": 1}'))
+    data = tmp_path / "shards"
+    data.mkdir()
+    write_tar(data / "000.tar", members)
+    assert "no class names" in one_line_error(run_eval(run / "checkpoints" / "latest.pt", "--data", data,
+                                                       "--out", tmp_path / "ev", check=False))
+    names = tmp_path / "names.txt"
+    names.write_text("red\ngreen\nblue\n")
+    run_eval(run / "checkpoints" / "latest.pt", "--data", data, "--classnames", names, "--out", tmp_path / "ev")
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["images"] == 11 and results["skipped"] == {"no_label": 1, "no_image": 1}
+    names.write_text("red\ngreen\n")
+    assert "only 2 class names" in one_line_error(run_eval(run / "checkpoints" / "latest.pt", "--data", data,
+                                                           "--classnames", names, "--out", tmp_path / "e2",
+                                                           check=False))
+
+
+def test_bad_inputs_give_one_line_errors(run, tmp_path):
+    ckpt = run / "checkpoints" / "latest.pt"
+    not_ckpt = tmp_path / "x.pt"
+    not_ckpt.write_bytes(b"garbage")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "no checkpoint at": [tmp_path / "missing.pt", "--data", FASHION_MNIST_DIR],
+        "not a readable xclr checkpoint": [not_ckpt, "--data", FASHION_MNIST_DIR],
+        "is not an evaluation set": [ckpt, "--data", empty],
+        "has no {} for the class name": [ckpt, "--data", FASHION_MNIST_DIR, "--template", "a photo"],
+        "--save-features takes one checkpoint": [ckpt, ckpt.parent / "epoch-0001.pt", "--data", FASHION_MNIST_DIR,
+                                                 "--save-features", tmp_path / "f.npz"],
+        "would share a name": [ckpt, ckpt, "--data", FASHION_MNIST_DIR],
+    }
+    for message, args in cases.items():
+        assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False)), message
