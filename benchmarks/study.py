@@ -13,7 +13,7 @@ plus an ablation sweep of X-CLR's knobs (`--sweep`). Each step is skipped when i
 script can be stopped and rerun. Each regime's runs are evaluated by one `xclr-eval` (ROOT/CORPUS/REGIME/eval/);
 the summary is ROOT/results.json, ROOT/results.md and ROOT/plots/compare-CORPUS-REGIME.png.
 
-    .venv/bin/python benchmarks/study.py --root runs/study [--seeds 0 1 2] [--sweep]
+    .venv/bin/python benchmarks/study.py --root runs/study [--seeds 0 1 2] [--sweep] [--methods ...]
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     return run
 
 
-def evaluate(root: Path, base: Path, corpus: str, runs: list[Path]) -> dict:
-    """One `xclr-eval` over all runs of a regime (the class-caption embeddings once); reused when it covers them."""
+def evaluate(root: Path, base: Path, corpus: str) -> dict:
+    """One `xclr-eval` over every finished run of a regime (the class-caption embeddings once); reused while it
+    covers them all."""
     out = base / "eval"
-    names = sorted(run.name for run in runs)
+    runs = sorted(done.parent for done in (base / "runs").glob("*/done.json"))
+    names = [run.name for run in runs]
     if (out / "results.json").exists():
         results = json.loads((out / "results.json").read_text())
         if sorted(results["runs"]) == names:
@@ -134,8 +136,8 @@ def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) 
             f"{regime} {col}" for regime in regimes for col in ("kNN", "linear", "mAP", "semantic rho")) + " |",
             "|---|" + "---:|" * (4 * len(regimes))]
         for method in methods:
-            if all(method in regimes[r] for r in regimes):
-                cells = [_cell(regimes[r][method][key]) for r in regimes
+            if any(method in regimes[r] for r in regimes):
+                cells = [_cell(regimes[r][method][key]) if method in regimes[r] else "-" for r in regimes
                          for key in ("knn_accuracy", "linear_probe_accuracy", "mAP", "semantic_alignment")]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -144,6 +146,7 @@ def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) 
 
 
 def _cell(values: list[float]) -> str:
+    """One seed: the value; several: mean (min-max)."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
@@ -156,16 +159,20 @@ def main() -> None:
     parser.add_argument("--regimes", nargs="+", default=["full", "low"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--sweep", action="store_true", help="Also run the X-CLR ablations (SWEEP).")
+    parser.add_argument("--methods", nargs="+", default=None, help="Only these methods (of METHODS and SWEEP).")
     opts = parser.parse_args()
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
+    if opts.methods:
+        methods = {name: {**METHODS, **SWEEP}[name] for name in opts.methods}
     results: dict[str, dict[str, dict]] = {}
     for corpus in opts.corpora:
         for regime in opts.regimes:
             base = prepare(opts.root, corpus, regime)
-            runs = [train(base, corpus, name, layout, args, seed)
-                    for seed in opts.seeds for name, (layout, args) in methods.items()]
-            results.setdefault(corpus, {})[regime] = evaluate(opts.root, base, corpus, runs)
-    report(opts.root, results, list(methods))
+            for seed in opts.seeds:
+                for name, (layout, args) in methods.items():
+                    train(base, corpus, name, layout, args, seed)
+            results.setdefault(corpus, {})[regime] = evaluate(opts.root, base, corpus)
+    report(opts.root, results, [*METHODS, *SWEEP])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def test_knn_equals_loop_reference():
     assert 0.3 < metrics.knn_accuracy(db, db_y, q, q_y) < 1.0  # overlapping blobs: neither trivial nor hopeless
 
 
+def test_knn_votes_are_weighted_by_similarity():
+    """9 close neighbours of class 1 outvote 11 distant ones of class 0 only when votes carry the similarity."""
+    angles = np.deg2rad(np.r_[np.full(9, 5.0), np.full(11, 60.0), np.full(5, 180.0)])
+    db = np.stack([np.cos(angles), np.sin(angles)], 1)
+    db_y = np.r_[np.ones(9), np.zeros(11), np.full(5, 2)].astype(int)
+    assert metrics.knn_accuracy(db, db_y, np.array([[1.0, 0.0]]), np.array([1])) == 1.0
+
+
 def test_retrieval_equals_loop_reference_and_sklearn_ap():
     x, y = blobs(30, 5, 6, spread=1.2, seed=1)
     db, db_y, q, q_y = x[::2], y[::2], x[1::2], y[1::2]
