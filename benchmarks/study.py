@@ -9,6 +9,7 @@ Every method trains the same backbone with the same augmentations, batch, steps,
   xclr-random  X-CLR, sparse targets, shards in random order (--group-size 1)
   xclr-dense   X-CLR, dense targets from the caption embeddings (random order)
   simclr, supcon (labels = caption ids), clip (frozen caption embeddings; random order)
+  random-init  the untrained backbone (lr 0), the floor every method must clear
 plus an ablation sweep of X-CLR's knobs (`--sweep`). Each step is skipped when its output is complete, so the
 script can be stopped and rerun. Each regime's runs are evaluated by one `xclr-eval` (ROOT/CORPUS/REGIME/eval/);
 the summary is ROOT/results.json, ROOT/results.md and ROOT/plots/compare-CORPUS-REGIME.png.
@@ -50,6 +51,8 @@ METHODS = {
     "simclr": ("random", ["--loss", "simclr"]),
     "supcon": ("random", ["--loss", "supcon"]),
     "clip": ("random", ["--loss", "clip"]),
+    # the floor every method must clear: the random-init backbone (lr 0; the steps only settle its BN statistics)
+    "random-init": ("random", ["--loss", "simclr", "--lr", "0"]),
 }
 # X-CLR's knobs, each changed alone from the defaults (tau = tau_s = 0.1, k = 32, group 8, floor = background).
 SWEEP = {
