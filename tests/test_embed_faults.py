@@ -117,6 +117,9 @@ def test_two_node_ray_cluster_on_loopback(corpus, reference, tmp_path):
                        timeout=120)
         out = tmp_path / "out"
         run_prep("embed", corpus, "--out", out, *ARGS, "--ray-address", address, "--num-workers", "2", env=env)
+        # without --ray-address a stage starts its own local Ray, even while another runs on this machine
+        alone = tmp_path / "alone"
+        run_prep("embed", corpus, "--out", alone, *ARGS, env=env)
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     d = load_embed_dir(out)
@@ -124,3 +127,5 @@ def test_two_node_ray_cluster_on_loopback(corpus, reference, tmp_path):
     nodes = [done_marker(p)["worker"]["node_id"] for p in (out / "done").glob("*.json")]
     assert len(set(nodes)) == 2  # both nodes did work
     assert d.manifest["run"]["workers"] == 2
+    assert_same_result(load_embed_dir(alone), reference)
+    assert not {done_marker(p)["worker"]["node_id"] for p in (alone / "done").glob("*.json")} & set(nodes)

@@ -28,7 +28,7 @@ def start_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.ERROR)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
                  object_store_memory=_LOCAL_OBJECT_STORE_BYTES, _node_ip_address=_LOCAL_NODE_IP)
 
 
