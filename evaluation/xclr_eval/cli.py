@@ -24,11 +24,16 @@ from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_train.checkpoint import LATEST, CheckpointError
 
 
+def run_dir(checkpoint: Path) -> Path | None:
+    """RUN for a checkpoint at RUN/checkpoints/NAME.pt, else None."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
 def run_name(checkpoint: Path) -> str:
-    if checkpoint.parent.name == "checkpoints":
-        run = checkpoint.parent.parent.name
-        return run if checkpoint.name == LATEST else f"{run}-{checkpoint.stem}"
-    return checkpoint.stem
+    run = run_dir(checkpoint)
+    if run is None:
+        return checkpoint.stem
+    return run.name if checkpoint.name == LATEST else f"{run.name}-{checkpoint.stem}"
 
 
 @click.command()
@@ -90,9 +95,9 @@ def main(checkpoints: tuple[Path, ...], data: str, out: Path, classnames: Path |
         plots.similarity_heatmaps(np.array(similarity["learned"]), np.array(similarity["target"]),
                                   evalset.classnames, f"{name}: semantic rho {metrics['semantic_alignment']:.3f}",
                                   out / "plots" / f"similarity-{name}.png")
-        metrics_jsonl = checkpoint.parent.parent / "metrics.jsonl"
-        if checkpoint.parent.name == "checkpoints" and metrics_jsonl.is_file():
-            plots.training_curves(metrics_jsonl, name, out / "plots" / f"training-{name}.png")
+        run = run_dir(checkpoint)
+        if run is not None and (run / "metrics.jsonl").is_file():
+            plots.training_curves(run / "metrics.jsonl", name, out / "plots" / f"training-{name}.png")
         if save_features is not None:
             write_atomic(save_features, lambda tmp: np.savez(tmp.open("wb"), features=features, labels=labels,
                                                              classnames=np.array(evalset.classnames)))

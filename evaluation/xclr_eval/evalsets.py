@@ -37,8 +37,9 @@ def load_eval_set(spec: str, classnames_file: Path | None = None, split: str = "
                   limit: int | None = None) -> EvalSet:
     """The evaluation set at `spec` (first `limit` samples), with every sample's label checked against the names."""
     path = Path(spec)
-    if path.is_dir() and idx_files(path, split) is not None:
-        images, labels = read_idx(*idx_files(path, split))
+    idx = idx_files(path, split) if path.is_dir() else None
+    if idx is not None:
+        images, labels = read_idx(*idx)
         evalset = EvalSet(list(images[:limit]), labels[:limit].astype(np.int64), list(FASHION_MNIST_CLASSES))
     elif path.is_dir() and any(p.is_dir() for p in path.iterdir()):
         evalset = _image_folder(path, limit)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from xclr_train.augment import eval_transform, to_rgb
+from xclr_train.augment import eval_transform
 from xclr_train.checkpoint import read_checkpoint
+from xclr_train.data import decode_image
 from xclr_train.models import Encoder
 
 
@@ -46,8 +46,4 @@ def extract_features(model: Encoder, images: list, image_size: int, device: torc
 def _decode(image: bytes | np.ndarray) -> Image.Image | None:
     if isinstance(image, np.ndarray):
         return Image.fromarray(image).convert("RGB")
-    try:
-        with Image.open(io.BytesIO(image)) as img:
-            return to_rgb(img)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+    return decode_image(image)

@@ -170,6 +170,15 @@ def group_shuffle(rng: random.Random,
     return stage
 
 
+def decode_image(data: bytes) -> Image.Image | None:
+    """The encoded image as RGB (transparency onto white), or None when it does not decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 @dataclass(frozen=True)
 class Needs:
     """Which members every sample must have for the chosen loss."""
@@ -199,10 +208,8 @@ def decode(transform: Callable, needs: Needs, k: int | None,
         except (ValueError, KeyError, TypeError, OSError):
             skipped["bad_member"] += 1
             return None
-        try:
-            with Image.open(io.BytesIO(image)) as img:
-                rgb = to_rgb(img)
-        except (OSError, ValueError, Image.DecompressionBombError):
+        rgb = decode_image(image)
+        if rgb is None:
             skipped["undecodable_image"] += 1
             return None
         out["view1"], out["view2"] = transform(rgb), transform(rgb)
