@@ -14,7 +14,7 @@ def imported_after(code: str) -> set[str]:
     return set(out.split())
 
 
-def test_schemas_import_only_numpy_and_pyarrow():
+def test_schemas_import_none_of_the_heavy_stacks():
     mods = imported_after("import xclr_schemas; xclr_schemas.load_embed_dir")
     assert not mods & set(HEAVY), mods & set(HEAVY)
     assert {"numpy", "pyarrow"} <= mods

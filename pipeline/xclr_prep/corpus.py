@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from xclr_prep.errors import PrepError
+from xclr_schemas import storage
 
 FORMATS = ("tar", "parquet", "csv", "tsv", "jsonl")
 _SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -81,12 +82,17 @@ def _format_of(path: str) -> str | None:
 
 
 def find_inputs(patterns: list[str], fmt: str | None = None) -> list[InputFile]:
-    """Expand files, directories (recursively, files of known formats) and globs, in argument order, each
-    expansion sorted, each file once. Raises PrepError when a pattern matches nothing."""
+    """Expand files, directories (recursively, files of known formats) and globs, local or URLs (see
+    `xclr_schemas.storage`), in argument order, each expansion sorted, each file once. Raises PrepError when a
+    pattern matches nothing."""
     files: list[InputFile] = []
     seen: set[str] = set()
     for pattern in patterns:
-        if os.path.isdir(pattern):
+        if storage.is_url(pattern):
+            matches = storage.find_files(pattern)
+            if storage.is_dir(pattern):
+                matches = [m for m in matches if _format_of(m)]
+        elif os.path.isdir(pattern):
             matches = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and _format_of(str(p)))
         elif os.path.exists(pattern):
             matches = [pattern]
@@ -95,7 +101,7 @@ def find_inputs(patterns: list[str], fmt: str | None = None) -> list[InputFile]:
         if not matches:
             raise PrepError(f"no input files match {pattern!r}")
         for path in matches:
-            real = os.path.realpath(path)
+            real = path if storage.is_url(path) else os.path.realpath(path)
             if real in seen:
                 continue
             seen.add(real)
@@ -120,12 +126,14 @@ def check_columns(file: InputFile, spec: CorpusSpec) -> None:
         return
     try:
         if file.format == "parquet":
-            have = pq.read_schema(file.path).names
+            with storage.open_input(file.path) as f:
+                have = pq.read_schema(f).names
         elif file.format == "jsonl":
-            with open(file.path, "rb") as f:
+            with storage.open_input(file.path) as f:
                 have = list(json.loads(next((line for line in f if line.strip()), b"{}")))
         else:
-            have = pacsv.open_csv(file.path, parse_options=_csv_parse(file.format)).schema.names
+            with storage.open_input(file.path) as f:
+                have = pacsv.open_csv(f, parse_options=_csv_parse(file.format)).schema.names
     except (OSError, ValueError, TypeError, pa.ArrowException):
         return
     for col in _table_columns(spec):
@@ -146,10 +154,10 @@ def read_rows(file: InputFile, spec: CorpusSpec) -> Iterator[RawRow]:
 def _read_tar(path: str, spec: CorpusSpec) -> Iterator[RawRow]:
     # Image members are skipped, not read: in a plain tar, check they lie inside the file. (A compressed tar
     # reads through them and raises EOFError when cut short.)
-    size = None if path.lower().endswith((".gz", ".tgz")) else os.path.getsize(path)
+    size = None if path.lower().endswith((".gz", ".tgz")) else storage.file_size(path)
     rows: dict[str, RawRow] = {}
     extra: list[RawRow] = []  # a second member of the same key and kind: a duplicate sample
-    with tarfile.open(path, "r:*") as tar:
+    with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -184,8 +192,8 @@ def _read_tar(path: str, spec: CorpusSpec) -> Iterator[RawRow]:
 
 
 def _read_jsonl(path: str, spec: CorpusSpec) -> Iterator[RawRow]:
-    image_dir = os.path.dirname(path)
-    with open(path, "rb") as f:
+    image_dir = storage.parent(path)
+    with storage.open_input(path) as f:
         for line in f:
             if not line.strip():
                 continue
@@ -205,7 +213,7 @@ def _read_jsonl(path: str, spec: CorpusSpec) -> Iterator[RawRow]:
                 key=obj.get(spec.key_col),
                 caption=obj.get(spec.caption_col),
                 label=obj.get(spec.label_col) if spec.label_col else None,
-                image_source=os.path.join(image_dir, image) if isinstance(image, str) else "",
+                image_source=storage.join(image_dir, image) if isinstance(image, str) else "",
             )
 
 
@@ -214,17 +222,17 @@ def _csv_parse(fmt: str) -> pacsv.ParseOptions:
 
 
 def _arrow_batches(file: InputFile, columns: list[str], spec: CorpusSpec) -> Iterator[pa.RecordBatch]:
-    if file.format == "parquet":
-        yield from pq.ParquetFile(file.path).iter_batches(batch_size=_BATCH_ROWS, columns=columns)
-        return
-    # Key and caption as raw bytes, so that one row with bytes that are not UTF-8 is skipped, not the file.
-    types = {c: pa.binary() for c in (spec.key_col, spec.caption_col)}
-    reader = pacsv.open_csv(
-        file.path,
-        parse_options=_csv_parse(file.format),
-        convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=types),
-    )
-    yield from reader
+    with storage.open_input(file.path) as f:
+        if file.format == "parquet":
+            yield from pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+            return
+        # Key and caption as raw bytes, so that one row with bytes that are not UTF-8 is skipped, not the file.
+        types = {c: pa.binary() for c in (spec.key_col, spec.caption_col)}
+        yield from pacsv.open_csv(
+            f,
+            parse_options=_csv_parse(file.format),
+            convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=types),
+        )
 
 
 def _read_arrow(file: InputFile, spec: CorpusSpec) -> Iterator[RawRow]:
@@ -232,11 +240,12 @@ def _read_arrow(file: InputFile, spec: CorpusSpec) -> Iterator[RawRow]:
     columns = _table_columns(spec)
     image_is_bytes = False
     if spec.image_col and file.format == "parquet":
-        image_type = pq.read_schema(file.path).field(spec.image_col).type
+        with storage.open_input(file.path) as f:
+            image_type = pq.read_schema(f).field(spec.image_col).type
         image_is_bytes = pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
         if image_is_bytes:
             columns.remove(spec.image_col)
-    image_dir = os.path.dirname(file.path)
+    image_dir = storage.parent(file.path)
     row_index = 0
     for batch in _arrow_batches(file, columns, spec):
         n = batch.num_rows
@@ -252,6 +261,6 @@ def _read_arrow(file: InputFile, spec: CorpusSpec) -> Iterator[RawRow]:
             if image_is_bytes:
                 row.image_source, row.image_member, row.image_row = file.path, spec.image_col, row_index + i
             elif images[i]:
-                row.image_source = os.path.join(image_dir, images[i])
+                row.image_source = storage.join(image_dir, images[i])
             yield row
         row_index += n

@@ -3,8 +3,8 @@
 Driver flow:
 
 1. Find the inputs, check table columns and the model path: bad input fails before Ray starts.
-2. ``OUT/plan.json`` holds a fingerprint of the inputs (path, size, mtime) and of every option that changes the
-   output. An --out holding another plan is refused; one with the same plan is resumed; a complete one
+2. ``OUT/plan.json`` holds a fingerprint of the inputs (path, size, mtime or object version) and of every option
+   that changes the output. An --out holding another plan is refused; one with the same plan is resumed; a complete one
    (``manifest.json`` present) is left as it is.
 3. Ray: a local instance started in-process and sized to the machine, or an existing cluster (``ray_address``).
    An actor pool of `EmbedWorker` (model loaded once per actor). An actor that dies is restarted by Ray and its
@@ -39,7 +39,7 @@ from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, run_units, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
-from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths
+from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths, storage
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
 
 NORMALISATION = "nfc-trim-collapse-whitespace/1"
@@ -116,8 +116,8 @@ def _check_options(opts: EmbedOptions) -> None:
 def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tuple[str, dict]:
     inputs = []
     for f in files:
-        st = os.stat(f.path)
-        inputs.append({"path": f.path, "format": f.format, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        size, version = storage.stat_key(f.path)
+        inputs.append({"path": f.path, "format": f.format, "size": size, "version": version})
     options = {
         "spec": asdict(opts.spec),
         "model": model,

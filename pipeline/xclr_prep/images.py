@@ -1,7 +1,8 @@
 """Where each sample's image bytes are, and whether they decode.
 
 `locate` turns the embed directory's image references (see `xclr_schemas.embed_dir`) into byte ranges
-(blob path, offset, size) that a shard writer reads with one ``pread``, in any order:
+(blob path, offset, size) that a shard writer reads with one ``pread`` (or one ranged GET for a URL, see
+`xclr_schemas.storage`), in any order:
 
 - member of a plain tar: the tar itself, at the member's data offset (headers are read, data is not);
 - member of a compressed tar: the tar is decompressed once into ``stage_dir`` and read from there;
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import shutil
 import tarfile
 import warnings
@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from xclr_schemas import storage
 from xclr_schemas.atomic import write_atomic
 from xclr_schemas.shards import IMAGE_SUFFIX_OF_FORMAT
 
@@ -42,7 +43,7 @@ def locate(kind: str, source: str, refs: list, samples: np.ndarray, stage_path: 
     (column, row) (kind "column", `source` the Parquet file) or its path (kind "file"; `source` unused).
     """
     if kind == "file":
-        found = [(s, p, 0, os.path.getsize(p)) for s, p in zip(samples.tolist(), refs) if os.path.isfile(p)]
+        found = [(s, p, 0, storage.file_size(p)) for s, p in zip(samples.tolist(), refs) if storage.is_file(p)]
     elif kind == "tar":
         found = _locate_in_tar(source, refs, samples, stage_path)
     else:
@@ -55,15 +56,15 @@ def locate(kind: str, source: str, refs: list, samples: np.ndarray, stage_path: 
 def _locate_in_tar(path: str, members: list[str], samples: np.ndarray, stage_path: Path) -> list[tuple]:
     if path.lower().endswith((".gz", ".tgz")):
         def decompress(tmp: Path) -> None:
-            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            with storage.open_input(path) as raw, gzip.open(raw, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
         write_atomic(stage_path, decompress)
         path = str(stage_path)
-    size = os.path.getsize(path)
+    size = storage.file_size(path)
     where: dict[str, tuple[int, int]] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
+        with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
             for m in tar:
                 if m.isfile() and m.offset_data + m.size <= size:
                     where.setdefault(m.name, (m.offset_data, m.size))
@@ -79,8 +80,8 @@ def _locate_in_column(path: str, refs: list[tuple[str, int]], samples: np.ndarra
 
     def copy(tmp: Path) -> None:
         offset, row = 0, 0
-        with open(tmp, "wb") as out:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=[column]):
+        with open(tmp, "wb") as out, storage.open_input(path) as src:
+            for batch in pq.ParquetFile(src).iter_batches(batch_size=1024, columns=[column]):
                 for value in batch.column(0).to_pylist():
                     if row in wanted and value:
                         out.write(value)
@@ -90,11 +91,6 @@ def _locate_in_column(path: str, refs: list[tuple[str, int]], samples: np.ndarra
 
     write_atomic(stage_path, copy)
     return found
-
-
-def read_bytes(blob: str, offset: int, size: int) -> bytes:
-    with open(blob, "rb") as f:
-        return os.pread(f.fileno(), size, offset)
 
 
 def check_image(data: bytes) -> str | None:

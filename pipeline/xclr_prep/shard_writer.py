@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from xclr_prep.images import check_image, read_bytes
+from xclr_prep.images import check_image
 from xclr_schemas import npy_bytes, shard_name
 from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX, TEXT_SUFFIX
+from xclr_schemas.storage import read_range
 
 # Columns of the table a shard is written from, one row per sample in shard order.
 SHARD_INPUT_COLUMNS = ("sample", "key", "text", "caption_id", "group", "label", "blob", "offset", "size")
@@ -58,7 +59,7 @@ def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray,
         with open(tmp, "wb") as f, ThreadPoolExecutor(threads) as pool:
             for lo in range(0, samples.num_rows, CHUNK):
                 chunk = range(lo, min(samples.num_rows, lo + CHUNK))
-                images = list(pool.map(read_bytes, *(cols[c][lo:chunk.stop] for c in ("blob", "offset", "size"))))
+                images = list(pool.map(read_range, *(cols[c][lo:chunk.stop] for c in ("blob", "offset", "size"))))
                 for i, image, suffix in zip(chunk, images, pool.map(check_image, images)):
                     if suffix is None:
                         skipped.append(cols["sample"][i])

@@ -1,6 +1,6 @@
 """Contracts between xclr stages: file layouts, Arrow schemas, manifests, versions.
 
-Light by design (numpy + pyarrow only): both `xclr_prep` and `xclr_train` import it; it imports neither.
+Light by design (numpy, pyarrow and fsspec only): both `xclr_prep` and `xclr_train` import it; it imports neither.
 """
 
 from xclr_schemas.embed_dir import (

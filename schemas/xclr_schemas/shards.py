@@ -47,8 +47,9 @@ def shard_name(index: int) -> str:
 
 
 def read_shards_manifest(path: str | Path) -> dict:
-    """The manifest of a complete shards directory; ShardsDirError if absent or of another schema version."""
-    return read_versioned_manifest(Path(path), SHARDS_SCHEMA_VERSION, ShardsDirError, "shards directory",
+    """The manifest of a complete shards directory (a path or URL); ShardsDirError if absent or of another schema
+    version."""
+    return read_versioned_manifest(path, SHARDS_SCHEMA_VERSION, ShardsDirError, "shards directory",
                                    "xclr-prep graph")
 
 

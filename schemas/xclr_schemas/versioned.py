@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+
+from xclr_schemas import storage
 
 
-def read_versioned_manifest(root: Path, version: str, error: type[Exception], what: str, rerun: str) -> dict:
-    """``root/manifest.json`` as a dict. Raises `error` when it is absent (the directory is not a complete `what`;
-    the message suggests `rerun`) or its ``schema_version`` is not `version`."""
-    path = root / "manifest.json"
-    if not path.exists():
+def read_versioned_manifest(root: str | os.PathLike, version: str, error: type[Exception], what: str,
+                            rerun: str) -> dict:
+    """``root/manifest.json`` as a dict (`root` a local path or a URL). Raises `error` when it is absent (the
+    directory is not a complete `what`; the message suggests `rerun`) or its ``schema_version`` is not `version`."""
+    path = storage.join(root, "manifest.json")
+    if not storage.exists(path):
         raise error(f"{root} is not a complete {what} (no manifest.json; rerun {rerun})")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(storage.read_text(path))
     if manifest.get("schema_version") != version:
         raise error(f"{root} has schema version {manifest.get('schema_version')!r}, this xclr reads {version!r}")
     return manifest

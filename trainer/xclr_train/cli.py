@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from xclr_schemas import storage
 from xclr_train.checkpoint import CheckpointError
 from xclr_train.data import DataError
 from xclr_train.models import ARCHS
@@ -14,8 +17,11 @@ D = TrainConfig
 
 
 @click.command(context_settings={"show_default": True, "max_content_width": 120})
-@click.option("--data", required=True, help="Shards: a directory (its sizes.json), a sizes.json or a brace pattern.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--data", required=True,
+              help="Shards: a directory (its sizes.json), a sizes.json or a brace pattern; local or a URL (s3://...).")
+@click.option("--out", required=True,
+              help="Run directory, local or a URL (written in a local work directory and uploaded after every "
+                   "checkpoint).")
 @click.option("--loss", type=click.Choice(LOSSES), default=D.loss)
 @click.option("--targets", type=click.Choice(["sparse", "dense"]), default=D.targets,
               help="X-CLR targets: sparse from KEY.nbr.npy, dense from KEY.emb.npy (needs --with-embeddings shards).")
@@ -53,8 +59,13 @@ def main(**options) -> None:
         if options[name] is not None and options[name] < 1:
             raise click.BadParameter(f"must be at least 1, got {options[name]}",
                                      param_hint="--" + name.replace("_", "-"))
+    out, main_rank = options["out"], os.environ.get("RANK", "0") == "0"
+    if options["resume"] not in (None, "latest"):
+        options["resume"] = str(storage.fetch(options["resume"]))
     try:
-        last = train(TrainConfig(**options))
+        with storage.local_dir(out, publish=main_rank) as run:
+            publish = (lambda: storage.push(run, out)) if storage.is_url(out) else None
+            last = train(TrainConfig(**{**options, "out": str(run)}), after_save=publish)
     except (DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if last:

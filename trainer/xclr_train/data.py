@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import tarfile
 from collections import Counter
@@ -30,7 +29,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from xclr_schemas import NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest
+from xclr_schemas import NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import simclr_transform, to_rgb
 
@@ -50,29 +49,31 @@ class ShardSet:
 
 
 def find_shards(spec: str) -> ShardSet:
-    """Shards from a directory (its sizes.json, else its *.tar), a sizes.json file, or a brace pattern."""
-    path = Path(spec)
-    if path.is_dir() or path.name == SIZES:
-        root = path if path.is_dir() else path.parent
-        sizes_file = path if path.name == SIZES else root / SIZES
-        if sizes_file.exists():
-            sizes = json.loads(sizes_file.read_text())
-            urls = [str(root / name) for name in sizes]
+    """Shards from a directory (its sizes.json, else its *.tar), a sizes.json file, or a brace pattern; local
+    paths or URLs (`xclr_schemas.storage`: a URL's shards are streamed, never copied)."""
+    spec = str(spec).rstrip("/")
+    if storage.is_dir(spec) or storage.basename(spec) == SIZES:
+        root = spec if storage.basename(spec) != SIZES else storage.parent(spec)
+        if storage.exists(storage.join(root, SIZES)):
+            urls = [storage.join(root, name) for name in json.loads(storage.read_text(storage.join(root, SIZES)))]
+        elif storage.is_url(root):
+            urls = storage.find_files(storage.join(root, "*.tar"))
         else:
-            urls = sorted(str(p) for p in root.glob("*.tar"))
+            urls = sorted(str(p) for p in Path(root).glob("*.tar"))
     else:
         urls = wds.shardlists.expand_urls(spec)
-        root = Path(urls[0]).parent if urls else path.parent
+        root = storage.parent(urls[0] if urls else spec)
     if not urls:
         raise DataError(f"no shards in {spec}")
-    missing = [u for u in urls if not Path(u).is_file()]
+    missing = [u for u in urls if not storage.is_file(u)]
     if missing:
         raise DataError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}")
-    sizes = json.loads((root / SIZES).read_text()) if (root / SIZES).exists() else {}
-    names = [Path(u).name for u in urls]
+    sizes_file = storage.join(root, SIZES)
+    sizes = json.loads(storage.read_text(sizes_file)) if storage.exists(sizes_file) else {}
+    names = [storage.basename(u) for u in urls]
     samples = sum(sizes[n] for n in names) if all(n in sizes for n in names) else None
     manifest = None
-    if (root / "manifest.json").exists():
+    if storage.exists(storage.join(root, "manifest.json")):
         try:
             manifest = read_shards_manifest(root)
         except ShardsDirError as exc:
@@ -89,7 +90,7 @@ def read_tar(url: str, skipped: Counter) -> Iterator[dict]:
     """
     current: dict | None = None
     try:
-        with open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        with storage.open_input(url) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -101,7 +102,8 @@ def read_tar(url: str, skipped: Counter) -> Iterator[dict]:
                 current = current or {"__key__": key}
                 current[suffix.lower()] = data
             # tarfile ends quietly at a cut header; a whole tar has its two zero end blocks there
-            if os.pread(raw.fileno(), 2 * tarfile.BLOCKSIZE, tar.offset) != bytes(2 * tarfile.BLOCKSIZE):
+            raw.seek(tar.offset)
+            if raw.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
                 raise tarfile.ReadError("no end-of-archive blocks")
     except (tarfile.TarError, EOFError, OSError):
         skipped["truncated_shard"] += 1

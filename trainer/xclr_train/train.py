@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,8 +78,11 @@ def default_lr(optimizer: str, global_batch: int) -> float:
     return (0.3 if optimizer == "lars" else 1e-3) * global_batch / 256
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train; returns the last logged metrics. Raises DataError / CheckpointError / ValueError on bad input."""
+def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dict:
+    """Train; returns the last logged metrics. Raises DataError / CheckpointError / ValueError on bad input.
+
+    `after_save` is called on the main rank after every checkpoint (the command line publishes a URL run there).
+    """
     dist = init_distributed(cfg.device)
     run = Path(cfg.out)
     shards = find_shards(cfg.data)
@@ -158,6 +162,8 @@ def train(cfg: TrainConfig) -> dict:
                          "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
                          "skipped": skipped_before, "config": _options(cfg, dist.world_size)}
                 _save(run / "checkpoints", state, cfg.save_every, epochs)
+                if after_save is not None:
+                    after_save()
             if step >= total:
                 break
     finally:
