@@ -37,7 +37,7 @@ from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
-from xclr_prep.raypool import cluster_device, pool_shape, run_units, start_pool, start_ray
+from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_units, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths, storage
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
@@ -148,6 +148,7 @@ def run_embed(opts: EmbedOptions) -> dict:
 
     start_ray(opts.ray_address)
     try:
+        require_shared([str(out / "plan.json")] + [f.path for f in files if not storage.is_url(f.path)])
         device = cluster_device(opts.device)
         # CPU: one actor per 8 CPUs (torch scales poorly past that); GPU: one per GPU.
         n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, 8)

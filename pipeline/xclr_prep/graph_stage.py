@@ -34,7 +34,7 @@ import ray
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
-from xclr_prep.raypool import cluster_device, pool_shape, start_pool, start_ray
+from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
 from xclr_prep.search_stage import SearchWorker, create_neighbors_file, search_graph
 from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
 from xclr_schemas import (
@@ -153,6 +153,8 @@ def run_graph(opts: GraphOptions) -> dict:
             print(f"{opts.out} is already complete")
             return json.loads((opts.out / "manifest.json").read_text())
         remove_temporaries(opts.out)
+        require_shared([str(opts.out / "plan.json"), str(opts.embed_dir / "manifest.json")]
+                       + ([str(graph_dir / "manifest.json")] if opts.graph else []))
         if opts.graph is None:
             graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed_manifest, rows, invalid, device)
         else:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from xclr_prep.errors import PrepError
 
@@ -30,6 +31,25 @@ def start_ray(address: str | None) -> None:
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
                  object_store_memory=_LOCAL_OBJECT_STORE_BYTES, _node_ip_address=_LOCAL_NODE_IP)
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def require_shared(paths: list[str]) -> None:
+    """PrepError unless every alive node of the cluster sees every local path in `paths` (the actors on all nodes
+    read the inputs and write the output, so these must be on a filesystem every node mounts)."""
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    if len(nodes) < 2 or not paths:
+        return
+    probe = ray.remote(num_cpus=0)(_missing)
+    missing = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                       .remote(paths) for node in nodes])
+    for node, lost in zip(nodes, missing):
+        if lost:
+            raise PrepError(f"{lost[0]} is not visible on Ray node {node[:12]}: inputs and outputs must be on a "
+                            "filesystem every node mounts (for a URL --out, set XCLR_WORK_DIR there)")
 
 
 def cluster_device(device: str) -> str:
