@@ -28,7 +28,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -66,38 +66,31 @@ def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def open_input(path: str | os.PathLike) -> BinaryIO:
     """`path` opened for binary reading (a local file, or a seekable fsspec file for a URL)."""
+    return _ask(path, lambda p: open(p, "rb"), "open")
+
+
+def _ask(path: str | os.PathLike, local: Callable, method: str):
+    """``local(path)`` for a local path, else the fsspec filesystem's `method` on the URL's path."""
     if is_url(path):
         fs, p = _fs(str(path))
-        return fs.open(p, "rb")
-    return open(path, "rb")
+        return getattr(fs, method)(p)
+    return local(path)
 
 
 def exists(path: str | os.PathLike) -> bool:
-    if is_url(path):
-        fs, p = _fs(str(path))
-        return fs.exists(p)
-    return os.path.exists(path)
+    return _ask(path, os.path.exists, "exists")
 
 
 def is_dir(path: str | os.PathLike) -> bool:
-    if is_url(path):
-        fs, p = _fs(str(path))
-        return fs.isdir(p)
-    return os.path.isdir(path)
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def is_file(path: str | os.PathLike) -> bool:
-    if is_url(path):
-        fs, p = _fs(str(path))
-        return fs.isfile(p)
-    return os.path.isfile(path)
+    return _ask(path, os.path.isfile, "isfile")
 
 
 def file_size(path: str | os.PathLike) -> int:
-    if is_url(path):
-        fs, p = _fs(str(path))
-        return fs.size(p)
-    return os.path.getsize(path)
+    return _ask(path, os.path.getsize, "size")
 
 
 def read_text(path: str | os.PathLike) -> str:
