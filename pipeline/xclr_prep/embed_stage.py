@@ -160,6 +160,7 @@ def run_embed(opts: EmbedOptions) -> dict:
         ray.shutdown()
     manifest["run"] = {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                        "startup_seconds": round(t_ready - t0, 2), "seconds": round(time.perf_counter() - t0, 2)}
+    remove_temporaries(out)  # of writers that died with their node while others finished their units
     write_json_atomic(out / MANIFEST, manifest)
     shutil.rmtree(out / "scan", ignore_errors=True)
     return manifest

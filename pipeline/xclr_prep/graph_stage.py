@@ -163,6 +163,7 @@ def run_graph(opts: GraphOptions) -> dict:
     finally:
         ray.shutdown()
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    remove_temporaries(opts.out)  # of writers that died with their node while others finished their units
     write_json_atomic(opts.out / SIZES, {s["name"]: s["samples"] for s in manifest["shards"]})
     write_json_atomic(opts.out / "manifest.json", manifest)
     return manifest

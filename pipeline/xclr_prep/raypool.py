@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from xclr_prep.errors import PrepError
 
 MAX_ATTEMPTS = 3
+RESTART_TIMEOUT = 600  # seconds a dead worker has to come back before it leaves the pool
 _LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 # Ray replaces 127.0.0.1 with the primary interface's address on Linux (services.resolve_ip_for_localhost);
 # another loopback address keeps a local instance's traffic on loopback.
@@ -82,8 +84,12 @@ def pool_shape(device: str, num_workers: int | None, gpus_per_worker: float,
 
 
 def start_pool(cls: type, n: int, cpus: int, gpus: float, *args) -> list:
-    """`n` actors of `cls` (restarted by Ray when they die), constructed with `args`; waits until they are up."""
-    remote = ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=MAX_ATTEMPTS)
+    """`n` actors of `cls` (restarted by Ray when they die), constructed with `args`; waits until they are up.
+
+    Ray does not retry their tasks (`run_units` does, on a live actor): a task Ray retried would wait for its own
+    actor, which never comes back when its node is gone.
+    """
+    remote = ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0)
     actors = [remote.remote(*args) for _ in range(n)]
     try:
         ray.get([a.__ray_ready__.remote() for a in actors])
@@ -105,28 +111,45 @@ def run_units(actors: list, method: str, units: list[tuple], on_result: Callable
     """Run ``actor.method(*unit)`` for every unit over the pool, two in flight per actor; call on_result(result).
     With `prepare`, the arguments are ``prepare(unit)``, built only when the unit is submitted (bounded memory).
 
-    A unit whose actor died (Ray restarts it) is resubmitted, up to MAX_ATTEMPTS in all; an exception raised by
-    the unit's own code stops the run with that error.
+    A unit whose actor died is resubmitted to a live actor, up to MAX_ATTEMPTS in all. The dead actor (which Ray
+    restarts) gets work again once it answers; one that has not answered within RESTART_TIMEOUT seconds (its node
+    is gone and no other has room) leaves the pool, and a pool with no actor left stops the run with a PrepError.
+    An exception raised by the unit's own code stops the run with that error.
     """
     pending = deque((unit, 1) for unit in units)
     free = [a for a in actors for _ in range(2)]
     running: dict = {}
+    restarting: dict = {}  # readiness probe of a dead actor -> (the actor, when it died)
     while pending or running:
         while pending and free:
             actor = free.pop()
             unit, attempt = pending.popleft()
             args = prepare(unit) if prepare else unit
             running[getattr(actor, method).remote(*args)] = (actor, unit, attempt)
-        done, _ = ray.wait(list(running), num_returns=1)
+        if not running and not restarting:
+            raise PrepError(f"every worker was lost and none came back within {RESTART_TIMEOUT} s (did the cluster "
+                            f"lose their nodes?); {len(pending)} units left: rerun once nodes are back")
+        done, _ = ray.wait(list(running) + list(restarting), num_returns=1)
+        if done[0] in restarting:
+            actor, died = restarting.pop(done[0])
+            try:
+                ray.get(done[0])
+                free.append(actor)
+            except ray.exceptions.RayActorError:
+                if time.monotonic() - died < RESTART_TIMEOUT:
+                    time.sleep(1)  # still restarting: ask again
+                    restarting[actor.__ray_ready__.remote()] = (actor, died)
+            continue
         actor, unit, attempt = running.pop(done[0])
-        free.append(actor)
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayActorError as e:
             if attempt >= MAX_ATTEMPTS:
                 raise PrepError(f"{method} of {unit[0]} failed {attempt} times; last: {user_error(e)}") from e
             pending.appendleft((unit, attempt + 1))
+            restarting[actor.__ray_ready__.remote()] = (actor, time.monotonic())
             continue
         except ray.exceptions.RayTaskError as e:
             raise PrepError(f"{method} of {unit[0]} failed: {user_error(e)}") from e
+        free.append(actor)
         on_result(result)
