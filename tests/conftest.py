@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +180,298 @@ def assert_topk_equal(sims: np.ndarray, ids: np.ndarray, ref_sims: np.ndarray, r
         if differ:
             kth = ref_sims[row, -1]
             assert all(abs(s - kth) <= atol for s in ref_sims[row][np.isin(ref_ids[row], list(differ))]), row
+
+
+def start_prep(*args, env=None, **popen) -> subprocess.Popen:
+    """Start the real `xclr-prep` command line in its own session (kill it and its children with os.killpg)."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, "-m", "xclr_prep", *map(str, args)], start_new_session=True, env=env,
+                            **popen)
+
+
+def wait_for_markers(proc: subprocess.Popen, folder: Path, n: int, timeout: float = 600) -> list[Path]:
+    """Wait until `folder` holds at least n done markers (*.json) while `proc` runs; the markers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        markers = sorted(folder.glob("*.json")) if folder.exists() else []
+        if len(markers) >= n:
+            return markers
+        if proc.poll() is not None:
+            tail = proc.stderr.read()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"finished before {n} markers in {folder}:\n{tail}")
+        assert time.monotonic() < deadline, f"{n} markers not in {folder} within {timeout} s"
+        time.sleep(0.02)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """kill -9 a process started with start_new_session=True and every process of its group."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def torchrun_cmd(nproc: int, *args, max_restarts: int = 0) -> list[str]:
+    """The real torchrun (single node, a local rendezvous) of `nproc` processes running `args`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", *map(str, args)]
+
+
+def train_metrics(run: Path) -> list[dict]:
+    """The lines of an `xclr-train` run's metrics.jsonl."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_samples_lost(lines: list[dict], steps: int, global_batch: int) -> int:
+    """Training samples lost or repeated: the global batches of the steps 1..steps that metrics.jsonl (logged
+    every step) misses or holds more than once."""
+    return samples_lost(range(1, steps + 1), [x["step"] for x in lines]) * global_batch
+
+
+# -- the inputs and uninterrupted references of the prep fault tests (test_embed_faults, test_graph_faults,
+# -- test_cluster_faults): each is built once per session
+
+EMBED_ARGS = ["--part-size", "150", "--batch-size", "32", "--no-progress"]
+EMBED_PARTS = 20
+GRAPH_ARGS = ["--block-size", "200", "--shard-samples", "60", "--k", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def embed_corpus(tmp_path_factory, wordnet) -> Path:
+    """3000 WordNet captions in one Parquet table: EMBED_PARTS parts of 150 rows under EMBED_ARGS."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("corpus") / "wordnet.parquet"
+    pq.write_table(wordnet.slice(0, 150 * EMBED_PARTS), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embed_reference(embed_corpus, tmp_path_factory):
+    """The uninterrupted `xclr-prep embed` of embed_corpus (local Ray), loaded."""
+    from xclr_schemas import load_embed_dir
+
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS)
+    d = load_embed_dir(out)
+    assert len(d.manifest["parts"]) == EMBED_PARTS
+    return d
+
+
+@pytest.fixture(scope="session")
+def graph_embed_dir(tmp_path_factory, wordnet) -> Path:
+    """The embed directory of 3000 WordNet captions with tiny PNGs in 3 tars (15 search blocks, 50 shards under
+    GRAPH_ARGS)."""
+    root = tmp_path_factory.mktemp("graph-corpus")
+    keys, captions = wordnet.column("key").to_pylist()[:3000], wordnet.column("caption").to_pylist()[:3000]
+    for t in range(3):
+        members = []
+        for i in range(t * 1000, (t + 1) * 1000):
+            members += [(f"{keys[i]}.png", tiny_png(i)), (f"{keys[i]}.txt", captions[i].encode())]
+        write_tar(root / f"{t:05d}.tar", members)
+    run_prep("embed", root, "--out", root / "embed", "--no-progress")
+    return root / "embed"
+
+
+@pytest.fixture(scope="session")
+def graph_reference(graph_embed_dir, tmp_path_factory) -> Path:
+    """The uninterrupted `xclr-prep graph` of graph_embed_dir under GRAPH_ARGS (local Ray)."""
+    out = tmp_path_factory.mktemp("graph-reference") / "out"
+    run_prep("graph", graph_embed_dir, "--out", out, *GRAPH_ARGS)
+    return out
+
+
+def shard_snapshot(out: Path) -> dict:
+    """The bytes of a shards directory's tars, sizes.json and graph rows, by name."""
+    files = sorted(out.glob("shard-*.tar")) + [out / "sizes.json", out / "graph" / "neighbors.npy"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+def shard_keys(out: Path) -> list[str]:
+    """The key of every sample in a shards directory's tars, in order (a key twice = a duplicated sample)."""
+    keys: list[str] = []
+    for path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(path) as tar:
+            previous = None
+            for name in tar.getnames():
+                key = name.split(".", 1)[0]  # keys hold no dots (embed enforces it)
+                if key != previous:
+                    keys.append(key)
+                previous = key
+    return keys
+
+
+# -- a Ray cluster of several nodes on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayNode:
+    """One `ray start --block` in a session of its own. Every process of the node (the raylet, its agents, the
+    workers the raylet forks) belongs to that session, so `kill` takes down this node and nothing else: neither
+    the other nodes on this machine nor any other Ray (`ray stop` would stop every Ray of the machine)."""
+
+    def __init__(self, args: list[str], env: dict, log: Path, hide: Path | None = None) -> None:
+        """`hide`: a directory this node sees empty (an empty tmpfs mounted over it in a mount namespace of the
+        node's own, as a node without the shared filesystem would see it; needs root and unshare)."""
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", *args]
+        if hide is not None:
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'mount -t tmpfs none "{hide}" && exec "$0" "$@"', *cmd]
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=f,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while b"block forever" not in log.read_bytes():  # printed once the node's processes are up
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"ray start failed:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def processes(self) -> list:
+        import psutil
+
+        found = []
+        for p in psutil.process_iter():
+            try:  # a killed process whose parent died too stays a zombie here: nothing left to kill
+                if os.getsid(p.pid) == self.proc.pid and p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (OSError, psutil.Error):
+                pass
+        return found
+
+    def kill(self) -> int:
+        """kill -9 every process of the node (until none is left); how many there were."""
+        import psutil
+
+        killed: set[int] = set()
+        for _ in range(100):
+            procs = self.processes()
+            if not procs:
+                break
+            for p in procs:
+                try:
+                    p.kill()
+                    killed.add(p.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.1)
+        self.proc.wait()
+        return len(killed)
+
+
+class RayCluster:
+    """A head and worker nodes on 127.0.0.2 (Ray rewrites 127.0.0.1 to the primary interface's address on Linux),
+    with token authentication (Ray 2.5x clusters need RAY_AUTH_MODE=token in every process: use `env`), free ports
+    and a temp dir of its own. Leaving the `with` block kills every node."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.temp = tempfile.mkdtemp(prefix="xr-")  # short: Ray's socket paths must fit in 107 bytes
+        self.head: RayNode | None = None
+        self.workers: list[RayNode] = []
+        self.address = ""
+
+    def __enter__(self) -> RayCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for node in [*self.workers, self.head]:
+            if node is not None:
+                node.kill()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def _node_args(self, cpus: int) -> list[str]:
+        return ["--node-ip-address=127.0.0.2", f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats",
+                f"--temp-dir={self.temp}", "--object-store-memory=200000000",
+                f"--dashboard-agent-listen-port={free_port()}"]
+
+    def start_head(self, cpus: int = 1) -> str:
+        port = free_port()
+        self.address = f"127.0.0.2:{port}"
+        self.head = RayNode(["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
+                             f"--ray-client-server-port={free_port()}", *self._node_args(cpus)], self.env,
+                            self.root / "head.log")
+        return self.address
+
+    def add_worker(self, cpus: int = 1, hide: Path | None = None) -> RayNode:
+        node = RayNode([f"--address={self.address}", *self._node_args(cpus)], self.env,
+                       self.root / f"worker-{len(self.workers)}.log", hide)
+        self.workers.append(node)
+        return node
+
+    def wait_alive(self, n: int, timeout: float = 180) -> None:
+        """Wait until the cluster counts n alive nodes (a killed node counts until its heartbeats are missed)."""
+        code = ("import logging, sys, time, ray\n"
+                f"ray.init(address={self.address!r}, logging_level=logging.ERROR)\n"
+                f"deadline = time.monotonic() + {timeout}\n"
+                f"while sum(node['Alive'] for node in ray.nodes()) != {n}:\n"
+                "    if time.monotonic() > deadline:\n"
+                "        sys.exit(f'{sum(node[\"Alive\"] for node in ray.nodes())} nodes alive')\n"
+                "    time.sleep(0.5)\n")
+        proc = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                              timeout=timeout + 60)
+        assert proc.returncode == 0, f"not {n} alive nodes: {proc.stderr[-2000:]}"
+
+
+# -- the fault ledger: what the fault tests injected and survived
+
+
+def passes(check, *args) -> bool:
+    """Whether `check(*args)` (an assert_* function) passes."""
+    try:
+        check(*args)
+    except AssertionError:
+        return False
+    return True
+
+
+def samples_lost(expected, got) -> int:
+    """Samples of `expected` missing from `got`, plus the extra copies of samples `got` holds more than once."""
+    got = list(got)
+    return len(set(expected) - set(got)) + len(got) - len(set(got))
+
+
+class FaultLedger:
+    def __init__(self) -> None:
+        self.faults: list[dict] = []
+
+    def record(self, name: str, injected: int = 1, survived: bool = False, samples_lost: int = 0) -> None:
+        """One test's fault(s): survived = the documented recovery ended equal to an uninterrupted run."""
+        self.faults.append({"name": name, "injected": injected, "survived": injected if survived else 0,
+                            "samples_lost": int(samples_lost)})
+
+    def totals(self) -> dict:
+        return {key: sum(f[key] for f in self.faults) for key in ("injected", "survived", "samples_lost")}
+
+
+_LEDGER = pytest.StashKey[FaultLedger]()
+
+
+def pytest_configure(config) -> None:
+    config.stash[_LEDGER] = FaultLedger()
+
+
+@pytest.fixture(scope="session")
+def fault_ledger(pytestconfig) -> FaultLedger:
+    return pytestconfig.stash[_LEDGER]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print the ledger's totals when a fault test ran; write them as JSON to $XCLR_FAULT_REPORT when it is set."""
+    ledger = config.stash.get(_LEDGER, None)
+    report = os.environ.get("XCLR_FAULT_REPORT")
+    if ledger is None or not (ledger.faults or report):
+        return
+    totals = ledger.totals()
+    line = f"faults injected {totals['injected']}, survived {totals['survived']}, samples lost {totals['samples_lost']}"
+    terminalreporter.write_sep("=", "fault injection")
+    for f in ledger.faults:
+        terminalreporter.write_line(f"{f['name']}: injected {f['injected']}, survived {f['survived']}, "
+                                    f"samples lost {f['samples_lost']}")
+    terminalreporter.write_line(line)
+    if report:
+        Path(report).write_text(json.dumps({**totals, "faults": ledger.faults}, indent=2) + "\n")

@@ -4,77 +4,73 @@ Each run must end with the same embed directory as an uninterrupted run of the s
 """
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_same_result, run_prep
+from conftest import (
+    EMBED_ARGS,
+    EMBED_PARTS,
+    RayCluster,
+    assert_same_result,
+    kill_session,
+    passes,
+    run_prep,
+    samples_lost,
+    start_prep,
+    wait_for_markers,
+)
 from xclr_schemas import load_embed_dir
 
 pytestmark = pytest.mark.slow
-ARGS = ["--part-size", "150", "--batch-size", "32", "--no-progress"]
-PARTS = 20
+ARGS = EMBED_ARGS
+PARTS = EMBED_PARTS
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, wordnet):
-    path = tmp_path_factory.mktemp("corpus") / "wordnet.parquet"
-    pq.write_table(wordnet.slice(0, 150 * PARTS), path)
-    return path
+@pytest.fixture
+def corpus(embed_corpus):
+    return embed_corpus
 
 
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "out"
-    run_prep("embed", corpus, "--out", out, *ARGS)
-    d = load_embed_dir(out)
-    assert len(d.manifest["parts"]) == PARTS
-    return d
+@pytest.fixture
+def reference(embed_reference):
+    return embed_reference
 
 
 def start(corpus, out, *extra, env=None):
-    cmd = [sys.executable, "-m", "xclr_prep", "embed", str(corpus), "--out", str(out), *ARGS, *extra]
-    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return start_prep("embed", corpus, "--out", out, *ARGS, *extra, env=env)
 
 
 def wait_for_parts(proc, out: Path, n: int, timeout: float = 600) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = sorted((out / "done").glob("*.json")) if (out / "done").exists() else []
-        if len(done) >= n:
-            return done
-        if proc.poll() is not None:
-            raise AssertionError(f"finished before {n} parts were done:\n{proc.stderr.read()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"{n} parts not done within {timeout} s")
+    return wait_for_markers(proc, out / "done", n, timeout)
 
 
-def test_kill_9_of_the_command_then_rerun(corpus, reference, tmp_path):
+def keys_lost(corpus, d) -> int:
+    return samples_lost(pq.read_table(corpus, columns=["key"]).column("key").to_pylist(),
+                        d.samples.column("key").to_pylist())
+
+
+def test_kill_9_of_the_command_then_rerun(corpus, reference, tmp_path, fault_ledger):
     out = tmp_path / "out"
     proc = start(corpus, out)
     wait_for_parts(proc, out, 3)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
+    kill_session(proc)  # the driver and the local Ray it started
     survivors = {p.name: p.stat().st_mtime_ns for p in (out / "done").glob("*.json")}
     assert 3 <= len(survivors) < PARTS and not (out / "manifest.json").exists()
 
     run_prep("embed", corpus, "--out", out, *ARGS)
-    assert_same_result(load_embed_dir(out), reference)
+    d = load_embed_dir(out)
+    fault_ledger.record("embed: kill -9 of the command (local Ray), rerun",
+                        survived=passes(assert_same_result, d, reference), samples_lost=keys_lost(corpus, d))
+    assert_same_result(d, reference)
     assert {n: (out / "done" / n).stat().st_mtime_ns for n in survivors} == survivors  # done parts not redone
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     assert not (out / "scan").exists()
 
 
-def test_an_actor_killed_mid_run_is_restarted_and_its_unit_retried(corpus, reference, tmp_path):
+def test_an_actor_killed_mid_run_is_restarted_and_its_unit_retried(corpus, reference, tmp_path, fault_ledger):
     out = tmp_path / "out"
     proc = start(corpus, out)
     wait_for_parts(proc, out, 2)
@@ -85,6 +81,8 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_unit_retried(corpus, refer
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     d = load_embed_dir(out)
+    fault_ledger.record("embed: kill -9 of an actor, Ray restart",
+                        survived=passes(assert_same_result, d, reference), samples_lost=keys_lost(corpus, d))
     assert_same_result(d, reference)
     pids = {done_marker(p)["worker"]["pid"] for p in (out / "done").glob("*.json")}
     assert len(pids) == 2  # parts before the kill, and parts by the restarted actor
@@ -94,34 +92,22 @@ def done_marker(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_node_ray_cluster_on_loopback(corpus, reference, tmp_path):
     """`ray start --head` + `ray start --address`, both on a loopback address, used through --ray-address.
 
     127.0.0.2 rather than 127.0.0.1: Ray rewrites 127.0.0.1 to the primary interface's address on Linux.
     Ray 2.5x clusters use token authentication, so every process runs with RAY_AUTH_MODE=token.
     """
-    ray = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    address = f"127.0.0.2:{free_port()}"
-    common = ["--node-ip-address=127.0.0.2", "--num-cpus=1", "--disable-usage-stats"]
-    try:
-        subprocess.run([ray, "start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
-                        *common], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([ray, "start", f"--address={address}", *common], env=env, check=True, capture_output=True,
-                       timeout=120)
+    with RayCluster(tmp_path) as cluster:  # killed node by node at the end (not `ray stop`: every Ray here)
+        env = cluster.env
+        address = cluster.start_head(cpus=1)
+        cluster.add_worker(cpus=1)
+        cluster.wait_alive(2)
         out = tmp_path / "out"
         run_prep("embed", corpus, "--out", out, *ARGS, "--ray-address", address, "--num-workers", "2", env=env)
         # without --ray-address a stage starts its own local Ray, even while another runs on this machine
         alone = tmp_path / "alone"
         run_prep("embed", corpus, "--out", alone, *ARGS, env=env)
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     d = load_embed_dir(out)
     assert_same_result(d, reference)
     nodes = [done_marker(p)["worker"]["node_id"] for p in (out / "done").glob("*.json")]

@@ -4,7 +4,6 @@ every bad input of the issue giving a one-line error or a counted skip."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import signal
@@ -15,6 +14,9 @@ import time
 
 import pytest
 
+from conftest import train_metrics as metrics
+from conftest import train_samples_lost
+
 SMALL = ["--arch", "resnet18", "--image-size", "16", "--no-progress", "--log-every", "1"]
 
 
@@ -24,10 +26,6 @@ def run_train(*args, check: bool = True, timeout: float = 600) -> subprocess.Com
     if check and proc.returncode != 0:
         raise AssertionError(f"xclr-train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return proc
-
-
-def metrics(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def rewrite_shards(src, dst, drop: str | None = None) -> None:
@@ -60,7 +58,7 @@ def test_a_short_real_run_decreases_the_loss(tux_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path):
+def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger):
     """4 epochs of 2 steps: killed during epoch 3 and resumed from latest, the losses of every step equal an
     uninterrupted run's, and the metrics log holds each step once."""
     args = ["--data", tux_shards, *SMALL, "--batch-size", "16", "--steps", "8", "--samples-per-epoch", "32",
@@ -85,6 +83,9 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path):
     assert refused.returncode != 0 and "--resume latest" in refused.stderr
     run_train(*args, "--out", run, "--resume", "latest")
     lines = metrics(run)
+    fault_ledger.record("train: kill -9 of the command, --resume latest",
+                        survived=[x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6),
+                        samples_lost=train_samples_lost(lines, 8, 16))
     assert [x["step"] for x in lines] == list(range(1, 9))
     assert [x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6)
 

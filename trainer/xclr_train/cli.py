@@ -46,7 +46,9 @@ D = TrainConfig
 @click.option("--workers", type=int, default=D.workers, help="DataLoader worker processes per rank.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device)
 @click.option("--seed", type=int, default=D.seed)
-@click.option("--resume", default=None, help="'latest' (RUN/checkpoints/latest.pt) or a checkpoint path.")
+@click.option("--resume", default=None,
+              help="'latest' (RUN/checkpoints/latest.pt; a new run while there is none yet, so one command line "
+                   "serves the first start and every torchrun restart) or a checkpoint path.")
 @click.option("--save-every", type=int, default=D.save_every, help="Keep epoch-NNNN.pt every this many epochs.")
 @click.option("--log-every", type=int, default=D.log_every, help="Steps per metrics line.")
 @click.option("--progress/--no-progress", default=D.progress)

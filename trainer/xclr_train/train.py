@@ -212,17 +212,22 @@ def _options(cfg: TrainConfig, world_size: int) -> dict:
 
 def _start(cfg: TrainConfig, run: Path, dist: Dist, mconf: dict, model, optimizer,
            scaler) -> tuple[int, int, torch.Tensor]:
-    """(epoch, step, skipped counts of all ranks) to start from: a new run, or the checkpoint named by --resume."""
+    """(epoch, step, skipped counts of all ranks) to start from: a new run, or the checkpoint named by --resume.
+
+    ``--resume latest`` with no latest.pt yet starts a new run (as open_clip does), so one command line serves the
+    first start and every restart (torchrun --max-restarts).
+    """
     options = _options(cfg, dist.world_size)
     config_file = run / "config.json"
-    if cfg.resume is None:
-        if (run / "checkpoints" / LATEST).exists():
+    latest = run / "checkpoints" / LATEST
+    if cfg.resume is None or (cfg.resume == "latest" and not latest.exists()):
+        if cfg.resume is None and latest.exists():
             raise CheckpointError(f"{run} already holds a run: resume it with --resume latest or choose another --out")
         if dist.is_main:
             run.mkdir(parents=True, exist_ok=True)
             config_file.write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
         return 0, 0, torch.zeros(len(REASONS), dtype=torch.long)
-    path = run / "checkpoints" / LATEST if cfg.resume == "latest" else Path(cfg.resume)
+    path = latest if cfg.resume == "latest" else Path(cfg.resume)
     state = load_checkpoint(path, mconf)
     theirs = state["config"]
     changed = sorted(k for k in set(options) | set(theirs) if options.get(k) != theirs.get(k))
