@@ -10,6 +10,9 @@
 # checkpoint are recomputed exactly, not skipped or duplicated. Extra arguments go to xclr-train.
 set -euo pipefail
 : "${NNODES:?}" "${HEAD:?}" "${DATA:?}" "${OUT:?}"
+# torch 2.14's torchrun reuses one rendezvous store across restarts, and restarted ranks can meet the dead group's
+# addresses (pytorch/pytorch#135712); a fresh store per restart avoids it.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 exec torchrun --nnodes "$NNODES" --nproc-per-node "${GPUS:-8}" --max-restarts 3 \
   --rdzv-backend c10d --rdzv-endpoint "$HEAD:29400" --rdzv-id "${JOB:-xclr}" \
   -m xclr_train --data "$DATA" --out "$OUT" --resume latest "$@"
