@@ -4,9 +4,9 @@ commands, checked against measured runs at 10k, 30k and 100k captions, and extra
 
     HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 .venv/bin/python benchmarks/cost_model.py
 
-Measuring. Every measurement is a run of the command a user types (`xclr-prep embed`, `xclr-prep graph`, `xclr-
-train`) in its own process, started once the shared machine is quiet (<= 20% CPU busy over 10 s). Its result is
-cached in ROOT/results/NAME.json (delete one to measure it again), so an interrupted run resumes. Recorded: wall
+Measuring. Every measurement is a run of the command a user types (`xclr-prep embed`, `xclr-prep graph`,
+`xclr-train`) in its own process, started once the shared machine is quiet (<= 20% CPU busy over 10 s). Its result
+is cached in ROOT/results/NAME.json (delete one to measure it again), so an interrupted run resumes. Recorded: wall
 time; the peak over 4 Hz samples of the summed RSS of the command's process tree (Ray's processes and DataLoader
 workers included), also split into the driver (the command's process), the stage's Ray actors (EmbedWorker,
 SearchWorker, ShardWorker) and the rest, and for `graph` into the search phase and the shard phase (before / after
@@ -48,8 +48,9 @@ the two calibration runs), used where the code does no per-item work worth measu
           search  anon = min(U, 262144) D 4         the driver's float32 block of the embedding check
                          [+ U (4 D + 264)]          the HNSW index, in each node's search actor
                   mapped = U D 2                    fp16 embeddings, read whole by the driver and the search actor
-          shards  anon = (150 B + caption bytes) N  the driver's layout
-                  mapped = U k 12                   neighbors.npy, read whole by the driver
+          shards  anon = b_d N                      the driver's layout: b_d = the calibration slope of the
+                                                    driver's peak, less the neighbour rows it maps
+                  mapped = U k 12                   neighbors.npy, read whole by the driver and the writers
           train   M = M0 C / c0                     (C / c0 ranks per node)
           RSS counts a mapped file once per process that reads it: the check compares that; on the cluster it is
           counted once per node and also reported alone ("mapped": page cache, shared and reclaimable).
@@ -77,6 +78,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,7 +101,7 @@ TRAIN_ARGS = ["--arch", "convnet", "--image-size", "32", "--proj-hidden", "512",
 CHECKPOINT_ARGS = ["--arch", "resnet50", "--image-size", "224", "--batch-size", "8", "--optimizer", "lars",
                    "--workers", "1", "--device", "cpu", "--steps", "1", "--samples-per-epoch", "8", "--no-progress"]
 STAGES = ("embed", "graph search", "shard writing", "train")
-COEFFICIENTS = {"embed": "embed", "graph search": "search", "shard writing": "shards", "train": "train"}
+COEFFICIENTS = {"embed": "embed", "graph search": "search", "shard writing": "shards"}
 # Memory that grows with N, from the code and README (see memory_terms)
 DEDUP_BYTES = 80  # embed driver: caption digests and ids per input row (README, "Ray, resume and faults")
 VALIDITY_BLOCK = 262_144  # graph driver: rows per float32 block of the embedding check (graph_stage)
@@ -200,7 +202,7 @@ def dir_bytes(path: Path, exclude: Path | None = None) -> int:
                if f.is_file() and (exclude is None or exclude not in f.parents))
 
 
-def cached(root: Path, name: str, outputs: list[Path], measure) -> dict:
+def cached(root: Path, name: str, outputs: list[Path], measure: Callable[[], dict]) -> dict:
     """ROOT/results/NAME.json if present; else `measure()` (after removing `outputs`: a half-finished run) and save
     it. A run under 10 minutes during which other processes took over CONTENDED of the machine's CPU is measured
     again, up to 3 times; the least contended is kept."""
@@ -366,9 +368,7 @@ def memory_terms(stage: str, n: float, u: float, layout_bytes: float, actors: in
     if stage == "graph search":
         index = index_bytes("hnsw", int(u), DIM) if method == "hnsw" else 0
         return {"anon": min(u, VALIDITY_BLOCK) * DIM * 4 + index, "mapped": u * DIM * 2, "readers": 2}
-    if stage == "shard writing":
-        return {"anon": layout_bytes * n, "mapped": u * K_NEIGHBORS * 12, "readers": 1 + actors}
-    return {"anon": 0.0, "mapped": 0.0, "readers": 0}
+    return {"anon": layout_bytes * n, "mapped": u * K_NEIGHBORS * 12, "readers": 1 + actors}  # shard writing
 
 
 def rss_terms(terms: dict) -> float:
@@ -463,6 +463,8 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
 
     g = c["search"]
     method = method or search_method(u, cl.memory_gib * 2**30)
+    out["graph search"] = {"method": method, "seconds": None, "disk": None, "rss": None, "resident": None,
+                           "mapped": None}  # IVF: not modelled; auto picks it only where HNSW does not fit
     seconds = at(g["other_seconds"], n) + at(g["seconds"], u) + RECALL_QUERIES * u * 2 * DIM / (
         g["eta"] * g["gemm_flops"]) * node
     disk = at(g["disk"], u)
@@ -473,10 +475,9 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
         growth = u * math.log2(u) / (h["n0"] * math.log2(h["n0"]))
         seconds += (h["build_seconds"] + h["tune_seconds"]) * growth * node + h["query_seconds"] * growth * s
         disk += index_bytes("hnsw", int(u), DIM)
-    else:  # IVF: not modelled; auto picks it only where HNSW does not fit in half a node's memory
-        seconds = disk = float("nan")
-    out["graph search"] = {"seconds": seconds, "disk": disk, "method": method,
-                           **node_memory(c, "graph search", cl, n, u, 1, method)}
+    if method in ("exact", "hnsw"):
+        out["graph search"] = {"seconds": seconds, "disk": disk, "method": method,
+                               **node_memory(c, "graph search", cl, n, u, 1, method)}
 
     sh = c["shards"]
     out["shard writing"] = {"seconds": at(sh["layout_seconds"], n) + at(sh["locate_write_seconds"], n, s),
@@ -571,15 +572,15 @@ def plot(rows: list[dict], path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------- reporting
 
-def human_seconds(x: float) -> str:
-    if x != x:
+def human_seconds(x: float | None) -> str:
+    if x is None:
         return "n/a"
     return f"{x:.0f} s" if x < 120 else f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.1f} h"
 
 
 def human_bytes(x: float | None) -> str:
-    if x is None or x != x:
-        return "not measured"
+    if x is None:
+        return "n/a"
     return f"{x / 2**20:.0f} MiB" if x < 2**30 else f"{x / 2**30:.1f} GiB"
 
 
@@ -597,7 +598,7 @@ def check_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def prediction_table(predictions: dict, sizes: list[int]) -> str:
+def prediction_table(predictions: list[dict], sizes: list[int]) -> str:
     head = "| stage | where | " + " | ".join(f"{n / 1e6:g}M time | memory/node | disk" for n in sizes) + " |"
     lines = [head, "|---|---|" + "---:|" * (3 * len(sizes))]
     by_n = {p["n"]: p for p in predictions}
@@ -613,7 +614,7 @@ def prediction_table(predictions: dict, sizes: list[int]) -> str:
                 label += f" ({p['method']})"
             if "bound" in p:
                 label += f" ({p['bound']}-bound)"
-            memory = human_bytes(p["resident"])
+            memory = "not measured" if stage == "train (GPU)" else human_bytes(p["resident"])
             if p.get("mapped"):
                 memory += f" ({human_bytes(p['mapped'])} mapped)"
             cells += [label, memory, human_bytes(p["disk"])]
@@ -703,9 +704,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cost_model.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.out / "cost-plots" / "predicted-vs-measured.png")
-    md = (f"## Check on {this.name}\n\n{check_table(rows)}\n\nmedian |error|: time {100 * errors['seconds']:.0f}%, "
+    md = (f"## Check on {this.name}\n\nCalibrated at {args.calibration[0]:,} and {args.calibration[1]:,} captions "
+          f"(training: {args.train_steps[0]} and {args.train_steps[1]} steps); train rows run N / 1000 steps. "
+          f"Memory = peak summed RSS of the process tree; others' CPU = share of the machine other users took during "
+          f"the run.\n\n{check_table(rows)}\n\nmedian |error|: time {100 * errors['seconds']:.0f}%, "
           f"memory {100 * errors['memory']:.0f}%, disk {100 * errors['disk']:.0f}%\n\n"
-          f"## Predictions: {cluster.name}\n\n{prediction_table(predictions, args.predict)}\n")
+          f"## Predictions: {cluster.name}\n\nOne epoch of training; memory/node = the head node's peak (it runs "
+          f"the driver), memory-mapped files (page cache) counted once and shown in brackets; shard disk at "
+          f"{result['image_bytes_at_scale'] / 1e3:.1f} KB per image. CPU figures: per-core costs measured here, "
+          f"scaled linearly; GPU training: {gpu['source']}.\n\n{prediction_table(predictions, args.predict)}\n")
     (args.out / "cost_model.md").write_text(md)
     print(md)
 
