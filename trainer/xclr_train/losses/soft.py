@@ -11,6 +11,10 @@ W holds one row per sample: both views share it).
 
 Evaluated as  LSE_i - (a_i . (w_i @ (C_1 + C_2)) - w_{i,self} a_i . c_self) / (tau Z_i):  one (m x M) @ (M x d)
 product, shared by both views, instead of an elementwise pass over the n x 2M logits.
+
+A queue (X-CLR's `--queue-size`) adds Q columns k_q without gradient and their weights v (m, Q): the softmax and
+the targets then run over the 2M - 1 views and the Q queue entries, t_iq = v_{i,q} / Z_i with
+Z_i = 2 sum_b w_ib - w_{i,self} + sum_q v_iq.
 """
 
 from __future__ import annotations
@@ -25,15 +29,22 @@ def masked_logits(anchors: Tensor, columns: Tensor, self_cols: Tensor, tau: floa
     return logits.scatter(1, self_cols[:, None], float("-inf"))
 
 
-def soft_contrastive(anchors: Tensor, columns: Tensor, self_cols: Tensor, weights: Tensor, tau: float) -> Tensor:
-    """The loss above; anchors (2m, d) and columns (2M, d) unit-norm, self_cols (2m,), weights (m, M) >= 0."""
+def soft_contrastive(anchors: Tensor, columns: Tensor, self_cols: Tensor, weights: Tensor, tau: float,
+                     queue: Tensor | None = None, queue_weights: Tensor | None = None) -> Tensor:
+    """The loss above; anchors (2m, d) and columns (2M, d) unit-norm, self_cols (2m,), weights (m, M) >= 0;
+    optionally queue (Q, d) unit-norm and queue_weights (m, Q) >= 0."""
     m, big_m = weights.shape
     if columns.shape[0] != 2 * big_m or anchors.shape[0] != 2 * m:
         raise ValueError(f"weights {tuple(weights.shape)} need 2 x {m} anchors and 2 x {big_m} columns, got "
                          f"{anchors.shape[0]} and {columns.shape[0]}")
-    lse = torch.logsumexp(masked_logits(anchors, columns, self_cols, tau), dim=1)
+    logits = masked_logits(anchors, columns, self_cols, tau)
     w_self = weights.gather(1, (self_cols[:m] % big_m)[:, None]).squeeze(1).repeat(2)
     z = 2 * weights.sum(1).repeat(2) - w_self
     pulled = (weights @ (columns[:big_m] + columns[big_m:])).repeat(2, 1)  # sum_b w_ab (c_b + c_{M+b})
+    if queue is not None:
+        logits = torch.cat([logits, anchors @ queue.T / tau], dim=1)
+        z = z + queue_weights.sum(1).repeat(2)
+        pulled = pulled + (queue_weights @ queue).repeat(2, 1)
+    lse = torch.logsumexp(logits, dim=1)
     linear = ((anchors * pulled).sum(1) - w_self * (anchors * columns[self_cols]).sum(1)) / tau
     return (lse - linear / z).mean()
