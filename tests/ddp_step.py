@@ -1,9 +1,10 @@
 """One training step of every loss on a fixed global batch, for the 1-vs-2-process test (run under torchrun).
 
-Each rank takes its equal slice of the same 8-sample global batch, runs the trainer's model (DDP when there are
-two ranks), `objective` and backward, and rank 0 saves the mean loss over ranks and the parameter gradients to
-the file named by argv[1]. BatchNorm runs in eval mode: torch has no CPU SyncBatchNorm, and per-rank batch
-statistics would differ from whole-batch ones by design, not by a bug in the loss.
+Each rank takes its equal slice of the same 8-sample global batch, runs the trainer's learner (DDP when there are
+two ranks; with the loss's predictor, momentum network and queue from `xclr_train.frameworks`), `objective` and
+backward, and rank 0 saves the mean loss over ranks and the parameter gradients to the file named by argv[1].
+BatchNorm runs in eval mode: torch has no CPU SyncBatchNorm, and per-rank batch statistics would differ from
+whole-batch ones by design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank.
 """
 
 import sys
@@ -13,6 +14,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from xclr_train.distributed import all_reduce_sum, init_distributed
+from xclr_train.frameworks import Method
 from xclr_train.models import Encoder
 from xclr_train.objective import LossSpec, objective
 
@@ -24,6 +26,15 @@ SPECS = {
     "simclr": LossSpec("simclr"),
     "supcon": LossSpec("supcon"),
     "clip": LossSpec("clip"),
+    "triplet_hardest": LossSpec("triplet", margin=0.5),
+    "triplet_semihard_graph": LossSpec("triplet", margin=0.5, mining="semihard", positives="graph"),
+    "contrastive_label": LossSpec("contrastive", margin=1.0, positives="label"),
+    "npair": LossSpec("npair"),
+    "supcon_graph": LossSpec("supcon", positives="graph"),
+    "xclr_queue": LossSpec("xclr", floor=0.2, background=0.2, queue_size=6),
+    "moco": LossSpec("moco", queue_size=10, momentum=0.99),
+    "byol": LossSpec("byol", momentum=0.99),
+    "nnclr": LossSpec("nnclr", queue_size=10),
 }
 
 
@@ -36,6 +47,7 @@ def global_batch() -> dict:
         "view1": torch.randn(M, 3, SIZE, SIZE, generator=g),
         "view2": torch.randn(M, 3, SIZE, SIZE, generator=g),
         "caption_id": caption_id,
+        "label": caption_id % 3,
         "nbr_id": torch.tensor([table[int(c)] for c in caption_id]),
         "nbr_sim": sims.repeat(M, 1),
         "emb": torch.randn(M, 16, generator=g),
@@ -49,13 +61,26 @@ def main(out: str) -> None:
     results = {}
     for name, spec in SPECS.items():
         torch.manual_seed(0)
-        model = Encoder("resnet18", small_stem=True, proj_hidden=32, proj_dim=16).eval()
-        net = DistributedDataParallel(model) if d.world_size > 1 else model
-        z1, z2 = net(torch.cat([local["view1"], local["view2"]])).chunk(2)
-        loss, _ = objective(spec, z1, z2, local, d.rank)
+        method = Method(spec, Encoder("resnet18", small_stem=True, proj_hidden=32, proj_dim=16), 16, 32, K, 0,
+                        torch.device("cpu"), d.world_size)
+        method.learner.eval()
+        if method.target is not None:
+            method.target.eval()
+            with torch.no_grad():  # a target that differs from the online network, as after some steps
+                for p in method.target.parameters():
+                    p.mul_(0.9)
+        if name == "xclr_queue":
+            g = torch.Generator().manual_seed(1)
+            method.queue.push({"z": torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1),
+                               "caption_id": torch.tensor([9, 2, 30, 4]), "nbr_id": torch.tensor([[4] * K] * 4),
+                               "nbr_sim": torch.full((4, K), 0.7)})
+        net = DistributedDataParallel(method.learner) if d.world_size > 1 else method.learner
+        views = method.views(net, torch.cat([local["view1"], local["view2"]]))
+        loss, _ = objective(spec, views, local, d.rank, method.queue_entries())
         loss.backward()
         results[name] = {"loss": all_reduce_sum(loss.detach()) / d.world_size,
-                         "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}
+                         "grads": {n: p.grad.clone() for n, p in method.learner.named_parameters()
+                                   if p.grad is not None}}
     if d.rank == 0:
         torch.save(results, out)
     if d.world_size > 1:

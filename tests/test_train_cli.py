@@ -4,6 +4,7 @@ every bad input of the issue giving a one-line error or a counted skip."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import signal
@@ -58,11 +59,51 @@ def test_a_short_real_run_decreases_the_loss(tux_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger):
+@pytest.mark.parametrize("loss", ["moco", "byol", "nnclr", "xclr"])
+def test_frameworks_and_queued_xclr_learn_on_real_shards(tux_shards, tmp_path, loss):
+    """A short run of each framework (and X-CLR with a queue) on the tuxpaint stamps: once the 64-entry queue
+    holds real entries (after 2 batches), the loss falls; X-CLR's queue adds graph neighbours beyond the batch."""
+    run = tmp_path / "run"
+    run_train("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", "--loss", loss,
+              *([] if loss == "byol" else ["--queue-size", "64"]), "--batch-size", "32", "--steps", "30",
+              "--workers", "1", "--samples-per-epoch", "320")
+    losses = [x["loss"] for x in metrics(run)]
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    early, late = sum(losses[2:10]) / 8, sum(losses[-8:]) / 8
+    assert late < early - 0.05, losses
+    if loss == "xclr":
+        hits = [x["graph_hits_queue"] for x in metrics(run)]
+        assert hits[0] == 0 and sum(hits[2:]) / 28 > 2, hits  # empty at the first step, then neighbours
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["--loss", "triplet", "--mining", "semihard", "--positives", "graph"],
+                                  ["--loss", "contrastive", "--positives", "label"],
+                                  ["--loss", "npair"]])
+def test_metric_learning_losses_run_on_real_shards(tux_shards, tmp_path, args):
+    """triplet, contrastive and npair through the whole trainer, with each kind of positives: graph positives
+    find the grouped neighbours, label positives the stamp's category, caption positives just the other view."""
+    run = tmp_path / "run"
+    run_train("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", *args,
+              "--batch-size", "32", "--steps", "4", "--workers", "1", "--samples-per-epoch", "128")
+    lines = metrics(run)
+    assert len(lines) == 4 and all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in lines)
+    positives = sum(x["positives"] for x in lines) / 4
+    if "--positives" in args:
+        assert positives > 2, positives  # neighbour groups of 8 / categories of a few stamps share the batch
+    else:
+        assert positives < 1.5, positives  # distinct captions: the other view, rarely a duplicate caption
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", [["--loss", "supcon"], ["--loss", "moco", "--queue-size", "24", "--arch", "convnet"],
+                                  ["--loss", "nnclr", "--queue-size", "24", "--arch", "convnet"]])
+def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger, loss):
     """4 epochs of 2 steps: killed during epoch 3 and resumed from latest, the losses of every step equal an
-    uninterrupted run's, and the metrics log holds each step once."""
+    uninterrupted run's, and the metrics log holds each step once; for moco and nnclr the momentum network,
+    predictor and queue come back from the checkpoint too."""
     args = ["--data", tux_shards, *SMALL, "--batch-size", "16", "--steps", "8", "--samples-per-epoch", "32",
-            "--workers", "2", "--loss", "supcon"]
+            "--workers", "2", *loss]
     run_train(*args, "--out", tmp_path / "whole")
     reference = [x["loss"] for x in metrics(tmp_path / "whole")]
 
@@ -83,7 +124,7 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, 
     assert refused.returncode != 0 and "--resume latest" in refused.stderr
     run_train(*args, "--out", run, "--resume", "latest")
     lines = metrics(run)
-    fault_ledger.record("train: kill -9 of the command, --resume latest",
+    fault_ledger.record(f"train {loss[1]}: kill -9 of the command, --resume latest",
                         survived=[x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6),
                         samples_lost=train_samples_lost(lines, 8, 16))
     assert [x["step"] for x in lines] == list(range(1, 9))
@@ -104,6 +145,12 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", no_emb, "--loss", "clip"], "--loss clip needs KEY.emb.npy"),
         (["--data", tux_shards, "--samples-per-epoch", "8", "--batch-size", "16"], "less than one global batch"),
         (["--data", tux_shards, "--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
+        (["--data", no_nbr, "--loss", "triplet", "--positives", "graph"], "--positives graph needs KEY.nbr.npy"),
+        (["--data", tux_shards, "--loss", "simclr", "--queue-size", "8"], "--queue-size is for --loss moco, nnclr or"),
+        (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], "--margin is for --loss triplet or contrastive"),
+        (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss supcon, "),
+        (["--data", tux_shards, "--loss", "moco", "--queue-size", "0"], "--queue-size must be positive for --loss"),
+        (["--data", tux_shards, "--targets", "dense", "--queue-size", "8"], "--queue-size with --loss xclr needs"),
     ]
     for args, message in cases:
         proc = run_train(*args, "--out", tmp_path / "run", *SMALL, check=False, timeout=120)

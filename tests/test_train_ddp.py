@@ -24,11 +24,14 @@ def torchrun(nproc: int, *args, timeout: float = 600) -> subprocess.CompletedPro
 
 def test_one_and_two_processes_give_the_same_loss_and_gradients(tmp_path):
     """The same global batch, split over two ranks (all-gather with gradient, DDP averaging), gives the loss and
-    parameter gradients of one process holding it all, for every loss."""
+    parameter gradients of one process holding it all, for every loss (the frameworks with their predictor,
+    momentum network and queue)."""
     torchrun(1, HERE / "ddp_step.py", tmp_path / "one.pt")
     torchrun(2, HERE / "ddp_step.py", tmp_path / "two.pt")
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    assert set(one) == set(two) == {"xclr_sparse", "xclr_sparse_calibrated", "xclr_dense", "simclr", "supcon", "clip"}
+    assert set(one) == set(two) == {"xclr_sparse", "xclr_sparse_calibrated", "xclr_dense", "simclr", "supcon", "clip",
+                                    "triplet_hardest", "triplet_semihard_graph", "contrastive_label", "npair",
+                                    "supcon_graph", "xclr_queue", "moco", "byol", "nnclr"}
     for name in one:
         torch.testing.assert_close(two[name]["loss"], one[name]["loss"], rtol=1e-5, atol=1e-6, msg=name)
         assert one[name]["grads"].keys() == two[name]["grads"].keys()

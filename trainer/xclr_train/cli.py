@@ -9,8 +9,9 @@ import click
 from xclr_schemas import storage
 from xclr_train.checkpoint import CheckpointError
 from xclr_train.data import DataError
+from xclr_train.losses.triplet import MINING
 from xclr_train.models import ARCHS
-from xclr_train.objective import LOSSES
+from xclr_train.objective import LOSSES, POSITIVES
 from xclr_train.train import TrainConfig, train
 
 D = TrainConfig
@@ -27,6 +28,21 @@ D = TrainConfig
               help="X-CLR targets: sparse from KEY.nbr.npy, dense from KEY.emb.npy (needs --with-embeddings shards).")
 @click.option("--calibrate", type=click.Choice(["none", "background"]), default=D.calibrate,
               help="Map similarities to max(0, (S - b) / (1 - b)) with the graph's background similarity b.")
+@click.option("--positives", type=click.Choice(list(POSITIVES)), default=D.positives,
+              help="supcon, triplet, npair, contrastive: positives share the caption id, the label (KEY.json "
+                   "\"label\") or are graph neighbours (same caption or top-k either way; needs KEY.nbr.npy).")
+@click.option("--margin", type=float, default=None,
+              help="triplet, contrastive: margin on distances between unit vectors. Default: triplet 0.2, "
+                   "contrastive 1.0.")
+@click.option("--mining", type=click.Choice(list(MINING)), default=None,
+              help="triplet: in-batch hardest positive and negative, or FaceNet's semi-hard negatives. Default: "
+                   "hardest.")
+@click.option("--queue-size", type=int, default=None,
+              help="moco: negatives (default 65536); nnclr: support set (default 98304); xclr: past projections "
+                   "with their caption ids and neighbour rows as further columns (default 0, none).")
+@click.option("--momentum", type=float, default=None,
+              help="moco, byol: base EMA of the target network, rising to 1 on a cosine. Default: moco 0.99, "
+                   "byol 0.996.")
 @click.option("--tau", type=float, default=D.tau, help="Temperature of the predicted distribution.")
 @click.option("--tau-s", type=float, default=D.tau_s, help="Temperature of the X-CLR target distribution.")
 @click.option("--arch", type=click.Choice(list(ARCHS)), default=D.arch)

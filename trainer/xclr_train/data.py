@@ -186,11 +186,13 @@ class Needs:
     """Which members every sample must have for the chosen loss."""
     neighbors: bool
     embedding: bool
+    labels: bool = False
 
 
 def decode(transform: Callable, needs: Needs, k: int | None,
            skipped: Counter) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """Raw sample -> {"view1", "view2": image tensors, "caption_id", and "nbr_id"/"nbr_sim"/"emb" as needed}."""
+    """Raw sample -> {"view1", "view2": image tensors, "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as
+    needed}; a sample whose json lacks a needed "label" is skipped as a bad member."""
     def one(raw: dict) -> dict | None:
         image = next((raw[s] for s in IMAGE_SUFFIXES if s in raw), None)
         if image is None or META_SUFFIX not in raw or (needs.neighbors and NEIGHBORS_SUFFIX not in raw) \
@@ -198,7 +200,10 @@ def decode(transform: Callable, needs: Needs, k: int | None,
             skipped["incomplete_sample"] += 1
             return None
         try:
-            out = {"caption_id": int(json.loads(raw[META_SUFFIX])["caption_id"])}
+            meta = json.loads(raw[META_SUFFIX])
+            out = {"caption_id": int(meta["caption_id"])}
+            if needs.labels:
+                out["label"] = int(meta["label"])
             if needs.neighbors:
                 nbr = load_npy(raw[NEIGHBORS_SUFFIX])
                 if nbr.dtype != NEIGHBOR_DTYPE or nbr.shape != (k,):

@@ -54,6 +54,12 @@ def sparse_similarity(caption_ids: Tensor, nbr_ids: Tensor, nbr_sims: Tensor, fl
                                   torch.arange(len(caption_ids), device=caption_ids.device))
 
 
+def graph_positive_rows(caption_ids: Tensor, nbr_ids: Tensor, nbr_sims: Tensor, rows: Tensor) -> Tensor:
+    """Rows of the graph's positive mask, (len(rows), M) bool: the same caption, or either caption among the other's
+    top-k (the pairs where the sparse S is not the floor)."""
+    return torch.isfinite(sparse_similarity_rows(caption_ids, nbr_ids, nbr_sims, float("-inf"), rows))
+
+
 def dense_similarity_rows(row_embeddings: Tensor, embeddings: Tensor) -> Tensor:
     """Rows of the dense S = E E^T (float32, re-normalised so that S[a, a] = 1)."""
     rows = torch.nn.functional.normalize(row_embeddings.float(), dim=1)

@@ -29,13 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from xclr_schemas import load_npy
-from xclr_schemas.shards import EMBEDDING_SUFFIX, NEIGHBORS_SUFFIX
+from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
 from xclr_train.data import REASONS, DataError, Needs, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
+from xclr_train.frameworks import Method
+from xclr_train.losses.triplet import MINING
 from xclr_train.metrics import MetricsLog
-from xclr_train.models import Encoder, model_config, use_sync_batchnorm
-from xclr_train.objective import LossSpec, objective
+from xclr_train.models import Encoder, model_config
+from xclr_train.objective import MARGINS, MOMENTUM, POSITIVE_LOSSES, POSITIVES, QUEUE_SIZE, LossSpec, objective
 from xclr_train.optim import lr_at, make_optimizer
 
 # Options that do not change what is computed; a resume may change them.
@@ -49,6 +51,11 @@ class TrainConfig:
     loss: str = "xclr"
     targets: str = "sparse"
     calibrate: str = "none"
+    positives: str = "caption"
+    margin: float | None = None
+    mining: str | None = None
+    queue_size: int | None = None
+    momentum: float | None = None
     tau: float = 0.1
     tau_s: float = 0.1
     arch: str = "resnet50"
@@ -104,17 +111,17 @@ def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dic
 
     torch.manual_seed(cfg.seed)
     mconf = model_config(cfg.arch, cfg.image_size, cfg.proj_hidden, emb_dim if cfg.loss == "clip" else cfg.proj_dim)
-    model = use_sync_batchnorm(Encoder(**mconf), dist.device, dist.world_size).to(dist.device)
-    if dist.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg.optimizer, model, peak_lr, cfg.weight_decay)
+    method = Method(spec, Encoder(**mconf), mconf["proj_dim"], cfg.proj_hidden, k, cfg.seed, dist.device,
+                    dist.world_size)
+    model = method.learner.encoder
+    optimizer = make_optimizer(cfg.optimizer, method.learner, peak_lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    start_epoch, step, skipped_before = _start(cfg, run, dist, mconf, model, optimizer, scaler)
-    ddp = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
-        if dist.world_size > 1 else model
+    start_epoch, step, skipped_before = _start(cfg, run, dist, mconf, method, optimizer, scaler)
+    ddp = DistributedDataParallel(method.learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else
+                                  None) if dist.world_size > 1 else method.learner
 
-    stream = ShardStream(shards, cfg.batch_size, cfg.image_size, Needs(spec.needs_neighbors, spec.needs_embeddings),
-                         k, cfg.seed, dist.rank)
+    stream = ShardStream(shards, cfg.batch_size, cfg.image_size,
+                         Needs(spec.needs_neighbors, spec.needs_embeddings, spec.needs_labels), k, cfg.seed, dist.rank)
     loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
         if precision != "fp32" else nullcontext()
@@ -140,13 +147,14 @@ def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dic
                 if dist.device.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast:
-                    z1, z2 = ddp(images).chunk(2)
-                loss, stats = objective(spec, z1, z2, batch, dist.rank)
+                    views = method.views(ddp, images)
+                loss, stats = objective(spec, views, batch, dist.rank, method.queue_entries())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
+                method.after_step(views, batch, step, total)
                 window.add(loss, stats)
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == total:
@@ -158,7 +166,8 @@ def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dic
             del batches
             skipped_before = skipped_before + all_reduce_sum(_total(skipped).to(dist.device)).cpu()
             if dist.is_main:
-                state = {"model": model.state_dict(), "model_config": mconf, "optimizer": optimizer.state_dict(),
+                state = {"model": model.state_dict(), "model_config": mconf, "method": method.state_dict(),
+                         "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
                          "skipped": skipped_before, "config": _options(cfg, dist.world_size)}
                 _save(run / "checkpoints", state, cfg.save_every, epochs)
@@ -183,24 +192,48 @@ def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | No
     # The floor stands for "not among the top k": the background similarity, clipped at the mean k-th neighbour
     # similarity if it is not already well below it (shared/DESIGN.md section 4).
     floor = min(background, graph.get("kth_similarity_mean", background)) if background is not None else 0.0
-    spec = LossSpec(cfg.loss, cfg.tau, cfg.tau_s, cfg.targets, floor, background or 0.0, cfg.calibrate)
-    if cfg.loss == "xclr" and cfg.targets not in ("sparse", "dense"):
-        raise ValueError(f"--targets must be sparse or dense, got {cfg.targets!r}")
+    name = cfg.loss
+    for option, choices in (("targets", ("sparse", "dense")), ("calibrate", ("none", "background")),
+                            ("positives", POSITIVES), ("mining", (None, *MINING))):
+        if getattr(cfg, option) not in choices:
+            raise ValueError(f"--{option} must be one of {', '.join(c for c in choices if c)}, got "
+                             f"{getattr(cfg, option)!r}")
+    for option, takers in (("margin", MARGINS), ("mining", ("triplet",)), ("queue_size", (*QUEUE_SIZE, "xclr")),
+                           ("momentum", MOMENTUM)):
+        if getattr(cfg, option) is not None and name not in takers:
+            raise ValueError(f"--{option.replace('_', '-')} is for --loss {_either(takers)}, not {name}")
+    if cfg.positives != "caption" and name not in POSITIVE_LOSSES:
+        raise ValueError(f"--positives is for --loss {_either(POSITIVE_LOSSES)}, not {name}")
+    spec = LossSpec(name, cfg.tau, cfg.tau_s, cfg.targets, floor, background or 0.0, cfg.calibrate, cfg.positives,
+                    cfg.margin if cfg.margin is not None else MARGINS.get(name, 0.0), cfg.mining or "hardest",
+                    cfg.queue_size if cfg.queue_size is not None else QUEUE_SIZE.get(name, 0),
+                    cfg.momentum if cfg.momentum is not None else MOMENTUM.get(name, 0.0))
     if spec.needs_neighbors and NEIGHBORS_SUFFIX not in sample:
-        raise DataError(f"--loss xclr with sparse targets needs KEY.{NEIGHBORS_SUFFIX} in every sample; "
+        what = "--loss xclr with sparse targets" if name == "xclr" else "--positives graph"
+        raise DataError(f"{what} needs KEY.{NEIGHBORS_SUFFIX} in every sample; "
                         f"{shards.urls[0]} has none (write the shards with xclr-prep graph)")
     if spec.needs_embeddings and EMBEDDING_SUFFIX not in sample:
-        what = "--loss clip" if cfg.loss == "clip" else "--targets dense"
+        what = "--loss clip" if name == "clip" else "--targets dense"
         raise DataError(f"{what} needs KEY.{EMBEDDING_SUFFIX} (caption embeddings) in every sample; "
                         f"{shards.urls[0]} has none (write the shards with xclr-prep graph --with-embeddings)")
-    if cfg.loss == "xclr" and background is None:
+    if spec.needs_labels and "label" not in json.loads(sample.get(META_SUFFIX, b"{}")):
+        raise DataError(f"--positives label needs a \"label\" in every KEY.{META_SUFFIX}; {shards.urls[0]} has "
+                        f"none (embed with --label-col)")
+    if name == "xclr" and background is None:
         raise DataError(f"--loss xclr needs the shards manifest (the graph's background similarity) beside the "
                         f"tars; {cfg.data} has none")
+    if spec.queue_size < 0 or (name in QUEUE_SIZE and spec.queue_size == 0):
+        raise ValueError(f"--queue-size must be positive for --loss {name}, got {spec.queue_size}")
+    if spec.name == "xclr" and spec.queue_size and spec.targets != "sparse":
+        raise ValueError("--queue-size with --loss xclr needs sparse targets (the queue keeps neighbour rows)")
     k = len(load_npy(sample[NEIGHBORS_SUFFIX])) if spec.needs_neighbors else None
     emb_dim = len(load_npy(sample[EMBEDDING_SUFFIX])) if EMBEDDING_SUFFIX in sample else None
-    if cfg.calibrate not in ("none", "background"):
-        raise ValueError(f"--calibrate must be none or background, got {cfg.calibrate!r}")
     return spec, k, emb_dim
+
+
+def _either(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def _options(cfg: TrainConfig, world_size: int) -> dict:
@@ -210,7 +243,7 @@ def _options(cfg: TrainConfig, world_size: int) -> dict:
     return options
 
 
-def _start(cfg: TrainConfig, run: Path, dist: Dist, mconf: dict, model, optimizer,
+def _start(cfg: TrainConfig, run: Path, dist: Dist, mconf: dict, method: Method, optimizer,
            scaler) -> tuple[int, int, torch.Tensor]:
     """(epoch, step, skipped counts of all ranks) to start from: a new run, or the checkpoint named by --resume.
 
@@ -234,7 +267,8 @@ def _start(cfg: TrainConfig, run: Path, dist: Dist, mconf: dict, model, optimize
     if changed:
         raise CheckpointError(f"{path} was trained with other options: "
                               + ", ".join(f"{k}={theirs.get(k)!r} (now {options.get(k)!r})" for k in changed))
-    model.load_state_dict(state["model"])
+    method.learner.encoder.load_state_dict(state["model"])
+    method.load_state_dict(state.get("method", {}))  # checkpoints from before issue 7 have none
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     return state["epoch"], state["step"], state["skipped"]
