@@ -1,4 +1,4 @@
-"""The quality study of issue 5: X-CLR against SimCLR, SupCon and CLIP under one budget.
+"""The quality study: X-CLR against SimCLR, SupCon, CLIP and the classic objectives (issues 5 and 7) under one budget.
 
 Two corpora, each in a full and a low-data (10%) regime:
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
@@ -9,10 +9,14 @@ Every method trains the same backbone with the same augmentations, batch, steps,
   xclr-random  X-CLR, sparse targets, shards in random order (--group-size 1)
   xclr-dense   X-CLR, dense targets from the caption embeddings (random order)
   simclr, supcon (labels = caption ids), clip (frozen caption embeddings; random order)
+  triplet, npair, contrastive  the metric-learning losses, positives = equal caption ids (random order)
+  moco, byol, nnclr  the frameworks with a momentum network or a support queue (random order)
+  xclr-groups-queue, xclr-random-queue  X-CLR with a queue of past projections (--queue-size)
   random-init  the untrained backbone (lr 0), the floor every method must clear
 plus an ablation sweep of X-CLR's knobs (`--sweep`). Each step is skipped when its output is complete, so the
 script can be stopped and rerun. Each regime's runs are evaluated by one `xclr-eval` (ROOT/CORPUS/REGIME/eval/);
-the summary is ROOT/results.json, ROOT/results.md and ROOT/plots/compare-CORPUS-REGIME.png.
+the summary (of every regime evaluated under ROOT so far) is ROOT/results.json, ROOT/results.md and
+ROOT/plots/compare-CORPUS-REGIME.png.
 
     .venv/bin/python benchmarks/study.py --root runs/study [--seeds 0 1 2] [--sweep] [--methods ...]
 """
@@ -44,6 +48,7 @@ CORPORA = {
 }
 EVAL_DATA = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "tuxpaint": "{root}/tuxpaint/full/tars"}
 LAYOUTS = {"groups": ["--group-size", "8"], "random": ["--group-size", "1"]}
+QUEUE = 1024  # entries: 8 batches, within the smallest training set (1000 images)
 METHODS = {
     "xclr-groups": ("groups", ["--loss", "xclr"]),
     "xclr-random": ("random", ["--loss", "xclr"]),
@@ -51,6 +56,14 @@ METHODS = {
     "simclr": ("random", ["--loss", "simclr"]),
     "supcon": ("random", ["--loss", "supcon"]),
     "clip": ("random", ["--loss", "clip"]),
+    "triplet": ("random", ["--loss", "triplet"]),
+    "npair": ("random", ["--loss", "npair"]),
+    "contrastive": ("random", ["--loss", "contrastive"]),
+    "moco": ("random", ["--loss", "moco", "--queue-size", str(QUEUE)]),
+    "byol": ("random", ["--loss", "byol"]),
+    "nnclr": ("random", ["--loss", "nnclr", "--queue-size", str(QUEUE)]),
+    "xclr-groups-queue": ("groups", ["--loss", "xclr", "--queue-size", str(QUEUE)]),
+    "xclr-random-queue": ("random", ["--loss", "xclr", "--queue-size", str(QUEUE)]),
     # the floor every method must clear: the random-init backbone (lr 0; the steps only settle its BN statistics)
     "random-init": ("random", ["--loss", "simclr", "--lr", "0"]),
 }
@@ -72,12 +85,15 @@ def sh(*args: str) -> None:
 
 
 def prepare(root: Path, corpus: str, regime: str) -> Path:
-    """Tars -> embed -> one shard set per layout; returns the regime's directory."""
+    """Tars -> embed -> one shard set per layout (skipped once every layout's manifest exists); returns the
+    regime's directory."""
     base = root / corpus / regime
     corpus_args, embed_args = CORPORA[corpus][regime]
     tars = base / "tars"
     if not (tars / "classnames.txt").exists():
         sh(str(BIN / "python"), "-m", "xclr_prep.sample_corpora", corpus_args[0], str(tars), *corpus_args[1:])
+    if all((base / f"shards-{layout}" / "manifest.json").exists() for layout in LAYOUTS):
+        return base
     embed_args = [a.format(tars=tars) for a in embed_args]
     sh(str(BIN / "xclr-prep"), "embed", str(tars), "--out", str(base / "embed"), *embed_args, "--no-progress")
     graph = []
@@ -126,7 +142,8 @@ def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) 
             per_method: dict[str, dict[str, list[float]]] = {}
             for run_name, run in evaluation["runs"].items():
                 method = run_name.rsplit("-s", 1)[0]
-                for key, value in run["metrics"].items():
+                for key, value in {**run["metrics"], **_training_stats(root / corpus / regime / "runs" / run_name)
+                                   }.items():
                     per_method.setdefault(method, {}).setdefault(key, []).append(value)
             table.setdefault(corpus, {})[regime] = per_method
             shown = {m: per_method[m] for m in methods if m in per_method}
@@ -143,8 +160,23 @@ def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) 
                          for key in ("knn_accuracy", "linear_probe_accuracy", "mAP", "semantic_alignment")]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        hits = [(r, m) for r in regimes for m in methods if "graph_hits" in regimes[r].get(m, {})]
+        if hits:
+            lines += [f"X-CLR graph hits per anchor on {corpus} (mean over the steps): in the batch, in the queue",
+                      "", "| regime | method | batch | queue |", "|---|---|---:|---:|"]
+            lines += [f"| {r} | {m} | {_cell(regimes[r][m]['graph_hits'])} | "
+                      f"{_cell(regimes[r][m]['graph_hits_queue']) if 'graph_hits_queue' in regimes[r][m] else '-'} |"
+                      for r, m in hits]
+            lines.append("")
     (root / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _training_stats(run: Path) -> dict[str, float]:
+    """Means over the logged steps of a run's graph hits (X-CLR runs log them)."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {key: sum(x[key] for x in lines) / len(lines) for key in ("graph_hits", "graph_hits_queue")
+            if key in lines[0]}
 
 
 def _cell(values: list[float]) -> str:
@@ -166,14 +198,16 @@ def main() -> None:
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
     if opts.methods:
         methods = {name: {**METHODS, **SWEEP}[name] for name in opts.methods}
-    results: dict[str, dict[str, dict]] = {}
     for corpus in opts.corpora:
         for regime in opts.regimes:
             base = prepare(opts.root, corpus, regime)
             for seed in opts.seeds:
                 for name, (layout, args) in methods.items():
                     train(base, corpus, name, layout, args, seed)
-            results.setdefault(corpus, {})[regime] = evaluate(opts.root, base, corpus)
+            evaluate(opts.root, base, corpus)
+    results: dict[str, dict[str, dict]] = {}
+    for done in sorted(opts.root.glob("*/*/eval/results.json")):
+        results.setdefault(done.parts[-4], {})[done.parts[-3]] = json.loads(done.read_text())
     report(opts.root, results, [*METHODS, *SWEEP])
 
 
