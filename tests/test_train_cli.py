@@ -97,7 +97,8 @@ def test_metric_learning_losses_run_on_real_shards(tux_shards, tmp_path, args):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", [["--loss", "supcon"], ["--loss", "moco", "--queue-size", "24", "--arch", "convnet"],
-                                  ["--loss", "nnclr", "--queue-size", "24", "--arch", "convnet"]])
+                                  ["--loss", "nnclr", "--queue-size", "24", "--arch", "convnet"]],
+                         ids=["supcon", "moco", "nnclr"])
 def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger, loss):
     """4 epochs of 2 steps: killed during epoch 3 and resumed from latest, the losses of every step equal an
     uninterrupted run's, and the metrics log holds each step once; for moco and nnclr the momentum network,
