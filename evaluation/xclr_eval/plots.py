@@ -68,8 +68,9 @@ def compare_runs(results: dict[str, dict], title: str, path: Path) -> Path:
         values = [np.atleast_1d(results[name][m]) for m in BARS]
         means = [v.mean() for v in values]
         errors = np.array([[m - v.min() for m, v in zip(means, values)], [v.max() - m for m, v in zip(means, values)]])
-        ax.bar(np.arange(len(BARS)) + i * width, means, width, yerr=errors if errors.any() else None, label=name)
+        ax.bar(np.arange(len(BARS)) + i * width, means, width, yerr=errors if errors.any() else None, label=name,
+               color=plt.get_cmap("tab20")(i % 20))
     ax.set_xticks(np.arange(len(BARS)) + 0.4 - width / 2, [m.replace("_", " ") for m in BARS], fontsize=8)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1 + len(names) // 12, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
