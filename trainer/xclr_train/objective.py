@@ -121,7 +121,7 @@ def objective(spec: LossSpec, views: Views, batch: dict, rank: int,
                          batch["caption_id"], gather(texts), caption_ids, spec.tau)
         return loss, stats
     if spec.name in POSITIVE_LOSSES:
-        positives = _positive_rows(spec.positives, batch, own)
+        positives = _positive_rows(spec.positives, batch, caption_ids, own)
         if spec.name == "supcon":
             weights = positives.float()
             loss = soft_contrastive(anchors, columns, self_cols, weights, spec.tau)
@@ -172,23 +172,20 @@ def _xclr(spec: LossSpec, anchors: Tensor, columns: Tensor, self_cols: Tensor, o
     if spec.calibrate == "background":
         s = calibrate(s, spec.background)
     weights = xclr_weights(s, spec.tau_s)
-    if q:
-        loss = soft_contrastive(anchors, columns, self_cols, weights[:, :big_m], spec.tau, queue["z"],
-                                weights[:, big_m:])
-    else:
-        loss = soft_contrastive(anchors, columns, self_cols, weights[:, :big_m], spec.tau)
+    loss = soft_contrastive(anchors, columns, self_cols, weights[:, :big_m], spec.tau,
+                            queue["z"] if q else None, weights[:, big_m:] if q else None)
     with torch.no_grad():
         stats.update(_target_stats(weights, own, batch["caption_id"], ids, big_m))
     return loss, stats
 
 
-def _positive_rows(kind: str, batch: dict, own: Tensor) -> Tensor:
-    """Sample-level positives of the rank's m samples over the global batch, (m, M) bool."""
+def _positive_rows(kind: str, batch: dict, caption_ids: Tensor, own: Tensor) -> Tensor:
+    """Sample-level positives of the rank's m samples over the global batch (gathered `caption_ids`), (m, M) bool."""
     if kind == "graph":
-        return graph_positive_rows(gather(batch["caption_id"]), gather(batch["nbr_id"]), gather(batch["nbr_sim"]),
-                                   own)
-    key = "caption_id" if kind == "caption" else "label"
-    return batch[key][:, None] == gather(batch[key])[None, :]
+        return graph_positive_rows(caption_ids, gather(batch["nbr_id"]), gather(batch["nbr_sim"]), own)
+    if kind == "caption":
+        return batch["caption_id"][:, None] == caption_ids[None, :]
+    return batch["label"][:, None] == gather(batch["label"])[None, :]
 
 
 def _target_stats(weights: Tensor, own: Tensor, row_ids: Tensor, column_ids: Tensor,
