@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,12 +19,20 @@ LATEST = "latest.pt"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (the message is one line, for the user)."""
+    """A checkpoint that cannot be written or resumed from (the message is one line, for the user)."""
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write `state` to `path` so that `path` is always either the old or the whole new checkpoint."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    """Write `state` to `path` so that `path` is always either the old or the whole new checkpoint.
+
+    A failed write (a full disk, a file-size limit) leaves the old file and raises CheckpointError.
+    """
+    try:
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError of its zip writer
+        free = shutil.disk_usage(path.parent).free / 2**30
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"could not write checkpoint {path} ({free:.1f} GiB free there): {first}") from None
 
 
 def read_checkpoint(path: Path) -> dict:
