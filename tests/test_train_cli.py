@@ -4,6 +4,7 @@ every bad input of the issue giving a one-line error or a counted skip."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import resource
@@ -30,16 +31,22 @@ def run_train(*args, check: bool = True, timeout: float = 600) -> subprocess.Com
     return proc
 
 
-def rewrite_shards(src, dst, drop: str | None = None) -> None:
-    """A copy of a shards directory whose tars lack the members ending in `drop`."""
+def rewrite_shards(src, dst, drop: str | None = None, unlabel: bool = False) -> None:
+    """A copy of a shards directory whose tars lack the members ending in `drop` (and, with `unlabel`, the "label"
+    of every KEY.json)."""
     dst.mkdir()
     for name in ("sizes.json", "manifest.json"):
         shutil.copy(src / name, dst / name)
     for tar_path in sorted(src.glob("*.tar")):
         with tarfile.open(tar_path) as inp, tarfile.open(dst / tar_path.name, "w") as out:
             for info in inp:
-                if drop is None or not info.name.endswith(drop):
-                    out.addfile(info, io.BytesIO(inp.extractfile(info).read()))
+                if drop is not None and info.name.endswith(drop):
+                    continue
+                data = inp.extractfile(info).read()
+                if unlabel and info.name.endswith(".json"):
+                    data = json.dumps({k: v for k, v in json.loads(data).items() if k != "label"}).encode()
+                    info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
 
 
 @pytest.mark.slow
@@ -139,6 +146,8 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
     no_nbr, no_emb = tmp_path / "no-nbr", tmp_path / "no-emb"
     rewrite_shards(tux_shards, no_nbr, drop=".nbr.npy")
     rewrite_shards(tux_shards, no_emb, drop=".emb.npy")
+    no_label = tmp_path / "no-label"
+    rewrite_shards(tux_shards, no_label, unlabel=True)
     cases = [
         (["--data", empty], f"no shards in {empty}"),
         (["--data", tmp_path / "missing-{000..003}.tar"], "4 of 4 shards do not exist"),
@@ -148,6 +157,7 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", tux_shards, "--samples-per-epoch", "8", "--batch-size", "16"], "less than one global batch"),
         (["--data", tux_shards, "--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
         (["--data", no_nbr, "--loss", "triplet", "--positives", "graph"], "--positives graph needs KEY.nbr.npy"),
+        (["--data", no_label, "--loss", "supcon", "--positives", "label"], '--positives label needs a "label" in'),
         (["--data", tux_shards, "--loss", "simclr", "--queue-size", "8"], "--queue-size is for --loss moco, nnclr or"),
         (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], "--margin is for --loss triplet or contrastive"),
         (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss supcon, "),

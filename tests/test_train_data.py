@@ -103,6 +103,15 @@ def test_decode_skips_and_counts_bad_samples(tmp_path):
     assert skipped == Counter(undecodable_image=1, bad_member=1, incomplete_sample=1)
 
 
+def test_decode_with_labels_skips_and_counts_a_sample_without_one():
+    raw = {"__key__": "a", **{n.split(".", 1)[1]: d for n, d in sample_members("a", 1, 0)}}
+    labelled = dict(raw, json=json.dumps({"caption_id": 2, "label": 7}).encode())
+    skipped = Counter()
+    out = list(decode(simclr_transform(8), Needs(False, False, labels=True), 3, skipped)(iter([raw, labelled])))
+    assert [(s["caption_id"], s["label"]) for s in out] == [(2, 7)]
+    assert skipped == Counter(bad_member=1)
+
+
 def take(stream: ShardStream, epoch: int, n: int) -> list[dict]:
     stream.epoch = epoch
     it = iter(stream)
