@@ -31,8 +31,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
         write_atomic(path, lambda tmp: torch.save(state, tmp))
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError of its zip writer
         free = shutil.disk_usage(path.parent).free / 2**30
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"could not write checkpoint {path} ({free:.1f} GiB free there): {first}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"could not write checkpoint {path} ({free:.1f} GiB free there): {reason}") from None
 
 
 def read_checkpoint(path: Path) -> dict:
