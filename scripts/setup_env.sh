@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv at the repository root and installs xclr into it with everything it needs:
 # the Debian data sets of shared/DESIGN.md section 8 (WordNet, tuxpaint stamps, Fashion-MNIST),
-# torch/torchvision from this machine's disk, then the project and its pinned dependencies.
+# torch/torchvision from this machine's disk, then the project and its pinned dependencies, and the emoji
+# images of three vendors from the npm registry (`npm pack`, unpacked into .venv/share/xclr-emoji; no node_modules).
 # Idempotent: a second call only re-installs when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install torch==2.14.1 torchvision==0.29.1   # from this machine's disk; see README
   pip install -e ".[test]"
   echo "$want" > "$stamp"
+fi
+
+emoji=.venv/share/xclr-emoji
+if [ ! -f "$emoji/.complete" ]; then
+  rm -rf "$emoji" "$emoji.tmp" && mkdir -p "$emoji.tmp"
+  (cd "$emoji.tmp" && npm pack --silent emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 \
+    openmoji@17.0.0 >/dev/null)
+  for vendor in google twitter; do
+    mkdir -p "$emoji.tmp/$vendor"
+    tar xzf "$emoji.tmp/emoji-datasource-$vendor-16.0.0.tgz" -C "$emoji.tmp/$vendor" --strip-components=4 \
+      "package/img/$vendor/64"
+  done
+  tar xzf "$emoji.tmp/emoji-datasource-google-16.0.0.tgz" -C "$emoji.tmp" --strip-components=1 package/emoji.json
+  mkdir -p "$emoji.tmp/openmoji"
+  tar xzf "$emoji.tmp/openmoji-17.0.0.tgz" -C "$emoji.tmp/openmoji" --strip-components=3 package/color/svg
+  rm "$emoji.tmp"/*.tgz
+  touch "$emoji.tmp/.complete" && mv "$emoji.tmp" "$emoji"
 fi

@@ -33,7 +33,7 @@ def extract_features(model: Encoder, images: list, image_size: int, device: torc
     for start in range(0, len(images), batch_size):
         batch = []
         for i in range(start, min(start + batch_size, len(images))):
-            image = _decode(images[i])
+            image = decode(images[i])
             if image is not None:
                 batch.append(transform(image))
                 ok[i] = True
@@ -43,7 +43,8 @@ def extract_features(model: Encoder, images: list, image_size: int, device: torc
     return (np.concatenate(features) if features else np.zeros((0, dim), np.float32)), ok
 
 
-def _decode(image: bytes | np.ndarray) -> Image.Image | None:
+def decode(image: bytes | np.ndarray) -> Image.Image | None:
+    """An eval-set image (encoded bytes or a uint8 array) as RGB, None when it does not decode."""
     if isinstance(image, np.ndarray):
         return Image.fromarray(image).convert("RGB")
     return decode_image(image)

@@ -1,6 +1,7 @@
 """Evaluation metrics on backbone features. Features are L2-normalised first (cosine geometry) except for the linear
-probe, which standardises them. The eval set is split once, stratified by label, into a train part (kNN database,
-retrieval database, probe training) and a test part (queries)."""
+probe, which standardises them. A database part (kNN database, retrieval database, probe training) and a query part
+(kNN queries, retrieval queries, probe test) come either from one labelled set split once, stratified by label, or
+from two sets (a held-out query set, e.g. another image style, against a database)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from sklearn.preprocessing import StandardScaler
 KNN_K = 20
 BLOCK = 1024  # query rows per block of the n x n similarity work
 SILHOUETTE_SAMPLES = 5000
+CAPTION_RECALL_AT = (1, 5)
+ALIGNMENT_PAIRS = 20_000
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -87,6 +90,43 @@ def retrieval(db: np.ndarray, db_y: np.ndarray, queries: np.ndarray, query_y: np
     return {name: float(value / used) for name, value in sums.items()}
 
 
+def caption_recall(db: np.ndarray, db_caption: np.ndarray, queries: np.ndarray,
+                   query_caption: np.ndarray) -> dict[str, float]:
+    """Instance retrieval: caption_R@k = the fraction of queries with an image of their own caption (caption ids)
+    among their k nearest database images by cosine, for k in CAPTION_RECALL_AT. Queries whose caption has no
+    database image are left out."""
+    db, queries = normalise(db), normalise(queries)
+    has_match = np.isin(query_caption, db_caption)
+    queries, query_caption = queries[has_match], query_caption[has_match]
+    if not len(queries):
+        raise ValueError("no query caption has an image in the database")
+    kmax = min(max(CAPTION_RECALL_AT), len(db))
+    hits = np.zeros(len(CAPTION_RECALL_AT))
+    for start in range(0, len(queries), BLOCK):
+        sims = queries[start:start + BLOCK] @ db.T
+        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+        same = db_caption[top] == query_caption[start:start + BLOCK, None]
+        hits += [same[:, :min(k, kmax)].any(1).sum() for k in CAPTION_RECALL_AT]
+    return {f"caption_R@{k}": float(h / len(queries)) for k, h in zip(CAPTION_RECALL_AT, hits)}
+
+
+def caption_alignment(features: np.ndarray, caption: np.ndarray, caption_embeddings: np.ndarray, seed: int) -> float:
+    """Spearman correlation, over ALIGNMENT_PAIRS random pairs (i, j) of images with different captions, between
+    cos(f_i, f_j) of the image features and cos(e_a(i), e_a(j)) of their caption embeddings (caption ids a index
+    the unit-norm rows of `caption_embeddings`): does the encoder order image pairs as their captions do?"""
+    if len(np.unique(caption)) < 3:
+        raise ValueError("caption alignment needs images of at least three different captions")
+    x = normalise(features)
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(x), size=(2, 4 * ALIGNMENT_PAIRS))
+    keep = caption[i] != caption[j]
+    i, j = i[keep][:ALIGNMENT_PAIRS], j[keep][:ALIGNMENT_PAIRS]
+    image_sim = (x[i] * x[j]).sum(1)
+    text_sim = (caption_embeddings[caption[i]] * caption_embeddings[caption[j]]).sum(1)
+    return float(spearmanr(image_sim, text_sim).statistic)
+
+
 def dunn_index(x: np.ndarray, labels: np.ndarray) -> float:
     """min over pairs of distinct clusters of the closest cross-cluster distance, divided by the largest
     intra-cluster diameter (Euclidean); higher is better separated."""
@@ -133,20 +173,33 @@ def semantic_alignment(learned: np.ndarray, target: np.ndarray) -> float:
     return float(spearmanr(learned[upper], target[upper]).statistic)
 
 
-def evaluate(features: np.ndarray, labels: np.ndarray, text: np.ndarray, seed: int) -> dict:
-    """All metrics of one encoder: features (n, d), labels (n,), class-caption embeddings text (C, e)."""
+def evaluate(features: np.ndarray, labels: np.ndarray, text: np.ndarray, seed: int, query: np.ndarray | None = None,
+             more_labels: dict[str, np.ndarray] | None = None, caption: np.ndarray | None = None,
+             caption_embeddings: np.ndarray | None = None) -> dict:
+    """All metrics of one encoder: features (n, d), labels (n,), class-caption embeddings text (C, e).
+
+    `query` (bool (n,)) marks the query rows, the others being the database; None splits the set (`split`).
+    `more_labels` adds kNN and linear-probe accuracy per further label field (``knn_accuracy@FIELD``). Caption ids
+    `caption` (n,) with their embeddings add caption_R@k (queries against the database) and caption_alignment (over
+    the query rows)."""
     classes = len(text)
     missing = sorted(set(range(classes)) - set(np.unique(labels).tolist()))
     if missing:
         raise ValueError(f"classes {missing} have no image in the evaluation set")
-    train, test = split(labels, seed)
+    db, q = split(labels, seed) if query is None else (np.flatnonzero(~query), np.flatnonzero(query))
     learned, target = class_similarities(features, labels, classes), text @ text.T
-    return {
-        "knn_accuracy": knn_accuracy(features[train], labels[train], features[test], labels[test]),
-        "linear_probe_accuracy": linear_probe_accuracy(features[train], labels[train], features[test], labels[test],
-                                                       seed),
-        **retrieval(features[train], labels[train], features[test], labels[test]),
+    metrics = {
+        "knn_accuracy": knn_accuracy(features[db], labels[db], features[q], labels[q]),
+        "linear_probe_accuracy": linear_probe_accuracy(features[db], labels[db], features[q], labels[q], seed),
+        **retrieval(features[db], labels[db], features[q], labels[q]),
         **clustering(features, labels, seed),
         "semantic_alignment": semantic_alignment(learned, target),
-        "class_similarity": {"learned": learned.round(5).tolist(), "target": target.round(5).tolist()},
     }
+    for name, y in (more_labels or {}).items():
+        metrics[f"knn_accuracy@{name}"] = knn_accuracy(features[db], y[db], features[q], y[q])
+        metrics[f"linear_probe_accuracy@{name}"] = linear_probe_accuracy(features[db], y[db], features[q], y[q], seed)
+    if caption is not None:
+        metrics.update(caption_recall(features[db], caption[db], features[q], caption[q]))
+        metrics["caption_alignment"] = caption_alignment(features[q], caption[q], caption_embeddings, seed)
+    metrics["class_similarity"] = {"learned": learned.round(5).tolist(), "target": target.round(5).tolist()}
+    return metrics

