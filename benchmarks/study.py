@@ -1,9 +1,14 @@
-"""The quality study: X-CLR against SimCLR, SupCon, CLIP and the classic objectives (issues 5 and 7) under one budget.
+"""The quality study: X-CLR against SimCLR, SupCon, CLIP and the classic objectives under one budget.
 
-Two corpora, each in a full and a low-data (10%) regime:
+Three corpora:
+  * emoji (the main one): three vendors' drawings of the same ~1,900 emoji, captioned by the emoji's name. Train on
+    two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
+    category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
+    alignment. Regimes heldout-VENDOR (openmoji, twitter) and low-heldout-openmoji (every third emoji);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
-    IDX test split (10k images);
-  * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels.
+    IDX test split (10k images); regimes full and low (10%);
+  * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
+    regimes full and low (10%).
 Every method trains the same backbone with the same augmentations, batch, steps, optimizer and seeds:
   xclr-groups  X-CLR, sparse targets, neighbour-grouped shards (--group-size 8)
   xclr-random  X-CLR, sparse targets, shards in random order (--group-size 1)
@@ -18,7 +23,8 @@ script can be stopped and rerun. Each regime's runs are evaluated by one `xclr-e
 the summary (of every regime evaluated under ROOT so far) is ROOT/results.json, ROOT/results.md and
 ROOT/plots/compare-CORPUS-REGIME.png.
 
-    .venv/bin/python benchmarks/study.py --root runs/study [--seeds 0 1 2] [--sweep] [--methods ...]
+    .venv/bin/python benchmarks/study.py --root runs/study [--corpora emoji] [--regimes heldout-openmoji]
+        [--seeds 0 1 2] [--sweep] [--methods ...]
 """
 
 from __future__ import annotations
@@ -26,27 +32,62 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
-# corpus -> regime -> (sample_corpora arguments, embed arguments beyond the tars)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One regime's data and evaluation. `write`: sample_corpora arguments; `train`: the folders under the written
+    tars that training uses ("" = the tars folder); `embed`: embed arguments beyond those folders; `evaluate`:
+    xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
+    training tars; `steps`: the training budget."""
+
+    write: list[str]
+    embed: list[str]
+    evaluate: list[str]
+    steps: int
+    train: tuple[str, ...] = ("",)
+
+
 CLASS_MODE = ["--label-col", "label", "--classnames", "{tars}/classnames.txt"]
+EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category"]
+
+
+def emoji(heldout: str, every: int = 1) -> Regime:
+    """Train on the two other vendors, query with `heldout`'s images."""
+    train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
+    return Regime(["emoji", "--every", str(every)], ["--label-col", "label"],
+                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], EMOJI_STEPS, train)
+
+
+EMOJI_STEPS = 150
 CORPORA = {
+    "emoji": {
+        "heldout-openmoji": emoji("openmoji"),
+        "heldout-twitter": emoji("twitter"),
+        "low-heldout-openmoji": emoji("openmoji", every=3),
+    },
     "fashion-mnist": {
-        "full": (["fashion-mnist", "--limit", "10000"], CLASS_MODE),
-        "low": (["fashion-mnist", "--limit", "1000"], CLASS_MODE),
+        "full": Regime(["fashion-mnist", "--limit", "10000"], CLASS_MODE,
+                       ["--data", "/usr/share/datasets/fashion-mnist"], 100),
+        "low": Regime(["fashion-mnist", "--limit", "1000"], CLASS_MODE,
+                      ["--data", "/usr/share/datasets/fashion-mnist"], 100),
     },
     "tuxpaint": {
-        "full": (["tuxpaint"], ["--label-col", "label"]),
-        "low": (["tuxpaint", "--every", "10"], ["--label-col", "label"]),
+        "full": Regime(["tuxpaint"], ["--label-col", "label"], ["--data", "{root}/tuxpaint/full/tars"], 60),
+        "low": Regime(["tuxpaint", "--every", "10"], ["--label-col", "label"], ["--data", "{root}/tuxpaint/full/tars"],
+                      60),
     },
 }
-EVAL_DATA = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "tuxpaint": "{root}/tuxpaint/full/tars"}
 LAYOUTS = {"groups": ["--group-size", "8"], "random": ["--group-size", "1"]}
 QUEUE = 1024  # entries: 8 batches, within the smallest training set (1000 images)
 METHODS = {
@@ -66,6 +107,8 @@ METHODS = {
     "xclr-random-queue": ("random", ["--loss", "xclr", "--queue-size", str(QUEUE)]),
     # the floor every method must clear: the random-init backbone (lr 0; the steps only settle its BN statistics)
     "random-init": ("random", ["--loss", "simclr", "--lr", "0"]),
+    # an oracle: SupCon with the evaluation's own labels as positives (emoji: the subcategory)
+    "supcon-label": ("random", ["--loss", "supcon", "--positives", "label"]),
 }
 # X-CLR's target sharpness, changed alone from the defaults (tau = tau_s = 0.1, floor = background).
 SWEEP = {
@@ -73,10 +116,12 @@ SWEEP = {
     "xclr-groups-tau_s0.02": ("groups", ["--loss", "xclr", "--tau-s", "0.02"]),
     "xclr-groups-calibrated": ("groups", ["--loss", "xclr", "--calibrate", "background"]),
 }
+# The table's columns, where a regime's evaluation has them.
+REPORTED = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "caption_R@1", "caption_R@5",
+            "semantic_alignment", "caption_alignment")
 # One budget for every method (a 2-core CPU study: a small CNN at 32 px).
 TRAIN = ["--arch", "convnet", "--image-size", "32", "--proj-hidden", "512", "--proj-dim", "128", "--batch-size", "128",
          "--optimizer", "adamw", "--workers", "1", "--log-every", "10", "--no-progress"]
-STEPS = {"fashion-mnist": 100, "tuxpaint": 60}
 
 
 def sh(*args: str) -> None:
@@ -88,14 +133,16 @@ def prepare(root: Path, corpus: str, regime: str) -> Path:
     """Tars -> embed -> one shard set per layout (skipped once every layout's manifest exists); returns the
     regime's directory."""
     base = root / corpus / regime
-    corpus_args, embed_args = CORPORA[corpus][regime]
+    spec = CORPORA[corpus][regime]
     tars = base / "tars"
-    if not (tars / "classnames.txt").exists():
-        sh(str(BIN / "python"), "-m", "xclr_prep.sample_corpora", corpus_args[0], str(tars), *corpus_args[1:])
+    if not (tars / "done").exists():
+        sh(str(BIN / "python"), "-m", "xclr_prep.sample_corpora", spec.write[0], str(tars), *spec.write[1:])
+        (tars / "done").touch()
     if all((base / f"shards-{layout}" / "manifest.json").exists() for layout in LAYOUTS):
         return base
-    embed_args = [a.format(tars=tars) for a in embed_args]
-    sh(str(BIN / "xclr-prep"), "embed", str(tars), "--out", str(base / "embed"), *embed_args, "--no-progress")
+    embed_args = [a.format(tars=tars) for a in spec.embed]
+    sh(str(BIN / "xclr-prep"), "embed", *[str(tars / part) for part in spec.train], "--out", str(base / "embed"),
+       *embed_args, "--no-progress")
     graph = []
     for layout, args in LAYOUTS.items():
         sh(str(BIN / "xclr-prep"), "graph", str(base / "embed"), "--out", str(base / f"shards-{layout}"), *args,
@@ -108,7 +155,7 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     run = base / "runs" / f"{name}-s{seed}"
     if (run / "done.json").exists():
         return run
-    steps = STEPS[corpus]
+    steps = CORPORA[corpus][base.name].steps
     resume = ["--resume", "latest"] if (run / "checkpoints" / "latest.pt").exists() else []
     start = time.perf_counter()
     sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *args, *TRAIN,
@@ -118,8 +165,8 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
 
 
 def evaluate(root: Path, base: Path, corpus: str) -> dict:
-    """One `xclr-eval` over every finished run of a regime (the class-caption embeddings once); reused while it
-    covers them all."""
+    """One `xclr-eval` over every finished run of a regime (the caption embeddings once); reused while it covers
+    them all."""
     out = base / "eval"
     runs = sorted(done.parent for done in (base / "runs").glob("*/done.json"))
     names = [run.name for run in runs]
@@ -127,14 +174,17 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
         results = json.loads((out / "results.json").read_text())
         if sorted(results["runs"]) == names:
             return results
+    spec, tars = CORPORA[corpus][base.name], base / "tars"
+    train = "{" + ",".join(str(t) for part in spec.train for t in sorted((tars / part).glob("*.tar"))) + "}"
     sh(str(BIN / "xclr-eval"), *[str(run / "checkpoints" / "latest.pt") for run in runs],
-       "--data", EVAL_DATA[corpus].format(root=root), "--out", str(out))
+       *[a.format(root=root, tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
     return json.loads((out / "results.json").read_text())
 
 
 def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) -> None:
     """ROOT/results.json (per corpus, regime, method: the metrics of every seed), results.md and plots."""
     from xclr_eval import plots
+    from xclr_eval.report import column_name
 
     table: dict = {}
     for corpus, regimes in results.items():
@@ -151,15 +201,16 @@ def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) 
     (root / "results.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     lines = []
     for corpus, regimes in table.items():
-        lines += [f"### {corpus}", "", "| method | " + " | ".join(
-            f"{regime} {col}" for regime in regimes for col in ("kNN", "linear", "mAP", "semantic rho")) + " |",
-            "|---|" + "---:|" * (4 * len(regimes))]
-        for method in methods:
-            if any(method in regimes[r] for r in regimes):
-                cells = [_cell(regimes[r][method][key]) if method in regimes[r] else "-" for r in regimes
-                         for key in ("knn_accuracy", "linear_probe_accuracy", "mAP", "semantic_alignment")]
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+        for regime, per_method in regimes.items():
+            keys = [k for k in REPORTED if any(k in metrics for metrics in per_method.values())]
+            seeds = max(len(metrics["knn_accuracy"]) for metrics in per_method.values())
+            lines += [f"### {corpus}, {regime}" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""), "",
+                      "| method | seeds | " + " | ".join(column_name(k) for k in keys) + " |",
+                      "|---|---:|" + "---:|" * len(keys)]
+            lines += [f"| {m} | {len(per_method[m]['knn_accuracy'])} | "
+                      + " | ".join(_cell(per_method[m][k]) if k in per_method[m] else "-" for k in keys) + " |"
+                      for m in methods if m in per_method]
+            lines.append("")
         hits = [(r, m) for r in regimes for m in methods if "graph_hits" in regimes[r].get(m, {})]
         if hits:
             lines += [f"X-CLR graph hits per anchor on {corpus} (mean over the steps): in the batch, in the queue",
@@ -180,17 +231,17 @@ def _training_stats(run: Path) -> dict[str, float]:
 
 
 def _cell(values: list[float]) -> str:
-    """One seed: the value; several: mean (min-max)."""
+    """One seed: the value; several: mean ± sample standard deviation."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("runs/study"))
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
-    parser.add_argument("--regimes", nargs="+", default=["full", "low"])
+    parser.add_argument("--regimes", nargs="+", default=None, help="Default: every regime of each corpus.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--sweep", action="store_true", help="Also run the X-CLR ablations (SWEEP).")
     parser.add_argument("--methods", nargs="+", default=None, help="Only these methods (of METHODS and SWEEP).")
@@ -199,7 +250,9 @@ def main() -> None:
     if opts.methods:
         methods = {name: {**METHODS, **SWEEP}[name] for name in opts.methods}
     for corpus in opts.corpora:
-        for regime in opts.regimes:
+        for regime in opts.regimes or CORPORA[corpus]:
+            if regime not in CORPORA[corpus]:
+                continue
             base = prepare(opts.root, corpus, regime)
             for seed in opts.seeds:
                 for name, (layout, args) in methods.items():

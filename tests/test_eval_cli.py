@@ -136,6 +136,47 @@ def test_shards_without_labels_are_counted_and_class_names_required(run, tmp_pat
                                                            check=False))
 
 
+def test_held_out_queries_against_a_database_of_other_vendors(run, tmp_path):
+    """The emoji protocol: google + twitter images are the database, openmoji's the queries, subcategory the primary
+    label and category a further one. Queries of classes the database lacks are skipped and counted."""
+    from xclr_prep.sample_corpora import write_emoji_tars
+
+    write_emoji_tars(tmp_path / "db", ("google", "twitter"), every=40)
+    write_emoji_tars(tmp_path / "q", ("openmoji",), every=20)
+    db = [json.loads(m) for v in ("google", "twitter") for m in tar_members(tmp_path / "db" / v, ".json")]
+    queries = [json.loads(m) for m in tar_members(tmp_path / "q" / "openmoji", ".json")]
+    subcategories = {m["subcategory"] for m in db}
+    unknown = sum(m["subcategory"] not in subcategories for m in queries)
+    assert 0 < unknown < len(queries)
+    out = tmp_path / "ev"
+    tars = ",".join(str(t) for v in ("google", "twitter") for t in sorted((tmp_path / "db" / v).glob("*.tar")))
+    proc = run_eval(run / "checkpoints" / "latest.pt", "--data", "{" + tars + "}", "--queries",
+                    tmp_path / "q" / "openmoji", "--label-field", "subcategory", "--label-field", "category",
+                    "--out", out)
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == len(db) and results["query_images"] == len(queries) - unknown
+    assert results["query_skipped"] == {"class_not_in_database": unknown}
+    assert results["classnames"] == sorted(subcategories)
+    metrics = results["runs"]["tux-xclr"]["metrics"]
+    extra = {"knn_accuracy@category", "linear_probe_accuracy@category", "caption_R@1", "caption_R@5",
+             "caption_alignment"}
+    assert set(metrics) == METRICS | extra and all(np.isfinite(v) for v in metrics.values())
+    assert 0 <= metrics["caption_R@1"] <= metrics["caption_R@5"] <= 1
+    assert (out / "plots" / "nearest.png").read_bytes()[:8] == PNG_MAGIC
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "kNN category" in header and "caption R@5" in header and "caption R@1" in proc.stdout
+
+
+def tar_members(folder, suffix: str) -> list[bytes]:
+    import tarfile
+
+    members = []
+    for path in sorted(folder.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            members += [tar.extractfile(m).read() for m in tar if m.name.endswith(suffix)]
+    return members
+
+
 def test_bad_inputs_give_one_line_errors(run, tmp_path):
     ckpt = run / "checkpoints" / "latest.pt"
     not_ckpt = tmp_path / "x.pt"
@@ -150,6 +191,7 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path):
         "--save-features takes one checkpoint": [ckpt, ckpt.parent / "epoch-0001.pt", "--data", FASHION_MNIST_DIR,
                                                  "--save-features", tmp_path / "f.npz"],
         "would share a name": [ckpt, ckpt, "--data", FASHION_MNIST_DIR],
+        "--label-field is for WebDataset tars": [ckpt, "--data", FASHION_MNIST_DIR, "--label-field", "category"],
     }
     for message, args in cases.items():
         assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False)), message

@@ -106,3 +106,53 @@ def test_evaluate_tells_separated_classes_from_noise():
     assert noise["knn_accuracy"] < 0.45 and noise["kmeans_ari"] < 0.1 and noise["silhouette"] < 0.05
     with pytest.raises(ValueError, match="no image"):
         metrics.evaluate(x, y, unit(rng.normal(size=(6, 16))), seed=0)
+
+
+def test_caption_recall_equals_loop_reference():
+    """Queries whose caption the database lacks are left out; R@k counts a same-caption image among the top k."""
+    x, captions = blobs(6, 30, 8, spread=1.0, seed=3)
+    db, db_c, q, q_c = x[::2], captions[::2], x[1::2], captions[1::2]
+    db, db_c = db[db_c != 7], db_c[db_c != 7]  # caption 7's queries have no match
+    hits = {1: [], 5: []}
+    for query, caption in zip(unit(q), q_c):
+        if caption == 7:
+            continue
+        order = np.argsort(-(unit(db) @ query))
+        for k in hits:
+            hits[k].append((db_c[order[:k]] == caption).any())
+    got = metrics.caption_recall(db, db_c, q, q_c)
+    assert got == pytest.approx({"caption_R@1": np.mean(hits[1]), "caption_R@5": np.mean(hits[5])})
+    assert 0.2 < got["caption_R@1"] < got["caption_R@5"] < 1.0
+    with pytest.raises(ValueError, match="no query caption"):
+        metrics.caption_recall(db, db_c + 1000, q, q_c)
+
+
+def test_caption_alignment_follows_the_caption_geometry():
+    """Image features that are their captions' embeddings (plus noise) align; features unrelated to them do not."""
+    rng = np.random.default_rng(0)
+    text = unit(rng.normal(size=(40, 16)))
+    caption = rng.integers(0, 40, size=600)
+    aligned = metrics.caption_alignment(text[caption] + 0.05 * rng.normal(size=(600, 16)), caption, text, seed=0)
+    unrelated = metrics.caption_alignment(rng.normal(size=(600, 16)), caption, text, seed=0)
+    assert aligned > 0.95 and abs(unrelated) < 0.05
+    with pytest.raises(ValueError, match="three different captions"):
+        metrics.caption_alignment(text[:4], np.array([0, 0, 1, 1]), text, seed=0)
+
+
+def test_evaluate_with_a_query_set_uses_it_for_every_query_metric():
+    """With `query`, the database is exactly the other rows: moving the query rows' class structure changes the
+    query metrics, a further label field gets its own kNN and probe, caption metrics appear with captions."""
+    x, y = blobs(20, 4, 16, spread=0.05)
+    rng = np.random.default_rng(2)
+    text = unit(rng.normal(size=(4, 8)))
+    query = np.arange(len(y)) % 2 == 1
+    coarse = y // 2
+    caption = np.arange(len(y)) // 2  # each database row shares its caption with the next (query) row
+    good = metrics.evaluate(x, y, text, seed=0, query=query, more_labels={"coarse": coarse}, caption=caption,
+                            caption_embeddings=unit(rng.normal(size=(len(y) // 2, 8))))
+    assert good["knn_accuracy"] == 1.0 and good["knn_accuracy@coarse"] == 1.0
+    assert good["linear_probe_accuracy@coarse"] == 1.0 and good["caption_R@5"] > 0.2
+    shuffled = x.copy()
+    shuffled[query] = rng.permutation(x[query])  # queries land on other classes' blobs
+    bad = metrics.evaluate(shuffled, y, text, seed=0, query=query)
+    assert bad["knn_accuracy"] < 0.5 and "caption_R@1" not in bad and "knn_accuracy@coarse" not in bad

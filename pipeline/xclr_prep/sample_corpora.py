@@ -154,9 +154,9 @@ class Emoji:
     category: str
 
 
-def emoji_list(every: int = 1) -> list[Emoji]:
-    """Every `every`-th emoji of emoji.json (in its sort order), each followed by its skin-tone variants."""
-    meta = EMOJI_DIR / "emoji.json"
+def emoji_list(every: int = 1, source: Path = EMOJI_DIR) -> list[Emoji]:
+    """Every `every`-th emoji of `source`/emoji.json (in its sort order), each followed by its skin-tone variants."""
+    meta = source / "emoji.json"
     if not meta.is_file():
         raise click.ClickException(f"{meta} not found: run scripts/setup_env.sh, which unpacks the npm packages "
                                    "emoji-datasource-google, emoji-datasource-twitter and openmoji there")
@@ -169,7 +169,7 @@ def emoji_list(every: int = 1) -> list[Emoji]:
     return emoji
 
 
-def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str]) -> bytes | None:
+def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str], source: Path = EMOJI_DIR) -> bytes | None:
     """The vendor's image of `emoji` as an RGB PNG on white, EMOJI_SIZE px square; None when the vendor has none.
     Raises ValueError when its file cannot be read."""
     from PIL import Image, UnidentifiedImageError
@@ -181,12 +181,12 @@ def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str]) -> bytes | N
         if name is None:
             return None
         try:
-            png = bytes(resvg_py.svg_to_bytes(svg_path=str(EMOJI_DIR / "openmoji" / f"{name}.svg"),
+            png = bytes(resvg_py.svg_to_bytes(svg_path=str(source / "openmoji" / f"{name}.svg"),
                                               width=EMOJI_SIZE, height=EMOJI_SIZE))
         except Exception as exc:  # resvg raises its own error types for an SVG it cannot parse
             raise ValueError(f"openmoji {name}.svg: {exc}") from None
     else:
-        path = EMOJI_DIR / vendor / f"{emoji.unified.lower()}.png"
+        path = source / vendor / f"{emoji.unified.lower()}.png"
         if not path.is_file():
             return None
         png = path.read_bytes()
@@ -206,18 +206,19 @@ def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str]) -> bytes | N
 
 
 def write_emoji_tars(out_dir: Path, vendors: tuple[str, ...] = EMOJI_VENDORS, every: int = 1,
-                     per_tar: int = 1000) -> dict[str, dict]:
+                     per_tar: int = 1000, source: Path = EMOJI_DIR) -> dict[str, dict]:
     """Write each vendor's emoji as img2dataset-style tars ``OUT/VENDOR/NNNNN.tar`` (KEY.png, KEY.txt, KEY.json)
     with ``classnames.txt`` (the subcategories, sorted) in every vendor folder, and ``OUT/counts.json``.
 
     KEY = ``VENDOR-unified`` (lower case, dashes). KEY.json holds ``label`` (subcategory index), ``subcategory``,
     ``category``, ``vendor``, ``emoji`` (the base emoji's code points, shared by its skin tones and vendors) and
     ``unified``. An emoji the vendor does not draw is skipped as ``no_image``, a file that cannot be read as
-    ``unreadable``; returns and writes {vendor: {"written": n, "skipped": {reason: n}}}.
+    ``unreadable``; returns and writes {vendor: {"written": n, "skipped": {reason: n}}}. `source` holds emoji.json
+    and a folder of images per vendor, as setup_env.sh unpacks them.
     """
-    emoji = emoji_list(every)
-    classnames = sorted({e.subcategory for e in emoji_list()})
-    svgs = {p.stem for p in (EMOJI_DIR / "openmoji").glob("*.svg")} if "openmoji" in vendors else set()
+    emoji = emoji_list(every, source)
+    classnames = sorted({e.subcategory for e in emoji_list(1, source)})
+    svgs = {p.stem for p in (source / "openmoji").glob("*.svg")} if "openmoji" in vendors else set()
     counts = {}
     for vendor in vendors:
         folder = out_dir / vendor
@@ -228,7 +229,7 @@ def write_emoji_tars(out_dir: Path, vendors: tuple[str, ...] = EMOJI_VENDORS, ev
         written = shard = 0
         for e in emoji:
             try:
-                png = emoji_image(vendor, e, svgs)
+                png = emoji_image(vendor, e, svgs, source)
             except ValueError:
                 skipped["unreadable"] += 1
                 continue
