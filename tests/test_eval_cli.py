@@ -195,3 +195,32 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path):
     }
     for message, args in cases.items():
         assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False)), message
+
+
+def test_string_label_fields_name_their_classes_and_align_by_name(tmp_path):
+    """In-process: a string field's classes are its sorted values; a query set is re-expressed in the database's
+    class names; --classnames on a string field and a field mixing integers and strings are one-line errors."""
+    from xclr_eval.evalsets import EvalSetError, align, load_eval_set
+
+    def tars(folder, kinds):
+        folder.mkdir()
+        members = []
+        for i, kind in enumerate(kinds):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), (20 * i % 255, 0, 0)).save(buf, format="PNG")
+            members += [(f"{i:04d}.png", buf.getvalue()), (f"{i:04d}.txt", f"caption {i}".encode()),
+                        (f"{i:04d}.json", json.dumps({"kind": kind, "size": i % 2}).encode())]
+        write_tar(folder / "000.tar", members)
+        return str(folder)
+
+    db = load_eval_set(tars(tmp_path / "db", ["pear", "apple", "pear", "fig"]), label_fields=("kind", "size"))
+    assert db.classnames == ["apple", "fig", "pear"] and db.labels.tolist() == [2, 0, 2, 1]
+    assert db.more_labels["size"].tolist() == [0, 1, 0, 1] and db.captions[1] == "caption 1"
+    queries = load_eval_set(tars(tmp_path / "q", ["fig", "plum", "apple"]), label_fields=("kind", "size"))
+    aligned = align(queries, db)
+    assert aligned.labels.tolist() == [1, 0] and aligned.classnames == db.classnames
+    assert aligned.captions == ["caption 0", "caption 2"] and aligned.skipped == {"class_not_in_database": 1}
+    with pytest.raises(EvalSetError, match="--classnames is for integer labels"):
+        load_eval_set(str(tmp_path / "db"), tmp_path / "names.txt", label_fields=("kind",))
+    with pytest.raises(EvalSetError, match="mixes integers and strings"):
+        load_eval_set(tars(tmp_path / "mixed", ["a", 3, "b"]), label_fields=("kind",))
