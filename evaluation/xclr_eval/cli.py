@@ -83,12 +83,15 @@ def save_npz(path: str, **arrays: np.ndarray) -> None:
 @click.option("--limit", type=click.IntRange(min=2), default=None, help="Only the first N labelled images.")
 @click.option("--save-features", default=None,
               help="Write features and labels to this .npz (one checkpoint only).")
+@click.option("--clustering/--no-clustering", default=True, show_default=True,
+              help="k-means ARI/NMI, silhouette, Davies-Bouldin and Dunn (10 k-means restarts: the slowest metrics "
+              "when there are many classes).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Train/test split, k-means and probe seed.")
 def main(checkpoints: tuple[str, ...], data: str, queries: str | None, label_fields: tuple[str, ...], out: str,
          classnames: str | None, template: str, text_model: str | None, split: str, limit: int | None,
-         save_features: str | None, device: str, batch_size: int, seed: int) -> None:
+         save_features: str | None, clustering: bool, device: str, batch_size: int, seed: int) -> None:
     """Backbone features of each CHECKPOINT on a labelled set: kNN and linear-probe accuracy, retrieval,
     clustering and semantic alignment, as JSON, Markdown and plots in OUT."""
     names = [run_name(c) for c in checkpoints]
@@ -116,7 +119,8 @@ def main(checkpoints: tuple[str, ...], data: str, queries: str | None, label_fie
                        + (f" (skipped: {dict(s.skipped)})" if s.skipped else ""))
     combined = _Combined.of(evalset, query_set, model_name)
     with storage.local_dir(out) as local:
-        runs = _evaluate(names, checkpoints, models, combined, text, local, save_features, dev, batch_size, seed)
+        runs = _evaluate(names, checkpoints, models, combined, text, local, save_features, clustering, dev,
+                         batch_size, seed)
         plots.compare_runs({n: r["metrics"] for n, r in runs.items()}, f"xclr-eval on {queries or data}",
                            local / "plots" / "compare.png")
         write_json_atomic(local / "results.json", {
@@ -158,7 +162,8 @@ class _Combined:
 
 
 def _evaluate(names: list[str], checkpoints: tuple[str, ...], models: list, combined: _Combined, text: np.ndarray,
-              out: Path, save_features: str | None, dev: torch.device, batch_size: int, seed: int) -> dict:
+              out: Path, save_features: str | None, clustering: bool, dev: torch.device, batch_size: int,
+              seed: int) -> dict:
     """Metrics and per-run plots of every checkpoint: {name: results}."""
     evalset = combined.evalset
     runs, nearest = {}, {}
@@ -168,7 +173,8 @@ def _evaluate(names: list[str], checkpoints: tuple[str, ...], models: list, comb
         try:
             metrics = evaluate(features, labels, text, seed, None if combined.query is None else combined.query[ok],
                                {f: v[ok] for f, v in evalset.more_labels.items()},
-                               None if combined.caption is None else combined.caption[ok], combined.caption_embeddings)
+                               None if combined.caption is None else combined.caption[ok], combined.caption_embeddings,
+                               clustering)
         except ValueError as exc:
             raise click.ClickException(f"{name}: {exc}") from None
         if combined.caption is not None:
@@ -215,7 +221,7 @@ def _nearest(features: np.ndarray, rows: np.ndarray, combined: _Combined, seed: 
 def _plot_nearest(nearest: dict[str, dict[int, np.ndarray]], combined: _Combined, path: Path) -> None:
     images, captions = combined.evalset.images, combined.caption
     queries = sorted(set.intersection(*(set(n) for n in nearest.values())))
-    plots.nearest_images([decode(images[q]) for q in queries],
-                         {run: [[decode(images[r]) for r in n[q]] for q in queries] for run, n in nearest.items()},
-                         {run: np.array([captions[n[q]] == captions[q] for q in queries]) for run, n in nearest.items()},
+    shown = {run: [[decode(images[r]) for r in n[q]] for q in queries] for run, n in nearest.items()}
+    same = {run: np.array([captions[n[q]] == captions[q] for q in queries]) for run, n in nearest.items()}
+    plots.nearest_images([decode(images[q]) for q in queries], shown, same,
                          [combined.evalset.captions[q] for q in queries], path)

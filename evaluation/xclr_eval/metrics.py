@@ -175,13 +175,14 @@ def semantic_alignment(learned: np.ndarray, target: np.ndarray) -> float:
 
 def evaluate(features: np.ndarray, labels: np.ndarray, text: np.ndarray, seed: int, query: np.ndarray | None = None,
              more_labels: dict[str, np.ndarray] | None = None, caption: np.ndarray | None = None,
-             caption_embeddings: np.ndarray | None = None) -> dict:
+             caption_embeddings: np.ndarray | None = None, with_clustering: bool = True) -> dict:
     """All metrics of one encoder: features (n, d), labels (n,), class-caption embeddings text (C, e).
 
     `query` (bool (n,)) marks the query rows, the others being the database; None splits the set (`split`).
     `more_labels` adds kNN and linear-probe accuracy per further label field (``knn_accuracy@FIELD``). Caption ids
     `caption` (n,) with their embeddings add caption_R@k (queries against the database) and caption_alignment (over
-    the query rows)."""
+    the query rows). `with_clustering` False leaves out `clustering` (k-means restarts dominate the cost when there
+    are many classes)."""
     classes = len(text)
     missing = sorted(set(range(classes)) - set(np.unique(labels).tolist()))
     if missing:
@@ -192,7 +193,7 @@ def evaluate(features: np.ndarray, labels: np.ndarray, text: np.ndarray, seed: i
         "knn_accuracy": knn_accuracy(features[db], labels[db], features[q], labels[q]),
         "linear_probe_accuracy": linear_probe_accuracy(features[db], labels[db], features[q], labels[q], seed),
         **retrieval(features[db], labels[db], features[q], labels[q]),
-        **clustering(features, labels, seed),
+        **(clustering(features, labels, seed) if with_clustering else {}),
         "semantic_alignment": semantic_alignment(learned, target),
     }
     for name, y in (more_labels or {}).items():

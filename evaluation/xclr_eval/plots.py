@@ -17,7 +17,8 @@ from xclr_schemas.atomic import write_atomic  # noqa: E402
 
 CURVES = {"loss": "loss", "graph_hits": "graph hits per anchor", "target_same_caption": "target mass on same caption",
           "samples_per_s": "samples / s"}
-BARS = ("knn_accuracy", "linear_probe_accuracy", "mAP", "kmeans_nmi", "semantic_alignment")
+BARS = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "kmeans_nmi", "caption_R@1",
+        "semantic_alignment", "caption_alignment")
 
 
 def _save(fig, path: Path) -> Path:
@@ -60,18 +61,19 @@ def training_curves(metrics_jsonl: Path, title: str, path: Path) -> Path:
 
 
 def compare_runs(results: dict[str, dict], title: str, path: Path) -> Path:
-    """Grouped bars: one group per metric of BARS, one bar per run (mean over seeds with min-max whiskers when a
-    run's value is a list)."""
+    """Grouped bars: one group per metric of BARS that every run has, one bar per run (mean over seeds with min-max
+    whiskers when a run's value is a list)."""
     names = list(results)
+    bars = [m for m in BARS if all(m in results[name] for name in names)]
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(1.6 * len(BARS) + 2, 3.4))
+    fig, ax = plt.subplots(figsize=(1.6 * len(bars) + 2, 3.4))
     for i, name in enumerate(names):
-        values = [np.atleast_1d(results[name][m]) for m in BARS]
+        values = [np.atleast_1d(results[name][m]) for m in bars]
         means = [v.mean() for v in values]
         errors = np.array([[m - v.min() for m, v in zip(means, values)], [v.max() - m for m, v in zip(means, values)]])
-        ax.bar(np.arange(len(BARS)) + i * width, means, width, yerr=errors if errors.any() else None, label=name,
+        ax.bar(np.arange(len(bars)) + i * width, means, width, yerr=errors if errors.any() else None, label=name,
                color=plt.get_cmap("tab20")(i % 20))
-    ax.set_xticks(np.arange(len(BARS)) + 0.4 - width / 2, [m.replace("_", " ") for m in BARS], fontsize=8)
+    ax.set_xticks(np.arange(len(bars)) + 0.4 - width / 2, [m.replace("_", " ") for m in bars], fontsize=8)
     ax.legend(fontsize=7, ncol=1 + len(names) // 12, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -22,7 +22,6 @@ Used by the README's main job, the tests and the benchmarks. Run as a module to 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
