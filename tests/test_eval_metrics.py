@@ -156,3 +156,12 @@ def test_evaluate_with_a_query_set_uses_it_for_every_query_metric():
     shuffled[query] = rng.permutation(x[query])  # queries land on other classes' blobs
     bad = metrics.evaluate(shuffled, y, text, seed=0, query=query)
     assert bad["knn_accuracy"] < 0.5 and "caption_R@1" not in bad and "knn_accuracy@coarse" not in bad
+
+
+def test_evaluate_without_clustering_leaves_out_exactly_the_clustering_metrics():
+    x, y = blobs(10, 3, 8, spread=0.1)
+    text = unit(np.random.default_rng(1).normal(size=(3, 8)))
+    full = metrics.evaluate(x, y, text, seed=0)
+    lean = metrics.evaluate(x, y, text, seed=0, with_clustering=False)
+    assert set(full) - set(lean) == {"kmeans_ari", "kmeans_nmi", "silhouette", "davies_bouldin", "dunn"}
+    assert all(lean[k] == full[k] for k in lean if k != "class_similarity")
