@@ -10,7 +10,7 @@
   unpacked into the venv by ``scripts/setup_env.sh``): about 1,900 emoji and 1,900 skin-tone variants per vendor.
   The caption is the emoji's name from emoji-datasource's ``emoji.json`` (lower case), the same text for every
   vendor and skin tone: one caption has one image per vendor and tone, and names carry graded similarity ("dog
-  face" ~ "cat face"). The label is the subcategory (~98), beside the category (10).
+  face" ~ "cat face"). The label is the subcategory (99), beside the category (10).
 
 Used by the README's main job, the tests and the benchmarks. Run as a module to write them to disk::
 
