@@ -61,8 +61,8 @@ def save_npz(path: str, **arrays: np.ndarray) -> None:
 @click.command()
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--data", required=True, help="Fashion-MNIST IDX directory, an image folder per class, or "
-              "WebDataset tars with KEY.json 'label' (a directory, sizes.json or brace pattern; a URL must be a "
-              "directory).")
+              "WebDataset tars with labels in KEY.json (see --label-field; a directory, sizes.json or brace pattern; "
+              "a URL must be a directory).")
 @click.option("--queries", default=None, help="A held-out query set (same forms as --data; e.g. another image "
               "style): DATA is then the database, and caption retrieval and caption alignment are measured when "
               "both have captions (KEY.txt).")
