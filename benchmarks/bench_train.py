@@ -251,7 +251,7 @@ def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, sampl
     out: dict = {"shards": shards_dir, "shard_files": len(shards.urls), "shard_samples": shards.samples,
                  "batch_size": b, "image_size": image_size, "k": k, "runs": []}
     for w in sorted({1, workers}):
-        stream = ShardStream(shards, b, image_size, Needs(True, False), k, seed=0, rank=0)
+        stream = ShardStream(shards, b, image_size, "simclr", Needs(True, False), k, seed=0, rank=0)
         loader = make_loader(stream, workers=w, pin_memory=False)
         it = iter(loader)
         for _ in range(w):  # one warm-up batch per worker (process start, first shard open)

@@ -4,12 +4,13 @@ Three corpora:
   * emoji (the main one): three vendors' drawings of the same ~1,900 emoji, captioned by the emoji's name. Train on
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
-    alignment. Regimes heldout-VENDOR (openmoji, twitter) and low-heldout-openmoji (every third emoji);
+    alignment. Regimes heldout-VENDOR (openmoji, twitter), low-heldout-openmoji (every third emoji) and the 600-step
+    budget check heldout-openmoji-600, also with the crop-and-flip recipe (-crop);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
   * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
     regimes full and low (10%).
-Every method trains the same backbone with the same augmentations, batch, steps, optimizer and seeds:
+Every method trains the same backbone with the same augmentations (the regime's), batch, steps, optimizer and seeds:
   xclr-groups  X-CLR, sparse targets, neighbour-grouped shards (--group-size 8)
   xclr-random  X-CLR, sparse targets, shards in random order (--group-size 1)
   xclr-dense   X-CLR, dense targets from the caption embeddings (random order)
@@ -49,24 +50,25 @@ class Regime:
     """One regime's data and evaluation. `write`: sample_corpora arguments; `train`: the folders under the written
     tars that training uses ("" = the tars folder); `embed`: embed arguments beyond those folders; `evaluate`:
     xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
-    training tars; `steps`: the training budget."""
+    training tars; `steps`: the training budget; `augment`: the training views (xclr-train --augment)."""
 
     write: list[str]
     embed: list[str]
     evaluate: list[str]
     steps: int
     train: tuple[str, ...] = ("",)
+    augment: str = "simclr"
 
 
 CLASS_MODE = ["--label-col", "label", "--classnames", "{tars}/classnames.txt"]
 EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category", "--no-clustering"]
 
 
-def emoji(heldout: str, every: int = 1, steps: int = 150) -> Regime:
+def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr") -> Regime:
     """Train on the two other vendors, query with `heldout`'s images."""
     train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
     return Regime(["emoji", "--every", str(every)], ["--label-col", "label"],
-                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train)
+                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment)
 
 
 CORPORA = {
@@ -75,6 +77,7 @@ CORPORA = {
         "heldout-twitter": emoji("twitter"),
         "low-heldout-openmoji": emoji("openmoji", every=3),
         "heldout-openmoji-600": emoji("openmoji", steps=600),  # the budget check: 4x the steps
+        "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
     },
     "fashion-mnist": {
         "full": Regime(["fashion-mnist", "--limit", "10000"], CLASS_MODE,
@@ -116,6 +119,7 @@ SWEEP = {
     "xclr-groups-tau_s1": ("groups", ["--loss", "xclr", "--tau-s", "1"]),
     "xclr-groups-tau_s0.02": ("groups", ["--loss", "xclr", "--tau-s", "0.02"]),
     "xclr-groups-calibrated": ("groups", ["--loss", "xclr", "--calibrate", "background"]),
+    "xclr-random-tau_s0.3": ("random", ["--loss", "xclr", "--tau-s", "0.3"]),
 }
 # The table's columns, where a regime's evaluation has them.
 REPORTED = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "caption_R@1", "caption_R@5",
@@ -156,11 +160,12 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     run = base / "runs" / f"{name}-s{seed}"
     if (run / "done.json").exists():
         return run
-    steps = CORPORA[corpus][base.name].steps
+    spec = CORPORA[corpus][base.name]
     resume = ["--resume", "latest"] if (run / "checkpoints" / "latest.pt").exists() else []
     start = time.perf_counter()
     sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *args, *TRAIN,
-       "--steps", str(steps), "--samples-per-epoch", str(steps * 128), "--seed", str(seed), *resume)
+       "--augment", spec.augment, "--steps", str(spec.steps), "--samples-per-epoch", str(spec.steps * 128),
+       "--seed", str(seed), *resume)
     (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
     return run
 

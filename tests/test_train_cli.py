@@ -218,5 +218,5 @@ def test_checkpoint_of_another_architecture_is_refused(tux_shards, tmp_path):
     assert proc.returncode == 1
     assert "holds another model: arch=resnet18 (this run: resnet50)" in proc.stderr
     changed = run_train(*common, "--out", run, "--arch", "resnet18", "--resume", "latest", "--tau", "0.2",
-                        check=False)
-    assert "was trained with other options: tau=0.1 (now 0.2)" in changed.stderr
+                        "--augment", "crop", check=False)
+    assert "was trained with other options: augment='simclr' (now 'crop'), tau=0.1 (now 0.2)" in changed.stderr

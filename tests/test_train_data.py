@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import write_tar
 from xclr_schemas import NEIGHBOR_DTYPE, npy_bytes
-from xclr_train.augment import simclr_transform
+from xclr_train.augment import AUGMENTS, MEAN, STD, simclr_transform
 from xclr_train.data import (
     DataError,
     Needs,
@@ -118,12 +118,33 @@ def take(stream: ShardStream, epoch: int, n: int) -> list[dict]:
     return [next(it) for _ in range(n)]
 
 
+def test_crop_keeps_every_colour_and_simclr_changes_them():
+    """On a two-colour image, every crop view holds only the two normalised colours (crop and flip move pixels,
+    nothing recolours them); SimCLR's jitter and grayscale recolour most views."""
+    image = Image.new("RGB", (32, 32), (200, 40, 10))
+    image.paste((30, 90, 220), (0, 0, 16, 32))
+    colours = {tuple(round((c / 255 - m) / s, 3) for c, m, s in zip(rgb, MEAN, STD))
+               for rgb in ((200, 40, 10), (30, 90, 220))}
+    torch.manual_seed(0)
+
+    def palette(view):  # the view's distinct colours, ignoring the few pixels antialiasing blends at the edge
+        pixels = Counter(tuple(round(v, 3) for v in px) for px in view.reshape(3, -1).T.tolist())
+        return {colour for colour, n in pixels.items() if n > 32}
+
+    crop = [AUGMENTS["crop"](16)(image) for _ in range(50)]
+    assert all(palette(view) <= colours and palette(view) for view in crop)
+    assert len({view.sum().item() for view in crop}) > 10  # the crops differ
+    recoloured = sum(not palette(view) <= colours for view in (AUGMENTS["simclr"](16)(image) for _ in range(50)))
+    assert recoloured > 25
+
+
 def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
     write_shards(tmp_path / "d", shards=2)
     shards = find_shards(str(tmp_path / "d"))
 
     def stream(rank):
-        return ShardStream(shards, batch_size=4, image_size=8, needs=Needs(True, False), k=3, seed=0, rank=rank)
+        return ShardStream(shards, batch_size=4, image_size=8, augment="simclr", needs=Needs(True, False), k=3,
+                           seed=0, rank=rank)
 
     a, again = take(stream(0), 0, 3), take(stream(0), 0, 3)
     for x, y in zip(a, again):

@@ -1,7 +1,14 @@
-"""SimCLR's augmentations (Chen et al. 2020, appendix A), the same for every loss so that methods compare fairly, and
-the deterministic view that evaluation uses."""
+"""The training views, one recipe for every loss so that methods compare fairly (`AUGMENTS`, `--augment`), and the
+deterministic view that evaluation uses.
+
+  simclr  SimCLR's augmentations (Chen et al. 2020, appendix A): crop, flip, colour jitter, grayscale, blur
+  crop    RandomResizedCrop(0.2-1) + flip, no photometric change: the lighter recipe of CLIP-style training, for
+          corpora whose colours carry meaning (emoji vendors share their palette more than their line work)
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from PIL import Image
 from torchvision import transforms as T
@@ -23,6 +30,19 @@ def simclr_transform(image_size: int) -> T.Compose:
         T.ToTensor(),
         T.Normalize(MEAN, STD),
     ])
+
+
+def crop_transform(image_size: int) -> T.Compose:
+    """RandomResizedCrop(0.2-1; MoCo's lower bound) -> flip -> tensor -> normalise."""
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+
+
+AUGMENTS: dict[str, Callable[[int], T.Compose]] = {"simclr": simclr_transform, "crop": crop_transform}
 
 
 def eval_transform(image_size: int) -> T.Compose:

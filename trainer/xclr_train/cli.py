@@ -7,6 +7,7 @@ import os
 import click
 
 from xclr_schemas import storage
+from xclr_train.augment import AUGMENTS
 from xclr_train.checkpoint import CheckpointError
 from xclr_train.data import DataError
 from xclr_train.losses.triplet import MINING
@@ -47,6 +48,8 @@ D = TrainConfig
 @click.option("--tau-s", type=float, default=D.tau_s, help="Temperature of the X-CLR target distribution.")
 @click.option("--arch", type=click.Choice(list(ARCHS)), default=D.arch)
 @click.option("--image-size", type=int, default=D.image_size, help="Crop size; <= 64 uses the small-image stem.")
+@click.option("--augment", type=click.Choice(list(AUGMENTS)), default=D.augment,
+              help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only.")
 @click.option("--proj-hidden", type=int, default=D.proj_hidden)
 @click.option("--proj-dim", type=int, default=D.proj_dim, help="Ignored by --loss clip (the caption size).")
 @click.option("--batch-size", type=int, default=D.batch_size, help="Samples per rank per step (two views each).")

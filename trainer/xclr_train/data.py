@@ -1,6 +1,6 @@
 """Streaming training batches from xclr shards (shared/DESIGN.md sections 3-5), as small webdataset stages:
 
-    resampled shard draws -> tar samples -> group shuffle -> decode + two SimCLR views -> batches
+    resampled shard draws -> tar samples -> group shuffle -> decode + two augmented views -> batches
 
 Every (epoch, rank, DataLoader worker) draws shards with replacement from the whole list, seeded by
 (seed, epoch, rank, worker): no rank or worker ever runs dry, however few shards there are, and an epoch (a
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xclr_schemas import NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.augment import simclr_transform, to_rgb
+from xclr_train.augment import AUGMENTS, to_rgb
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
 SHUFFLE_GROUPS = 256
@@ -249,10 +249,10 @@ def batches(batch_size: int, skipped: Counter, worker: int) -> Callable[[Iterato
 class ShardStream(IterableDataset):
     """Endless batches for one rank; set `epoch` before each `iter` (see the module docstring for the seeding)."""
 
-    def __init__(self, shards: ShardSet, batch_size: int, image_size: int, needs: Needs, k: int | None,
-                 seed: int, rank: int) -> None:
+    def __init__(self, shards: ShardSet, batch_size: int, image_size: int, augment: str, needs: Needs,
+                 k: int | None, seed: int, rank: int) -> None:
         super().__init__()
-        self.shards, self.batch_size, self.image_size = shards, batch_size, image_size
+        self.shards, self.batch_size, self.image_size, self.augment = shards, batch_size, image_size, augment
         self.needs, self.k, self.seed, self.rank = needs, k, seed, rank
         self.epoch = 0
 
@@ -267,7 +267,7 @@ class ShardStream(IterableDataset):
             resampled(self.shards.urls, rng),
             tar_samples(skipped, len(self.shards.urls)),
             group_shuffle(rng),
-            decode(simclr_transform(self.image_size), self.needs, self.k, skipped),
+            decode(AUGMENTS[self.augment](self.image_size), self.needs, self.k, skipped),
             batches(self.batch_size, skipped, worker),
         ))
 

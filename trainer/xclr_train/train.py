@@ -60,6 +60,7 @@ class TrainConfig:
     tau_s: float = 0.1
     arch: str = "resnet50"
     image_size: int = 224
+    augment: str = "simclr"
     proj_hidden: int = 2048
     proj_dim: int = 128
     batch_size: int = 256
@@ -120,7 +121,7 @@ def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dic
     ddp = DistributedDataParallel(method.learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else
                                   None) if dist.world_size > 1 else method.learner
 
-    stream = ShardStream(shards, cfg.batch_size, cfg.image_size,
+    stream = ShardStream(shards, cfg.batch_size, cfg.image_size, cfg.augment,
                          Needs(spec.needs_neighbors, spec.needs_embeddings, spec.needs_labels), k, cfg.seed, dist.rank)
     loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
