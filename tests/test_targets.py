@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from xclr_train.losses.xclr import xclr_weights
 from xclr_train.targets import calibrate, dense_similarity_rows, sparse_similarity, sparse_similarity_rows
 
 
@@ -140,6 +141,11 @@ def test_sparse_similarity_hand_built_case():
     s = sparse_similarity(caption_ids, nbr_ids, nbr_sims, f)
     assert torch.equal(s, expected)
     torch.testing.assert_close(s.double(), sparse_ref(caption_ids, nbr_ids, nbr_sims, f), rtol=0, atol=0)
+    # --floor none: no target weight outside the graph, the graph's pairs weighted as before
+    weights = xclr_weights(sparse_similarity(caption_ids, nbr_ids, nbr_sims, float("-inf")), 0.3)
+    graph = expected != f
+    assert torch.equal(weights == 0, ~graph)
+    torch.testing.assert_close(weights[graph], torch.exp((expected[graph] - 1) / 0.3))
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -163,6 +163,7 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss supcon, "),
         (["--data", tux_shards, "--loss", "moco", "--queue-size", "0"], "--queue-size must be positive for --loss"),
         (["--data", tux_shards, "--targets", "dense", "--queue-size", "8"], "--queue-size with --loss xclr needs"),
+        (["--data", tux_shards, "--floor", "none", "--calibrate", "background"], "--floor none is for --loss xclr "),
     ]
     for args, message in cases:
         proc = run_train(*args, "--out", tmp_path / "run", *SMALL, check=False, timeout=120)

@@ -29,6 +29,9 @@ D = TrainConfig
               help="X-CLR targets: sparse from KEY.nbr.npy, dense from KEY.emb.npy (needs --with-embeddings shards).")
 @click.option("--calibrate", type=click.Choice(["none", "background"]), default=D.calibrate,
               help="Map similarities to max(0, (S - b) / (1 - b)) with the graph's background similarity b.")
+@click.option("--floor", type=click.Choice(["background", "none"]), default=D.floor,
+              help="Sparse S for pairs outside the graph: the background similarity (clipped at the k-th neighbour "
+                   "mean), or none, which gives them no target weight.")
 @click.option("--positives", type=click.Choice(list(POSITIVES)), default=D.positives,
               help="supcon, triplet, npair, contrastive: positives share the caption id, the label (KEY.json "
                    "\"label\") or are graph neighbours (same caption or top-k either way; needs KEY.nbr.npy).")

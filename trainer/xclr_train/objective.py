@@ -43,7 +43,7 @@ class LossSpec:
     tau: float = 0.1
     tau_s: float = 0.1
     targets: str = "sparse"  # xclr: "sparse" (nbr.npy) or "dense" (emb.npy)
-    floor: float = 0.0  # sparse S outside the graph
+    floor: float = 0.0  # sparse S outside the graph (-inf: no target weight there)
     background: float = 0.0  # background similarity of the caption model (calibration, dense graph hits)
     calibrate: str = "none"  # "none" or "background"
     positives: str = "caption"  # POSITIVE_LOSSES: equal "caption" ids, equal "label"s, or "graph" neighbours

@@ -4,7 +4,8 @@ Sparse (what the shards carry, one ``nbr.npy`` row per sample):
 
     S[a, b] = 1                                    if caption(a) == caption(b)
             = max(sim(a -> b), sim(b -> a))        if either caption is among the other's top-k
-            = floor                                otherwise
+            = floor                                otherwise (xclr-train --floor: the graph's background
+                                                           similarity, or -inf: no target weight)
 
 Dense: S = E E^T from the batch's caption embeddings.
 Background calibration maps both to  max(0, (S - b) / (1 - b))  for a background similarity b, so unrelated

@@ -51,6 +51,7 @@ class TrainConfig:
     loss: str = "xclr"
     targets: str = "sparse"
     calibrate: str = "none"
+    floor: str = "background"
     positives: str = "caption"
     margin: float | None = None
     mining: str | None = None
@@ -191,10 +192,13 @@ def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | No
     graph = (shards.manifest or {}).get("graph", {})
     background = graph.get("background_similarity", {}).get("mean")
     # The floor stands for "not among the top k": the background similarity, clipped at the mean k-th neighbour
-    # similarity if it is not already well below it (shared/DESIGN.md section 4).
+    # similarity if it is not already well below it (shared/DESIGN.md section 4); --floor none: no target weight.
     floor = min(background, graph.get("kth_similarity_mean", background)) if background is not None else 0.0
+    if cfg.floor == "none":
+        floor = float("-inf")
     name = cfg.loss
     for option, choices in (("targets", ("sparse", "dense")), ("calibrate", ("none", "background")),
+                            ("floor", ("background", "none")),
                             ("positives", POSITIVES), ("mining", (None, *MINING))):
         if getattr(cfg, option) not in choices:
             raise ValueError(f"--{option} must be one of {', '.join(c for c in choices if c)}, got "
@@ -203,6 +207,9 @@ def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | No
                            ("momentum", MOMENTUM)):
         if getattr(cfg, option) is not None and name not in takers:
             raise ValueError(f"--{option.replace('_', '-')} is for --loss {_either(takers)}, not {name}")
+    if cfg.floor == "none" and (name != "xclr" or cfg.targets != "sparse" or cfg.calibrate != "none"):
+        raise ValueError("--floor none is for --loss xclr with sparse targets and no --calibrate (calibration "
+                         "would lift the pairs outside the graph back to 0)")
     if cfg.positives != "caption" and name not in POSITIVE_LOSSES:
         raise ValueError(f"--positives is for --loss {_either(POSITIVE_LOSSES)}, not {name}")
     spec = LossSpec(name, cfg.tau, cfg.tau_s, cfg.targets, floor, background or 0.0, cfg.calibrate, cfg.positives,
