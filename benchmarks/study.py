@@ -20,12 +20,13 @@ Every method trains the same backbone with the same augmentations (the regime's)
   xclr-groups-queue, xclr-random-queue  X-CLR with a queue of past projections (--queue-size)
   random-init  the untrained backbone (lr 0), the floor every method must clear
 plus an ablation sweep of X-CLR's knobs (`--sweep`). Each step is skipped when its output is complete, so the
-script can be stopped and rerun. Each regime's runs are evaluated by one `xclr-eval` (ROOT/CORPUS/REGIME/eval/);
-the summary (of every regime evaluated under ROOT so far) is ROOT/results.json, ROOT/results.md and
-ROOT/plots/compare-CORPUS-REGIME.png.
+script can be stopped and rerun. Each run is evaluated once by `xclr-eval` (ROOT/CORPUS/REGIME/eval/RUN/); the
+summary (of every regime evaluated under ROOT so far) is ROOT/results.json, ROOT/results.md and
+ROOT/results-plots/compare-CORPUS-REGIME.png. `--add-to benchmarks/results/study.json` also merges them, seed by
+seed, into the committed summary (study.md and study-plots/ beside it).
 
     .venv/bin/python benchmarks/study.py --root runs/study [--corpora emoji] [--regimes heldout-openmoji]
-        [--seeds 0 1 2] [--sweep] [--methods ...]
+        [--seeds 0 1 2] [--sweep] [--methods ...] [--add-to benchmarks/results/study.json]
 """
 
 from __future__ import annotations
@@ -189,24 +190,48 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
     return merged
 
 
-def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) -> None:
-    """ROOT/results.json (per corpus, regime, method: the metrics of every seed), results.md and plots."""
-    from xclr_eval import plots
-    from xclr_eval.report import column_name
-
+def tabulate(root: Path, results: dict[str, dict[str, dict]]) -> dict:
+    """Per corpus, regime and method: every metric (and the X-CLR graph hits) as a list over the method's seeds,
+    with the seeds themselves under "seed"."""
     table: dict = {}
     for corpus, regimes in results.items():
         for regime, evaluation in regimes.items():
-            per_method: dict[str, dict[str, list[float]]] = {}
+            per_method: dict[str, dict[str, list[float]]] = table.setdefault(corpus, {}).setdefault(regime, {})
             for run_name, run in evaluation["runs"].items():
-                method = run_name.rsplit("-s", 1)[0]
-                for key, value in {**run["metrics"], **_training_stats(root / corpus / regime / "runs" / run_name)
-                                   }.items():
+                method, seed = run_name.rsplit("-s", 1)
+                values = {**run["metrics"], **_training_stats(root / corpus / regime / "runs" / run_name),
+                          "seed": int(seed)}
+                for key, value in values.items():
                     per_method.setdefault(method, {}).setdefault(key, []).append(value)
-            table.setdefault(corpus, {})[regime] = per_method
+    return table
+
+
+def merge(into: dict, new: dict) -> dict:
+    """`into` with the runs of `new` added; a seed present in both takes `new`'s values (so a merge repeated is
+    the same merge)."""
+    merged = json.loads(json.dumps(into))
+    for corpus, regimes in new.items():
+        for regime, per_method in regimes.items():
+            for method, values in per_method.items():
+                old = merged.setdefault(corpus, {}).setdefault(regime, {}).get(method, {"seed": []})
+                keep = [i for i, seed in enumerate(old["seed"]) if seed not in values["seed"]]
+                merged[corpus][regime][method] = {
+                    key: [old[key][i] for i in keep if key in old] + values[key] for key in values}
+    return merged
+
+
+def write_report(table: dict, methods: list[str], out: Path) -> None:
+    """OUT (the table as JSON), OUT with .md (one Markdown table per corpus and regime, mean ± std over seeds) and
+    OUT-plots/compare-CORPUS-REGIME.png."""
+    from xclr_eval import plots
+    from xclr_eval.report import column_name
+
+    for corpus, regimes in table.items():
+        for regime, per_method in regimes.items():
             shown = {m: per_method[m] for m in methods if m in per_method}
-            plots.compare_runs(shown, f"{corpus}, {regime} data", root / "plots" / f"compare-{corpus}-{regime}.png")
-    (root / "results.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+            plots.compare_runs(shown, f"{corpus}, {regime} data",
+                               out.parent / f"{out.stem}-plots" / f"compare-{corpus}-{regime}.png")
+    out.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     lines = []
     for corpus, regimes in table.items():
         for regime, per_method in regimes.items():
@@ -227,7 +252,7 @@ def report(root: Path, results: dict[str, dict[str, dict]], methods: list[str]) 
                       f"{_cell(regimes[r][m]['graph_hits_queue']) if 'graph_hits_queue' in regimes[r][m] else '-'} |"
                       for r, m in hits]
             lines.append("")
-    (root / "results.md").write_text("\n".join(lines))
+    out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
@@ -253,6 +278,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--sweep", action="store_true", help="Also run the X-CLR ablations (SWEEP).")
     parser.add_argument("--methods", nargs="+", default=None, help="Only these methods (of METHODS and SWEEP).")
+    parser.add_argument("--add-to", type=Path, default=None,
+                        help="Also merge this root's runs into a kept summary (benchmarks/results/study.json: its .md "
+                             "and -plots/ are rewritten), so that a study spread over machines adds up.")
     opts = parser.parse_args()
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
     if opts.methods:
@@ -269,7 +297,10 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for done in sorted(opts.root.glob("*/*/eval/results.json")):
         results.setdefault(done.parts[-4], {})[done.parts[-3]] = json.loads(done.read_text())
-    report(opts.root, results, [*METHODS, *SWEEP])
+    table = tabulate(opts.root, results)
+    write_report(table, [*METHODS, *SWEEP], opts.root / "results.json")
+    if opts.add_to:
+        write_report(merge(json.loads(opts.add_to.read_text()), table), [*METHODS, *SWEEP], opts.add_to)
 
 
 if __name__ == "__main__":
