@@ -2,8 +2,9 @@
 deterministic view that evaluation uses.
 
   simclr  SimCLR's augmentations (Chen et al. 2020, appendix A): crop, flip, colour jitter, grayscale, blur
-  crop    RandomResizedCrop(0.2-1) + flip, no photometric change: the lighter recipe of CLIP-style training, for
-          corpora whose colours carry meaning (emoji vendors share their palette more than their line work)
+  crop    RandomResizedCrop(0.2-1) + flip, no photometric change: the lighter recipe of CLIP-style training. With
+          colours left intact, two views share their colour histogram and instance discrimination can stop there
+          (on the emoji study it costs SimCLR and X-CLR 6-7 points of kNN: docs/emoji-study.md)
 """
 
 from __future__ import annotations
