@@ -13,27 +13,13 @@ alone. Queries whose caption the training vendors lack are skipped and counted.
 
 from __future__ import annotations
 
-import json
 import sys
-import tarfile
-from pathlib import Path
 
 import numpy as np
 
+from xclr_eval.evalsets import load_eval_set
 from xclr_eval.metrics import knn_accuracy
 from xclr_schemas.embed_dir import load_embed_dir
-
-
-def held_out(tars: Path) -> list[tuple[str, int]]:
-    """(caption text, label) of every sample in the held-out vendor's tars."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for path in sorted(tars.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                key, _, suffix = member.name.partition(".")
-                if suffix in ("txt", "json"):
-                    samples.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-    return [(s["txt"].decode().strip(), int(json.loads(s["json"])["label"])) for s in samples.values()]
 
 
 def main(embed_dir: str, heldout_tars: str) -> None:
@@ -42,10 +28,11 @@ def main(embed_dir: str, heldout_tars: str) -> None:
     db_caption = embed.samples.column("caption_id").to_numpy()
     db_label = embed.samples.column("label").to_numpy()
     caption_id = {text: i for i, text in enumerate(embed.captions)}
-    queries = held_out(Path(heldout_tars))
-    found = [(caption_id[text], label) for text, label in queries if text in caption_id]
+    queries = load_eval_set(heldout_tars)
+    found = [(caption_id[text], label) for text, label in zip(queries.captions, queries.labels) if text in caption_id]
     q_caption, q_label = (np.array(column) for column in zip(*found))
-    print(f"{len(found)} queries ({len(queries) - len(found)} skipped: caption_not_in_database), "
+    print(f"{len(found)} queries ({len(queries.labels) - len(found)} skipped: caption_not_in_database; "
+          f"samples the reader skipped: {dict(queries.skipped)}), "
           f"{len(db_caption)} database images, {len(embed.captions)} captions")
     ceiling = knn_accuracy(vectors[db_caption], db_label, vectors[q_caption], q_label)
     print(f"caption-embedding kNN by subcategory: {ceiling:.3f}")

@@ -32,6 +32,7 @@ seed, into the committed summary (study.md and study-plots/ beside it).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -209,7 +210,7 @@ def tabulate(root: Path, results: dict[str, dict[str, dict]]) -> dict:
 def merge(into: dict, new: dict) -> dict:
     """`into` with the runs of `new` added; a seed present in both takes `new`'s values (so a merge repeated is
     the same merge)."""
-    merged = json.loads(json.dumps(into))
+    merged = copy.deepcopy(into)
     for corpus, regimes in new.items():
         for regime, per_method in regimes.items():
             for method, values in per_method.items():

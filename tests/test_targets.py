@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from xclr_train.losses.xclr import xclr_weights
+from xclr_train.losses.xclr import xclr_loss, xclr_weights
 from xclr_train.targets import calibrate, dense_similarity_rows, sparse_similarity, sparse_similarity_rows
 
 
@@ -146,6 +146,10 @@ def test_sparse_similarity_hand_built_case():
     graph = expected != f
     assert torch.equal(weights == 0, ~graph)
     torch.testing.assert_close(weights[graph], torch.exp((expected[graph] - 1) / 0.3))
+    z = torch.randn(2, len(caption_ids), 8, requires_grad=True)
+    loss = xclr_loss(z[0], z[1], sparse_similarity(caption_ids, nbr_ids, nbr_sims, float("-inf")), tau_s=0.3)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
 
 @pytest.mark.parametrize("seed", range(6))
