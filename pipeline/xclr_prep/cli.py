@@ -85,7 +85,9 @@ def embed(corpus: tuple[str, ...], out: str, input_format: str | None, key_col: 
 @click.option("--out", required=True, help=f"Shards directory. {PATH_HELP}")
 @click.option("--k", type=int, default=None, help="Neighbours per caption [default: 32, capped at U - 1].")
 @click.option("--index", "method", type=click.Choice(["auto", "exact", "ivf", "hnsw"]), default="auto",
-              show_default=True, help="Search method (auto: exact while cheap, else IVF).")
+              show_default=True,
+              help="Search method (auto: exact on GPUs and on CPUs while cheap; above that, HNSW if its index fits "
+                   "in half the smallest Ray node's memory, else IVF, else exact).")
 @click.option("--recall-target", default=0.95, show_default=True,
               help="Approximate methods are tuned to this recall@k; below it (measured) the command fails.")
 @click.option("--allow-low-recall", is_flag=True, help="Keep a graph whose measured recall is below the target.")

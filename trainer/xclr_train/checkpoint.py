@@ -2,8 +2,10 @@
 `--save-every` epochs. A checkpoint is a dict of tensors and plain values, saved and loaded with torch's
 ``weights_only`` loader (no arbitrary unpickling):
 
-    {"model": state_dict (unwrapped), "model_config": models.model_config(...), "optimizer": ..., "scaler": ...,
-     "epoch": epochs finished, "step": steps finished, "config": the run's options}
+    {"model": state_dict (unwrapped), "model_config": models.model_config(...),
+     "method": the objective's own state (predictor, momentum network, queue; empty for the others),
+     "optimizer": ..., "scaler": ..., "epoch": epochs finished, "step": steps finished,
+     "skipped": skip counts by reason so far, "config": the run's options}
 """
 
 from __future__ import annotations
