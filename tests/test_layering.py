@@ -1,4 +1,5 @@
-"""The dependency rule of shared/DESIGN.md section 2: xclr_prep -> xclr_schemas <- xclr_train <- xclr_eval."""
+"""The dependency rule of docs/design.md (Packages and the one-way rule):
+xclr_prep -> xclr_schemas <- xclr_train <- xclr_eval."""
 
 import subprocess
 import sys

@@ -1,8 +1,8 @@
 """Tests the contrastive losses (X-CLR, NT-Xent, SupCon, CLIP) against loop references written from their definitions.
 
-Every reference below is an explicit Python loop over anchors i and columns j in float64 (shared/DESIGN.md section 4
-and the losses' docstrings), independent of the library's vectorised algebra. The library computes in float32, so
-values and autograd gradients are compared with small relative tolerances.
+Every reference below is an explicit Python loop over anchors i and columns j in float64 (docs/design.md,
+Targets and loss, and the losses' docstrings), independent of the library's vectorised algebra. The library
+computes in float32, so values and autograd gradients are compared with small relative tolerances.
 """
 
 import math
@@ -73,7 +73,8 @@ def _log_p(dots, i, tau):
 
 
 def xclr_ref(z1, z2, s, tau, tau_s):
-    """DESIGN section 4: mean over the 2M anchors of -sum_{j != i} t_ij log p_ij, G[i, j] = S[a(i), a(j)]."""
+    """docs/design.md, Targets and loss: mean over the 2M anchors of -sum_{j != i} t_ij log p_ij,
+    G[i, j] = S[a(i), a(j)]."""
     m = z1.shape[0]
     u = _views(z1, z2)
     dots = _gram(u)
@@ -188,8 +189,8 @@ def _assert_same_value_and_grads(lib_loss, lib_leaves, ref_loss, ref_leaves, rto
 @pytest.mark.parametrize("tau_s", [0.02, 0.1, 1.0])
 @pytest.mark.parametrize("tau", [0.05, 0.1, 0.5])
 def test_xclr_loss_matches_loop_reference(tau, tau_s, kind):
-    """xclr_loss and its gradients w.r.t. z1, z2 equal the loop reference of DESIGN section 4, for random symmetric
-    S and for S with repeated captions (S = 1 between duplicates)."""
+    """xclr_loss and its gradients w.r.t. z1, z2 equal the loop reference of docs/design.md (Targets and loss),
+    for random symmetric S and for S with repeated captions (S = 1 between duplicates)."""
     m, d = 8, 5
     z1, z2 = _projections(int(tau * 100 + tau_s * 1000), m, d)
     s = _similarity(kind, 7, m)

@@ -1,7 +1,7 @@
 """Tests the caption-similarity targets (sparse S from neighbour lists, dense S, calibration) against loop references.
 
 The references are explicit loops over pairs (a, b) written from the docstrings of xclr_train/targets.py and
-shared/DESIGN.md section 4: S[a, b] = 1 for the same caption id, else the larger stored similarity of the pair if
+docs/design.md, Targets and loss: S[a, b] = 1 for the same caption id, else the larger stored similarity of the pair if
 either caption lists the other among its top-k, else the floor; ids < 0 (sim NaN) are invalid and match nothing.
 """
 

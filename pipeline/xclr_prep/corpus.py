@@ -1,6 +1,6 @@
 """Caption corpora: finding the input files and reading them as raw rows.
 
-Formats (shared/DESIGN.md section 3), told from the file name unless ``--format`` says otherwise:
+Formats (docs/design.md, Data contracts), told from the file name unless ``--format`` says otherwise:
 
 - ``tar`` (``.tar``, ``.tar.gz``, ``.tgz``): img2dataset-style WebDataset tars. Members are grouped by key =
   member name up to its *last* dot; ``KEY.txt`` is the caption, ``KEY.jpg|jpeg|png|webp`` the image,

@@ -1,4 +1,5 @@
-"""Neighbour groups: the shard layout that lets sparse X-CLR targets meet their graph (DESIGN.md section 4).
+"""Neighbour groups: the shard layout that lets sparse X-CLR targets meet their graph (docs/design.md, Targets and
+loss).
 
 In a random batch of B samples from U captions an anchor meets about B * k / U of its top-k neighbours, so sparse
 targets would be SimCLR. Instead samples are packed in groups of up to g whose captions are graph neighbours; the

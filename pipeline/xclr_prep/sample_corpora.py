@@ -1,4 +1,5 @@
-"""Real corpora that work offline, built from Debian and npm packages (shared/DESIGN.md section 8).
+"""Real corpora that work offline, built from Debian and npm packages (docs/design.md, Data and models that work
+offline).
 
 - WordNet (`wordnet-base`): every synset's definition and each quoted usage example, about 166k caption-like
   texts. Keys are ``wn{pos}{offset}`` for a definition and ``wn{pos}{offset}e{i}`` for its i-th example.

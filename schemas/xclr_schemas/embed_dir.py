@@ -1,4 +1,4 @@
-"""The embed directory: what `xclr-prep embed` writes and every later stage reads (shared/DESIGN.md section 3).
+"""The embed directory: what `xclr-prep embed` writes and every later stage reads (docs/design.md, Data contracts).
 
 Layout of an embed directory ``D`` (``NNNNN`` = part number, 5 digits, parts numbered 0..P-1)::
 

@@ -1,4 +1,5 @@
-"""The caption graph: each caption's top-k most similar other captions (shared/DESIGN.md sections 3 and 4).
+"""The caption graph: each caption's top-k most similar other captions (docs/design.md, Data contracts; Targets
+and loss).
 
 Written by `xclr-prep graph` under ``SHARDS_DIR/graph/`` and kept there, so shards can be re-packed without
 searching again. Layout of a graph directory ``G``::

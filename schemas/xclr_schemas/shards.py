@@ -1,4 +1,4 @@
-"""Training shards: what `xclr-prep graph` writes and `xclr-train` streams (shared/DESIGN.md section 3).
+"""Training shards: what `xclr-prep graph` writes and `xclr-train` streams (docs/design.md, Data contracts).
 
 Layout of a shards directory ``S``::
 

@@ -1,4 +1,5 @@
-"""Streaming training batches from xclr shards (shared/DESIGN.md sections 3-5), as small webdataset stages:
+"""Streaming training batches from xclr shards (docs/design.md, Data contracts; Resume and fault rules), as small
+webdataset stages:
 
     resampled shard draws -> tar samples -> group shuffle -> decode + two augmented views -> batches
 

@@ -1,4 +1,4 @@
-"""Caption-similarity matrices S for a batch (shared/DESIGN.md section 4).
+"""Caption-similarity matrices S for a batch (docs/design.md, Targets and loss).
 
 Sparse (what the shards carry, one ``nbr.npy`` row per sample):
 

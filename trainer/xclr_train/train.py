@@ -192,7 +192,7 @@ def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | No
     graph = (shards.manifest or {}).get("graph", {})
     background = graph.get("background_similarity", {}).get("mean")
     # The floor stands for "not among the top k": the background similarity, clipped at the mean k-th neighbour
-    # similarity if it is not already well below it (shared/DESIGN.md section 4); --floor none: no target weight.
+    # similarity if it is not already well below it (docs/design.md, Targets and loss); --floor none: no target weight.
     floor = min(background, graph.get("kth_similarity_mean", background)) if background is not None else 0.0
     if cfg.floor == "none":
         floor = float("-inf")

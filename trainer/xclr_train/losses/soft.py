@@ -1,4 +1,4 @@
-"""The soft-target contrastive cross-entropy that X-CLR and SupCon share (shared/DESIGN.md section 4).
+"""The soft-target contrastive cross-entropy that X-CLR and SupCon share (docs/design.md, Targets and loss).
 
 A global batch holds M samples with two views each. Columns are the 2M L2-normalised view projections, views-major:
 column j < M is view 1 of sample j, column M + j is view 2 of sample j. A rank holds n anchors (its own views) and

@@ -1,4 +1,4 @@
-"""X-CLR: contrastive loss against soft targets from a caption-similarity matrix S (shared/DESIGN.md section 4).
+"""X-CLR: contrastive loss against soft targets from a caption-similarity matrix S (docs/design.md, Targets and loss).
 
     G[i, j] = S[a(i), a(j)]   (2M x 2M over the views; a(i) = sample of view i)
     t_i     = softmax_{j != i}(G[i, j] / tau_s),   p_i = softmax_{j != i}(z_i . z_j / tau)
