@@ -28,14 +28,15 @@ import psutil
 import pyarrow.parquet as pq
 
 from xclr_prep.sample_corpora import wordnet_captions
+from xclr_schemas.names import MANIFEST
 
 PLAIN = r"""
 import json, sys, time
 import numpy as np, pyarrow.parquet as pq
 t0 = time.perf_counter()
 from sentence_transformers import SentenceTransformer
-from xclr_prep.embed_stage import default_model
-model = SentenceTransformer(default_model(), device="cpu", trust_remote_code=False)
+from xclr_schemas import default_caption_model
+model = SentenceTransformer(default_caption_model(), device="cpu", trust_remote_code=False)
 texts = pq.read_table(sys.argv[1]).column("caption").to_pylist()
 t1 = time.perf_counter()
 emb = model.encode(texts, batch_size=int(sys.argv[2]), normalize_embeddings=True)
@@ -85,7 +86,7 @@ def bench(n: int, batch_size: int, work: Path) -> dict:
     embed_dir = work / f"embed-{n}"
     _, xclr_wall, xclr_rss = run_measured([sys.executable, "-m", "xclr_prep", "embed", str(corpus), "--out",
                                            str(embed_dir), "--batch-size", str(batch_size), "--no-progress"])
-    manifest = json.loads((embed_dir / "manifest.json").read_text())
+    manifest = json.loads((embed_dir / MANIFEST).read_text())
     return {
         "captions": n,
         "unique_captions": manifest["counts"]["unique_captions"],

@@ -32,6 +32,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from xclr_schemas.names import MANIFEST
+
 K = 32
 BLOCK = 16_384
 
@@ -118,7 +120,7 @@ def _shards(n: int, work: Path) -> dict:
                    capture_output=True)
     subprocess.run(xclr + ["graph", str(work / "embed"), "--out", str(work / "shards"), "--shard-samples", "2000",
                            "--no-progress"], check=True, capture_output=True)
-    m = json.loads((work / "shards" / "manifest.json").read_text())
+    m = json.loads((work / "shards" / MANIFEST).read_text())
     shard_bytes = sum(s["bytes"] for s in m["shards"])
     sources = sorted(str(p) for p in corpus.glob("*.tar"))
     t = time.perf_counter()

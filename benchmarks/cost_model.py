@@ -87,6 +87,7 @@ import psutil
 
 from xclr_prep.graph_stage import EXACT_MAX_CPU
 from xclr_prep.knn import index_bytes
+from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -267,7 +268,7 @@ def measure_embed(root: Path, n: int) -> dict:
     def measure() -> dict:
         tars = write_corpus(root, n)
         run = run_measured([str(BIN / "xclr-prep"), "embed", *map(str, tars), "--out", str(out), "--no-progress"])
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = json.loads((out / MANIFEST).read_text())
         return {**run, "n": n, "unique_captions": manifest["counts"]["unique_captions"], "timing": manifest["run"],
                 "disk_bytes": dir_bytes(out)}
 
@@ -281,9 +282,9 @@ def measure_graph(root: Path, n: int, index: str = "auto") -> dict:
     def measure() -> dict:
         embed_dir = root / f"embed-{n}"
         run = run_measured([str(BIN / "xclr-prep"), "graph", str(embed_dir), "--out", str(out), "--index", index,
-                            "--shard-samples", "1000", "--no-progress"], marker=out / "graph" / "manifest.json")
-        shards = json.loads((out / "manifest.json").read_text())
-        graph = json.loads((out / "graph" / "manifest.json").read_text())
+                            "--shard-samples", "1000", "--no-progress"], marker=out / GRAPH / MANIFEST)
+        shards = json.loads((out / MANIFEST).read_text())
+        graph = json.loads((out / GRAPH / MANIFEST).read_text())
         timing = shards["run"]
         return {**run, "n": n, "captions": graph["captions"], "method": graph["method"], "index": graph.get("index"),
                 "search_seconds": graph["run"]["seconds"],
@@ -291,7 +292,7 @@ def measure_graph(root: Path, n: int, index: str = "auto") -> dict:
                 "layout_seconds": timing["layout_seconds"],
                 "locate_write_seconds": timing["locate_seconds"] + timing["write_seconds"],
                 "writers": timing["workers"], "recall": graph["recall"]["measured"],
-                "graph_disk_bytes": dir_bytes(out / "graph"), "shards_disk_bytes": dir_bytes(out, out / "graph"),
+                "graph_disk_bytes": dir_bytes(out / GRAPH), "shards_disk_bytes": dir_bytes(out, out / GRAPH),
                 "samples": shards["counts"]["written"]}
 
     return cached(root, name, [out], measure)
@@ -302,9 +303,9 @@ def measure_train(root: Path, name: str, shards: Path, args: list[str]) -> dict:
 
     def measure() -> dict:
         run = run_measured([str(BIN / "xclr-train"), "--data", str(shards), "--out", str(out), *args])
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        lines = [json.loads(x) for x in (out / METRICS).read_text().splitlines() if x.strip()]
         return {**run, "args": args, "disk_bytes": dir_bytes(out),
-                "checkpoint_bytes": (out / "checkpoints" / "latest.pt").stat().st_size,
+                "checkpoint_bytes": (out / CHECKPOINTS / LATEST).stat().st_size,
                 "median_step_seconds": float(np.median([x["step_time"] for x in lines])),
                 "median_data_seconds": float(np.median([x["data_time"] for x in lines]))}
 

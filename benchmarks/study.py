@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
+
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -147,7 +149,7 @@ def prepare(root: Path, corpus: str, regime: str) -> Path:
     if not (tars / "done").exists():
         sh(str(BIN / "python"), "-m", "xclr_prep.sample_corpora", spec.write[0], str(tars), *spec.write[1:])
         (tars / "done").touch()
-    if all((base / f"shards-{layout}" / "manifest.json").exists() for layout in LAYOUTS):
+    if all((base / f"shards-{layout}" / MANIFEST).exists() for layout in LAYOUTS):
         return base
     embed_args = [a.format(tars=tars) for a in spec.embed]
     sh(str(BIN / "xclr-prep"), "embed", *[str(tars / part) for part in spec.train], "--out", str(base / "embed"),
@@ -156,7 +158,7 @@ def prepare(root: Path, corpus: str, regime: str) -> Path:
     for layout, args in LAYOUTS.items():
         sh(str(BIN / "xclr-prep"), "graph", str(base / "embed"), "--out", str(base / f"shards-{layout}"), *args,
            "--with-embeddings", "--shard-samples", "1000", "--no-progress", *graph)
-        graph = ["--graph", str(base / f"shards-{layout}" / "graph")]
+        graph = ["--graph", str(base / f"shards-{layout}" / GRAPH)]
     return base
 
 
@@ -165,7 +167,7 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     if (run / "done.json").exists():
         return run
     spec = CORPORA[corpus][base.name]
-    resume = ["--resume", "latest"] if (run / "checkpoints" / "latest.pt").exists() else []
+    resume = ["--resume", "latest"] if (run / CHECKPOINTS / LATEST).exists() else []
     start = time.perf_counter()
     sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *args, *TRAIN,
        "--augment", spec.augment, "--steps", str(spec.steps), "--samples-per-epoch", str(spec.steps * 128),
@@ -183,7 +185,7 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
     for run in sorted(done.parent for done in (base / "runs").glob("*/done.json")):
         out = base / "eval" / run.name
         if not (out / "results.json").exists():
-            sh(str(BIN / "xclr-eval"), str(run / "checkpoints" / "latest.pt"),
+            sh(str(BIN / "xclr-eval"), str(run / CHECKPOINTS / LATEST),
                *[a.format(root=root, tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
         results = json.loads((out / "results.json").read_text())
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
@@ -259,7 +261,7 @@ def write_report(table: dict, methods: list[str], out: Path) -> None:
 
 def _training_stats(run: Path) -> dict[str, float]:
     """Means over the logged steps of a run's graph hits (X-CLR runs log them)."""
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
     return {key: sum(x[key] for x in lines) / len(lines) for key in ("graph_hits", "graph_hits_queue")
             if key in lines[0]}
 

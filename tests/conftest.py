@@ -23,9 +23,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may download; subprocesses inherit
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    from xclr_prep.embed_stage import default_model
+    from xclr_schemas import default_caption_model
 
-    return default_model()
+    return default_caption_model()
 
 
 @pytest.fixture(scope="session")

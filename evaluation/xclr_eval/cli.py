@@ -24,10 +24,11 @@ from xclr_eval.evalsets import EvalSet, EvalSetError, align, load_eval_set
 from xclr_eval.features import decode, extract_features, load_encoder
 from xclr_eval.metrics import evaluate, normalise
 from xclr_eval.report import markdown_table
-from xclr_eval.text import caption_embeddings, class_caption_embeddings, default_model
+from xclr_eval.text import caption_embeddings, class_caption_embeddings
 from xclr_schemas import storage
 from xclr_schemas.atomic import write_atomic, write_json_atomic
-from xclr_train.checkpoint import LATEST, CheckpointError
+from xclr_schemas.names import CAPTION_MODEL, CHECKPOINTS, LATEST, METRICS, default_caption_model
+from xclr_train.checkpoint import CheckpointError
 
 NEAREST_QUERIES = 6  # rows of plots/nearest.png
 NEAREST_SHOWN = 5  # database images per query and run
@@ -36,7 +37,7 @@ NEAREST_SHOWN = 5  # database images per query and run
 def run_dir(checkpoint: str) -> str | None:
     """RUN for a checkpoint at RUN/checkpoints/NAME.pt (a path or URL), else None."""
     folder = storage.parent(checkpoint)
-    return storage.parent(folder) if storage.basename(folder) == "checkpoints" else None
+    return storage.parent(folder) if storage.basename(folder) == CHECKPOINTS else None
 
 
 def run_name(checkpoint: str) -> str:
@@ -77,7 +78,7 @@ def save_npz(path: str, **arrays: np.ndarray) -> None:
 @click.option("--template", default="a photo of a {}", show_default=True,
               help="Class caption for the semantic-alignment target.")
 @click.option("--text-model", default=None, help="sentence-transformers model of the class captions [default: "
-              "packaged all-MiniLM-L6-v2, as xclr-prep].")
+              f"packaged {CAPTION_MODEL}, as xclr-prep].")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Which IDX split (Fashion-MNIST).")
 @click.option("--limit", type=click.IntRange(min=2), default=None, help="Only the first N labelled images.")
@@ -111,7 +112,7 @@ def main(checkpoints: tuple[str, ...], data: str, queries: str | None, label_fie
         models = [load_encoder(storage.fetch(c)) for c in checkpoints]
     except (EvalSetError, CheckpointError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    model_name = text_model or default_model()
+    model_name = text_model or default_caption_model()
     text = class_caption_embeddings(evalset.classnames, template, model_name)
     for what, source, s in (("labelled images", data, evalset), ("queries", queries, query_set)):
         if s:
@@ -128,7 +129,7 @@ def main(checkpoints: tuple[str, ...], data: str, queries: str | None, label_fie
             **({"queries": queries, "query_images": len(query_set.images), "query_skipped": dict(query_set.skipped)}
                if query_set else {}),
             "label_fields": list(label_fields), "classnames": evalset.classnames, "template": template,
-            "text_model": text_model or "all-MiniLM-L6-v2", "seed": seed, "runs": runs})
+            "text_model": text_model or CAPTION_MODEL, "seed": seed, "runs": runs})
         write_atomic(local / "results.md", lambda tmp: tmp.write_text(markdown_table(runs)))
     click.echo(f"results: {storage.join(out, 'results.json')}, {storage.join(out, 'results.md')}; "
                f"plots: {storage.join(out, 'plots')}")
@@ -188,8 +189,8 @@ def _evaluate(names: list[str], checkpoints: tuple[str, ...], models: list, comb
                                   evalset.classnames, f"{name}: semantic rho {metrics['semantic_alignment']:.3f}",
                                   out / "plots" / f"similarity-{name}.png")
         run = run_dir(checkpoint)
-        if run is not None and storage.is_file(storage.join(run, "metrics.jsonl")):
-            plots.training_curves(storage.fetch(storage.join(run, "metrics.jsonl")), name,
+        if run is not None and storage.is_file(storage.join(run, METRICS)):
+            plots.training_curves(storage.fetch(storage.join(run, METRICS)), name,
                                   out / "plots" / f"training-{name}.png")
         if save_features is not None:
             save_npz(save_features, features=features, labels=labels, classnames=np.array(evalset.classnames))

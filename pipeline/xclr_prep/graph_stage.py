@@ -39,6 +39,7 @@ from xclr_prep.search_stage import SearchWorker, create_neighbors_file, search_g
 from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
 from xclr_schemas import (
     GRAPH_SCHEMA_VERSION,
+    MANIFEST,
     SHARDS_SCHEMA_VERSION,
     SIZES,
     EmbeddingRows,
@@ -50,6 +51,7 @@ from xclr_schemas import (
     read_samples,
 )
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
+from xclr_schemas.names import GRAPH, PLAN
 
 DEFAULT_K = 32
 EXACT_MAX_CPU = 250_000
@@ -128,7 +130,7 @@ def run_graph(opts: GraphOptions) -> dict:
         rows = EmbeddingRows(opts.embed_dir, embed_manifest)
     except EmbedDirError as e:
         raise PrepError(str(e)) from e
-    embed_sha = hashlib.sha256((opts.embed_dir / "manifest.json").read_bytes()).hexdigest()
+    embed_sha = hashlib.sha256((opts.embed_dir / MANIFEST).read_bytes()).hexdigest()
     invalid = invalid_captions(rows)
     k = _resolve_k(opts.k, rows.n - len(invalid))
     if opts.graph is not None and (opts.k is not None or opts.method != "auto"):
@@ -142,7 +144,7 @@ def run_graph(opts: GraphOptions) -> dict:
             graph_plan = {"schema_version": GRAPH_SCHEMA_VERSION, "embed_manifest_sha256": embed_sha, "k": k,
                           "method": method, "recall_target": opts.recall_target, "block_size": opts.block_size,
                           "device": device, "seed": opts.shards.seed}
-            graph_dir = opts.out / "graph"
+            graph_dir = opts.out / GRAPH
         else:
             graph_dir = opts.graph
             graph_plan = _reused_graph_plan(graph_dir, embed_sha)
@@ -151,10 +153,10 @@ def run_graph(opts: GraphOptions) -> dict:
         hint = (f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)")
         if claim_dir(opts.out, _digest(plan), {}, "shards", "shards", hint):
             print(f"{opts.out} is already complete")
-            return json.loads((opts.out / "manifest.json").read_text())
+            return json.loads((opts.out / MANIFEST).read_text())
         remove_temporaries(opts.out)
-        require_shared([str(opts.out / "plan.json"), str(opts.embed_dir / "manifest.json")]
-                       + ([str(graph_dir / "manifest.json")] if opts.graph else []))
+        require_shared([str(opts.out / PLAN), str(opts.embed_dir / MANIFEST)]
+                       + ([str(graph_dir / MANIFEST)] if opts.graph else []))
         if opts.graph is None:
             graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed_manifest, rows, invalid, device)
         else:
@@ -165,7 +167,7 @@ def run_graph(opts: GraphOptions) -> dict:
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     remove_temporaries(opts.out)  # of writers that died with their node while others finished their units
     write_json_atomic(opts.out / SIZES, {s["name"]: s["samples"] for s in manifest["shards"]})
-    write_json_atomic(opts.out / "manifest.json", manifest)
+    write_json_atomic(opts.out / MANIFEST, manifest)
     return manifest
 
 
@@ -213,7 +215,7 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: dict, embed_manifest
         "run": {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                 "seconds": round(time.perf_counter() - started, 2)},
     }
-    write_json_atomic(graph_dir / "manifest.json", manifest)
+    write_json_atomic(graph_dir / MANIFEST, manifest)
     return manifest
 
 

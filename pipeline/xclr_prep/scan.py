@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from xclr_prep.captions import digest, normalise
 from xclr_prep.corpus import CorpusSpec, InputFile, RawRow, read_rows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
+from xclr_schemas.names import SCAN
 
 SCAN_SCHEMA = pa.schema(
     [
@@ -48,7 +49,7 @@ _READ_ERRORS = (OSError, EOFError, tarfile.TarError, ValueError, pa.ArrowExcepti
 
 
 def scan_marker(out: Path, file_index: int) -> Path:
-    return out / "scan" / f"f{file_index:05d}.json"
+    return out / SCAN / f"f{file_index:05d}.json"
 
 
 def _label_index(value: object, classnames: tuple[str, ...] | None) -> int | None:
@@ -150,7 +151,7 @@ def scan_file(
                 },
                 schema=SCAN_SCHEMA,
             )
-            write_atomic(out / "scan" / name, lambda p: pq.write_table(table, p))
+            write_atomic(out / SCAN / name, lambda p: pq.write_table(table, p))
             parts.append({"name": name, "rows": table.num_rows})
         buffer = []
 
@@ -169,7 +170,7 @@ def scan_file(
     except _READ_ERRORS as e:
         file_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
         for part in parts:
-            (out / "scan" / part["name"]).unlink(missing_ok=True)
+            (out / SCAN / part["name"]).unlink(missing_ok=True)
         parts, rows_in, truncated, skipped = [], 0, 0, Counter()
     marker = {
         "file_index": file_index,

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from xclr_prep.raypool import run_units
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
-from xclr_schemas.graph_dir import NEIGHBORS, block_marker
+from xclr_schemas.graph_dir import block_marker
+from xclr_schemas.names import INDEX, INDEX_PARAMS, NEIGHBORS
 
 TUNING_QUERIES = 1_000
 RECALL_QUERIES = 2_000
@@ -55,13 +56,13 @@ class SearchWorker:
         sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[:TUNING_QUERIES])
         value, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target)
         knn.set_search_parameter(self.index, self.method, value)
-        write_atomic(self.graph / "index.faiss", lambda p: faiss.write_index(self.index, str(p)))
+        write_atomic(self.graph / INDEX, lambda p: faiss.write_index(self.index, str(p)))
         params = {"parameter": knn.search_parameter(self.method), "value": value, "tuning_recall": recall,
                   "tuning_queries": len(sample), "build_seconds": round(built - started, 2),
                   "tune_seconds": round(time.perf_counter() - built, 2)}
         if self.method == "ivf":
             params["nlist"] = faiss.extract_index_ivf(self.index).nlist
-        write_json_atomic(self.graph / "index.json", params)
+        write_json_atomic(self.graph / INDEX_PARAMS, params)
         return params
 
     def search(self, index: int, start: int, end: int) -> dict:
@@ -91,8 +92,8 @@ class SearchWorker:
 
             from xclr_prep import knn
 
-            self.index = faiss.read_index(str(self.graph / "index.faiss"))
-            params = json.loads((self.graph / "index.json").read_text())
+            self.index = faiss.read_index(str(self.graph / INDEX))
+            params = json.loads((self.graph / INDEX_PARAMS).read_text())
             knn.set_search_parameter(self.index, self.method, params["value"])
         return self.index
 
@@ -135,8 +136,8 @@ def search_graph(actors: list, graph: Path, n: int, block_size: int, method: str
     """Run the search over `actors` (SearchWorker); returns index parameters, exact fallbacks and measurements."""
     params = None
     if method != "exact":
-        params_path = graph / "index.json"
-        if params_path.exists() and (graph / "index.faiss").exists():
+        params_path = graph / INDEX_PARAMS
+        if params_path.exists() and (graph / INDEX).exists():
             params = json.loads(params_path.read_text())
         else:
             params = ray.get(actors[0].prepare_index.remote(seed, target))

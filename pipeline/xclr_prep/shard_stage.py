@@ -31,7 +31,7 @@ from xclr_prep.raypool import run_units
 from xclr_prep.shard_writer import done_marker, tar_bytes, write_shard
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows, shard_name
 from xclr_schemas.atomic import write_atomic, write_json_atomic
-from xclr_schemas.graph_dir import NEIGHBORS
+from xclr_schemas.names import LAYOUT, NEIGHBORS
 
 FILES_PER_UNIT = 50_000
 _META_BYTES = 64  # a KEY.json member, about
@@ -57,7 +57,7 @@ class ShardWorker:
         self.threads = threads
 
     def locate(self, unit: int, kind: str, source: str, refs: list, samples: np.ndarray) -> dict:
-        stage = self.out / "layout" / "stage" / f"u{unit:05d}.{'tar' if kind == 'tar' else 'blob'}"
+        stage = self.out / LAYOUT / "stage" / f"u{unit:05d}.{'tar' if kind == 'tar' else 'blob'}"
         table, missing = locate(kind, source, refs, samples, stage)
         write_atomic(_locate_path(self.out, unit), lambda p: pq.write_table(table, p))
         marker = {"unit": unit, "located": table.num_rows, "missing": missing}
@@ -72,7 +72,7 @@ class ShardWorker:
 
 
 def _locate_path(out: Path, unit: int) -> Path:
-    return out / "layout" / "locate" / f"u{unit:05d}.parquet"
+    return out / LAYOUT / "locate" / f"u{unit:05d}.parquet"
 
 
 def locate_units(samples: pa.Table, eligible: np.ndarray) -> tuple[list[tuple], int]:
@@ -147,7 +147,7 @@ def run_shards(actors: list, out: Path, samples: pa.Table, captions: pa.ChunkedA
 
     located_at = time.perf_counter()
     caption_of = samples.column("caption_id").to_numpy()
-    layout_path = out / "layout" / "layout.parquet"
+    layout_path = out / LAYOUT / "layout.parquet"
     if not layout_path.exists():
         located = pa.concat_tables([pq.read_table(_locate_path(out, u[0])) for u in units]) if units \
             else LOCATION_SCHEMA.empty_table()

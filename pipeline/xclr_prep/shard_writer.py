@@ -18,6 +18,7 @@ import pyarrow as pa
 from xclr_prep.images import check_image
 from xclr_schemas import npy_bytes, shard_name
 from xclr_schemas.atomic import write_atomic, write_json_atomic
+from xclr_schemas.names import DONE
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX, TEXT_SUFFIX
 from xclr_schemas.storage import read_range
 
@@ -33,7 +34,7 @@ def tar_bytes(sizes: np.ndarray) -> np.ndarray:
 
 
 def done_marker(out: Path, index: int) -> Path:
-    return out / "done" / f"{shard_name(index)[:-4]}.json"
+    return out / DONE / f"{shard_name(index)[:-4]}.json"
 
 
 def _member(name: str, data: bytes) -> bytes:

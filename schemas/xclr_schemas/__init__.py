@@ -6,7 +6,6 @@ Light by design (numpy, pyarrow and fsspec only): both `xclr_prep` and `xclr_tra
 from xclr_schemas.embed_dir import (
     CAPTIONS_SCHEMA,
     EMBED_SCHEMA_VERSION,
-    MANIFEST,
     SAMPLES_SCHEMA,
     EmbeddingRows,
     EmbedDir,
@@ -19,9 +18,9 @@ from xclr_schemas.embed_dir import (
     read_samples,
 )
 from xclr_schemas.graph_dir import GRAPH_SCHEMA_VERSION, NEIGHBOR_DTYPE, Graph, GraphDirError, load_graph
+from xclr_schemas.names import MANIFEST, SIZES, default_caption_model
 from xclr_schemas.shards import (
     SHARDS_SCHEMA_VERSION,
-    SIZES,
     ShardsDirError,
     load_npy,
     npy_bytes,
@@ -53,6 +52,7 @@ __all__ = [
     "read_captions",
     "read_manifest",
     "read_samples",
+    "default_caption_model",
     "read_shards_manifest",
     "shard_name",
 ]

@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xclr_schemas.names import DONE
 from xclr_schemas.versioned import read_versioned_manifest
 
 EMBED_SCHEMA_VERSION = "xclr.embed/1"
-MANIFEST = "manifest.json"
 
 CAPTIONS_SCHEMA = pa.schema([("caption_id", pa.int64()), ("text", pa.string())])
 SAMPLES_SCHEMA = pa.schema(
@@ -59,7 +59,7 @@ def part_paths(root: Path, index: int) -> dict[str, Path]:
         "captions": root / "captions" / f"{stem}.parquet",
         "embeddings": root / "embeddings" / f"{stem}.npy",
         "samples": root / "samples" / f"{stem}.parquet",
-        "done": root / "done" / f"{stem}.json",
+        "done": root / DONE / f"{stem}.json",
     }
 
 

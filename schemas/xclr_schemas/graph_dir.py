@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from xclr_schemas.names import DONE, NEIGHBORS
 from xclr_schemas.versioned import read_versioned_manifest
 
 GRAPH_SCHEMA_VERSION = "xclr.graph/1"
 NEIGHBOR_DTYPE = np.dtype([("id", "<i8"), ("sim", "<f4")])
-NEIGHBORS = "neighbors.npy"
 
 
 class GraphDirError(ValueError):
@@ -41,7 +41,7 @@ class Graph:
 
 
 def block_marker(root: Path, index: int) -> Path:
-    return root / "done" / f"block-{index:05d}.json"
+    return root / DONE / f"block-{index:05d}.json"
 
 
 def load_graph(path: str | Path) -> Graph:

@@ -31,7 +31,6 @@ import numpy as np
 from xclr_schemas.versioned import read_versioned_manifest
 
 SHARDS_SCHEMA_VERSION = "xclr.shards/1"
-SIZES = "sizes.json"
 # PIL format name -> the image member's suffix; the trainer finds the image as the member with one of these.
 IMAGE_SUFFIX_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 IMAGE_SUFFIXES = tuple(IMAGE_SUFFIX_OF_FORMAT.values())

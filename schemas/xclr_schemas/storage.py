@@ -36,8 +36,8 @@ from typing import BinaryIO
 import fsspec
 
 from xclr_schemas.atomic import TMP_MARK, atomic_path, write_json_atomic
+from xclr_schemas.names import MANIFEST
 
-MANIFEST = "manifest.json"
 PUSHED = ".pushed.json"  # in a work directory: size and mtime of each file as last pushed or pulled
 
 

@@ -17,8 +17,6 @@ import torch
 
 from xclr_schemas.atomic import write_atomic
 
-LATEST = "latest.pt"
-
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written or resumed from (the message is one line, for the user)."""

@@ -53,7 +53,8 @@ D = TrainConfig
 @click.option("--image-size", type=int, default=D.image_size, help="Crop size; <= 64 uses the small-image stem.")
 @click.option("--augment", type=click.Choice(list(AUGMENTS)), default=D.augment,
               help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only.")
-@click.option("--proj-hidden", type=int, default=D.proj_hidden)
+@click.option("--proj-hidden", type=int, default=D.proj_hidden,
+              help="Hidden width of the projection head; byol and nnclr size their predictor with it too.")
 @click.option("--proj-dim", type=int, default=D.proj_dim, help="Ignored by --loss clip (the caption size).")
 @click.option("--batch-size", type=int, default=D.batch_size, help="Samples per rank per step (two views each).")
 @click.option("--epochs", type=int, default=D.epochs, help="Checkpoint intervals of --samples-per-epoch samples.")

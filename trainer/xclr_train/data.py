@@ -30,7 +30,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from xclr_schemas import NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
+from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import AUGMENTS, to_rgb
 
@@ -74,7 +74,7 @@ def find_shards(spec: str) -> ShardSet:
     names = [storage.basename(u) for u in urls]
     samples = sum(sizes[n] for n in names) if all(n in sizes for n in names) else None
     manifest = None
-    if storage.exists(storage.join(root, "manifest.json")):
+    if storage.exists(storage.join(root, MANIFEST)):
         try:
             manifest = read_shards_manifest(root)
         except ShardsDirError as exc:

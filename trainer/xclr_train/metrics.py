@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 from xclr_schemas.atomic import write_atomic
+from xclr_schemas.names import METRICS
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, resumed_step: int) -> None:
         """Append to the run's log, first dropping lines past `resumed_step` (steps a resumed run repeats)."""
-        path = run_dir / "metrics.jsonl"
+        path = run_dir / METRICS
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = "".join(line for line in lines if 0 < _step(line) <= resumed_step)

@@ -29,8 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from xclr_schemas import load_npy
+from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
+from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xclr_train.data import REASONS, DataError, Needs, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
 from xclr_train.frameworks import Method
@@ -172,7 +173,7 @@ def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dic
                          "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
                          "skipped": skipped_before, "config": _options(cfg, dist.world_size)}
-                _save(run / "checkpoints", state, cfg.save_every, epochs)
+                _save(run / CHECKPOINTS, state, cfg.save_every, epochs)
                 if after_save is not None:
                     after_save()
             if step >= total:
@@ -259,8 +260,8 @@ def _start(cfg: TrainConfig, run: Path, dist: Dist, mconf: dict, method: Method,
     first start and every restart (torchrun --max-restarts).
     """
     options = _options(cfg, dist.world_size)
-    config_file = run / "config.json"
-    latest = run / "checkpoints" / LATEST
+    config_file = run / CONFIG
+    latest = run / CHECKPOINTS / LATEST
     if cfg.resume is None or (cfg.resume == "latest" and not latest.exists()):
         if cfg.resume is None and latest.exists():
             raise CheckpointError(f"{run} already holds a run: resume it with --resume latest or choose another --out")
