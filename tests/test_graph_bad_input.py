@@ -43,6 +43,15 @@ def test_other_schema_version_and_incomplete_embed_dir(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_reused_graph_takes_no_search_options(tmp_path):
+    write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
+    for option in (["--k", "4"], ["--index", "exact"], ["--search-seed", "1"]):
+        proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", "--graph", tmp_path / "embed", *option,
+                        *FAST, check=False)
+        assert "--graph reuses a graph as it is: drop --k, --index and --search-seed" in error_line(proc)
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_dir_that_is_not_ours(tmp_path):
     write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
     (tmp_path / "out").mkdir()

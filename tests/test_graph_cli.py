@@ -112,6 +112,17 @@ def test_repack_reuses_the_graph(tux):
         assert emb.dtype == np.float16 and np.array_equal(emb, embed.embeddings[cid])
 
 
+def test_the_layout_seed_moves_the_layout_not_the_graph(tux):
+    """--seed shuffles groups only: the same search (--search-seed) gives the same graph, byte for byte."""
+    out = tux / "reseeded"
+    run_prep("graph", tux / "embed", "--out", out, "--k", "16", "--shard-samples", "100", "--seed", "7", *FAST)
+    graph, other = tux / "shards" / "graph", out / "graph"
+    assert (graph / "neighbors.npy").read_bytes() == (other / "neighbors.npy").read_bytes()
+    assert load_graph(graph).manifest["background_similarity"] == load_graph(other).manifest["background_similarity"]
+    keys = [[s["__key__"] for s in read_shards(root)[1]] for root in (tux / "shards", out)]
+    assert sorted(keys[0]) == sorted(keys[1]) and keys[0] != keys[1]
+
+
 def test_rerun_of_a_complete_dir_does_nothing_and_other_options_are_refused(tux):
     again = run_prep("graph", tux / "embed", "--out", tux / "shards", "--k", "16", "--shard-samples", "100", *FAST)
     assert "already complete" in again.stdout

@@ -97,7 +97,10 @@ def embed(corpus: tuple[str, ...], out: str, input_format: str | None, key_col: 
 @click.option("--shard-samples", default=10_000, show_default=True, help="At most this many samples per shard.")
 @click.option("--shard-bytes", default=1_000_000_000, show_default=True, help="About at most this many bytes.")
 @click.option("--with-embeddings", is_flag=True, help="Add KEY.emb.npy (fp16 caption embedding) to every sample.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the layout and of the sampled measurements.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the shard layout (group seeds, group order).")
+@click.option("--search-seed", type=int, default=None,
+              help="Seed of the search's samples: IVF training points, tuning and recall queries, background pairs "
+                   "[default: 0].")
 @click.option("--block-size", default=16_384, show_default=True, help="Query captions per search unit.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--num-workers", type=int, default=None, help="Actors [default: one per GPU, else one per node].")
@@ -106,8 +109,8 @@ def embed(corpus: tuple[str, ...], out: str, input_format: str | None, key_col: 
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def graph(embed_dir: str, out: str, k: int | None, method: str, recall_target: float, allow_low_recall: bool,
           graph_dir: str | None, group_size: int, shard_samples: int, shard_bytes: int, with_embeddings: bool,
-          seed: int, block_size: int, device: str, num_workers: int | None, gpus_per_worker: float,
-          ray_address: str | None, no_progress: bool) -> None:
+          seed: int, search_seed: int | None, block_size: int, device: str, num_workers: int | None,
+          gpus_per_worker: float, ray_address: str | None, no_progress: bool) -> None:
     """Find every caption's top-k neighbours in EMBED_DIR and write neighbour-grouped training shards to OUT.
 
     EMBED_DIR and --graph may be URLs: they are then copied into local work directories first.
@@ -122,7 +125,7 @@ def graph(embed_dir: str, out: str, k: int | None, method: str, recall_target: f
             raise click.UsageError(f"{name}: no directory {value}")
     with storage.local_dir(out) as local:
         opts = GraphOptions(embed_dir=storage.fetch(embed_dir).resolve(), out=local.resolve(), k=k, method=method,
-                            recall_target=recall_target, allow_low_recall=allow_low_recall,
+                            recall_target=recall_target, allow_low_recall=allow_low_recall, search_seed=search_seed,
                             graph=storage.fetch(graph_dir).resolve() if graph_dir else None, shards=shards,
                             block_size=block_size, device=device, num_workers=num_workers,
                             gpus_per_worker=gpus_per_worker, ray_address=ray_address, progress=not no_progress)

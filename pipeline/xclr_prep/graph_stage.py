@@ -67,6 +67,7 @@ class GraphOptions:
     recall_target: float = 0.95
     allow_low_recall: bool = False
     graph: Path | None = None  # reuse this complete graph directory
+    search_seed: int | None = None  # the search's samples (IVF training, tuning, recall, background); None: 0
     shards: ShardOptions = ShardOptions()
     block_size: int = 16_384
     device: str = "auto"
@@ -133,8 +134,8 @@ def run_graph(opts: GraphOptions) -> dict:
     embed_sha = hashlib.sha256((opts.embed_dir / MANIFEST).read_bytes()).hexdigest()
     invalid = invalid_captions(rows)
     k = _resolve_k(opts.k, rows.n - len(invalid))
-    if opts.graph is not None and (opts.k is not None or opts.method != "auto"):
-        raise PrepError("--graph reuses a graph as it is: drop --k and --index")
+    if opts.graph is not None and (opts.k is not None or opts.method != "auto" or opts.search_seed is not None):
+        raise PrepError("--graph reuses a graph as it is: drop --k, --index and --search-seed")
 
     start_ray(opts.ray_address)
     try:
@@ -143,7 +144,7 @@ def run_graph(opts: GraphOptions) -> dict:
             method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
             graph_plan = {"schema_version": GRAPH_SCHEMA_VERSION, "embed_manifest_sha256": embed_sha, "k": k,
                           "method": method, "recall_target": opts.recall_target, "block_size": opts.block_size,
-                          "device": device, "seed": opts.shards.seed}
+                          "device": device, "seed": opts.search_seed or 0}
             graph_dir = opts.out / GRAPH
         else:
             graph_dir = opts.graph
