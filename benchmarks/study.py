@@ -5,7 +5,7 @@ Three corpora:
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
     alignment. Regimes heldout-VENDOR (openmoji, twitter), low-heldout-openmoji (every third emoji) and the 600-step
-    budget check heldout-openmoji-600, also with the crop-and-flip recipe (-crop);
+    budget check heldout-openmoji-600 (also with the crop-and-flip recipe, -crop) and heldout-twitter-600;
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
   * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
@@ -81,6 +81,7 @@ CORPORA = {
         "heldout-twitter": emoji("twitter"),
         "low-heldout-openmoji": emoji("openmoji", every=3),
         "heldout-openmoji-600": emoji("openmoji", steps=600),  # the budget check: 4x the steps
+        "heldout-twitter-600": emoji("twitter", steps=600),  # the other rotation at that budget
         "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
     },
     "fashion-mnist": {
