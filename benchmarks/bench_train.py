@@ -18,12 +18,12 @@ other 3 captions of its group, then random ids of the pool; similarities descend
      targets     `targets.sparse_similarity(...)` alone (no backward)
      xclr        `targets.sparse_similarity(...)` + `losses.xclr_loss(z1, z2, S)`
      dense       `targets.dense_similarity_rows(E, E)` (E: M x 384) + `losses.xclr_loss`
-     objective   `objective.objective(LossSpec("xclr", floor=0.2, background=0.2), ...)` on one rank holding the
+     objective   the trainer's X-CLR objective (`xclr_train.objectives`, floor 0.2) on one rank holding the
                  whole batch (targets + loss + the logged target statistics), what the trainer pays
      per-rank    the same objective for one rank of a global batch M holding B = --batch-size local samples (2B
                  anchor rows against 2M columns); the other ranks' columns come from a stand-in for the gathers
-                 (communication not counted), as under DDP with M / B ranks; against the same for
-                 `LossSpec("simclr")`
+                 (communication not counted), as under DDP with M / B ranks; against the same for the
+                 simclr objective
    Ratios: each against simclr (aim: xclr / simclr <= 1.3 on the CPU). All take turns within each repeat.
 2. Step (--arch, --image-size, --batch-size B): one training step on synthetic images: forward of the 2B views
    through `models.Encoder(**model_config(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
@@ -54,16 +54,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import xclr_train.objective as objective_module
+import xclr_train.objectives.base as objectives_base
+import xclr_train.objectives.xclr as objectives_xclr
 from xclr_train.losses import nt_xent_loss, xclr_loss
 from xclr_train.models import Encoder, model_config
-from xclr_train.objective import LossSpec, objective
+from xclr_train.objectives import Graph, Objective, Views, make_objective
 from xclr_train.optim import make_optimizer
 from xclr_train.targets import dense_similarity_rows, sparse_similarity
 
 D, K, GROUP, POOL, FLOOR, EMB_DIM = 128, 32, 8, 1_000_000, 0.2, 384
-SPEC = LossSpec("xclr", floor=FLOOR, background=0.2)
-SIMCLR = LossSpec("simclr")
+XCLR = make_objective("xclr", {}, Graph(background=FLOOR, kth_mean=FLOOR))  # the floor: min(background, kth_mean)
+SIMCLR = make_objective("simclr", {}, Graph())
 DEFAULTS = {"cpu": {"arch": "resnet18", "image_size": 32, "batch_size": 32, "steps": 8, "budget": 30.0},
             "cuda": {"arch": "resnet50", "image_size": 224, "batch_size": 256, "steps": 30, "budget": 5.0}}
 
@@ -123,22 +124,27 @@ def fwd_bwd(loss_fn, *leaves: torch.Tensor):
     return run
 
 
+def loss_of(objective: Objective, z1: torch.Tensor, z2: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The objective's loss for rank 0 holding projections z1, z2 of `batch`."""
+    return objective.rows(Views(z1, z2), batch, 0)[0]
+
+
 @contextmanager
 def one_rank_of(global_batch: dict[str, torch.Tensor], m: int, d: int, device: torch.device):
-    """Stand in for `objective`'s gathers as rank 0 of a world of M / m ranks: `gather` of a local batch tensor
+    """Stand in for the objectives' gathers as rank 0 of a world of M / m ranks: `gather` of a local batch tensor
     (a slice of the global one, so the same data pointer) returns the global tensor; `gather_with_grad` of m rows
     appends the other ranks' (fixed, random unit) projections, keeping the gradient of this rank's rows as the
     real all-gather does. Tensors of the whole batch pass through unchanged, as in a world of one."""
     big_m = len(global_batch["caption_id"])
     others = F.normalize(torch.randn(big_m - m, d, device=device), dim=1)
     by_ptr = {t.data_ptr(): t for t in global_batch.values()}
-    saved = objective_module.gather, objective_module.gather_with_grad
-    objective_module.gather = lambda x: x if len(x) == big_m else by_ptr[x.data_ptr()]
-    objective_module.gather_with_grad = lambda x: x if len(x) == big_m else torch.cat([x, others.to(x.dtype)])
+    saved = objectives_base.gather, objectives_base.gather_with_grad, objectives_xclr.gather
+    objectives_base.gather = objectives_xclr.gather = lambda x: x if len(x) == big_m else by_ptr[x.data_ptr()]
+    objectives_base.gather_with_grad = lambda x: x if len(x) == big_m else torch.cat([x, others.to(x.dtype)])
     try:
         yield {key: t[:m] for key, t in global_batch.items()}
     finally:
-        objective_module.gather, objective_module.gather_with_grad = saved
+        objectives_base.gather, objectives_base.gather_with_grad, objectives_xclr.gather = saved
 
 
 def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats: int) -> dict:
@@ -152,13 +158,13 @@ def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats:
         "targets": lambda: sparse_similarity(ids, nbr, sims, FLOOR),
         "xclr": fwd_bwd(lambda: xclr_loss(z1, z2, sparse_similarity(ids, nbr, sims, FLOOR)), z1, z2),
         "dense": fwd_bwd(lambda: xclr_loss(z1, z2, dense_similarity_rows(emb, emb)), z1, z2),
-        "objective": fwd_bwd(lambda: objective(SPEC, z1, z2, batch, 0)[0], z1, z2),
+        "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, batch), z1, z2),
     }
     l1, l2 = (torch.randn(b, D, device=device, requires_grad=True) for _ in range(2))
     with one_rank_of(batch, min(b, m), D, device) as local:
         if b < m:  # one rank's share: its B samples against the global batch of M, and SimCLR's likewise
-            fns["per_rank"] = fwd_bwd(lambda: objective(SPEC, l1, l2, local, 0)[0], l1, l2)
-            fns["per_rank_simclr"] = fwd_bwd(lambda: objective(SIMCLR, l1, l2, local, 0)[0], l1, l2)
+            fns["per_rank"] = fwd_bwd(lambda: loss_of(XCLR, l1, l2, local), l1, l2)
+            fns["per_rank_simclr"] = fwd_bwd(lambda: loss_of(SIMCLR, l1, l2, local), l1, l2)
         seconds, repeats = bench_interleaved(fns, device, budget, max_repeats)
     s = {f"{name}_ms": 1e3 * t for name, t in seconds.items()}
     out = {"m": m, "d": D, "k": K, "repeats": repeats, "local_batch": b if b < m else None, **s}
@@ -193,7 +199,7 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
         with autocast:
             z1, z2 = model(images).chunk(2)
         mark()
-        loss, _ = objective(SPEC, z1, z2, batch, 0)
+        loss = loss_of(XCLR, z1, z2, batch)
         mark()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -223,7 +229,7 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
     dtype = torch.bfloat16 if cuda else torch.float32
     z1, z2 = (torch.randn(b, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
     seconds, _ = bench_interleaved({
-        "objective": fwd_bwd(lambda: objective(SPEC, z1, z2, batch, 0)[0], z1, z2),
+        "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, batch), z1, z2),
         "simclr": fwd_bwd(lambda: nt_xent_loss(z1, z2), z1, z2)}, device, budget / 3, 50)
     return {"arch": arch, "image_size": image_size, "batch_size": b, "steps": steps,
             "precision": "bf16" if cuda else "fp32", "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,

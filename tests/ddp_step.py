@@ -1,10 +1,10 @@
 """One training step of every loss on a fixed global batch, for the 1-vs-2-process test (run under torchrun).
 
 Each rank takes its equal slice of the same 8-sample global batch, runs the trainer's learner (DDP when there are
-two ranks; with the loss's predictor, momentum network and queue from `xclr_train.frameworks`), `objective` and
-backward, and rank 0 saves the mean loss over ranks and the parameter gradients to the file named by argv[1].
-BatchNorm runs in eval mode: torch has no CPU SyncBatchNorm, and per-rank batch statistics would differ from
-whole-batch ones by design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank.
+two ranks; with the objective's predictor, momentum network and queue), the objective's rows and backward, and
+rank 0 saves the mean loss over ranks and the parameter gradients to the file named by argv[1]. BatchNorm runs in
+eval mode: torch has no CPU SyncBatchNorm, and per-rank batch statistics would differ from whole-batch ones by
+design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank.
 """
 
 import sys
@@ -14,27 +14,27 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from xclr_train.distributed import all_reduce_sum, init_distributed
-from xclr_train.frameworks import Method
 from xclr_train.models import Encoder
-from xclr_train.objective import LossSpec, objective
+from xclr_train.objectives import Graph, make_objective
 
 M, K, SIZE = 8, 3, 16
-SPECS = {
-    "xclr_sparse": LossSpec("xclr", floor=0.2, background=0.2),
-    "xclr_sparse_calibrated": LossSpec("xclr", floor=0.2, background=0.2, calibrate="background", tau_s=0.05),
-    "xclr_dense": LossSpec("xclr", targets="dense", background=0.1),
-    "simclr": LossSpec("simclr"),
-    "supcon": LossSpec("supcon"),
-    "clip": LossSpec("clip"),
-    "triplet_hardest": LossSpec("triplet", margin=0.5),
-    "triplet_semihard_graph": LossSpec("triplet", margin=0.5, mining="semihard", positives="graph"),
-    "contrastive_label": LossSpec("contrastive", margin=1.0, positives="label"),
-    "npair": LossSpec("npair"),
-    "supcon_graph": LossSpec("supcon", positives="graph"),
-    "xclr_queue": LossSpec("xclr", floor=0.2, background=0.2, queue_size=6),
-    "moco": LossSpec("moco", queue_size=10, momentum=0.99),
-    "byol": LossSpec("byol", momentum=0.99),
-    "nnclr": LossSpec("nnclr", queue_size=10),
+GRAPH = Graph(background=0.2, kth_mean=0.3)  # the sparse floor: min(0.2, 0.3) = 0.2
+SPECS = {  # name: (--loss, its options, the graph)
+    "xclr_sparse": ("xclr", {}, GRAPH),
+    "xclr_sparse_calibrated": ("xclr", {"calibrate": "background", "tau_s": 0.05}, GRAPH),
+    "xclr_dense": ("xclr", {"targets": "dense"}, Graph(background=0.1)),
+    "simclr": ("simclr", {}, GRAPH),
+    "supcon": ("supcon", {}, GRAPH),
+    "clip": ("clip", {}, GRAPH),
+    "triplet_hardest": ("triplet", {"margin": 0.5}, GRAPH),
+    "triplet_semihard_graph": ("triplet", {"margin": 0.5, "mining": "semihard", "positives": "graph"}, GRAPH),
+    "contrastive_label": ("contrastive", {"margin": 1.0, "positives": "label"}, GRAPH),
+    "npair": ("npair", {}, GRAPH),
+    "supcon_graph": ("supcon", {"positives": "graph"}, GRAPH),
+    "xclr_queue": ("xclr", {"queue_size": 6}, GRAPH),
+    "moco": ("moco", {"queue_size": 10, "momentum": 0.99}, GRAPH),
+    "byol": ("byol", {"momentum": 0.99}, GRAPH),
+    "nnclr": ("nnclr", {"queue_size": 10}, GRAPH),
 }
 
 
@@ -59,27 +59,28 @@ def main(out: str) -> None:
     m = M // d.world_size
     local = {k: v[d.rank * m:(d.rank + 1) * m] for k, v in global_batch().items()}
     results = {}
-    for name, spec in SPECS.items():
+    for name, (loss, options, graph) in SPECS.items():
         torch.manual_seed(0)
-        method = Method(spec, Encoder("resnet18", small_stem=True, proj_hidden=32, proj_dim=16), 16, 32, K, 0,
-                        torch.device("cpu"), d.world_size)
-        method.learner.eval()
-        if method.target is not None:
-            method.target.eval()
+        objective = make_objective(loss, options, graph)
+        learner = objective.build(Encoder("resnet18", small_stem=True, proj_hidden=32, proj_dim=16), 16, 32, K, 0,
+                                  torch.device("cpu"), d.world_size)
+        learner.eval()
+        if objective.target is not None:
+            objective.target.eval()
             with torch.no_grad():  # a target that differs from the online network, as after some steps
-                for p in method.target.parameters():
+                for p in objective.target.parameters():
                     p.mul_(0.9)
         if name == "xclr_queue":
             g = torch.Generator().manual_seed(1)
-            method.queue.push({"z": torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1),
+            objective.queue.push({"z": torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1),
                                "caption_id": torch.tensor([9, 2, 30, 4]), "nbr_id": torch.tensor([[4] * K] * 4),
                                "nbr_sim": torch.full((4, K), 0.7)})
-        net = DistributedDataParallel(method.learner) if d.world_size > 1 else method.learner
-        views = method.views(net, torch.cat([local["view1"], local["view2"]]))
-        loss, _ = objective(spec, views, local, d.rank, method.queue_entries())
-        loss.backward()
-        results[name] = {"loss": all_reduce_sum(loss.detach()) / d.world_size,
-                         "grads": {n: p.grad.clone() for n, p in method.learner.named_parameters()
+        net = DistributedDataParallel(learner) if d.world_size > 1 else learner
+        views = objective.views(net, torch.cat([local["view1"], local["view2"]]))
+        value, _ = objective.rows(views, local, d.rank)
+        value.backward()
+        results[name] = {"loss": all_reduce_sum(value.detach()) / d.world_size,
+                         "grads": {n: p.grad.clone() for n, p in learner.named_parameters()
                                    if p.grad is not None}}
     if d.rank == 0:
         torch.save(results, out)

@@ -6,10 +6,19 @@ import math
 import pytest
 import torch
 
-from xclr_train.frameworks import Method, Queue, ema_update, momentum_at
+from xclr_train.frameworks import Queue, ema_update, momentum_at
 from xclr_train.models import Encoder
-from xclr_train.objective import LossSpec
+from xclr_train.objectives import Graph, Objective, make_objective
 from xclr_train.targets import graph_positive_rows
+
+GRAPH = Graph(background=0.2, kth_mean=0.3)
+
+
+def built(name: str, options: dict, seed: int = 0, encoder: Encoder | None = None, k: int | None = 3) -> Objective:
+    """The objective with its learner (proj_dim 8, predictor 16 wide), target network and queue."""
+    objective = make_objective(name, options, GRAPH)
+    objective.build(encoder or Encoder("convnet", True, 16, 8), 8, 16, k, seed, torch.device("cpu"), 1)
+    return objective
 
 
 def test_queue_is_first_in_first_out_and_keeps_the_last_size_entries():
@@ -71,12 +80,12 @@ def test_graph_positive_rows_match_a_loop():
 
 
 @pytest.mark.parametrize("name", ["moco", "byol", "nnclr", "xclr"])
-def test_method_state_round_trips_through_a_checkpoint_dict(name):
+def test_objective_state_round_trips_through_a_checkpoint_dict(name):
     """Predictor, target network and queue come back equal from state_dict (what --resume relies on)."""
-    spec = LossSpec(name, queue_size=6)
+    options = {} if name == "byol" else {"queue_size": 6}
     def build(seed):
         torch.manual_seed(seed)
-        return Method(spec, Encoder("convnet", True, 16, 8), 8, 16, 3, seed, torch.device("cpu"), 1)
+        return built(name, options, seed)
     a, b = build(0), build(1)
     if a.queue is not None and name == "xclr":
         a.queue.push({"z": torch.randn(4, 8), "caption_id": torch.arange(4), "nbr_id": torch.zeros(4, 3).long(),
@@ -93,18 +102,16 @@ def test_method_state_round_trips_through_a_checkpoint_dict(name):
 
 def test_moco_and_nnclr_queues_start_full_of_unit_vectors_xclr_empty():
     for name, filled in (("moco", 6), ("nnclr", 6), ("xclr", 0)):
-        method = Method(LossSpec(name, queue_size=6), Encoder("convnet", True, 16, 8), 8, 16, 3, 0,
-                        torch.device("cpu"), 1)
-        z = method.queue_entries()["z"]
+        z = built(name, {"queue_size": 6}).queue.entries()["z"]
         assert len(z) == filled
         assert torch.allclose(z.norm(dim=1), torch.ones(filled))
-    assert Method(LossSpec("simclr"), Encoder("convnet", True, 16, 8), 8, 16, None, 0, torch.device("cpu"),
-                  1).queue_entries() is None
+    assert built("simclr", {}, k=None).queue is None
+    assert built("xclr", {}).queue is None  # --queue-size 0, the default
 
 
 def test_target_network_starts_as_the_encoder_and_has_no_gradient():
     encoder = Encoder("convnet", True, 16, 8)
-    method = Method(LossSpec("byol", momentum=0.9), encoder, 8, 16, None, 0, torch.device("cpu"), 1)
+    method = built("byol", {"momentum": 0.9}, encoder=encoder, k=None)
     for t, o in zip(method.target.parameters(), encoder.parameters()):
         assert not t.requires_grad and torch.equal(t, o)
     images = torch.randn(8, 3, 16, 16)

@@ -16,9 +16,11 @@ import tarfile
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import train_metrics as metrics
 from conftest import train_samples_lost
+from xclr_train.cli import main as train_command
 
 SMALL = ["--arch", "resnet18", "--image-size", "16", "--no-progress", "--log-every", "1"]
 
@@ -141,6 +143,8 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, 
 
 
 def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
+    """Each bad option or data set: exit status 1 and one "Error:" line naming it. The cases run in-process
+    (click's runner); the first also as a real command, which proves the status and that no traceback is printed."""
     empty = tmp_path / "empty"
     empty.mkdir()
     no_nbr, no_emb = tmp_path / "no-nbr", tmp_path / "no-emb"
@@ -159,18 +163,37 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", no_nbr, "--loss", "triplet", "--positives", "graph"], "--positives graph needs KEY.nbr.npy"),
         (["--data", no_label, "--loss", "supcon", "--positives", "label"], '--positives label needs a "label" in'),
         (["--data", tux_shards, "--loss", "simclr", "--queue-size", "8"], "--queue-size is for --loss moco, nnclr or"),
-        (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], "--margin is for --loss triplet or contrastive"),
-        (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss supcon, "),
+        (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], "--margin is for --loss contrastive or triplet"),
+        (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss contrastive, "),
+        (["--data", tux_shards, "--loss", "byol", "--tau", "0.2"], "--tau is for --loss clip, moco, nnclr, simclr, "),
         (["--data", tux_shards, "--loss", "moco", "--queue-size", "0"], "--queue-size must be positive for --loss"),
+        (["--data", tux_shards, "--queue-size", "-1"], "--queue-size must be 0 or more for --loss xclr, got -1"),
+        (["--data", tux_shards, "--loss", "simclr", "--tau", "0"], "--tau must be positive for --loss simclr"),
+        (["--data", tux_shards, "--tau-s", "-0.1"], "--tau-s must be positive for --loss xclr, got -0.1"),
+        (["--data", tux_shards, "--loss", "triplet", "--margin", "0"], "--margin must be positive for --loss triplet"),
+        (["--data", tux_shards, "--loss", "byol", "--momentum", "1"], "--momentum must be in [0, 1) for --loss byol"),
         (["--data", tux_shards, "--targets", "dense", "--queue-size", "8"], "--queue-size with --loss xclr needs"),
         (["--data", tux_shards, "--floor", "none", "--calibrate", "background"], "--floor none is for --loss xclr "),
     ]
     for args, message in cases:
-        proc = run_train(*args, "--out", tmp_path / "run", *SMALL, check=False, timeout=120)
-        assert proc.returncode == 1, (args, proc.stderr[-2000:])
-        error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-        assert len(error) == 1 and message in error[0], (args, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr
+        result = CliRunner().invoke(train_command, [*map(str, args), "--out", str(tmp_path / "run"), *SMALL])
+        assert result.exit_code == 1, (args, result.output[-2000:], result.exception)
+        error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and message in error[0], (args, result.output[-2000:])
+    proc = run_train(*cases[0][0], "--out", tmp_path / "run", *SMALL, check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("Error:")] == [f"Error: {cases[0][1]}"]
+
+
+def test_a_bug_keeps_its_traceback(tux_shards, tmp_path, monkeypatch):
+    """Only user errors (TrainError) become one line: a ValueError from a bug (here planted in the optimizer's
+    construction) reaches the caller as itself, with its traceback."""
+    def broken(*args, **kwargs):
+        raise ValueError("a planted bug")
+    monkeypatch.setattr("xclr_train.train.make_optimizer", broken)
+    result = CliRunner().invoke(train_command, ["--data", str(tux_shards), "--out", str(tmp_path / "run"), *SMALL])
+    assert isinstance(result.exception, ValueError) and str(result.exception) == "a planted bug", result.output
+    assert "Error:" not in result.stderr
 
 
 @pytest.mark.slow

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from xclr_schemas.atomic import write_atomic
+from xclr_train.errors import TrainError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TrainError):
     """A checkpoint that cannot be written or resumed from (the message is one line, for the user)."""
 
 

@@ -3,19 +3,50 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import Field, fields
+from typing import get_type_hints
 
 import click
 
 from xclr_schemas import storage
 from xclr_train.augment import AUGMENTS
-from xclr_train.checkpoint import CheckpointError
-from xclr_train.data import DataError
-from xclr_train.losses.triplet import MINING
+from xclr_train.errors import TrainError
 from xclr_train.models import ARCHS
-from xclr_train.objective import LOSSES, POSITIVES
+from xclr_train.objectives import OBJECTIVES
+from xclr_train.objectives.base import either, flag
 from xclr_train.train import TrainConfig, train
 
 D = TrainConfig
+
+
+def objective_options(command: Callable) -> Callable:
+    """One option per field of the objectives' Args (`xclr_train.objectives.base`), the help and defaults theirs.
+    Each defaults to None, "not given": the objective then uses its own default."""
+    takers: dict[str, list[tuple[str, Field, type]]] = {}
+    for name, cls in OBJECTIVES.items():
+        types = get_type_hints(cls.Args)
+        for f in fields(cls.Args):
+            takers.setdefault(f.name, []).append((name, f, types[f.name]))
+    for option_name, users in reversed(sorted(takers.items())):
+        _, first, kind = users[0]
+        for name, f, t in users:
+            if t != kind or f.metadata["choices"] != first.metadata["choices"]:
+                raise TypeError(f"{flag(option_name)}: {name} gives it another type or choices than {users[0][0]}")
+        choices = first.metadata["choices"]
+        command = click.option(flag(option_name), type=click.Choice(choices) if choices else kind, default=None,
+                               help=_help([(name, f) for name, f, _ in users]))(command)
+    return command
+
+
+def _help(users: list[tuple[str, Field]]) -> str:
+    """The takers' shared help with their defaults, or each taker's own help and default."""
+    helps = {f.metadata["help"] for _, f in users}
+    if len(helps) > 1:
+        return "; ".join(f"{name}: {f.metadata['help']} (default {f.default})" for name, f in users) + "."
+    defaults = {f.default for _, f in users}
+    default = str(users[0][1].default) if len(defaults) == 1 else ", ".join(f"{n} {f.default}" for n, f in users)
+    return f"{helps.pop()} For --loss {either([n for n, _ in users])}; default {default}."
 
 
 @click.command(context_settings={"show_default": True, "max_content_width": 120})
@@ -24,31 +55,9 @@ D = TrainConfig
 @click.option("--out", required=True,
               help="Run directory, local or a URL (written in a local work directory and uploaded after every "
                    "checkpoint).")
-@click.option("--loss", type=click.Choice(LOSSES), default=D.loss)
-@click.option("--targets", type=click.Choice(["sparse", "dense"]), default=D.targets,
-              help="X-CLR targets: sparse from KEY.nbr.npy, dense from KEY.emb.npy (needs --with-embeddings shards).")
-@click.option("--calibrate", type=click.Choice(["none", "background"]), default=D.calibrate,
-              help="Map similarities to max(0, (S - b) / (1 - b)) with the graph's background similarity b.")
-@click.option("--floor", type=click.Choice(["background", "none"]), default=D.floor,
-              help="Sparse S for pairs outside the graph: the background similarity (clipped at the k-th neighbour "
-                   "mean), or none, which gives them no target weight.")
-@click.option("--positives", type=click.Choice(list(POSITIVES)), default=D.positives,
-              help="supcon, triplet, npair, contrastive: positives share the caption id, the label (KEY.json "
-                   "\"label\") or are graph neighbours (same caption or top-k either way; needs KEY.nbr.npy).")
-@click.option("--margin", type=float, default=None,
-              help="triplet, contrastive: margin on distances between unit vectors. Default: triplet 0.2, "
-                   "contrastive 1.0.")
-@click.option("--mining", type=click.Choice(list(MINING)), default=None,
-              help="triplet: in-batch hardest positive and negative, or FaceNet's semi-hard negatives. Default: "
-                   "hardest.")
-@click.option("--queue-size", type=int, default=None,
-              help="moco: negatives (default 65536); nnclr: support set (default 98304); xclr: past projections "
-                   "with their caption ids and neighbour rows as further columns (default 0, none).")
-@click.option("--momentum", type=float, default=None,
-              help="moco, byol: base EMA of the target network, rising to 1 on a cosine. Default: moco 0.99, "
-                   "byol 0.996.")
-@click.option("--tau", type=float, default=D.tau, help="Temperature of the predicted distribution.")
-@click.option("--tau-s", type=float, default=D.tau_s, help="Temperature of the X-CLR target distribution.")
+@click.option("--loss", type=click.Choice(list(OBJECTIVES)), default=D.loss, help="The objective; its own options "
+              "follow it (docs/train.md).")
+@objective_options
 @click.option("--arch", type=click.Choice(list(ARCHS)), default=D.arch)
 @click.option("--image-size", type=int, default=D.image_size, help="Crop size; <= 64 uses the small-image stem.")
 @click.option("--augment", type=click.Choice(list(AUGMENTS)), default=D.augment,
@@ -80,18 +89,21 @@ def main(**options) -> None:
 
     Multi-GPU / multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 8 -m xclr_train ...`.
     """
-    for name in ("batch_size", "epochs", "steps", "samples_per_epoch", "image_size", "save_every", "log_every"):
+    for name in ("batch_size", "epochs", "steps", "samples_per_epoch", "image_size", "proj_hidden", "proj_dim",
+                 "save_every", "log_every"):
         if options[name] is not None and options[name] < 1:
             raise click.BadParameter(f"must be at least 1, got {options[name]}",
                                      param_hint="--" + name.replace("_", "-"))
+    general = {k: v for k, v in options.items() if k in {f.name for f in fields(TrainConfig)}}
+    given = {k: v for k, v in options.items() if k not in general and v is not None}
     out, main_rank = options["out"], os.environ.get("RANK", "0") == "0"
     if options["resume"] not in (None, "latest"):
         options["resume"] = str(storage.fetch(options["resume"]))
     try:
         with storage.local_dir(out, publish=main_rank) as run:
             publish = (lambda: storage.push(run, out)) if storage.is_url(out) else None
-            last = train(TrainConfig(**{**options, "out": str(run)}), after_save=publish)
-    except (DataError, CheckpointError, ValueError) as exc:
+            last = train(TrainConfig(**{**general, "out": str(run)}, loss_options=given), after_save=publish)
+    except TrainError as exc:
         raise click.ClickException(str(exc)) from None
     if last:
         click.echo(f"done: step {last['step']}, loss {last['loss']:.4f}; run in {options['out']}")

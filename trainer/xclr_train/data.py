@@ -33,12 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import AUGMENTS, to_rgb
+from xclr_train.errors import TrainError
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
 SHUFFLE_GROUPS = 256
 
 
-class DataError(ValueError):
+class DataError(TrainError):
     """Training data that cannot be used (the message is one line, for the user)."""
 
 
@@ -184,9 +185,9 @@ def decode_image(data: bytes) -> Image.Image | None:
 
 @dataclass(frozen=True)
 class Needs:
-    """Which members every sample must have for the chosen loss."""
-    neighbors: bool
-    embedding: bool
+    """Which members every sample must have for the chosen loss, beyond the image and the caption id."""
+    neighbors: bool = False
+    embedding: bool = False
     labels: bool = False
 
 

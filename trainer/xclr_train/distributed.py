@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from xclr_train.errors import TrainError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -40,7 +42,7 @@ def init_distributed(device: str) -> Dist:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+            raise TrainError("--device cuda was asked for but torch sees no CUDA device")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

@@ -1,5 +1,6 @@
-"""What a loss keeps besides the encoder: a predictor head (byol, nnclr), a momentum target network (moco, byol)
-and a queue (moco's negatives, nnclr's support set, X-CLR's past projections).
+"""The parts an objective may keep besides the encoder (`xclr_train.objectives.base`): a predictor head (byol,
+nnclr), a momentum target network (moco, byol) and a queue (moco's negatives, nnclr's support set, X-CLR's past
+projections).
 
 Target network: a copy of the encoder, updated after every optimizer step as an exponential moving average with
 BYOL's schedule (also MoCo v3's)
@@ -10,31 +11,23 @@ It runs in training mode, so its BatchNorm uses the batch's statistics (SyncBatc
 and BYOL do, instead of MoCo v2's shuffled BatchNorm).
 
 Queue: after every step each rank pushes the same entries, the global batch's view-1 entries in rank order (all
-gathered without gradient): moco the normalised target projections, nnclr and xclr the normalised online
-projections, xclr also their caption ids and neighbour rows. It keeps the last `size`. MoCo's and NNCLR's queues
-start full of random unit vectors (seeded by --seed, as MoCo does); X-CLR's starts empty, since a random entry has
-no caption. Everything here is in the checkpoint, so a resumed run continues exactly.
+gathered without gradient; what they are is the objective's `queue_entries`). It keeps the last `size`. Everything
+here is in the checkpoint, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xclr_train.distributed import gather
-from xclr_train.models import Encoder, use_sync_batchnorm
-from xclr_train.objective import LossSpec, Views
-
-PREDICTOR = ("byol", "nnclr")
-TARGET = ("moco", "byol")
+from xclr_train.models import Encoder
 
 
 class Learner(nn.Module):
-    """What the optimizer trains and DDP wraps: the encoder and, for byol and nnclr, a predictor head
+    """What the optimizer trains and DDP wraps: the encoder and, with `predictor_hidden`, a predictor head
     Linear-BN-ReLU-Linear (proj_dim -> hidden -> proj_dim). forward(images) -> (projections, predictions or None)."""
 
     def __init__(self, encoder: Encoder, proj_dim: int, predictor_hidden: int | None) -> None:
@@ -93,69 +86,9 @@ class Queue:
             self.data[name].copy_(value)
 
 
-class Method:
-    """The learner, the target network and the queue of one loss, and what happens to them around a step."""
-
-    def __init__(self, spec: LossSpec, encoder: Encoder, proj_dim: int, proj_hidden: int, k: int | None,
-                 seed: int, device: torch.device, world_size: int) -> None:
-        self.spec = spec
-        learner = Learner(encoder, proj_dim, proj_hidden if spec.name in PREDICTOR else None)
-        self.learner = use_sync_batchnorm(learner, device, world_size).to(device)
-        if device.type == "cuda":
-            self.learner = self.learner.to(memory_format=torch.channels_last)
-        self.target = copy.deepcopy(self.learner.encoder).requires_grad_(False) if spec.name in TARGET else None
-        self.queue = None
-        if spec.name in ("moco", "nnclr"):
-            self.queue = Queue(spec.queue_size, {"z": ((proj_dim,), torch.float32)}, device)
-            random = torch.randn(spec.queue_size, proj_dim, generator=torch.Generator().manual_seed(seed))
-            self.queue.push({"z": F.normalize(random, dim=1).to(device)})
-        elif spec.name == "xclr" and spec.queue_size:
-            self.queue = Queue(spec.queue_size, {"z": ((proj_dim,), torch.float32), "caption_id": ((), torch.long),
-                                                 "nbr_id": ((k,), torch.long), "nbr_sim": ((k,), torch.float32)},
-                               device)
-
-    def views(self, net: nn.Module, images: Tensor) -> Views:
-        """The rank's outputs for images = [view 1; view 2]; `net` is the learner, DDP-wrapped or not."""
-        z, p = net(images)
-        z1, z2 = z.chunk(2)
-        views = Views(z1, z2)
-        if p is not None:
-            views.p1, views.p2 = p.chunk(2)
-        if self.target is not None:
-            with torch.no_grad():
-                views.t1, views.t2 = self.target(images).chunk(2)
-        return views
-
-    def queue_entries(self) -> dict[str, Tensor] | None:
-        return None if self.queue is None else self.queue.entries()
-
-    @torch.no_grad()
-    def after_step(self, views: Views, batch: dict, step: int, total: int) -> None:
-        """After the optimizer step `step` (counted from 1) of `total`: move the target, push the batch."""
-        if self.target is not None:
-            ema_update(self.target, self.learner.encoder, momentum_at(step, total, self.spec.momentum))
-        if self.queue is None:
-            return
-        source = views.t1 if self.spec.name == "moco" else views.z1
-        entries = {"z": F.normalize(gather(source.detach().float().contiguous()), dim=1)}
-        if self.spec.name == "xclr":
-            entries.update({key: gather(batch[key]) for key in ("caption_id", "nbr_id", "nbr_sim")})
-        self.queue.push(entries)
-
-    def state_dict(self) -> dict:
-        state = {}
-        if self.learner.predictor is not None:
-            state["predictor"] = self.learner.predictor.state_dict()
-        if self.target is not None:
-            state["target"] = self.target.state_dict()
-        if self.queue is not None:
-            state["queue"] = self.queue.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.learner.predictor is not None:
-            self.learner.predictor.load_state_dict(state["predictor"])
-        if self.target is not None:
-            self.target.load_state_dict(state["target"])
-        if self.queue is not None:
-            self.queue.load_state_dict(state["queue"])
+def random_queue(size: int, dim: int, seed: int, device: torch.device) -> Queue:
+    """A queue of `size` unit vectors, full from the start (MoCo's negatives, NNCLR's support set)."""
+    queue = Queue(size, {"z": ((dim,), torch.float32)}, device)
+    random = torch.randn(size, dim, generator=torch.Generator().manual_seed(seed))
+    queue.push({"z": F.normalize(random, dim=1).to(device)})
+    return queue

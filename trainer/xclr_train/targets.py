@@ -4,8 +4,8 @@ Sparse (what the shards carry, one ``nbr.npy`` row per sample):
 
     S[a, b] = 1                                    if caption(a) == caption(b)
             = max(sim(a -> b), sim(b -> a))        if either caption is among the other's top-k
-            = floor                                otherwise (xclr-train --floor: the graph's background
-                                                           similarity, or -inf: no target weight)
+            = floor                                otherwise (`floor_similarity`, or -inf with --floor none:
+                                                           no target weight)
 
 Dense: S = E E^T from the batch's caption embeddings.
 Background calibration maps both to  max(0, (S - b) / (1 - b))  for a background similarity b, so unrelated
@@ -16,6 +16,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def floor_similarity(background: float, kth_mean: float | None) -> float:
+    """The floor stands for "not among the top k": the background similarity b (the mean over random caption pairs),
+    clipped at the mean k-th neighbour similarity when b is not already below it: min(b, kth_mean)."""
+    return background if kth_mean is None else min(background, kth_mean)
 
 
 def sparse_similarity_rows(caption_ids: Tensor, nbr_ids: Tensor, nbr_sims: Tensor, floor: float,

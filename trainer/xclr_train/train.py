@@ -19,12 +19,14 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -32,13 +34,12 @@ from xclr_schemas import load_npy
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from xclr_train.data import REASONS, DataError, Needs, ShardStream, find_shards, first_sample, make_loader
+from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
-from xclr_train.frameworks import Method
-from xclr_train.losses.triplet import MINING
+from xclr_train.errors import TrainError
 from xclr_train.metrics import MetricsLog
 from xclr_train.models import Encoder, model_config
-from xclr_train.objective import MARGINS, MOMENTUM, POSITIVE_LOSSES, POSITIVES, QUEUE_SIZE, LossSpec, objective
+from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options, parse_options
 from xclr_train.optim import lr_at, make_optimizer
 
 # Options that do not change what is computed; a resume may change them.
@@ -50,16 +51,7 @@ class TrainConfig:
     data: str
     out: str
     loss: str = "xclr"
-    targets: str = "sparse"
-    calibrate: str = "none"
-    floor: str = "background"
-    positives: str = "caption"
-    margin: float | None = None
-    mining: str | None = None
-    queue_size: int | None = None
-    momentum: float | None = None
-    tau: float = 0.1
-    tau_s: float = 0.1
+    loss_options: Mapping[str, Any] = field(default_factory=dict)  # the objective's options given (the rest default)
     arch: str = "resnet50"
     image_size: int = 224
     augment: str = "simclr"
@@ -88,206 +80,223 @@ def default_lr(optimizer: str, global_batch: int) -> float:
     return (0.3 if optimizer == "lars" else 1e-3) * global_batch / 256
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Steps and learning rate: an epoch is `steps_per_epoch` global batches; `total` steps in all, the last epoch
+    possibly cut short; linear warmup to `peak_lr` over `warmup` steps, then cosine decay (`xclr_train.optim`)."""
+    global_batch: int
+    steps_per_epoch: int
+    total: int
+    epochs: int
+    warmup: int
+    peak_lr: float
+
+
+@dataclass
+class Session:
+    """Everything `set_up` builds for a run, and where the run stands (`epoch`, `step`, `skipped`: the skip counts
+    of all ranks in the finished epochs)."""
+    cfg: TrainConfig
+    dist: Dist
+    run: Path
+    schedule: Schedule
+    objective: Objective
+    ddp: nn.Module  # the learner, DDP-wrapped on several ranks
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: AbstractContextManager
+    loader: torch.utils.data.DataLoader
+    stream: ShardStream
+    model_config: dict
+    epoch: int
+    step: int
+    skipped: torch.Tensor
+
+
 def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dict:
-    """Train; returns the last logged metrics. Raises DataError / CheckpointError / ValueError on bad input.
+    """Train; returns the last logged metrics. Raises TrainError (DataError, CheckpointError) on bad input.
 
     `after_save` is called on the main rank after every checkpoint (the command line publishes a URL run there).
     """
-    dist = init_distributed(cfg.device)
-    run = Path(cfg.out)
-    shards = find_shards(cfg.data)
-    spec, k, emb_dim = _loss_spec(cfg, shards)
-    samples_per_epoch = cfg.samples_per_epoch or shards.samples
-    if samples_per_epoch is None:
-        raise DataError(f"{cfg.data} has no sizes.json covering its shards: give --samples-per-epoch")
-    global_batch = cfg.batch_size * dist.world_size
-    steps_per_epoch = samples_per_epoch // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"--samples-per-epoch {samples_per_epoch} is less than one global batch ({global_batch})")
-    total = cfg.steps or cfg.epochs * steps_per_epoch
-    epochs = math.ceil(total / steps_per_epoch)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 10)
-    peak_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, global_batch)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
-    if precision != "fp32" and dist.device.type != "cuda":
-        raise ValueError(f"--precision {precision} needs a GPU; use fp32 on the CPU")
-
-    torch.manual_seed(cfg.seed)
-    mconf = model_config(cfg.arch, cfg.image_size, cfg.proj_hidden, emb_dim if cfg.loss == "clip" else cfg.proj_dim)
-    method = Method(spec, Encoder(**mconf), mconf["proj_dim"], cfg.proj_hidden, k, cfg.seed, dist.device,
-                    dist.world_size)
-    model = method.learner.encoder
-    optimizer = make_optimizer(cfg.optimizer, method.learner, peak_lr, cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    start_epoch, step, skipped_before = _start(cfg, run, dist, mconf, method, optimizer, scaler)
-    ddp = DistributedDataParallel(method.learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else
-                                  None) if dist.world_size > 1 else method.learner
-
-    stream = ShardStream(shards, cfg.batch_size, cfg.image_size, cfg.augment,
-                         Needs(spec.needs_neighbors, spec.needs_embeddings, spec.needs_labels), k, cfg.seed, dist.rank)
-    loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
-        if precision != "fp32" else nullcontext()
-    log = MetricsLog(run, step) if dist.is_main else None
-    bar = tqdm(total=total, initial=step, unit="step", disable=not (dist.is_main and cfg.progress), dynamic_ncols=True)
+    s = set_up(cfg)
+    log = MetricsLog(s.run, s.step) if s.dist.is_main else None
+    bar = tqdm(total=s.schedule.total, initial=s.step, unit="step", disable=not (s.dist.is_main and cfg.progress),
+               dynamic_ncols=True)
     last: dict = {}
     try:
-        for epoch in range(start_epoch, epochs):
-            stream.epoch = epoch
-            batches = iter(loader)
-            skipped: dict[int, torch.Tensor] = {}  # DataLoader worker -> its running counts in this epoch
-            window = _Window(dist.device)
-            for _ in range(min(steps_per_epoch, total - step)):
-                t0 = time.perf_counter()
-                batch = next(batches)
-                window.data_time += time.perf_counter() - t0
-                skipped[int(batch.pop("worker"))] = batch.pop("skipped")
-                batch = {key: value.to(dist.device, non_blocking=True) for key, value in batch.items()}
-                lr = lr_at(step, total, warmup, peak_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = torch.cat([batch.pop("view1"), batch.pop("view2")])
-                if dist.device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    views = method.views(ddp, images)
-                loss, stats = objective(spec, views, batch, dist.rank, method.queue_entries())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                method.after_step(views, batch, step, total)
-                window.add(loss, stats)
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total:
-                    last = window.summary(step, epoch, lr, global_batch, skipped_before, _total(skipped))
-                    if log is not None:
-                        log.write(last)
-                        bar.set_postfix(loss=f"{last['loss']:.4f}")
-                    window = _Window(dist.device)
-            del batches
-            skipped_before = skipped_before + all_reduce_sum(_total(skipped).to(dist.device)).cpu()
-            if dist.is_main:
-                state = {"model": model.state_dict(), "model_config": mconf, "method": method.state_dict(),
-                         "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
-                         "skipped": skipped_before, "config": _options(cfg, dist.world_size)}
-                _save(run / CHECKPOINTS, state, cfg.save_every, epochs)
+        while s.step < s.schedule.total:
+            last = train_epoch(s, log, bar) or last
+            if s.dist.is_main:
+                save(s)
                 if after_save is not None:
                     after_save()
-            if step >= total:
-                break
     finally:
         bar.close()
         if log is not None:
             log.close()
-        if dist.world_size > 1:
+        if s.dist.world_size > 1:
             torch.distributed.destroy_process_group()
     return last
 
 
-def _loss_spec(cfg: TrainConfig, shards) -> tuple[LossSpec, int | None, int | None]:
-    """The loss, checked against the first sample's members; k and the caption embedding size when present."""
-    sample = first_sample(shards)
+def set_up(cfg: TrainConfig) -> Session:
+    """The run's schedule, objective, model, optimizer and data stream, resumed from --resume where asked."""
+    options = parse_options(cfg.loss, cfg.loss_options)  # bad options stop the run before anything is read
+    dist = init_distributed(cfg.device)
+    shards = find_shards(cfg.data)
+    objective, k, caption_dim = _objective(cfg, options, shards)
+    schedule = _schedule(cfg, shards, dist.world_size)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
+    if precision != "fp32" and dist.device.type != "cuda":
+        raise TrainError(f"--precision {precision} needs a GPU; use fp32 on the CPU")
+
+    torch.manual_seed(cfg.seed)
+    mconf = model_config(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim))
+    learner = objective.build(Encoder(**mconf), mconf["proj_dim"], cfg.proj_hidden, k, cfg.seed, dist.device,
+                              dist.world_size)
+    optimizer = make_optimizer(cfg.optimizer, learner, schedule.peak_lr, cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    ddp = DistributedDataParallel(learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
+        if dist.world_size > 1 else learner
+    stream = ShardStream(shards, cfg.batch_size, cfg.image_size, cfg.augment, objective.needs, k, cfg.seed, dist.rank)
+    loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
+        if precision != "fp32" else nullcontext()
+    s = Session(cfg, dist, Path(cfg.out), schedule, objective, ddp, optimizer, scaler, autocast, loader, stream, mconf,
+                0, 0, torch.zeros(len(REASONS), dtype=torch.long))
+    _start(s)
+    return s
+
+
+def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
+    """Epoch `s.epoch`: its steps (up to the schedule's total), a metrics line every --log-every steps; returns the
+    last line ({} if none) and advances `s.epoch`, `s.step` and `s.skipped`."""
+    cfg, dist, sched, objective, optimizer = s.cfg, s.dist, s.schedule, s.objective, s.optimizer
+    s.stream.epoch = s.epoch
+    batches = iter(s.loader)
+    skipped: dict[int, torch.Tensor] = {}  # DataLoader worker -> its running counts in this epoch
+    window = _Window(dist.device)
+    last: dict = {}
+    for _ in range(min(sched.steps_per_epoch, sched.total - s.step)):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        window.data_time += time.perf_counter() - t0
+        skipped[int(batch.pop("worker"))] = batch.pop("skipped")
+        batch = {key: value.to(dist.device, non_blocking=True) for key, value in batch.items()}
+        lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = torch.cat([batch.pop("view1"), batch.pop("view2")])
+        if dist.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with s.autocast:
+            views = objective.views(s.ddp, images)
+        loss, stats = objective.rows(views, batch, dist.rank)
+        optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(optimizer)
+        s.scaler.update()
+        s.step += 1
+        objective.after_step(views, batch, s.step, sched.total)
+        window.add(loss, stats)
+        bar.update(1)
+        if s.step % cfg.log_every == 0 or s.step == sched.total:
+            last = window.summary(s.step, s.epoch, lr, sched.global_batch, s.skipped, _total(skipped))
+            if log is not None:
+                log.write(last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+            window = _Window(dist.device)
+    del batches
+    s.skipped = s.skipped + all_reduce_sum(_total(skipped).to(dist.device)).cpu()
+    s.epoch += 1
+    return last
+
+
+def save(s: Session) -> None:
+    """The checkpoint after epoch `s.epoch` (main rank): epoch-NNNN.pt every --save-every epochs and at the end, then
+    latest.pt (so latest is never behind)."""
+    state = {"model": s.objective.learner.encoder.state_dict(), "model_config": s.model_config,
+             "method": s.objective.state_dict(), "optimizer": s.optimizer.state_dict(),
+             "scaler": s.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
+             "config": _options(s.cfg, s.objective, s.dist.world_size)}
+    folder = s.run / CHECKPOINTS
+    if s.epoch % s.cfg.save_every == 0 or s.epoch == s.schedule.epochs:
+        save_checkpoint(folder / f"epoch-{s.epoch:04d}.pt", state)
+    save_checkpoint(folder / LATEST, state)
+
+
+def _schedule(cfg: TrainConfig, shards: ShardSet, world_size: int) -> Schedule:
+    samples_per_epoch = cfg.samples_per_epoch or shards.samples
+    if samples_per_epoch is None:
+        raise DataError(f"{cfg.data} has no sizes.json covering its shards: give --samples-per-epoch")
+    global_batch = cfg.batch_size * world_size
+    steps_per_epoch = samples_per_epoch // global_batch
+    if steps_per_epoch == 0:
+        raise TrainError(f"--samples-per-epoch {samples_per_epoch} is less than one global batch ({global_batch})")
+    total = cfg.steps or cfg.epochs * steps_per_epoch
+    return Schedule(global_batch, steps_per_epoch, total, math.ceil(total / steps_per_epoch),
+                    cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 10),
+                    cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, global_batch))
+
+
+def _objective(cfg: TrainConfig, options: Options, shards: ShardSet) -> tuple[Objective, int | None, int | None]:
+    """The objective over the shards' graph, checked against the first sample's members; k and the caption
+    embedding size when present."""
     graph = (shards.manifest or {}).get("graph", {})
     background = graph.get("background_similarity", {}).get("mean")
-    # The floor stands for "not among the top k": the background similarity, clipped at the mean k-th neighbour
-    # similarity if it is not already well below it (docs/design.md, Targets and loss); --floor none: no target weight.
-    floor = min(background, graph.get("kth_similarity_mean", background)) if background is not None else 0.0
-    if cfg.floor == "none":
-        floor = float("-inf")
-    name = cfg.loss
-    for option, choices in (("targets", ("sparse", "dense")), ("calibrate", ("none", "background")),
-                            ("floor", ("background", "none")),
-                            ("positives", POSITIVES), ("mining", (None, *MINING))):
-        if getattr(cfg, option) not in choices:
-            raise ValueError(f"--{option} must be one of {', '.join(c for c in choices if c)}, got "
-                             f"{getattr(cfg, option)!r}")
-    for option, takers in (("margin", MARGINS), ("mining", ("triplet",)), ("queue_size", (*QUEUE_SIZE, "xclr")),
-                           ("momentum", MOMENTUM)):
-        if getattr(cfg, option) is not None and name not in takers:
-            raise ValueError(f"--{option.replace('_', '-')} is for --loss {_either(takers)}, not {name}")
-    if cfg.floor == "none" and (name != "xclr" or cfg.targets != "sparse" or cfg.calibrate != "none"):
-        raise ValueError("--floor none is for --loss xclr with sparse targets and no --calibrate (calibration "
-                         "would lift the pairs outside the graph back to 0)")
-    if cfg.positives != "caption" and name not in POSITIVE_LOSSES:
-        raise ValueError(f"--positives is for --loss {_either(POSITIVE_LOSSES)}, not {name}")
-    spec = LossSpec(name, cfg.tau, cfg.tau_s, cfg.targets, floor, background or 0.0, cfg.calibrate, cfg.positives,
-                    cfg.margin if cfg.margin is not None else MARGINS.get(name, 0.0), cfg.mining or "hardest",
-                    cfg.queue_size if cfg.queue_size is not None else QUEUE_SIZE.get(name, 0),
-                    cfg.momentum if cfg.momentum is not None else MOMENTUM.get(name, 0.0))
-    if spec.needs_neighbors and NEIGHBORS_SUFFIX not in sample:
-        what = "--loss xclr with sparse targets" if name == "xclr" else "--positives graph"
-        raise DataError(f"{what} needs KEY.{NEIGHBORS_SUFFIX} in every sample; "
-                        f"{shards.urls[0]} has none (write the shards with xclr-prep graph)")
-    if spec.needs_embeddings and EMBEDDING_SUFFIX not in sample:
-        what = "--loss clip" if name == "clip" else "--targets dense"
-        raise DataError(f"{what} needs KEY.{EMBEDDING_SUFFIX} (caption embeddings) in every sample; "
-                        f"{shards.urls[0]} has none (write the shards with xclr-prep graph --with-embeddings)")
-    if spec.needs_labels and "label" not in json.loads(sample.get(META_SUFFIX, b"{}")):
-        raise DataError(f"--positives label needs a \"label\" in every KEY.{META_SUFFIX}; {shards.urls[0]} has "
-                        f"none (embed with --label-col)")
-    if name == "xclr" and background is None:
-        raise DataError(f"--loss xclr needs the shards manifest (the graph's background similarity) beside the "
-                        f"tars; {cfg.data} has none")
-    if spec.queue_size < 0 or (name in QUEUE_SIZE and spec.queue_size == 0):
-        raise ValueError(f"--queue-size must be positive for --loss {name}, got {spec.queue_size}")
-    if spec.name == "xclr" and spec.queue_size and spec.targets != "sparse":
-        raise ValueError("--queue-size with --loss xclr needs sparse targets (the queue keeps neighbour rows)")
-    k = len(load_npy(sample[NEIGHBORS_SUFFIX])) if spec.needs_neighbors else None
-    emb_dim = len(load_npy(sample[EMBEDDING_SUFFIX])) if EMBEDDING_SUFFIX in sample else None
-    return spec, k, emb_dim
+    objective = OBJECTIVES[cfg.loss](options, Graph(background, graph.get("kth_similarity_mean")))
+    sample, needs, why = first_sample(shards), objective.needs, objective.needs_reason
+    if needs.neighbors and NEIGHBORS_SUFFIX not in sample:
+        raise DataError(f"{why} needs KEY.{NEIGHBORS_SUFFIX} in every sample; {shards.urls[0]} has none (write the "
+                        f"shards with xclr-prep graph)")
+    if needs.embedding and EMBEDDING_SUFFIX not in sample:
+        raise DataError(f"{why} needs KEY.{EMBEDDING_SUFFIX} (caption embeddings) in every sample; {shards.urls[0]} "
+                        f"has none (write the shards with xclr-prep graph --with-embeddings)")
+    if needs.labels and "label" not in json.loads(sample.get(META_SUFFIX, b"{}")):
+        raise DataError(f"{why} needs a \"label\" in every KEY.{META_SUFFIX}; {shards.urls[0]} has none (embed with "
+                        f"--label-col)")
+    k = len(load_npy(sample[NEIGHBORS_SUFFIX])) if needs.neighbors else None
+    caption_dim = len(load_npy(sample[EMBEDDING_SUFFIX])) if EMBEDDING_SUFFIX in sample else None
+    return objective, k, caption_dim
 
 
-def _either(names) -> str:
-    names = list(names)
-    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
-
-
-def _options(cfg: TrainConfig, world_size: int) -> dict:
-    """The options that define what a run computes (a resume must repeat them)."""
+def _options(cfg: TrainConfig, objective: Objective, world_size: int) -> dict:
+    """The options that define what a run computes (a resume must repeat them), the objective's with their
+    defaults filled in."""
     options = {k: v for k, v in asdict(cfg).items() if k not in FREE_OPTIONS}
+    options["loss_options"] = asdict(objective.args)
     options["world_size"] = world_size
     return options
 
 
-def _start(cfg: TrainConfig, run: Path, dist: Dist, mconf: dict, method: Method, optimizer,
-           scaler) -> tuple[int, int, torch.Tensor]:
-    """(epoch, step, skipped counts of all ranks) to start from: a new run, or the checkpoint named by --resume.
+def _start(s: Session) -> None:
+    """Where `s` starts: a new run (writes config.json), or the checkpoint named by --resume.
 
     ``--resume latest`` with no latest.pt yet starts a new run (as open_clip does), so one command line serves the
     first start and every restart (torchrun --max-restarts).
     """
-    options = _options(cfg, dist.world_size)
-    config_file = run / CONFIG
+    cfg, run = s.cfg, s.run
+    options = _options(cfg, s.objective, s.dist.world_size)
     latest = run / CHECKPOINTS / LATEST
     if cfg.resume is None or (cfg.resume == "latest" and not latest.exists()):
         if cfg.resume is None and latest.exists():
             raise CheckpointError(f"{run} already holds a run: resume it with --resume latest or choose another --out")
-        if dist.is_main:
+        if s.dist.is_main:
             run.mkdir(parents=True, exist_ok=True)
-            config_file.write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
-        return 0, 0, torch.zeros(len(REASONS), dtype=torch.long)
+            (run / CONFIG).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
+        return
     path = latest if cfg.resume == "latest" else Path(cfg.resume)
-    state = load_checkpoint(path, mconf)
+    state = load_checkpoint(path, s.model_config)
     theirs = state["config"]
     changed = sorted(k for k in set(options) | set(theirs) if options.get(k) != theirs.get(k))
     if changed:
         raise CheckpointError(f"{path} was trained with other options: "
                               + ", ".join(f"{k}={theirs.get(k)!r} (now {options.get(k)!r})" for k in changed))
-    method.learner.encoder.load_state_dict(state["model"])
-    method.load_state_dict(state.get("method", {}))  # checkpoints from before issue 7 have none
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    return state["epoch"], state["step"], state["skipped"]
-
-
-def _save(folder: Path, state: dict, save_every: int, epochs: int) -> None:
-    """epoch-NNNN.pt every `save_every` epochs and at the end, then latest.pt (so latest is never behind)."""
-    if state["epoch"] % save_every == 0 or state["epoch"] == epochs:
-        save_checkpoint(folder / f"epoch-{state['epoch']:04d}.pt", state)
-    save_checkpoint(folder / LATEST, state)
+    s.objective.learner.encoder.load_state_dict(state["model"])
+    s.objective.load_state_dict(state["method"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    s.epoch, s.step, s.skipped = state["epoch"], state["step"], state["skipped"]
 
 
 def _total(skipped: dict[int, torch.Tensor]) -> torch.Tensor:

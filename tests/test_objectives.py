@@ -1,0 +1,112 @@
+"""The objective registry: every objective's options are checked when it is made, an option of another objective is
+refused by name, and a new objective is one class that the command line picks up with nothing else edited."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import fields
+
+import pytest
+
+from xclr_train.data import Needs
+from xclr_train.errors import TrainError
+from xclr_train.objectives import OBJECTIVES, Graph, make_objective
+from xclr_train.targets import floor_similarity
+
+GRAPH = Graph(background=0.2, kth_mean=0.3)
+
+
+def test_the_ten_objectives_are_registered_with_their_defaults():
+    assert set(OBJECTIVES) == {"xclr", "simclr", "supcon", "clip", "triplet", "npair", "contrastive", "moco", "byol",
+                               "nnclr"}
+    defaults = {name: {f.name: f.default for f in fields(cls.Args)} for name, cls in OBJECTIVES.items()}
+    assert defaults["moco"] == {"tau": 0.1, "queue_size": 65536, "momentum": 0.99}
+    assert defaults["nnclr"] == {"tau": 0.1, "queue_size": 98304}
+    assert defaults["byol"] == {"momentum": 0.996}
+    assert defaults["triplet"] == {"positives": "caption", "margin": 0.2, "mining": "hardest"}
+    assert defaults["contrastive"] == {"positives": "caption", "margin": 1.0}
+    assert defaults["xclr"] == {"tau": 0.1, "tau_s": 0.1, "targets": "sparse", "calibrate": "none",
+                                "floor": "background", "queue_size": 0}
+
+
+@pytest.mark.parametrize("loss, options, message", [
+    ("simclr", {"tau": 0.0}, "--tau must be positive for --loss simclr, got 0.0"),
+    ("clip", {"tau": -1.0}, "--tau must be positive for --loss clip"),
+    ("xclr", {"tau_s": 0.0}, "--tau-s must be positive for --loss xclr"),
+    ("xclr", {"queue_size": -1}, "--queue-size must be 0 or more for --loss xclr"),
+    ("moco", {"queue_size": 0}, "--queue-size must be positive for --loss moco"),
+    ("nnclr", {"queue_size": 0}, "--queue-size must be positive for --loss nnclr"),
+    ("moco", {"momentum": 1.0}, "--momentum must be in [0, 1) for --loss moco"),
+    ("byol", {"momentum": -0.1}, "--momentum must be in [0, 1) for --loss byol"),
+    ("triplet", {"margin": 0.0}, "--margin must be positive for --loss triplet"),
+    ("contrastive", {"margin": -1.0}, "--margin must be positive for --loss contrastive"),
+    ("triplet", {"mining": "easy"}, "--mining must be one of hardest, semihard, got 'easy'"),
+    ("supcon", {"positives": "class"}, "--positives must be one of caption, label, graph, got 'class'"),
+    ("xclr", {"targets": "dense", "queue_size": 4}, "--queue-size with --loss xclr needs sparse targets"),
+    ("xclr", {"floor": "none", "targets": "dense"}, "--floor none is for --loss xclr with sparse targets"),
+    ("simclr", {"margin": 0.5}, "--margin is for --loss contrastive or triplet, not simclr"),
+    ("byol", {"tau": 0.2}, "--tau is for --loss clip, moco, nnclr, simclr, supcon or xclr, not byol"),
+    ("npair", {"mining": "hardest"}, "--mining is for --loss triplet, not npair"),
+    ("hinge", {}, "unknown --loss 'hinge'"),
+])
+def test_a_bad_option_is_refused_when_the_objective_is_made(loss, options, message):
+    with pytest.raises(TrainError) as error:
+        make_objective(loss, options, GRAPH)
+    assert message in str(error.value)
+
+
+def test_xclr_takes_its_floor_from_the_graph():
+    assert make_objective("xclr", {}, GRAPH).floor == floor_similarity(0.2, 0.3) == 0.2
+    assert make_objective("xclr", {}, Graph(background=0.5, kth_mean=0.4)).floor == 0.4  # clipped at the k-th mean
+    assert make_objective("xclr", {"floor": "none"}, GRAPH).floor == float("-inf")
+    with pytest.raises(TrainError, match="needs the shards manifest"):
+        make_objective("xclr", {}, Graph())
+
+
+def test_needs_follow_the_options():
+    def needs(loss, options):
+        objective = make_objective(loss, options, GRAPH)
+        return objective.needs, objective.needs_reason
+    assert needs("xclr", {}) == (Needs(neighbors=True), "--loss xclr with sparse targets")
+    assert needs("xclr", {"targets": "dense"}) == (Needs(embedding=True), "--targets dense")
+    assert needs("clip", {}) == (Needs(embedding=True), "--loss clip")
+    assert needs("triplet", {"positives": "graph"}) == (Needs(neighbors=True), "--positives graph")
+    assert needs("supcon", {"positives": "label"}) == (Needs(labels=True), "--positives label")
+    assert needs("npair", {})[0] == needs("simclr", {})[0] == needs("moco", {})[0] == Needs()
+
+
+def test_a_new_objective_is_one_class(tmp_path):
+    """Defined before the command line is built (as a module of the package would be), an objective gets --loss, its
+    option with help and default, its checks and its one-line errors, with no other file edited."""
+    script = textwrap.dedent('''
+        from dataclasses import dataclass
+        from xclr_train.objectives.base import POSITIVE, Objective, Options, Views, columns, option
+        from xclr_train.losses.simclr import nt_xent_rows
+
+        class Scaled(Objective):
+            name = "scaled"
+
+            @dataclass(frozen=True)
+            class Args(Options):
+                scale: float = option(2.0, "Logit scale of the scaled test objective.", rule=POSITIVE)
+
+            def rows(self, views, batch, rank):
+                c = columns(views, batch, rank)
+                return nt_xent_rows(c.anchors, c.columns, c.self_cols, 1 / self.args.scale), {}
+
+        from click.testing import CliRunner
+        from xclr_train.cli import main
+        help = CliRunner().invoke(main, ["--help"], terminal_width=200).output
+        assert "scaled" in help.split("--loss", 1)[1].split("\\n")[0], help
+        assert "Logit scale of the scaled test objective. For --loss scaled; default 2.0." in " ".join(help.split())
+        bad = CliRunner().invoke(main, ["--data", ".", "--out", "run", "--loss", "scaled", "--scale", "0"])
+        assert bad.exit_code == 1, bad.output
+        assert "Error: --scale must be positive for --loss scaled, got 0.0" in bad.stderr, bad.output
+        other = CliRunner().invoke(main, ["--data", ".", "--out", "run", "--loss", "simclr", "--scale", "3"])
+        assert "Error: --scale is for --loss scaled, not simclr" in other.stderr, other.output
+        print("ok")
+    ''')
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -1,0 +1,6 @@
+"""The trainer's one error type for the user."""
+
+
+class TrainError(Exception):
+    """A bad option, data set or checkpoint: `xclr-train` prints its message as one line and exits 1. Anything else
+    (a bug here, in torch or in numpy) keeps its traceback."""

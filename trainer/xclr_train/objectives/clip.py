@@ -1,0 +1,36 @@
+"""CLIP against the frozen caption embeddings (KEY.emb.npy): the projection has the caption embedding's size and
+both views are image rows of the image-text loss (`xclr_train.losses.clip`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from xclr_train.data import Needs
+from xclr_train.distributed import gather
+from xclr_train.losses.clip import clip_rows
+from xclr_train.objectives.base import Objective, Options, Views, columns, tau_option
+
+
+class CLIP(Objective):
+    name = "clip"
+
+    @dataclass(frozen=True)
+    class Args(Options):
+        tau: float = tau_option()
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(embedding=True)
+
+    def projection_dim(self, proj_dim: int, caption_dim: int | None) -> int:
+        return caption_dim
+
+    def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
+        c = columns(views, batch, rank)
+        texts = F.normalize(batch["emb"].float(), dim=1)
+        loss = clip_rows(c.anchors, batch["caption_id"].repeat(2), c.columns, c.caption_ids.repeat(2), texts,
+                         batch["caption_id"], gather(texts), c.caption_ids, self.args.tau)
+        return loss, {}

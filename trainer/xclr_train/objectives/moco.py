@@ -1,0 +1,40 @@
+"""MoCo (v2 head, v3 momentum schedule): InfoNCE of the online projections against the momentum network's keys and
+a queue of past keys (`xclr_train.losses.moco`). The queue starts full of random unit vectors (seeded by --seed,
+as MoCo does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xclr_train.distributed import gather
+from xclr_train.frameworks import Queue, random_queue
+from xclr_train.losses.moco import moco_loss
+from xclr_train.objectives.base import FRACTION, POSITIVE, Objective, Options, Views, option, tau_option
+
+
+class MoCo(Objective):
+    name = "moco"
+
+    @dataclass(frozen=True)
+    class Args(Options):
+        tau: float = tau_option()
+        queue_size: int = option(65536, "negatives", rule=POSITIVE)
+        momentum: float = option(0.99, "Base EMA of the target network, rising to 1 on a cosine.", rule=FRACTION)
+
+    @property
+    def momentum(self) -> float:
+        return self.args.momentum
+
+    def make_queue(self, proj_dim: int, k: int | None, seed: int, device: torch.device) -> Queue:
+        return random_queue(self.args.queue_size, proj_dim, seed, device)
+
+    def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
+        return {"z": F.normalize(gather(views.t1.float().contiguous()), dim=1)}
+
+    def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-sample terms: the rank's rows are the whole-batch formula."""
+        return moco_loss(views.z1, views.z2, views.t1, views.t2, self.queue.entries()["z"], self.args.tau), {}
