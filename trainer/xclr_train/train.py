@@ -261,12 +261,13 @@ def _objective(cfg: TrainConfig, options: Options, shards: ShardSet) -> tuple[Ob
 
 
 def _options(cfg: TrainConfig, objective: Objective, world_size: int) -> dict:
-    """The options that define what a run computes (a resume must repeat them), the objective's with their
-    defaults filled in."""
-    options = {k: v for k, v in asdict(cfg).items() if k not in FREE_OPTIONS}
-    options["loss_options"] = asdict(objective.args)
-    options["world_size"] = world_size
-    return options
+    """The options that define what a run computes (a resume must repeat them): the run's, and the objective's with
+    their defaults filled in."""
+    options = {k: v for k, v in asdict(cfg).items() if k not in (*FREE_OPTIONS, "loss_options")}
+    own = asdict(objective.args)
+    if set(own) & set(options):
+        raise TypeError(f"--loss {cfg.loss} has options named as the run's: {sorted(set(own) & set(options))}")
+    return {**options, **own, "world_size": world_size}
 
 
 def _start(s: Session) -> None:
