@@ -5,7 +5,7 @@ Injected: kill -9 of the driver (the xclr-prep command, not the cluster); kill -
 of its `ray start`: raylet, agents, the actors on it); kill -9 of one training rank. The recovery is the documented
 one: a run that loses a node finishes on the nodes left; a killed driver is rerun; for training, torchrun's
 elastic restart of the group with `--resume latest`. Each ends equal to an uninterrupted run, every sample present
-exactly once; every fault goes into the fault ledger (tests/conftest.py) with the samples lost, counted from the
+exactly once; every fault goes into the fault ledger (tests/fault_ledger.py) with the samples lost, counted from the
 output.
 """
 
@@ -21,25 +21,22 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
-
-from conftest import (
+from data_helpers import assert_same_result
+from fault_ledger import passes, samples_lost
+from prep_helpers import (
     EMBED_ARGS,
     EMBED_PARTS,
     GRAPH_ARGS,
-    RayCluster,
-    assert_same_result,
     kill_session,
-    passes,
     run_prep,
-    samples_lost,
     shard_keys,
     shard_snapshot,
     start_prep,
-    torchrun_cmd,
-    train_metrics,
-    train_samples_lost,
     wait_for_markers,
 )
+from ray_cluster import RayCluster
+from train_helpers import torchrun_cmd, train_metrics, train_samples_lost
+
 from xclr_schemas import load_embed_dir, read_shards_manifest
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import write_tar
 
-from conftest import write_tar
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs, read_rows
 from xclr_prep.errors import PrepError
 from xclr_prep.scan import scan_file

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import cosine_rows, write_tar
+from prep_helpers import run_prep
 from sentence_transformers import SentenceTransformer
 
-from conftest import cosine_rows, run_prep, write_tar
 from xclr_prep.captions import normalise
 from xclr_prep.sample_corpora import tuxpaint_stamps, write_tuxpaint_tars
 from xclr_schemas import load_embed_dir

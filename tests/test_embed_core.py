@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import cosine_rows
 from sentence_transformers import SentenceTransformer
 
-from conftest import cosine_rows
 from xclr_prep.captions import normalise
 from xclr_prep.corpus import CorpusSpec, InputFile
 from xclr_prep.dedup import assign_caption_ids

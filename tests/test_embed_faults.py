@@ -9,19 +9,11 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import assert_same_result
+from fault_ledger import passes, samples_lost
+from prep_helpers import EMBED_ARGS, EMBED_PARTS, kill_session, run_prep, start_prep, wait_for_markers
+from ray_cluster import RayCluster
 
-from conftest import (
-    EMBED_ARGS,
-    EMBED_PARTS,
-    RayCluster,
-    assert_same_result,
-    kill_session,
-    passes,
-    run_prep,
-    samples_lost,
-    start_prep,
-    wait_for_markers,
-)
 from xclr_schemas import load_embed_dir
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from data_helpers import write_tar
 from PIL import Image
 
-from conftest import write_tar
 from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
 
 METRICS = {"knn_accuracy", "linear_probe_accuracy", "precision@1", "precision@10", "recall@10", "mAP", "kmeans_ari",

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from data_helpers import brute_force_topk, clustered, tiny_png, write_embed_dir, write_tar
+from prep_helpers import run_prep
 
-from conftest import brute_force_topk, clustered, run_prep, tiny_png, write_embed_dir, write_tar
 from xclr_prep import knn
 from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
 

@@ -10,8 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import webdataset as wds
+from data_helpers import assert_topk_equal, brute_force_topk
+from prep_helpers import run_prep
 
-from conftest import assert_topk_equal, brute_force_topk, run_prep
 from xclr_prep.groups import in_group_neighbors
 from xclr_prep.sample_corpora import write_fashion_mnist_tars
 from xclr_schemas import load_embed_dir, load_graph, load_npy, read_shards_manifest
@@ -156,8 +157,8 @@ def test_images_from_every_source_kind(tmp_path):
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from data_helpers import tiny_png, write_tar
 
-    from conftest import tiny_png, write_tar
     from xclr_prep.sample_corpora import wordnet_captions
 
     captions = wordnet_captions(90).column("caption").to_pylist()

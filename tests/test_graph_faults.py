@@ -5,17 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fault_ledger import samples_lost
+from prep_helpers import GRAPH_ARGS, kill_session, run_prep, shard_keys, shard_snapshot, start_prep, wait_for_markers
 
-from conftest import (
-    GRAPH_ARGS,
-    kill_session,
-    run_prep,
-    samples_lost,
-    shard_keys,
-    shard_snapshot,
-    start_prep,
-    wait_for_markers,
-)
 from xclr_schemas import load_embed_dir, read_shards_manifest
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from data_helpers import assert_topk_equal, brute_force_topk, clustered, write_embed_dir
 
-from conftest import assert_topk_equal, brute_force_topk, clustered, write_embed_dir
 from xclr_prep import knn
 from xclr_schemas import EmbeddingRows
 

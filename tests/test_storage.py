@@ -13,8 +13,8 @@ import tarfile
 import time
 
 import pytest
+from prep_helpers import run_prep
 
-from conftest import run_prep
 from xclr_schemas import storage
 
 

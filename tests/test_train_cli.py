@@ -17,9 +17,9 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from train_helpers import train_metrics as metrics
+from train_helpers import train_samples_lost
 
-from conftest import train_metrics as metrics
-from conftest import train_samples_lost
 from xclr_train.cli import main as train_command
 
 SMALL = ["--arch", "resnet18", "--image-size", "16", "--no-progress", "--log-every", "1"]

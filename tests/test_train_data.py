@@ -11,9 +11,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from data_helpers import write_tar
 from PIL import Image
 
-from conftest import write_tar
 from xclr_schemas import NEIGHBOR_DTYPE, npy_bytes
 from xclr_train.augment import AUGMENTS, MEAN, STD, simclr_transform
 from xclr_train.data import (

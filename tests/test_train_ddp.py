@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import torchrun_cmd
+from train_helpers import torchrun_cmd
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,0 +1,77 @@
+"""Running `xclr-prep` as a real command (to completion, or started and killed at a done marker), the fault tests'
+options, and reading a shards directory back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+
+def run_prep(*args, check: bool = True, timeout: float = 900, **popen) -> subprocess.CompletedProcess:
+    """Run the real `xclr-prep` command line in a subprocess."""
+    cmd = [sys.executable, "-m", "xclr_prep", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **popen)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xclr-prep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def start_prep(*args, env=None, **popen) -> subprocess.Popen:
+    """Start the real `xclr-prep` command line in its own session (kill it and its children with os.killpg)."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, "-m", "xclr_prep", *map(str, args)], start_new_session=True, env=env,
+                            **popen)
+
+
+def wait_for_markers(proc: subprocess.Popen, folder: Path, n: int, timeout: float = 600) -> list[Path]:
+    """Wait until `folder` holds at least n done markers (*.json) while `proc` runs; the markers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        markers = sorted(folder.glob("*.json")) if folder.exists() else []
+        if len(markers) >= n:
+            return markers
+        if proc.poll() is not None:
+            tail = proc.stderr.read()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"finished before {n} markers in {folder}:\n{tail}")
+        assert time.monotonic() < deadline, f"{n} markers not in {folder} within {timeout} s"
+        time.sleep(0.02)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """kill -9 a process started with start_new_session=True and every process of its group."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def shard_snapshot(out: Path) -> dict:
+    """The bytes of a shards directory's tars, sizes.json and graph rows, by name."""
+    files = sorted(out.glob("shard-*.tar")) + [out / "sizes.json", out / "graph" / "neighbors.npy"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+def shard_keys(out: Path) -> list[str]:
+    """The key of every sample in a shards directory's tars, in order (a key twice = a duplicated sample)."""
+    keys: list[str] = []
+    for path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(path) as tar:
+            previous = None
+            for name in tar.getnames():
+                key = name.split(".", 1)[0]  # keys hold no dots (embed enforces it)
+                if key != previous:
+                    keys.append(key)
+                previous = key
+    return keys
+
+
+EMBED_ARGS = ["--part-size", "150", "--batch-size", "32", "--no-progress"]
+
+
+EMBED_PARTS = 20
+
+
+GRAPH_ARGS = ["--block-size", "200", "--shard-samples", "60", "--k", "8", "--no-progress"]

@@ -1,0 +1,26 @@
+"""Running and reading the trainer: torchrun command lines and a run's metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fault_ledger import samples_lost
+
+
+def torchrun_cmd(nproc: int, *args, max_restarts: int = 0) -> list[str]:
+    """The real torchrun (single node, a local rendezvous) of `nproc` processes running `args`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", *map(str, args)]
+
+
+def train_metrics(run: Path) -> list[dict]:
+    """The lines of an `xclr-train` run's metrics.jsonl."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_samples_lost(lines: list[dict], steps: int, global_batch: int) -> int:
+    """Training samples lost or repeated: the global batches of the steps 1..steps that metrics.jsonl (logged
+    every step) misses or holds more than once."""
+    return samples_lost(range(1, steps + 1), [x["step"] for x in lines]) * global_batch
