@@ -11,6 +11,7 @@ output.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,6 +76,23 @@ def mtimes(folder: Path) -> dict[str, int]:
 def assert_identical_embed(d, reference) -> None:
     assert_same_result(d, reference)
     assert np.array_equal(d.embeddings, reference.embeddings)
+
+
+def test_embed_on_two_nodes_and_alone_beside_them(cluster, embed_corpus, embed_reference, tmp_path):
+    """`ray start --head` + `ray start --address` on a loopback address, used through --ray-address: both nodes do
+    work. Without --ray-address the stage starts a local Ray of its own, even while the cluster runs on this
+    machine. Both end with the embed directory of the reference run. (Runs first: the cluster is still whole.)"""
+    out, alone = tmp_path / "out", tmp_path / "alone"
+    run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS, "--ray-address", cluster.address, "--num-workers", "2",
+             env=cluster.env)
+    run_prep("embed", embed_corpus, "--out", alone, *EMBED_ARGS, env=cluster.env)
+    d = load_embed_dir(out)
+    assert_same_result(d, embed_reference)
+    nodes = {json.loads(p.read_text())["worker"]["node_id"] for p in (out / "done").glob("*.json")}
+    assert len(nodes) == 2  # both nodes did work
+    assert d.manifest["run"]["workers"] == 2
+    assert_same_result(load_embed_dir(alone), embed_reference)
+    assert not {json.loads(p.read_text())["worker"]["node_id"] for p in (alone / "done").glob("*.json")} & nodes
 
 
 def test_one_training_rank_killed_torchrun_restarts_the_group_from_latest(tux_shards, tmp_path, fault_ledger):

@@ -1,4 +1,4 @@
-"""Faults: kill -9 of the command, kill -9 of an actor, and a two-node Ray cluster on loopback.
+"""Faults: kill -9 of the command and kill -9 of an actor (two-node clusters: test_cluster_faults.py).
 
 Each run must end with the same embed directory as an uninterrupted run of the same corpus.
 """
@@ -12,7 +12,6 @@ import pytest
 from data_helpers import assert_same_result
 from fault_ledger import passes, samples_lost
 from prep_helpers import EMBED_ARGS, EMBED_PARTS, kill_session, run_prep, start_prep, wait_for_markers
-from ray_cluster import RayCluster
 
 from xclr_schemas import load_embed_dir
 
@@ -82,28 +81,3 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_unit_retried(corpus, refer
 
 def done_marker(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def test_two_node_ray_cluster_on_loopback(corpus, reference, tmp_path):
-    """`ray start --head` + `ray start --address`, both on a loopback address, used through --ray-address.
-
-    127.0.0.2 rather than 127.0.0.1: Ray rewrites 127.0.0.1 to the primary interface's address on Linux.
-    Ray 2.5x clusters use token authentication, so every process runs with RAY_AUTH_MODE=token.
-    """
-    with RayCluster(tmp_path) as cluster:  # killed node by node at the end (not `ray stop`: every Ray here)
-        env = cluster.env
-        address = cluster.start_head(cpus=1)
-        cluster.add_worker(cpus=1)
-        cluster.wait_alive(2)
-        out = tmp_path / "out"
-        run_prep("embed", corpus, "--out", out, *ARGS, "--ray-address", address, "--num-workers", "2", env=env)
-        # without --ray-address a stage starts its own local Ray, even while another runs on this machine
-        alone = tmp_path / "alone"
-        run_prep("embed", corpus, "--out", alone, *ARGS, env=env)
-    d = load_embed_dir(out)
-    assert_same_result(d, reference)
-    nodes = [done_marker(p)["worker"]["node_id"] for p in (out / "done").glob("*.json")]
-    assert len(set(nodes)) == 2  # both nodes did work
-    assert d.manifest["run"]["workers"] == 2
-    assert_same_result(load_embed_dir(alone), reference)
-    assert not {done_marker(p)["worker"]["node_id"] for p in (alone / "done").glob("*.json")} & set(nodes)

@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from data_helpers import write_tar
 from PIL import Image
 
+from xclr_eval.cli import main as eval_command
 from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
 
 METRICS = {"knn_accuracy", "linear_probe_accuracy", "precision@1", "precision@10", "recall@10", "mAP", "kmeans_ari",
@@ -193,8 +195,12 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path):
         "would share a name": [ckpt, ckpt, "--data", FASHION_MNIST_DIR],
         "--label-field is for WebDataset tars": [ckpt, "--data", FASHION_MNIST_DIR, "--label-field", "category"],
     }
-    for message, args in cases.items():
-        assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False)), message
+    for message, args in cases.items():  # in-process (click's runner); the first also as a real command
+        result = CliRunner().invoke(eval_command, [*map(str, args), "--out", str(tmp_path / "ev")])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.exit_code == 1 and len(errors) == 1 and message in errors[0], (message, result.output[-2000:])
+    message, args = next(iter(cases.items()))
+    assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False))
 
 
 def test_string_label_fields_name_their_classes_and_align_by_name(tmp_path):

@@ -31,13 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import ray
-from tqdm import tqdm
 
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
-from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_units, start_pool, start_ray
+from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
 from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, default_caption_model, part_paths, storage
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
@@ -65,6 +64,32 @@ class EmbedOptions:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class ScanUnit:
+    """Scan input file `index` into parts of `part_size` rows (`xclr_prep.scan`)."""
+    index: int
+    file: InputFile
+    spec: CorpusSpec
+    out: Path
+    part_size: int
+    too_long: str
+    weight = 1  # a file
+
+
+@dataclass(frozen=True)
+class EmbedUnit:
+    """Embed scan part `index` (at `scan_path`), whose unique captions take the ids `ids` (`xclr_prep.embed_part`)."""
+    index: int
+    scan_path: Path
+    ids: PartIds
+    out: Path
+    dtype: str
+
+    @property
+    def weight(self) -> int:
+        return self.ids.end - self.ids.start  # captions
+
+
 class EmbedWorker:
     """Ray actor: holds one loaded Encoder; scans input files and embeds parts."""
 
@@ -82,15 +107,14 @@ class EmbedWorker:
         e = self.encoder
         return {"dim": e.dim, "max_seq_length": e.max_seq_length, "weights_sha256": e.weights_sha256, **self.worker}
 
-    def scan(self, file_index: int, file: InputFile, spec: CorpusSpec, out: Path, part_size: int,
-             too_long: str) -> dict:
+    def scan(self, u: ScanUnit) -> dict:
         e = self.encoder
-        return scan_file(file_index, file, spec, out, part_size, e.count_tokens, e.max_seq_length, too_long)
+        return scan_file(u.index, u.file, u.spec, u.out, u.part_size, e.count_tokens, e.max_seq_length, u.too_long)
 
-    def embed(self, index: int, scan_path: Path, ids: PartIds, out: Path, dtype: str) -> dict:
+    def embed(self, u: EmbedUnit) -> dict:
         from xclr_prep.embed_part import write_embed_part
 
-        return write_embed_part(out, index, scan_path, ids, self.encoder, dtype, self.worker)
+        return write_embed_part(u.out, u.index, u.scan_path, u.ids, self.encoder, u.dtype, self.worker)
 
 
 def _check_options(opts: EmbedOptions) -> None:
@@ -162,39 +186,25 @@ def run_embed(opts: EmbedOptions) -> dict:
 
 def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: list, info: dict, device: str,
                 fingerprint: str, model: str) -> dict:
-    markers = {i: read_scan_marker(out, i) for i in range(len(files))}
-    todo = [(i, f, opts.spec, out, opts.part_size, opts.too_long) for i, f in enumerate(files) if not markers[i]]
-    with tqdm(total=len(files), initial=len(files) - len(todo), unit="file", desc="scan",
-              disable=not opts.progress) as bar:
-        def scanned(marker: dict) -> None:
-            markers[marker["file_index"]] = marker
-            bar.update(1)
-
-        run_units(actors, "scan", todo, scanned)
+    markers = {i: marker for i in range(len(files)) if (marker := read_scan_marker(out, i))}
+    run_stage(actors, "scan", [ScanUnit(i, f, opts.spec, out, opts.part_size, opts.too_long)
+                               for i, f in enumerate(files)], markers, "scan", "file", opts.progress)
 
     scan_parts = [out / SCAN / p["name"] for i in range(len(files)) for p in markers[i]["parts"]]
     part_ids, duplicate_keys = assign_caption_ids([read_digests(p) for p in scan_parts])
     unique = part_ids[-1].end if part_ids else 0
 
-    done: dict[int, dict] = {}
-    todo = []
-    for index, (scan_path, ids) in enumerate(zip(scan_parts, part_ids)):
-        marker_path = part_paths(out, index)["done"]
+    units = [EmbedUnit(index, scan_path, ids, out, opts.dtype) for index, (scan_path, ids)
+             in enumerate(zip(scan_parts, part_ids))]
+    done: dict[int, dict] = {}  # the parts whose marker covers the same caption ids
+    for u in units:
+        marker_path = part_paths(out, u.index)["done"]
         marker = json.loads(marker_path.read_text()) if marker_path.exists() else None
-        if marker and (marker["caption_start"], marker["caption_end"]) == (ids.start, ids.end):
+        if marker and (marker["caption_start"], marker["caption_end"]) == (u.ids.start, u.ids.end):
             if marker["weights_sha256"] != info["weights_sha256"]:
                 raise PrepError(f"{out} was partly embedded with other model weights; use another --out")
-            done[index] = marker
-        else:
-            todo.append((index, scan_path, ids, out, opts.dtype))
-    remaining = sum(ids.end - ids.start for _, _, ids, _, _ in todo)
-    with tqdm(total=unique, initial=unique - remaining, unit="caption", unit_scale=True, desc="embed",
-              disable=not opts.progress) as bar:
-        def embedded(marker: dict) -> None:
-            done[marker["index"]] = marker
-            bar.update(marker["caption_end"] - marker["caption_start"])
-
-        run_units(actors, "embed", todo, embedded)
+            done[u.index] = marker
+    run_stage(actors, "embed", units, done, "embed", "caption", opts.progress)
 
     skipped: Counter[str] = Counter()
     for m in markers.values():

@@ -35,7 +35,7 @@ from xclr_prep import knn
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
-from xclr_prep.search_stage import SearchWorker, create_neighbors_file, search_graph
+from xclr_prep.search_stage import GraphPlan, SearchWorker, create_neighbors_file, search_graph
 from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
 from xclr_schemas import (
     GRAPH_SCHEMA_VERSION,
@@ -142,15 +142,14 @@ def run_graph(opts: GraphOptions) -> dict:
         device = cluster_device(opts.device)
         if opts.graph is None:
             method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
-            graph_plan = {"schema_version": GRAPH_SCHEMA_VERSION, "embed_manifest_sha256": embed_sha, "k": k,
-                          "method": method, "recall_target": opts.recall_target, "block_size": opts.block_size,
-                          "device": device, "seed": opts.search_seed or 0}
+            graph_plan = GraphPlan(GRAPH_SCHEMA_VERSION, embed_sha, k, method, opts.recall_target, opts.block_size,
+                                   device, opts.search_seed or 0)
             graph_dir = opts.out / GRAPH
         else:
             graph_dir = opts.graph
             graph_plan = _reused_graph_plan(graph_dir, embed_sha)
-        plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(graph_plan), "graph_dir": str(graph_dir),
-                "shards": asdict(opts.shards)}
+        plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(asdict(graph_plan)),
+                "graph_dir": str(graph_dir), "shards": asdict(opts.shards)}
         hint = (f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)")
         if claim_dir(opts.out, _digest(plan), {}, "shards", "shards", hint):
             print(f"{opts.out} is already complete")
@@ -172,44 +171,44 @@ def run_graph(opts: GraphOptions) -> dict:
     return manifest
 
 
-def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> dict:
+def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> GraphPlan:
     try:
         manifest = load_graph(graph_dir).manifest
     except GraphDirError as e:
         raise PrepError(str(e)) from e
     if manifest["plan"]["embed_manifest_sha256"] != embed_sha:
         raise PrepError(f"--graph {graph_dir} was computed from another embed directory")
-    return manifest["plan"]
+    return GraphPlan(**manifest["plan"])
 
 
-def _build_graph(opts: GraphOptions, graph_dir: Path, plan: dict, embed_manifest: dict, rows: EmbeddingRows,
+def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_manifest: dict, rows: EmbeddingRows,
                  invalid: np.ndarray, device: str) -> dict:
-    fingerprint = _digest(plan)
+    fingerprint = _digest(asdict(plan))
     if claim_dir(graph_dir, fingerprint, {}, "graph", "a graph", "use another --out"):
         return load_graph(graph_dir).manifest
     started = time.perf_counter()
-    create_neighbors_file(graph_dir, rows.n, plan["k"])
+    create_neighbors_file(graph_dir, rows.n, plan.k)
     n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, None)
     actors = start_pool(SearchWorker, n, cpus, gpus, str(opts.embed_dir), str(graph_dir), plan, invalid, device, cpus)
-    result = search_graph(actors, graph_dir, rows.n, opts.block_size, plan["method"], plan["seed"],
+    result = search_graph(actors, graph_dir, rows.n, opts.block_size, plan.method, plan.seed,
                           opts.recall_target, opts.progress)
     for actor in actors:
         ray.kill(actor)
     recall = result["recall"]["measured"]
     if recall < opts.recall_target and not opts.allow_low_recall:
-        raise PrepError(f"recall@{plan['k']} of the {plan['method']} graph is {recall:.4f}, below --recall-target "
+        raise PrepError(f"recall@{plan.k} of the {plan.method} graph is {recall:.4f}, below --recall-target "
                         f"{opts.recall_target} (rerun with --index exact, a lower --recall-target, or "
                         f"--allow-low-recall to keep it)")
     manifest = {
         "schema_version": GRAPH_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "plan": plan,
+        "plan": asdict(plan),
         "fingerprint": fingerprint,
         "embed_dir": str(opts.embed_dir),
         "model": embed_manifest["model"],
         "captions": rows.n,
-        "k": plan["k"],
-        "method": plan["method"],
+        "k": plan.k,
+        "method": plan.method,
         "recall_target": opts.recall_target,
         "invalid_captions": {"count": len(invalid), "ids": invalid[:100].tolist()},
         **result,

@@ -1,8 +1,10 @@
-"""The Ray plumbing shared by the prep stages: start or join Ray, size an actor pool, run units over it.
+"""The Ray plumbing shared by the prep stages: start or join Ray, size an actor pool, run a resumable stage on it.
 
-A stage is a pool of actors of one class and a list of units (argument tuples of one actor method). Each unit
-writes its own output and done marker, so running a unit twice is harmless; `run_units` resubmits the units of
-an actor that died (Ray restarts the actor) and stops at the first error raised by a unit's own code.
+A resumable stage is a pool of actors of one class, one actor method, and a list of units (small frozen dataclasses
+with an `index` and a `weight`). Each unit writes its own output and then its done marker, whose content the method
+returns, so running a unit twice is harmless. `run_stage` runs the units the stage's markers do not already cover,
+under one progress bar; it resubmits the units of an actor that died (Ray restarts the actor) and stops at the first
+error raised by a unit's own code.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm import tqdm
 
 from xclr_prep.errors import PrepError
 
@@ -86,7 +90,7 @@ def pool_shape(device: str, num_workers: int | None, gpus_per_worker: float,
 def start_pool(cls: type, n: int, cpus: int, gpus: float, *args) -> list:
     """`n` actors of `cls` (restarted by Ray when they die), constructed with `args`; waits until they are up.
 
-    Ray does not retry their tasks (`run_units` does, on a live actor): a task Ray retried would wait for its own
+    Ray does not retry their tasks (`run_stage` does, on a live actor): a task Ray retried would wait for its own
     actor, which never comes back when its node is gone.
     """
     remote = ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0)
@@ -106,10 +110,39 @@ def user_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
-def run_units(actors: list, method: str, units: list[tuple], on_result: Callable[[object], None],
-              prepare: Callable[[tuple], tuple] | None = None) -> None:
-    """Run ``actor.method(*unit)`` for every unit over the pool, two in flight per actor; call on_result(result).
-    With `prepare`, the arguments are ``prepare(unit)``, built only when the unit is submitted (bounded memory).
+class Unit(Protocol):
+    """One unit of work of a stage: `index` names its done marker; `weight` is what it adds to the progress bar
+    (files, captions, samples)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def weight(self) -> int: ...
+
+
+def run_stage(actors: list, method: str, units: Sequence[Unit], markers: dict[int, dict], desc: str, counts: str,
+              progress: bool, prepare: Callable[[Unit], tuple] | None = None) -> dict[int, dict]:
+    """Run ``actor.method(unit)`` for every unit that `markers` (the stage's done markers read back, by unit index)
+    does not hold, and add each result, the unit's done marker, to `markers`; returns `markers`. The bar (`desc`)
+    counts unit weights in `counts`. With `prepare`, the arguments are ``prepare(unit)``, built only when the unit
+    is submitted (bounded memory)."""
+    todo = [unit for unit in units if unit.index not in markers]
+    total = sum(unit.weight for unit in units)
+    with tqdm(total=total, initial=total - sum(unit.weight for unit in todo), unit=counts, unit_scale=True, desc=desc,
+              disable=not progress) as bar:
+        def finished(unit: Unit, marker: dict) -> None:
+            markers[unit.index] = marker
+            bar.update(unit.weight)
+
+        _run_units(actors, method, todo, finished, prepare or (lambda unit: (unit,)))
+    return markers
+
+
+def _run_units(actors: list, method: str, units: list[Unit], on_result: Callable[[Unit, dict], None],
+               prepare: Callable[[Unit], tuple]) -> None:
+    """Run ``actor.method(*prepare(unit))`` for every unit over the pool, two in flight per actor; call
+    on_result(unit, result).
 
     A unit whose actor died is resubmitted to a live actor, up to MAX_ATTEMPTS in all. The dead actor (which Ray
     restarts) gets work again once it answers; one that has not answered within RESTART_TIMEOUT seconds (its node
@@ -124,8 +157,7 @@ def run_units(actors: list, method: str, units: list[tuple], on_result: Callable
         while pending and free:
             actor = free.pop()
             unit, attempt = pending.popleft()
-            args = prepare(unit) if prepare else unit
-            running[getattr(actor, method).remote(*args)] = (actor, unit, attempt)
+            running[getattr(actor, method).remote(*prepare(unit))] = (actor, unit, attempt)
         if not running and not restarting:
             raise PrepError(f"every worker was lost and none came back within {RESTART_TIMEOUT} s (did the cluster "
                             f"lose their nodes?); {len(pending)} units left: rerun once nodes are back")
@@ -145,11 +177,11 @@ def run_units(actors: list, method: str, units: list[tuple], on_result: Callable
             result = ray.get(done[0])
         except ray.exceptions.RayActorError as e:
             if attempt >= MAX_ATTEMPTS:
-                raise PrepError(f"{method} of {unit[0]} failed {attempt} times; last: {user_error(e)}") from e
+                raise PrepError(f"{method} of unit {unit.index} failed {attempt} times; last: {user_error(e)}") from e
             pending.appendleft((unit, attempt + 1))
             restarting[actor.__ray_ready__.remote()] = (actor, time.monotonic())
             continue
         except ray.exceptions.RayTaskError as e:
-            raise PrepError(f"{method} of {unit[0]} failed: {user_error(e)}") from e
+            raise PrepError(f"{method} of unit {unit.index} failed: {user_error(e)}") from e
         free.append(actor)
-        on_result(result)
+        on_result(unit, result)

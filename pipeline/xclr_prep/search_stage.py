@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
-from tqdm import tqdm
 
-from xclr_prep.raypool import run_units
+from xclr_prep.raypool import run_stage
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.graph_dir import block_marker
@@ -30,17 +30,42 @@ RECALL_QUERIES = 2_000
 BACKGROUND_PAIRS = 200_000
 
 
-class SearchWorker:
-    """Ray actor: searches query blocks of one graph. `plan` is the graph's plan.json content."""
+@dataclass(frozen=True)
+class GraphPlan:
+    """What defines a graph (its manifest's "plan", fingerprinted): an OUT holding another plan is refused."""
+    schema_version: str
+    embed_manifest_sha256: str
+    k: int
+    method: str  # exact, hnsw or ivf (`knn`)
+    recall_target: float
+    block_size: int
+    device: str
+    seed: int  # of the index's training sample, tuning and recall queries
 
-    def __init__(self, embed_dir: str, graph_dir: str, plan: dict, invalid_ids: np.ndarray, device: str,
+
+@dataclass(frozen=True)
+class SearchBlock:
+    """Query block `index`: the caption ids [start, end)."""
+    index: int
+    start: int
+    end: int
+
+    @property
+    def weight(self) -> int:
+        return self.end - self.start  # captions
+
+
+class SearchWorker:
+    """Ray actor: searches query blocks of one graph."""
+
+    def __init__(self, embed_dir: str, graph_dir: str, plan: GraphPlan, invalid_ids: np.ndarray, device: str,
                  threads: int) -> None:
         import faiss
 
         faiss.omp_set_num_threads(threads)
         self.rows = EmbeddingRows(embed_dir)
         self.graph = Path(graph_dir)
-        self.k, self.method, self.device = plan["k"], plan["method"], device
+        self.k, self.method, self.device = plan.k, plan.method, device
         self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
         self.index = None
 
@@ -65,10 +90,11 @@ class SearchWorker:
         write_json_atomic(self.graph / INDEX_PARAMS, params)
         return params
 
-    def search(self, index: int, start: int, end: int) -> dict:
-        """Search caption ids [start, end), write their rows of neighbors.npy, then the block's marker."""
+    def search(self, block: SearchBlock) -> dict:
+        """Search the block's caption ids, write their rows of neighbors.npy, then the block's marker."""
         from xclr_prep import knn
 
+        index, start, end = block.index, block.start, block.end
         started = time.perf_counter()
         query_ids = self.valid_ids[(self.valid_ids >= start) & (self.valid_ids < end)]
         out = np.empty((end - start, self.k), dtype=NEIGHBOR_DTYPE)
@@ -141,17 +167,10 @@ def search_graph(actors: list, graph: Path, n: int, block_size: int, method: str
             params = json.loads(params_path.read_text())
         else:
             params = ray.get(actors[0].prepare_index.remote(seed, target))
-    blocks = [(i, s, min(n, s + block_size)) for i, s in enumerate(range(0, n, block_size))]
-    markers = {i: json.loads(block_marker(graph, i).read_text()) for i, _, _ in blocks
-               if block_marker(graph, i).exists()}
-    todo = [b for b in blocks if b[0] not in markers]
-    with tqdm(total=n, initial=n - sum(e - s for _, s, e in todo), unit="caption", unit_scale=True, desc="search",
-              disable=not progress) as bar:
-        def searched(marker: dict) -> None:
-            markers[marker["index"]] = marker
-            bar.update(marker["end"] - marker["start"])
-
-        run_units(actors, "search", todo, searched)
+    blocks = [SearchBlock(i, s, min(n, s + block_size)) for i, s in enumerate(range(0, n, block_size))]
+    markers = {b.index: json.loads(block_marker(graph, b.index).read_text()) for b in blocks
+               if block_marker(graph, b.index).exists()}
+    run_stage(actors, "search", blocks, markers, "search", "caption", progress)
     measured = ray.get(actors[0].measure.remote(seed))
     return {"index": params, "exact_fallback_queries": sum(m["exact_fallback"] for m in markers.values()),
             "blocks": len(blocks), **measured}

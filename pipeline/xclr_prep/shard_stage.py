@@ -23,11 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from xclr_prep.groups import in_group_neighbors, neighbour_groups
 from xclr_prep.images import LOCATION_SCHEMA, locate
-from xclr_prep.raypool import run_units
+from xclr_prep.raypool import run_stage
 from xclr_prep.shard_writer import done_marker, tar_bytes, write_shard
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows, shard_name
 from xclr_schemas.atomic import write_atomic, write_json_atomic
@@ -47,6 +46,29 @@ class ShardOptions:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class LocateUnit:
+    """Locate the images of sample rows `samples`: one tar or table `source` (`refs` = its members, or (path,
+    row) pairs), or (kind "file", source "") a list of image files (`refs` = their paths)."""
+    index: int
+    kind: str
+    source: str
+    refs: list
+    samples: np.ndarray
+    weight = 1  # a source
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """Write shard `index`, `samples` samples of the layout."""
+    index: int
+    samples: int
+
+    @property
+    def weight(self) -> int:
+        return self.samples
+
+
 class ShardWorker:
     """Ray actor: locates images of one source and writes shards."""
 
@@ -56,12 +78,12 @@ class ShardWorker:
         self.rows = EmbeddingRows(embed_dir) if with_embeddings else None
         self.threads = threads
 
-    def locate(self, unit: int, kind: str, source: str, refs: list, samples: np.ndarray) -> dict:
-        stage = self.out / LAYOUT / "stage" / f"u{unit:05d}.{'tar' if kind == 'tar' else 'blob'}"
-        table, missing = locate(kind, source, refs, samples, stage)
-        write_atomic(_locate_path(self.out, unit), lambda p: pq.write_table(table, p))
-        marker = {"unit": unit, "located": table.num_rows, "missing": missing}
-        write_json_atomic(_locate_path(self.out, unit).with_suffix(".json"), marker)
+    def locate(self, u: LocateUnit) -> dict:
+        stage = self.out / LAYOUT / "stage" / f"u{u.index:05d}.{'tar' if u.kind == 'tar' else 'blob'}"
+        table, missing = locate(u.kind, u.source, u.refs, u.samples, stage)
+        write_atomic(_locate_path(self.out, u.index), lambda p: pq.write_table(table, p))
+        marker = {"unit": u.index, "located": table.num_rows, "missing": missing}
+        write_json_atomic(_locate_path(self.out, u.index).with_suffix(".json"), marker)
         return marker
 
     def write(self, index: int, samples: pa.Table) -> dict:
@@ -75,9 +97,9 @@ def _locate_path(out: Path, unit: int) -> Path:
     return out / LAYOUT / "locate" / f"u{unit:05d}.parquet"
 
 
-def locate_units(samples: pa.Table, eligible: np.ndarray) -> tuple[list[tuple], int]:
+def locate_units(samples: pa.Table, eligible: np.ndarray) -> tuple[list[LocateUnit], int]:
     """(units, samples without any image reference) for the `eligible` sample rows: one unit per tar or table
-    source, image files in units of FILES_PER_UNIT. A unit is (unit index, kind, source, refs, sample rows)."""
+    source, image files in units of FILES_PER_UNIT."""
     encoded = samples.column("image_source").combine_chunks().dictionary_encode()
     sources, codes = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
     members = samples.column("image_member").to_numpy(zero_copy_only=False)
@@ -85,7 +107,7 @@ def locate_units(samples: pa.Table, eligible: np.ndarray) -> tuple[list[tuple], 
     kind = np.where(rows >= 0, "column", np.where(members != "", "tar", "file"))
     if "" in sources:
         kind[codes == sources.index("")] = "none"
-    units: list[tuple] = []
+    units: list[LocateUnit] = []
     per_source = eligible[np.isin(kind[eligible], ("tar", "column"))]
     per_source = per_source[np.lexsort((kind[per_source], codes[per_source]))]
     cuts = np.flatnonzero((np.diff(codes[per_source]) != 0) | (kind[per_source][1:] != kind[per_source][:-1])) + 1
@@ -93,11 +115,11 @@ def locate_units(samples: pa.Table, eligible: np.ndarray) -> tuple[list[tuple], 
         source = sources[codes[picked[0]]]
         refs = (members[picked].tolist() if kind[picked[0]] == "tar"
                 else list(zip(members[picked].tolist(), rows[picked].tolist())))
-        units.append((len(units), str(kind[picked[0]]), source, refs, picked))
+        units.append(LocateUnit(len(units), str(kind[picked[0]]), source, refs, picked))
     files = eligible[kind[eligible] == "file"]
     for lo in range(0, len(files), FILES_PER_UNIT):
         picked = files[lo:lo + FILES_PER_UNIT]
-        units.append((len(units), "file", "", [sources[c] for c in codes[picked]], picked))
+        units.append(LocateUnit(len(units), "file", "", [sources[c] for c in codes[picked]], picked))
     return units, int((kind[eligible] == "none").sum())
 
 
@@ -136,20 +158,15 @@ def run_shards(actors: list, out: Path, samples: pa.Table, captions: pa.ChunkedA
     """Locate, lay out and write the shards of the `eligible` sample rows; returns counts, groups and shards."""
     started = time.perf_counter()
     units, no_image = locate_units(samples, eligible)
-    markers = {u[0]: json.loads(_locate_path(out, u[0]).with_suffix(".json").read_text()) for u in units
-               if _locate_path(out, u[0]).with_suffix(".json").exists()}
-    with tqdm(total=len(units), initial=len(markers), unit="source", desc="locate", disable=not progress) as bar:
-        def located_one(marker: dict) -> None:
-            markers[marker["unit"]] = marker
-            bar.update(1)
-
-        run_units(actors, "locate", [u for u in units if u[0] not in markers], located_one)
+    markers = {u.index: json.loads(_locate_path(out, u.index).with_suffix(".json").read_text()) for u in units
+               if _locate_path(out, u.index).with_suffix(".json").exists()}
+    run_stage(actors, "locate", units, markers, "locate", "source", progress)
 
     located_at = time.perf_counter()
     caption_of = samples.column("caption_id").to_numpy()
     layout_path = out / LAYOUT / "layout.parquet"
     if not layout_path.exists():
-        located = pa.concat_tables([pq.read_table(_locate_path(out, u[0])) for u in units]) if units \
+        located = pa.concat_tables([pq.read_table(_locate_path(out, u.index)) for u in units]) if units \
             else LOCATION_SCHEMA.empty_table()
         text_bytes = pc.binary_length(pc.cast(captions.take(pa.array(caption_of)), pa.binary())).to_numpy()
         layout = plan_layout(located, caption_of, text_bytes, neighbor_ids, k, dim, opts)
@@ -170,14 +187,8 @@ def run_shards(actors: list, out: Path, samples: pa.Table, captions: pa.ChunkedA
 
     laid_out_at = time.perf_counter()
     written = {i: json.loads(done_marker(out, i).read_text()) for i in range(n_shards) if done_marker(out, i).exists()}
-    todo = [i for i in range(n_shards) if i not in written]
-    with tqdm(total=len(layout), initial=len(layout) - int(sum(bounds[i + 1] - bounds[i] for i in todo)),
-              unit="sample", unit_scale=True, desc="shards", disable=not progress) as bar:
-        def wrote(marker: dict) -> None:
-            written[marker["index"]] = marker
-            bar.update(int(bounds[marker["index"] + 1] - bounds[marker["index"]]))
-
-        run_units(actors, "write", [(i,) for i in todo], wrote, prepare=lambda unit: (unit[0], shard_input(unit[0])))
+    run_stage(actors, "write", [ShardUnit(i, int(bounds[i + 1] - bounds[i])) for i in range(n_shards)], written,
+              "shards", "sample", progress, prepare=lambda unit: (unit.index, shard_input(unit.index)))
 
     wrote_at = time.perf_counter()
     skipped = Counter({"no_image": no_image, "image_missing": sum(m["missing"] for m in markers.values())})
