@@ -25,6 +25,7 @@ def last_line(proc):
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_wordnet_corpus_in_three_formats(tmp_path, wordnet, model_path):
     """Embeddings equal a direct encode; dedup and duplicate keys are exact; the reader contract holds."""
     rows = wordnet.slice(0, 1200).to_pylist()
@@ -62,6 +63,7 @@ def test_wordnet_corpus_in_three_formats(tmp_path, wordnet, model_path):
 
 
 
+@pytest.mark.slow
 def test_bad_input_is_skipped_and_counted(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -89,6 +91,7 @@ def test_bad_input_is_skipped_and_counted(tmp_path):
     assert "2 files unreadable" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -104,6 +107,7 @@ def test_clear_one_line_errors(tmp_path, args, message):
     assert message in last_line(proc) and last_line(proc).startswith("xclr-prep: error:")
 
 
+@pytest.mark.slow
 def test_empty_corpus_errors(tmp_path):
     proc = run_prep("embed", tmp_path / "none-*.parquet", "--out", tmp_path / "o1", *FAST, check=False)
     assert proc.returncode == 2 and "no input files match" in last_line(proc)
@@ -123,6 +127,7 @@ def fashion_mnist_labels(n):
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
+@pytest.mark.slow
 def test_class_label_mode_on_fashion_mnist(tmp_path, model_path):
     labels = fashion_mnist_labels(2000)
     pq.write_table(pa.table({"key": [f"fm{i}" for i in range(2000)], "label": labels}), tmp_path / "fm.parquet")

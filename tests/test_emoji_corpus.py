@@ -8,6 +8,7 @@ import shutil
 import tarfile
 from collections import defaultdict
 
+import pytest
 from PIL import Image
 
 from xclr_prep.sample_corpora import EMOJI_DIR, EMOJI_SIZE, emoji_list, write_emoji_tars
@@ -73,6 +74,7 @@ def test_missing_and_unreadable_images_are_skipped_and_counted(tmp_path):
     assert written == {dog["unified"]}
 
 
+@pytest.mark.slow
 def test_the_corpus_flows_through_embed_with_exact_counts(tmp_path, prep):
     from xclr_schemas import load_embed_dir
 

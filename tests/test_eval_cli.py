@@ -16,6 +16,8 @@ from PIL import Image
 from xclr_eval.cli import main as eval_command
 from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
 
+pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "not slow", leaves them out)
+
 METRICS = {"knn_accuracy", "linear_probe_accuracy", "precision@1", "precision@10", "recall@10", "mAP", "kmeans_ari",
            "kmeans_nmi", "silhouette", "davies_bouldin", "dunn", "semantic_alignment"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

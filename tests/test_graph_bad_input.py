@@ -12,6 +12,8 @@ from prep_helpers import run_prep
 from xclr_prep import knn
 from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
 
+pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "not slow", leaves them out)
+
 FAST = ["--no-progress"]
 
 

@@ -17,6 +17,8 @@ from xclr_prep.groups import in_group_neighbors
 from xclr_prep.sample_corpora import write_fashion_mnist_tars
 from xclr_schemas import load_embed_dir, load_graph, load_npy, read_shards_manifest
 
+pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "not slow", leaves them out)
+
 FAST = ["--no-progress"]
 
 

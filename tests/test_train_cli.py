@@ -184,13 +184,13 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.startswith("Error:")] == [f"Error: {cases[0][1]}"]
 
 
-def test_a_bug_keeps_its_traceback(tux_shards, tmp_path, monkeypatch):
-    """Only user errors (TrainError) become one line: a ValueError from a bug (here planted in the optimizer's
-    construction) reaches the caller as itself, with its traceback."""
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only user errors (TrainError) become one line: a ValueError from a bug (here planted where the shards are
+    listed) reaches the caller as itself, with its traceback."""
     def broken(*args, **kwargs):
         raise ValueError("a planted bug")
-    monkeypatch.setattr("xclr_train.train.make_optimizer", broken)
-    result = CliRunner().invoke(train_command, ["--data", str(tux_shards), "--out", str(tmp_path / "run"), *SMALL])
+    monkeypatch.setattr("xclr_train.train.find_shards", broken)
+    result = CliRunner().invoke(train_command, ["--data", str(tmp_path), "--out", str(tmp_path / "run"), *SMALL])
     assert isinstance(result.exception, ValueError) and str(result.exception) == "a planted bug", result.output
     assert "Error:" not in result.stderr
 
