@@ -7,11 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from xclr_train.distributed import gather
-from xclr_train.frameworks import Queue, random_queue
+from xclr_train.frameworks import Queue, gathered_units, random_queue
 from xclr_train.losses.moco import moco_loss
 from xclr_train.objectives.base import FRACTION, POSITIVE, Objective, Options, Views, option, tau_option
 
@@ -33,7 +31,7 @@ class MoCo(Objective):
         return random_queue(self.args.queue_size, proj_dim, seed, device)
 
     def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
-        return {"z": F.normalize(gather(views.t1.float().contiguous()), dim=1)}
+        return {"z": gathered_units(views.t1)}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-sample terms: the rank's rows are the whole-batch formula."""

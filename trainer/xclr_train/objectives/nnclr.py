@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xclr_train.distributed import gather, gather_with_grad
-from xclr_train.frameworks import Queue, random_queue
+from xclr_train.distributed import gather_with_grad
+from xclr_train.frameworks import Queue, gathered_units, random_queue
 from xclr_train.losses.nnclr import nnclr_rows
 from xclr_train.objectives.base import POSITIVE, Objective, Options, Views, option, tau_option
 
@@ -28,7 +28,7 @@ class NNCLR(Objective):
         return random_queue(self.args.queue_size, proj_dim, seed, device)
 
     def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
-        return {"z": F.normalize(gather(views.z1.detach().float().contiguous()), dim=1)}
+        return {"z": gathered_units(views.z1)}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
         n1, n2, p1, p2 = (F.normalize(x.float(), dim=1) for x in (views.z1, views.z2, views.p1, views.p2))

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from xclr_train.data import Needs
 from xclr_train.distributed import gather
 from xclr_train.errors import TrainError
-from xclr_train.frameworks import Queue
+from xclr_train.frameworks import Queue, gathered_units
 from xclr_train.losses.soft import soft_contrastive
 from xclr_train.losses.xclr import xclr_weights
 from xclr_train.objectives.base import (
@@ -81,7 +80,7 @@ class XCLR(Objective):
                                             "nbr_id": ((k,), torch.long), "nbr_sim": ((k,), torch.float32)}, device)
 
     def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
-        entries = {"z": F.normalize(gather(views.z1.detach().float().contiguous()), dim=1)}
+        entries = {"z": gathered_units(views.z1)}
         return entries | {key: gather(batch[key]) for key in ("caption_id", "nbr_id", "nbr_sim")}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
