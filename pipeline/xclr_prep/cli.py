@@ -13,6 +13,9 @@ from xclr_prep.errors import PrepError
 from xclr_schemas import storage
 
 PATH_HELP = "A local path or an fsspec URL (s3://, gs://, ...)."
+RAY_ADDRESS = click.option(
+    "--ray-address", envvar="RAY_ADDRESS", default=None,
+    help="Join this Ray cluster [default: $RAY_ADDRESS, which `ray job submit` sets; else start a local Ray].")
 
 
 @click.group()
@@ -43,7 +46,7 @@ def cli() -> None:
               help="Rows per work unit (an input file may make several).")
 @click.option("--num-workers", type=int, default=None, help="Actors [default: one per GPU, else one per 8 CPUs].")
 @click.option("--gpus-per-worker", default=1.0, show_default=True)
-@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@RAY_ADDRESS
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def embed(corpus: tuple[str, ...], out: str, input_format: str | None, key_col: str, caption_col: str,
           image_col: str | None, label_col: str | None, classnames: str | None, template: str, model: str | None,
@@ -105,7 +108,7 @@ def embed(corpus: tuple[str, ...], out: str, input_format: str | None, key_col: 
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--num-workers", type=int, default=None, help="Actors [default: one per GPU, else one per node].")
 @click.option("--gpus-per-worker", default=1.0, show_default=True)
-@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@RAY_ADDRESS
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def graph(embed_dir: str, out: str, k: int | None, method: str, recall_target: float, allow_low_recall: bool,
           graph_dir: str | None, group_size: int, shard_samples: int, shard_bytes: int, with_embeddings: bool,
