@@ -1,6 +1,6 @@
-"""Session fixtures: the real packaged model, real WordNet captions, the tuxpaint embed and shards, and the inputs and
-uninterrupted references of the prep fault tests, each built once per session. Helpers live in *_helpers.py,
-ray_cluster.py and the fault_ledger plugin."""
+"""Session fixtures: one Ray for the session's `xclr-prep` commands, the real packaged model, real WordNet captions,
+the tuxpaint embed and shards, and the inputs and uninterrupted references of the prep fault tests, each built once
+per session. Helpers live in *_helpers.py, ray_cluster.py and the fault_ledger plugin."""
 
 from __future__ import annotations
 
@@ -8,11 +8,24 @@ import os
 from pathlib import Path
 
 import pytest
-from data_helpers import tiny_png, write_tar
-from prep_helpers import EMBED_ARGS, EMBED_PARTS, GRAPH_ARGS, run_prep
+from data_helpers import tiny_png
+from prep_helpers import EMBED_ARGS, EMBED_PARTS, GRAPH_ARGS, TUX_GRAPH_ARGS, run_prep
+from ray_cluster import RayCluster
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may download; subprocesses inherit it
 pytest_plugins = ["fault_ledger"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_ray(tmp_path_factory):
+    """A single-node Ray of this machine's CPUs that every `xclr-prep` command of the session joins through
+    RAY_ADDRESS (as under `ray job submit`), instead of starting and stopping a local Ray of its own (about 8 s a
+    command). The tests of the local start pass prep_helpers.local_ray_env()."""
+    with RayCluster(tmp_path_factory.mktemp("shared-ray")) as ray:
+        ray.start_head(cpus=os.cpu_count())
+        os.environ.update(ray.env, RAY_ADDRESS=ray.address)
+        yield ray
+        del os.environ["RAY_ADDRESS"]
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +66,7 @@ def tux_embed(tmp_path_factory) -> Path:
 def tux_shards(tux_embed) -> Path:
     """Training shards of the tuxpaint stamps with caption embeddings (k 16, groups of 8, 200 samples a shard)."""
     out = tux_embed / "train-shards"
-    run_prep("graph", tux_embed / "embed", "--out", out, "--k", "16", "--shard-samples", "200", "--with-embeddings",
-             "--no-progress")
+    run_prep("graph", tux_embed / "embed", "--out", out, *TUX_GRAPH_ARGS)
     return out
 
 
@@ -65,44 +77,39 @@ def prep():
 
 @pytest.fixture(scope="session")
 def embed_corpus(tmp_path_factory, wordnet) -> Path:
-    """3000 WordNet captions in one Parquet table: EMBED_PARTS parts of 150 rows under EMBED_ARGS."""
+    """3000 WordNet captions with a tiny PNG each (column "image") in one Parquet table: EMBED_PARTS parts of 150
+    rows under EMBED_ARGS."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    table = wordnet.slice(0, 150 * EMBED_PARTS)
     path = tmp_path_factory.mktemp("corpus") / "wordnet.parquet"
-    pq.write_table(wordnet.slice(0, 150 * EMBED_PARTS), path)
+    pq.write_table(table.append_column("image", pa.array([tiny_png(i) for i in range(table.num_rows)])), path)
     return path
 
 
 @pytest.fixture(scope="session")
-def embed_reference(embed_corpus, tmp_path_factory):
-    """The uninterrupted `xclr-prep embed` of embed_corpus (local Ray), loaded."""
+def graph_embed_dir(embed_corpus, tmp_path_factory) -> Path:
+    """The uninterrupted `xclr-prep embed` of embed_corpus under EMBED_ARGS: the embed fault tests' reference, and
+    the graph tests' input (15 search blocks, 50 shards under GRAPH_ARGS)."""
+    out = tmp_path_factory.mktemp("reference") / "embed"
+    run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embed_reference(graph_embed_dir):
+    """graph_embed_dir, loaded."""
     from xclr_schemas import load_embed_dir
 
-    out = tmp_path_factory.mktemp("reference") / "out"
-    run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS)
-    d = load_embed_dir(out)
+    d = load_embed_dir(graph_embed_dir)
     assert len(d.manifest["parts"]) == EMBED_PARTS
     return d
 
 
 @pytest.fixture(scope="session")
-def graph_embed_dir(tmp_path_factory, wordnet) -> Path:
-    """The embed directory of 3000 WordNet captions with tiny PNGs in 3 tars (15 search blocks, 50 shards under
-    GRAPH_ARGS)."""
-    root = tmp_path_factory.mktemp("graph-corpus")
-    keys, captions = wordnet.column("key").to_pylist()[:3000], wordnet.column("caption").to_pylist()[:3000]
-    for t in range(3):
-        members = []
-        for i in range(t * 1000, (t + 1) * 1000):
-            members += [(f"{keys[i]}.png", tiny_png(i)), (f"{keys[i]}.txt", captions[i].encode())]
-        write_tar(root / f"{t:05d}.tar", members)
-    run_prep("embed", root, "--out", root / "embed", "--no-progress")
-    return root / "embed"
-
-
-@pytest.fixture(scope="session")
 def graph_reference(graph_embed_dir, tmp_path_factory) -> Path:
-    """The uninterrupted `xclr-prep graph` of graph_embed_dir under GRAPH_ARGS (local Ray)."""
+    """The uninterrupted `xclr-prep graph` of graph_embed_dir under GRAPH_ARGS."""
     out = tmp_path_factory.mktemp("graph-reference") / "out"
     run_prep("graph", graph_embed_dir, "--out", out, *GRAPH_ARGS)
     return out

@@ -12,6 +12,12 @@ import time
 from pathlib import Path
 
 
+def local_ray_env() -> dict[str, str]:
+    """This process's environment less RAY_ADDRESS: an `xclr-prep` command run in it starts a local Ray of its own
+    instead of joining the session's (conftest.shared_ray)."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
 def run_prep(*args, check: bool = True, timeout: float = 900, **popen) -> subprocess.CompletedProcess:
     """Run the real `xclr-prep` command line in a subprocess."""
     cmd = [sys.executable, "-m", "xclr_prep", *map(str, args)]
@@ -68,7 +74,10 @@ def shard_keys(out: Path) -> list[str]:
     return keys
 
 
-EMBED_ARGS = ["--part-size", "150", "--batch-size", "32", "--no-progress"]
+TUX_GRAPH_ARGS = ["--k", "16", "--shard-samples", "200", "--with-embeddings", "--no-progress"]
+
+
+EMBED_ARGS = ["--image-col", "image", "--part-size", "150", "--batch-size", "32", "--no-progress"]
 
 
 EMBED_PARTS = 20

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from prep_helpers import local_ray_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -76,11 +78,13 @@ class RayNode:
 class RayCluster:
     """A head and worker nodes on 127.0.0.2 (Ray rewrites 127.0.0.1 to the primary interface's address on Linux),
     with token authentication (Ray 2.5x clusters need RAY_AUTH_MODE=token in every process: use `env`), free ports
-    and a temp dir of its own. Leaving the `with` block kills every node."""
+    and a temp dir of its own. Leaving the `with` block kills every node. `lost_node_s`: the head declares a node
+    that stopped answering dead after about this many seconds (Ray's default: about 30 s)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lost_node_s: float | None = None) -> None:
         self.root = root
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.lost_node_s = lost_node_s
+        self.env = {**local_ray_env(), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
         self.temp = tempfile.mkdtemp(prefix="xr-")  # short: Ray's socket paths must fit in 107 bytes
         self.head: RayNode | None = None
         self.workers: list[RayNode] = []
@@ -103,8 +107,13 @@ class RayCluster:
     def start_head(self, cpus: int = 1) -> str:
         port = free_port()
         self.address = f"127.0.0.2:{port}"
+        env = self.env
+        if self.lost_node_s is not None:  # Ray's system config from the environment of the head (its GCS)
+            period_ms = str(int(self.lost_node_s * 1000 / 3))
+            env = {**env, "RAY_health_check_period_ms": period_ms, "RAY_health_check_timeout_ms": period_ms,
+                   "RAY_health_check_failure_threshold": "3"}
         self.head = RayNode(["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                             f"--ray-client-server-port={free_port()}", *self._node_args(cpus)], self.env,
+                             f"--ray-client-server-port={free_port()}", *self._node_args(cpus)], env,
                             self.root / "head.log")
         return self.address
 

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with RayCluster(tmp_path_factory.mktemp("cluster")) as c:
+    with RayCluster(tmp_path_factory.mktemp("cluster"), lost_node_s=6) as c:
         c.start_head(cpus=1)
         c.add_worker(cpus=1)
         c.wait_alive(2)
@@ -80,8 +80,9 @@ def assert_identical_embed(d, reference) -> None:
 
 def test_embed_on_two_nodes_and_alone_beside_them(cluster, embed_corpus, embed_reference, tmp_path):
     """`ray start --head` + `ray start --address` on a loopback address, used through --ray-address: both nodes do
-    work. Without --ray-address the stage starts a local Ray of its own, even while the cluster runs on this
-    machine. Both end with the embed directory of the reference run. (Runs first: the cluster is still whole.)"""
+    work. Without --ray-address (and RAY_ADDRESS) the stage starts a local Ray of its own, even while the cluster
+    runs on this machine. Both end with the embed directory of the reference run. (Runs first: the cluster is still
+    whole.)"""
     out, alone = tmp_path / "out", tmp_path / "alone"
     run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS, "--ray-address", cluster.address, "--num-workers", "2",
              env=cluster.env)
@@ -100,7 +101,7 @@ def test_one_training_rank_killed_torchrun_restarts_the_group_from_latest(tux_sh
     torchrun stops rank 0 and starts both again, which resume from latest.pt (the first start, with no checkpoint
     yet, is a new run). Every step's loss equals an uninterrupted two-process run's; each step is logged once."""
     steps, batch = 12, 8
-    train = ["-m", "xclr_train", "--data", tux_shards, "--arch", "resnet18", "--image-size", "16", "--no-progress",
+    train = ["-m", "xclr_train", "--data", tux_shards, "--arch", "convnet", "--image-size", "16", "--no-progress",
              "--log-every", "1", "--batch-size", batch, "--steps", steps, "--samples-per-epoch", 32, "--workers", 1,
              "--loss", "supcon", "--resume", "latest"]
     # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: torch 2.14's torchrun keeps one rendezvous store across restarts, and

@@ -1,4 +1,5 @@
-"""`xclr-prep embed` end to end: real local Ray, real model, real files; real corpora where installed."""
+"""`xclr-prep embed` end to end: real Ray (the session's, conftest.shared_ray), real model, real files; real corpora
+where installed."""
 
 import gzip
 import json
@@ -13,7 +14,7 @@ from prep_helpers import run_prep
 from sentence_transformers import SentenceTransformer
 
 from xclr_prep.captions import normalise
-from xclr_prep.sample_corpora import tuxpaint_stamps, write_tuxpaint_tars
+from xclr_prep.sample_corpora import tuxpaint_stamps
 from xclr_schemas import load_embed_dir
 
 FAST = ["--no-progress", "--batch-size", "64"]
@@ -146,13 +147,10 @@ def test_class_label_mode_on_fashion_mnist(tmp_path, model_path):
     assert cosine_rows(d.embeddings, direct).min() >= 0.999
 
 
-def test_tuxpaint_stamp_tars(tmp_path):
-    tars = tmp_path / "tars"
-    write_tuxpaint_tars(tars, per_tar=100)
+def test_tuxpaint_stamp_tars(tux_embed):
+    """The session's embed of the tuxpaint stamp tars (conftest.tux_embed: --label-col label) counts every stamp."""
     stamps = tuxpaint_stamps()
-    out = tmp_path / "out"
-    run_prep("embed", tars, "--out", out, "--label-col", "label", *FAST)
-    d = load_embed_dir(out)
+    d = load_embed_dir(tux_embed / "embed")
     with_caption = [s for s in stamps if s[1] is not None]
     c = d.manifest["counts"]
     assert c["input_rows"] == len(stamps) and c["kept"] == len(with_caption)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 from data_helpers import assert_topk_equal, brute_force_topk
-from prep_helpers import run_prep
+from prep_helpers import TUX_GRAPH_ARGS, run_prep
 
 from xclr_prep.groups import in_group_neighbors
 from xclr_prep.sample_corpora import write_fashion_mnist_tars
@@ -22,13 +22,6 @@ pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "n
 FAST = ["--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def tux(tux_embed):
-    """Tuxpaint stamps: embedded (conftest), then graphed into small shards (k 16, groups of 8, 100 per shard)."""
-    run_prep("graph", tux_embed / "embed", "--out", tux_embed / "shards", "--k", "16", "--shard-samples", "100", *FAST)
-    return tux_embed
-
-
 def read_shards(path):
     """Every sample of every shard listed in sizes.json, via the plain webdataset library."""
     sizes = json.loads((path / "sizes.json").read_text())
@@ -37,20 +30,20 @@ def read_shards(path):
     return sizes, samples
 
 
-def test_shards_hold_every_sample_once_with_its_graph_row(tux):
-    embed = load_embed_dir(tux / "embed")
-    graph = load_graph(tux / "shards" / "graph")
-    manifest = read_shards_manifest(tux / "shards")
-    sizes, samples = read_shards(tux / "shards")
+def test_shards_hold_every_sample_once_with_its_graph_row(tux_embed, tux_shards):
+    embed = load_embed_dir(tux_embed / "embed")
+    graph = load_graph(tux_shards / "graph")
+    manifest = read_shards_manifest(tux_shards)
+    sizes, samples = read_shards(tux_shards)
 
     keys = [s["__key__"] for s in samples]
     assert sorted(keys) == sorted(embed.samples.column("key").to_pylist())  # every sample exactly once
     assert all("." not in k for k in keys)
     per_shard = Counter(s["__url__"].rsplit("/", 1)[1] for s in samples)
     assert per_shard == Counter(sizes) and sum(sizes.values()) == manifest["counts"]["written"] == len(keys)
-    assert max(sizes.values()) <= 100
+    assert max(sizes.values()) <= 200
     for name, count in sizes.items():  # the same counts through tar(1)
-        listing = subprocess.run(["tar", "-tf", str(tux / "shards" / name)], capture_output=True, text=True,
+        listing = subprocess.run(["tar", "-tf", str(tux_shards / name)], capture_output=True, text=True,
                                  check=True).stdout.split()
         assert sum(m.endswith(".nbr.npy") for m in listing) == count
 
@@ -68,9 +61,9 @@ def test_shards_hold_every_sample_once_with_its_graph_row(tux):
             embed.samples.column("image_member")[i].as_py()).read()
 
 
-def test_exact_graph_equals_numpy_brute_force(tux):
-    embed = load_embed_dir(tux / "embed")
-    graph = load_graph(tux / "shards" / "graph")
+def test_exact_graph_equals_numpy_brute_force(tux_embed, tux_shards):
+    embed = load_embed_dir(tux_embed / "embed")
+    graph = load_graph(tux_shards / "graph")
     ref_sims, ref_ids = brute_force_topk(embed.embeddings.astype(np.float32), 16)
     assert_topk_equal(graph.neighbors["sim"], graph.neighbors["id"], ref_sims, ref_ids)
     m = graph.manifest
@@ -81,10 +74,10 @@ def test_exact_graph_equals_numpy_brute_force(tux):
     assert m["kth_similarity_mean"] == pytest.approx(ref_sims[:, -1].mean(), abs=1e-3)
 
 
-def test_groups_are_contiguous_and_hold_graph_neighbours(tux):
-    manifest = read_shards_manifest(tux / "shards")
-    neighbor_ids = load_graph(tux / "shards" / "graph").neighbors["id"]
-    _, samples = read_shards(tux / "shards")
+def test_groups_are_contiguous_and_hold_graph_neighbours(tux_shards):
+    manifest = read_shards_manifest(tux_shards)
+    neighbor_ids = load_graph(tux_shards / "graph").neighbors["id"]
+    _, samples = read_shards(tux_shards)
     groups = np.array([json.loads(s["json"])["group"] for s in samples])
     captions = np.array([json.loads(s["json"])["caption_id"] for s in samples])
     shard_of = [s["__url__"] for s in samples]
@@ -96,17 +89,17 @@ def test_groups_are_contiguous_and_hold_graph_neighbours(tux):
     assert measured >= 0.5 * (8 - 1)
 
 
-def test_repack_reuses_the_graph(tux):
-    neighbors = tux / "shards" / "graph" / "neighbors.npy"
+def test_repack_reuses_the_graph(tux_embed, tux_shards, tmp_path):
+    neighbors = tux_shards / "graph" / "neighbors.npy"
     before = neighbors.stat().st_mtime_ns
-    out = tux / "plain"
-    run_prep("graph", tux / "embed", "--out", out, "--graph", tux / "shards" / "graph", "--group-size", "1",
+    out = tmp_path / "plain"
+    run_prep("graph", tux_embed / "embed", "--out", out, "--graph", tux_shards / "graph", "--group-size", "1",
              "--with-embeddings", *FAST)
     assert neighbors.stat().st_mtime_ns == before and not (out / "graph").exists()
     manifest = read_shards_manifest(out)
-    assert manifest["graph"]["path"] == str(tux / "shards" / "graph")
+    assert manifest["graph"]["path"] == str(tux_shards / "graph")
     assert manifest["groups"]["size_mean"] == 1 and manifest["groups"]["in_group_neighbors_mean"] == 0
-    embed = load_embed_dir(tux / "embed")
+    embed = load_embed_dir(tux_embed / "embed")
     _, samples = read_shards(out)
     assert len(samples) == manifest["counts"]["written"] == embed.samples.num_rows
     for s in samples[:50]:
@@ -115,21 +108,21 @@ def test_repack_reuses_the_graph(tux):
         assert emb.dtype == np.float16 and np.array_equal(emb, embed.embeddings[cid])
 
 
-def test_the_layout_seed_moves_the_layout_not_the_graph(tux):
+def test_the_layout_seed_moves_the_layout_not_the_graph(tux_embed, tux_shards, tmp_path):
     """--seed shuffles groups only: the same search (--search-seed) gives the same graph, byte for byte."""
-    out = tux / "reseeded"
-    run_prep("graph", tux / "embed", "--out", out, "--k", "16", "--shard-samples", "100", "--seed", "7", *FAST)
-    graph, other = tux / "shards" / "graph", out / "graph"
+    out = tmp_path / "reseeded"
+    run_prep("graph", tux_embed / "embed", "--out", out, *TUX_GRAPH_ARGS, "--seed", "7")
+    graph, other = tux_shards / "graph", out / "graph"
     assert (graph / "neighbors.npy").read_bytes() == (other / "neighbors.npy").read_bytes()
     assert load_graph(graph).manifest["background_similarity"] == load_graph(other).manifest["background_similarity"]
-    keys = [[s["__key__"] for s in read_shards(root)[1]] for root in (tux / "shards", out)]
+    keys = [[s["__key__"] for s in read_shards(root)[1]] for root in (tux_shards, out)]
     assert sorted(keys[0]) == sorted(keys[1]) and keys[0] != keys[1]
 
 
-def test_rerun_of_a_complete_dir_does_nothing_and_other_options_are_refused(tux):
-    again = run_prep("graph", tux / "embed", "--out", tux / "shards", "--k", "16", "--shard-samples", "100", *FAST)
+def test_rerun_of_a_complete_dir_does_nothing_and_other_options_are_refused(tux_embed, tux_shards):
+    again = run_prep("graph", tux_embed / "embed", "--out", tux_shards, *TUX_GRAPH_ARGS)
     assert "already complete" in again.stdout
-    other = run_prep("graph", tux / "embed", "--out", tux / "shards", "--k", "16", "--group-size", "4", *FAST,
+    other = run_prep("graph", tux_embed / "embed", "--out", tux_shards, *TUX_GRAPH_ARGS, "--group-size", "4",
                      check=False)
     assert other.returncode == 2
     assert other.stderr.strip().splitlines()[-1].startswith("xclr-prep: error: ")

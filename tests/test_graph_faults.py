@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 from fault_ledger import samples_lost
-from prep_helpers import GRAPH_ARGS, kill_session, run_prep, shard_keys, shard_snapshot, start_prep, wait_for_markers
+from prep_helpers import (
+    GRAPH_ARGS,
+    kill_session,
+    local_ray_env,
+    run_prep,
+    shard_keys,
+    shard_snapshot,
+    start_prep,
+    wait_for_markers,
+)
 
 from xclr_schemas import load_embed_dir, read_shards_manifest
 
@@ -15,7 +24,7 @@ ARGS = GRAPH_ARGS
 
 
 def start(embed_dir, out):
-    return start_prep("graph", embed_dir, "--out", out, *ARGS)
+    return start_prep("graph", embed_dir, "--out", out, *ARGS, env=local_ray_env())
 
 
 def kill_when(proc, markers: Path, n: int, timeout: float = 600) -> None:
@@ -37,7 +46,7 @@ def test_kill_9_while_searching_and_while_writing_then_rerun(graph_embed_dir, gr
     assert 5 <= len(written) < len(json.loads((reference / "sizes.json").read_text()))
     assert not (out / "manifest.json").exists()
 
-    run_prep("graph", embed_dir, "--out", out, *ARGS)
+    run_prep("graph", embed_dir, "--out", out, *ARGS, env=local_ray_env())
     fault_ledger.record("graph: kill -9 of the command (local Ray) while searching and while writing, reruns",
                         injected=2, survived=shard_snapshot(out) == shard_snapshot(reference),
                         samples_lost=samples_lost(load_embed_dir(embed_dir).samples.column("key").to_pylist(),
