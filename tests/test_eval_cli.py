@@ -6,12 +6,14 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from data_helpers import write_tar
 from PIL import Image
+from train_helpers import train_in_process
 
 from xclr_eval.cli import main as eval_command
 from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
@@ -23,19 +25,19 @@ METRICS = {"knn_accuracy", "linear_probe_accuracy", "precision@1", "precision@10
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_eval(*args, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "xclr_eval", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"xclr-eval failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
-    return proc
+def run_eval(*args, check: bool = True) -> Result:
+    """`xclr-eval ARGS` in this process (click's runner); test_bad_inputs_give_one_line_errors also runs it as a
+    real command."""
+    result = CliRunner().invoke(eval_command, [*map(str, args)])
+    if check and result.exit_code != 0:
+        raise AssertionError(f"xclr-eval failed ({result.exit_code}):\n{result.output[-4000:]}") from result.exception
+    return result
 
 
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr
+def one_line_error(result: Result) -> str:
+    assert result.exit_code == 1, (result.output[-2000:], result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
     return errors[0]
 
 
@@ -43,14 +45,15 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 def run(tux_shards, tmp_path_factory):
     """A real X-CLR run on the tuxpaint shards: the small CNN, 2 epochs of 2 steps (latest.pt, epoch-000N.pt)."""
     out = tmp_path_factory.mktemp("eval") / "tux-xclr"
-    subprocess.run([sys.executable, "-m", "xclr_train", "--data", tux_shards, "--out", out, "--arch", "convnet",
-                    "--image-size", "32", "--proj-hidden", "64", "--batch-size", "16", "--epochs", "2",
-                    "--samples-per-epoch", "32", "--workers", "1", "--log-every", "1", "--no-progress"],
-                   check=True, capture_output=True, timeout=600)
+    train_in_process("--data", tux_shards, "--out", out, "--arch", "convnet", "--image-size", "32", "--proj-hidden",
+                     "64", "--batch-size", "16", "--epochs", "2", "--samples-per-epoch", "32", "--workers", "1",
+                     "--log-every", "1", "--no-progress")
     return out
 
 
 def test_tuxpaint_tars_all_metrics_plots_and_two_checkpoints(run, tux_embed, tmp_path):
+    """Every metric, plot and table for two checkpoints; every stamp with an image and a label is evaluated (the
+    count equals the tars' PNG members)."""
     tars = tux_embed / "tars"
     out = tmp_path / "ev"
     proc = run_eval(run / "checkpoints" / "latest.pt", run / "checkpoints" / "epoch-0001.pt", "--data", tars,
@@ -73,15 +76,8 @@ def test_tuxpaint_tars_all_metrics_plots_and_two_checkpoints(run, tux_embed, tmp
     table = (out / "results.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| tux-xclr | xclr | 4 |")
     assert "results:" in proc.stdout
-
-
-def test_tuxpaint_image_count_matches_the_tars(run, tux_embed, tmp_path):
-    """Every stamp with an image and a label is evaluated: the count equals the tars' PNG members."""
-    import tarfile
-
-    pngs = sum(name.endswith(".png") for t in (tux_embed / "tars").glob("*.tar") for name in tarfile.open(t).getnames())
-    run_eval(run / "checkpoints" / "latest.pt", "--data", tux_embed / "tars", "--out", tmp_path / "ev")
-    assert json.loads((tmp_path / "ev" / "results.json").read_text())["images"] == pngs > 700
+    pngs = sum(name.endswith(".png") for t in tars.glob("*.tar") for name in tarfile.open(t).getnames())
+    assert results["images"] == pngs > 700
 
 
 def test_fashion_mnist_idx_and_saved_features(run, tmp_path):
@@ -172,8 +168,6 @@ def test_held_out_queries_against_a_database_of_other_vendors(run, tmp_path):
 
 
 def tar_members(folder, suffix: str) -> list[bytes]:
-    import tarfile
-
     members = []
     for path in sorted(folder.glob("*.tar")):
         with tarfile.open(path) as tar:
@@ -197,12 +191,14 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path):
         "would share a name": [ckpt, ckpt, "--data", FASHION_MNIST_DIR],
         "--label-field is for WebDataset tars": [ckpt, "--data", FASHION_MNIST_DIR, "--label-field", "category"],
     }
-    for message, args in cases.items():  # in-process (click's runner); the first also as a real command
-        result = CliRunner().invoke(eval_command, [*map(str, args), "--out", str(tmp_path / "ev")])
-        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert result.exit_code == 1 and len(errors) == 1 and message in errors[0], (message, result.output[-2000:])
+    for message, args in cases.items():  # in-process; the first also as a real command
+        assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False)), message
     message, args = next(iter(cases.items()))
-    assert message in one_line_error(run_eval(*args, "--out", tmp_path / "ev", check=False))
+    proc = subprocess.run([sys.executable, "-m", "xclr_eval", *map(str, args), "--out", str(tmp_path / "ev")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
 
 
 def test_string_label_fields_name_their_classes_and_align_by_name(tmp_path):

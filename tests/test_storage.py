@@ -98,7 +98,7 @@ def test_the_pipeline_on_urls_equals_the_pipeline_on_local_paths(tux_embed, tux_
     assert (bucket / "shards" / "sizes.json").read_text() == (tux_shards / "sizes.json").read_text()
 
     # machine A is killed once it has published its first checkpoint; machine B resumes from the bucket
-    train = ["--data", f"{url}/shards", "--out", f"{url}/run", "--arch", "resnet18", "--image-size", "16",
+    train = ["--data", f"{url}/shards", "--out", f"{url}/run", "--arch", "convnet", "--image-size", "16",
              "--batch-size", "16", "--samples-per-epoch", "64", "--epochs", "3", "--no-progress", "--log-every", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "xclr_train", *train], env={**os.environ, **machine_a},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

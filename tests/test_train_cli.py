@@ -17,8 +17,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from train_helpers import train_in_process, train_samples_lost
 from train_helpers import train_metrics as metrics
-from train_helpers import train_samples_lost
 
 from xclr_train.cli import main as train_command
 
@@ -55,8 +55,8 @@ def rewrite_shards(src, dst, drop: str | None = None, unlabel: bool = False) -> 
 def test_a_short_real_run_decreases_the_loss(tux_shards, tmp_path):
     """X-CLR with sparse targets on the tuxpaint stamps: the loss falls, and neighbours meet in the batch."""
     run = tmp_path / "run"
-    run_train("--data", tux_shards, "--out", run, *SMALL, "--batch-size", "32", "--steps", "30", "--workers", "1",
-              "--samples-per-epoch", "320")
+    train_in_process("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--batch-size", "32", "--steps",
+                     "30", "--workers", "1", "--samples-per-epoch", "320")
     lines = metrics(run)
     assert [x["step"] for x in lines] == list(range(1, 31))
     first, last = [x["loss"] for x in lines[:5]], [x["loss"] for x in lines[-5:]]
@@ -74,7 +74,8 @@ def test_frameworks_and_queued_xclr_learn_on_real_shards(tux_shards, tmp_path, l
     """A short run of each framework (and X-CLR with a queue) on the tuxpaint stamps: once the 64-entry queue
     holds real entries (after 2 batches), the loss falls; X-CLR's queue adds graph neighbours beyond the batch."""
     run = tmp_path / "run"
-    run_train("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", "--loss", loss,
+    train_in_process("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", "--loss",
+                     loss,
               *([] if loss == "byol" else ["--queue-size", "64"]), "--batch-size", "32", "--steps", "30",
               "--workers", "1", "--samples-per-epoch", "320")
     losses = [x["loss"] for x in metrics(run)]
@@ -94,7 +95,7 @@ def test_metric_learning_losses_run_on_real_shards(tux_shards, tmp_path, args):
     """triplet, contrastive and npair through the whole trainer, with each kind of positives: graph positives
     find the grouped neighbours, label positives the stamp's category, caption positives just the other view."""
     run = tmp_path / "run"
-    run_train("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", *args,
+    train_in_process("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", *args,
               "--batch-size", "32", "--steps", "4", "--workers", "1", "--samples-per-epoch", "128")
     lines = metrics(run)
     assert len(lines) == 4 and all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in lines)
@@ -106,15 +107,15 @@ def test_metric_learning_losses_run_on_real_shards(tux_shards, tmp_path, args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", [["--loss", "xclr", "--queue-size", "24"],
-                                  ["--loss", "moco", "--queue-size", "24", "--arch", "convnet"]], ids=["xclr", "moco"])
+@pytest.mark.parametrize("loss", [["--loss", "xclr", "--queue-size", "24"], ["--loss", "moco", "--queue-size", "24"]],
+                         ids=["xclr", "moco"])
 def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger, loss):
     """4 epochs of 2 steps: killed during epoch 3 and resumed from latest, the losses of every step equal an
     uninterrupted run's, and the metrics log holds each step once; X-CLR's queue and MoCo's momentum network and
     queue come back from the checkpoint too (every objective's state round trip: test_frameworks.py)."""
-    args = ["--data", tux_shards, *SMALL, "--batch-size", "16", "--steps", "8", "--samples-per-epoch", "32",
-            "--workers", "2", *loss]
-    run_train(*args, "--out", tmp_path / "whole")
+    args = ["--data", tux_shards, *SMALL, "--arch", "convnet", "--batch-size", "16", "--steps", "8",
+            "--samples-per-epoch", "32", "--workers", "2", *loss]
+    train_in_process(*args, "--out", tmp_path / "whole")
     reference = [x["loss"] for x in metrics(tmp_path / "whole")]
 
     run = tmp_path / "killed"
@@ -130,8 +131,8 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, 
     proc.wait()
     assert not (run / "checkpoints" / "epoch-0004.pt").exists()
 
-    refused = run_train(*args, "--out", run, check=False)
-    assert refused.returncode != 0 and "--resume latest" in refused.stderr
+    refused = train_in_process(*args, "--out", run, check=False)
+    assert refused.exit_code == 1 and "--resume latest" in refused.stderr
     run_train(*args, "--out", run, "--resume", "latest")
     lines = metrics(run)
     fault_ledger.record(f"train {loss[1]}: kill -9 of the command, --resume latest",
@@ -204,8 +205,8 @@ def test_truncated_tar_is_skipped_and_counted(tux_shards, tmp_path):
     with open(shard, "r+b") as f:
         f.truncate(size // 2)
     run = tmp_path / "run"
-    run_train("--data", data, "--out", run, *SMALL, "--batch-size", "16", "--steps", "12", "--samples-per-epoch",
-              "192", "--workers", "1", "--seed", "3")
+    train_in_process("--data", data, "--out", run, *SMALL, "--arch", "convnet", "--batch-size", "16", "--steps", "12",
+                     "--samples-per-epoch", "192", "--workers", "1", "--seed", "3")
     last = metrics(run)[-1]
     assert last["skipped_truncated_shard"] >= 1
     assert last["skipped_incomplete_sample"] >= last["skipped_truncated_shard"]
@@ -226,7 +227,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tux_shards, tmp
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: could not write checkpoint {run / 'checkpoints'}"), lines
     assert list((run / "checkpoints").iterdir()) == []
-    run_train(*options)
+    train_in_process(*options)
     assert (run / "checkpoints" / "latest.pt").is_file()
 
 
@@ -235,11 +236,11 @@ def test_checkpoint_of_another_architecture_is_refused(tux_shards, tmp_path):
     run = tmp_path / "run"
     common = ["--data", tux_shards, "--no-progress", "--image-size", "16", "--batch-size", "8", "--steps", "1",
               "--samples-per-epoch", "8", "--workers", "0"]
-    run_train(*common, "--out", run, "--arch", "resnet18")
-    proc = run_train(*common, "--out", tmp_path / "other", "--arch", "resnet50", "--resume",
-                     run / "checkpoints" / "latest.pt", check=False)
-    assert proc.returncode == 1
+    train_in_process(*common, "--out", run, "--arch", "resnet18")
+    proc = train_in_process(*common, "--out", tmp_path / "other", "--arch", "resnet50", "--resume",
+                            run / "checkpoints" / "latest.pt", check=False)
+    assert proc.exit_code == 1
     assert "holds another model: arch=resnet18 (this run: resnet50)" in proc.stderr
-    changed = run_train(*common, "--out", run, "--arch", "resnet18", "--resume", "latest", "--tau", "0.2",
-                        "--augment", "crop", check=False)
+    changed = train_in_process(*common, "--out", run, "--arch", "resnet18", "--resume", "latest", "--tau", "0.2",
+                               "--augment", "crop", check=False)
     assert "was trained with other options: augment='simclr' (now 'crop'), tau=0.1 (now 0.2)" in changed.stderr

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from click.testing import CliRunner, Result
 from fault_ledger import samples_lost
 
 
@@ -24,3 +25,15 @@ def train_samples_lost(lines: list[dict], steps: int, global_batch: int) -> int:
     """Training samples lost or repeated: the global batches of the steps 1..steps that metrics.jsonl (logged
     every step) misses or holds more than once."""
     return samples_lost(range(1, steps + 1), [x["step"] for x in lines]) * global_batch
+
+
+def train_in_process(*args, check: bool = True) -> Result:
+    """`xclr-train ARGS` run in this process by click's runner: the whole command, less a new interpreter's imports
+    (about 7 s of torch and torchvision). Runs that must be killed, limited or proven as a real exit status use a
+    subprocess instead."""
+    from xclr_train.cli import main
+
+    result = CliRunner().invoke(main, [*map(str, args)])
+    if check and result.exit_code != 0:
+        raise AssertionError(f"xclr-train failed ({result.exit_code}):\n{result.output[-4000:]}") from result.exception
+    return result
