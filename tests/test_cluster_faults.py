@@ -79,13 +79,13 @@ def assert_identical_embed(d, reference) -> None:
 
 
 def test_embed_on_two_nodes_and_alone_beside_them(cluster, embed_corpus, embed_reference, tmp_path):
-    """`ray start --head` + `ray start --address` on a loopback address, used through --ray-address: both nodes do
-    work. Without --ray-address (and RAY_ADDRESS) the stage starts a local Ray of its own, even while the cluster
-    runs on this machine. Both end with the embed directory of the reference run. (Runs first: the cluster is still
-    whole.)"""
+    """`ray start --head` + `ray start --address` on a loopback address, joined through RAY_ADDRESS (as under `ray
+    job submit`; the other tests pass --ray-address): both nodes do work. Without either, the stage starts a local
+    Ray of its own, even while the cluster runs on this machine. Both end with the embed directory of the reference
+    run. (Runs first: the cluster is still whole.)"""
     out, alone = tmp_path / "out", tmp_path / "alone"
-    run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS, "--ray-address", cluster.address, "--num-workers", "2",
-             env=cluster.env)
+    run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS, "--num-workers", "2",
+             env={**cluster.env, "RAY_ADDRESS": cluster.address})
     run_prep("embed", embed_corpus, "--out", alone, *EMBED_ARGS, env=cluster.env)
     d = load_embed_dir(out)
     assert_same_result(d, embed_reference)
