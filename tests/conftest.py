@@ -89,7 +89,7 @@ def embed_corpus(tmp_path_factory, wordnet) -> Path:
 
 
 @pytest.fixture(scope="session")
-def graph_embed_dir(embed_corpus, tmp_path_factory) -> Path:
+def wordnet_embed_dir(embed_corpus, tmp_path_factory) -> Path:
     """The uninterrupted `xclr-prep embed` of embed_corpus under EMBED_ARGS: the embed fault tests' reference, and
     the graph tests' input (15 search blocks, 50 shards under GRAPH_ARGS)."""
     out = tmp_path_factory.mktemp("reference") / "embed"
@@ -98,18 +98,18 @@ def graph_embed_dir(embed_corpus, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embed_reference(graph_embed_dir):
-    """graph_embed_dir, loaded."""
+def embed_reference(wordnet_embed_dir):
+    """wordnet_embed_dir, loaded."""
     from xclr_schemas import load_embed_dir
 
-    d = load_embed_dir(graph_embed_dir)
+    d = load_embed_dir(wordnet_embed_dir)
     assert len(d.manifest["parts"]) == EMBED_PARTS
     return d
 
 
 @pytest.fixture(scope="session")
-def graph_reference(graph_embed_dir, tmp_path_factory) -> Path:
-    """The uninterrupted `xclr-prep graph` of graph_embed_dir under GRAPH_ARGS."""
+def graph_reference(wordnet_embed_dir, tmp_path_factory) -> Path:
+    """The uninterrupted `xclr-prep graph` of wordnet_embed_dir under GRAPH_ARGS."""
     out = tmp_path_factory.mktemp("graph-reference") / "out"
-    run_prep("graph", graph_embed_dir, "--out", out, *GRAPH_ARGS)
+    run_prep("graph", wordnet_embed_dir, "--out", out, *GRAPH_ARGS)
     return out

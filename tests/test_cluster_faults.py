@@ -176,12 +176,12 @@ def test_embed_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluste
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
-def test_graph_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluster, graph_embed_dir, graph_reference,
+def test_graph_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluster, wordnet_embed_dir, graph_reference,
                                                                           tmp_path, fault_ledger):
     """Kill -9 of the driver while it searches; the rerun loses the worker node while it writes shards; the rerun
     after a node is back writes the shards of an uninterrupted run, byte for byte."""
     out = tmp_path / "out"
-    cmd = ["graph", graph_embed_dir, "--out", out, *GRAPH_ARGS, "--ray-address", cluster.address]
+    cmd = ["graph", wordnet_embed_dir, "--out", out, *GRAPH_ARGS, "--ray-address", cluster.address]
     proc = start_logged(cmd, cluster, tmp_path / "killed-driver.log")
     wait_for_markers(proc, out / "graph" / "done", 3)
     kill_session(proc)
@@ -192,7 +192,7 @@ def test_graph_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluste
     lose_worker_node(cluster, start_logged(cmd, cluster, log), out / "done", 5, log)
     assert "already complete" in run_prep(*cmd, env=cluster.env).stdout
 
-    keys = load_embed_dir(graph_embed_dir).samples.column("key").to_pylist()
+    keys = load_embed_dir(wordnet_embed_dir).samples.column("key").to_pylist()
     got = shard_keys(out)
     lost = samples_lost(keys, got)
     survived = shard_snapshot(out) == shard_snapshot(graph_reference)

@@ -33,9 +33,9 @@ def kill_when(proc, markers: Path, n: int, timeout: float = 600) -> None:
     kill_session(proc)
 
 
-def test_kill_9_while_searching_and_while_writing_then_rerun(graph_embed_dir, graph_reference, tmp_path,
+def test_kill_9_while_searching_and_while_writing_then_rerun(wordnet_embed_dir, graph_reference, tmp_path,
                                                              fault_ledger):
-    embed_dir, reference = graph_embed_dir, graph_reference
+    embed_dir, reference = wordnet_embed_dir, graph_reference
     out = tmp_path / "out"
     kill_when(start(embed_dir, out), out / "graph" / "done", 3)
     blocks = len(list((out / "graph" / "done").glob("*.json")))

@@ -75,9 +75,8 @@ def test_frameworks_and_queued_xclr_learn_on_real_shards(tux_shards, tmp_path, l
     holds real entries (after 2 batches), the loss falls; X-CLR's queue adds graph neighbours beyond the batch."""
     run = tmp_path / "run"
     train_in_process("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", "--loss",
-                     loss,
-              *([] if loss == "byol" else ["--queue-size", "64"]), "--batch-size", "32", "--steps", "30",
-              "--workers", "1", "--samples-per-epoch", "320")
+                     loss, *([] if loss == "byol" else ["--queue-size", "64"]), "--batch-size", "32", "--steps", "30",
+                     "--workers", "1", "--samples-per-epoch", "320")
     losses = [x["loss"] for x in metrics(run)]
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
     early, late = sum(losses[2:10]) / 8, sum(losses[-8:]) / 8
@@ -96,7 +95,7 @@ def test_metric_learning_losses_run_on_real_shards(tux_shards, tmp_path, args):
     find the grouped neighbours, label positives the stamp's category, caption positives just the other view."""
     run = tmp_path / "run"
     train_in_process("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", *args,
-              "--batch-size", "32", "--steps", "4", "--workers", "1", "--samples-per-epoch", "128")
+                     "--batch-size", "32", "--steps", "4", "--workers", "1", "--samples-per-epoch", "128")
     lines = metrics(run)
     assert len(lines) == 4 and all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in lines)
     positives = sum(x["positives"] for x in lines) / 4
