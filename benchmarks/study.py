@@ -4,8 +4,9 @@ Three corpora:
   * emoji (the main one): three vendors' drawings of the same ~1,900 emoji, captioned by the emoji's name. Train on
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
-    alignment. Regimes heldout-VENDOR (openmoji, twitter), low-heldout-openmoji (every third emoji) and the 600-step
-    budget check heldout-openmoji-600 (also with the crop-and-flip recipe, -crop) and heldout-twitter-600;
+    alignment. Regimes heldout-VENDOR (openmoji, twitter) at 150 steps; heldout-openmoji-600 (also with the
+    crop-and-flip recipe, -crop) and heldout-twitter-600 at 600; the budget check heldout-openmoji-1800 and the
+    low-data regime low-heldout-openmoji-600 (every third emoji);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
   * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
@@ -15,6 +16,7 @@ Every method trains the same backbone with the same augmentations (the regime's)
   xclr-random  X-CLR, sparse targets, shards in random order (--group-size 1)
   xclr-dense   X-CLR, dense targets from the caption embeddings (random order)
   simclr, supcon (labels = caption ids), clip (frozen caption embeddings; random order)
+  xclr-clip    X-CLR (sparse) plus the CLIP term towards the frozen caption embeddings (random order)
   triplet, npair, contrastive  the metric-learning losses, positives = equal caption ids (random order)
   moco, byol, nnclr  the frameworks with a momentum network or a support queue (random order)
   xclr-groups-queue, xclr-random-queue  X-CLR with a queue of past projections (--queue-size)
@@ -79,9 +81,10 @@ CORPORA = {
     "emoji": {
         "heldout-openmoji": emoji("openmoji"),
         "heldout-twitter": emoji("twitter"),
-        "low-heldout-openmoji": emoji("openmoji", every=3),
-        "heldout-openmoji-600": emoji("openmoji", steps=600),  # the budget check: 4x the steps
+        "heldout-openmoji-600": emoji("openmoji", steps=600),  # 4x the steps
         "heldout-twitter-600": emoji("twitter", steps=600),  # the other rotation at that budget
+        "heldout-openmoji-1800": emoji("openmoji", steps=1800),  # the budget check: has 600 converged?
+        "low-heldout-openmoji-600": emoji("openmoji", every=3, steps=600),  # a third of the emoji
         "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
     },
     "fashion-mnist": {
@@ -105,6 +108,7 @@ METHODS = {
     "simclr": ("random", ["--loss", "simclr"]),
     "supcon": ("random", ["--loss", "supcon"]),
     "clip": ("random", ["--loss", "clip"]),
+    "xclr-clip": ("random", ["--loss", "xclr-clip"]),
     "triplet": ("random", ["--loss", "triplet"]),
     "npair": ("random", ["--loss", "npair"]),
     "contrastive": ("random", ["--loss", "contrastive"]),

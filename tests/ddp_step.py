@@ -26,6 +26,7 @@ SPECS = {  # name: (--loss, its options, the graph)
     "simclr": ("simclr", {}, GRAPH),
     "supcon": ("supcon", {}, GRAPH),
     "clip": ("clip", {}, GRAPH),
+    "xclr_clip": ("xclr-clip", {"text_weight": 0.5}, GRAPH),
     "triplet_hardest": ("triplet", {"margin": 0.5}, GRAPH),
     "triplet_semihard_graph": ("triplet", {"margin": 0.5, "mining": "semihard", "positives": "graph"}, GRAPH),
     "contrastive_label": ("contrastive", {"margin": 1.0, "positives": "label"}, GRAPH),

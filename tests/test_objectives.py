@@ -9,18 +9,23 @@ import textwrap
 from dataclasses import fields
 
 import pytest
+import torch
+import torch.nn.functional as F
+from ddp_step import M, global_batch
 
 from xclr_train.data import Needs
 from xclr_train.errors import TrainError
-from xclr_train.objectives import OBJECTIVES, Graph, make_objective
-from xclr_train.targets import floor_similarity
+from xclr_train.losses.clip import clip_loss
+from xclr_train.losses.xclr import xclr_loss
+from xclr_train.objectives import OBJECTIVES, Graph, Views, make_objective
+from xclr_train.targets import floor_similarity, sparse_similarity
 
 GRAPH = Graph(background=0.2, kth_mean=0.3)
 
 
-def test_the_ten_objectives_are_registered_with_their_defaults():
-    assert set(OBJECTIVES) == {"xclr", "simclr", "supcon", "clip", "triplet", "npair", "contrastive", "moco", "byol",
-                               "nnclr"}
+def test_the_eleven_objectives_are_registered_with_their_defaults():
+    assert set(OBJECTIVES) == {"xclr", "xclr-clip", "simclr", "supcon", "clip", "triplet", "npair", "contrastive",
+                               "moco", "byol", "nnclr"}
     defaults = {name: {f.name: f.default for f in fields(cls.Args)} for name, cls in OBJECTIVES.items()}
     assert defaults["moco"] == {"tau": 0.1, "queue_size": 65536, "momentum": 0.99}
     assert defaults["nnclr"] == {"tau": 0.1, "queue_size": 98304}
@@ -29,6 +34,7 @@ def test_the_ten_objectives_are_registered_with_their_defaults():
     assert defaults["contrastive"] == {"positives": "caption", "margin": 1.0}
     assert defaults["xclr"] == {"tau": 0.1, "tau_s": 0.1, "targets": "sparse", "calibrate": "none",
                                 "floor": "background", "queue_size": 0}
+    assert defaults["xclr-clip"] == defaults["xclr"] | {"text_weight": 1.0}
 
 
 @pytest.mark.parametrize("loss, options, message", [
@@ -46,8 +52,11 @@ def test_the_ten_objectives_are_registered_with_their_defaults():
     ("supcon", {"positives": "class"}, "--positives must be one of caption, label, graph, got 'class'"),
     ("xclr", {"targets": "dense", "queue_size": 4}, "--queue-size with --loss xclr needs sparse targets"),
     ("xclr", {"floor": "none", "targets": "dense"}, "--floor none is for --loss xclr with sparse targets"),
+    ("xclr-clip", {"text_weight": 0.0}, "--text-weight must be positive for --loss xclr-clip, got 0.0"),
+    ("xclr-clip", {"floor": "none", "calibrate": "background"}, "--floor none is for --loss xclr-clip with sparse"),
+    ("xclr", {"text_weight": 1.0}, "--text-weight is for --loss xclr-clip, not xclr"),
     ("simclr", {"margin": 0.5}, "--margin is for --loss contrastive or triplet, not simclr"),
-    ("byol", {"tau": 0.2}, "--tau is for --loss clip, moco, nnclr, simclr, supcon or xclr, not byol"),
+    ("byol", {"tau": 0.2}, "--tau is for --loss clip, moco, nnclr, simclr, supcon, xclr or xclr-clip, not byol"),
     ("npair", {"mining": "hardest"}, "--mining is for --loss triplet, not npair"),
     ("hinge", {}, "unknown --loss 'hinge'"),
 ])
@@ -72,9 +81,32 @@ def test_needs_follow_the_options():
     assert needs("xclr", {}) == (Needs(neighbors=True), "--loss xclr with sparse targets")
     assert needs("xclr", {"targets": "dense"}) == (Needs(embedding=True), "--targets dense")
     assert needs("clip", {}) == (Needs(embedding=True), "--loss clip")
+    assert needs("xclr-clip", {}) == (Needs(neighbors=True, embedding=True), "--loss xclr-clip")
+    assert needs("xclr-clip", {"targets": "dense"}) == (Needs(embedding=True), "--loss xclr-clip")
     assert needs("triplet", {"positives": "graph"}) == (Needs(neighbors=True), "--positives graph")
     assert needs("supcon", {"positives": "label"}) == (Needs(labels=True), "--positives label")
     assert needs("npair", {})[0] == needs("simclr", {})[0] == needs("moco", {})[0] == Needs()
+
+
+@pytest.mark.parametrize("targets", ["sparse", "dense"])
+def test_xclr_clip_is_the_xclr_loss_plus_w_times_the_clip_loss(targets):
+    """On one process, against the whole-batch losses (each tested against a float64 loop reference): the value, the
+    logged text term and the gradients."""
+    batch = global_batch()
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = (torch.randn(M, 16, generator=g, requires_grad=True) for _ in range(2))
+    objective = make_objective("xclr-clip", {"text_weight": 0.5, "tau_s": 0.2, "targets": targets}, GRAPH)
+    loss, stats = objective.rows(Views(z1, z2), batch, 0)
+    emb = batch["emb"]
+    s = (sparse_similarity(batch["caption_id"], batch["nbr_id"], batch["nbr_sim"], objective.floor)
+         if targets == "sparse" else F.normalize(emb, dim=1) @ F.normalize(emb, dim=1).T)
+    text = clip_loss(z1, z2, emb, batch["caption_id"], tau=0.1)
+    expected = xclr_loss(z1, z2, s, tau=0.1, tau_s=0.2) + 0.5 * text
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(stats["text_loss"], text.detach())
+    got = torch.autograd.grad(loss, [z1, z2])
+    for a, b in zip(got, torch.autograd.grad(expected, [z1, z2]), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_a_new_objective_is_one_class(tmp_path):

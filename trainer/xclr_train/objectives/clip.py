@@ -11,7 +11,7 @@ from torch import Tensor
 from xclr_train.data import Needs
 from xclr_train.distributed import gather
 from xclr_train.losses.clip import clip_rows
-from xclr_train.objectives.base import Objective, Options, Views, columns, tau_option
+from xclr_train.objectives.base import Columns, Objective, Options, Views, columns, tau_option
 
 
 class CLIP(Objective):
@@ -29,8 +29,11 @@ class CLIP(Objective):
         return caption_dim
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        c = columns(views, batch, rank)
-        texts = F.normalize(batch["emb"].float(), dim=1)
-        loss = clip_rows(c.anchors, batch["caption_id"].repeat(2), c.columns, c.caption_ids.repeat(2), texts,
-                         batch["caption_id"], gather(texts), c.caption_ids, self.args.tau)
-        return loss, {}
+        return text_rows(columns(views, batch, rank), batch, self.args.tau), {}
+
+
+def text_rows(c: Columns, batch: dict, tau: float) -> Tensor:
+    """The image-text loss of one rank's anchors against the global batch's frozen caption embeddings (KEY.emb.npy)."""
+    texts = F.normalize(batch["emb"].float(), dim=1)
+    return clip_rows(c.anchors, batch["caption_id"].repeat(2), c.columns, c.caption_ids.repeat(2), texts,
+                     batch["caption_id"], gather(texts), c.caption_ids, tau)

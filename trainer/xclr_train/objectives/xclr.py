@@ -21,6 +21,7 @@ from xclr_train.losses.xclr import xclr_weights
 from xclr_train.objectives.base import (
     NON_NEGATIVE,
     POSITIVE,
+    Columns,
     Graph,
     Objective,
     Options,
@@ -52,16 +53,17 @@ class XCLR(Objective):
 
         def check(self) -> None:
             if self.floor == "none" and (self.targets != "sparse" or self.calibrate != "none"):
-                raise TrainError("--floor none is for --loss xclr with sparse targets and no --calibrate (calibration "
-                                 "would lift the pairs outside the graph back to 0)")
+                raise TrainError(f"--floor none is for --loss {self.loss} with sparse targets and no --calibrate "
+                                 "(calibration would lift the pairs outside the graph back to 0)")
             if self.queue_size and self.targets != "sparse":
-                raise TrainError("--queue-size with --loss xclr needs sparse targets (the queue keeps neighbour rows)")
+                raise TrainError(f"--queue-size with --loss {self.loss} needs sparse targets (the queue keeps "
+                                 "neighbour rows)")
 
     def __init__(self, args: Args, graph: Graph) -> None:
         super().__init__(args, graph)
         if graph.background is None:
-            raise TrainError("--loss xclr needs the shards manifest (the graph's background similarity) beside the "
-                             "tars")
+            raise TrainError(f"--loss {self.name} needs the shards manifest (the graph's background similarity) "
+                             "beside the tars")
         self.background = graph.background
         self.floor = float("-inf") if args.floor == "none" else floor_similarity(graph.background, graph.kth_mean)
 
@@ -71,7 +73,7 @@ class XCLR(Objective):
 
     @property
     def needs_reason(self) -> str:
-        return "--loss xclr with sparse targets" if self.args.targets == "sparse" else "--targets dense"
+        return f"--loss {self.name} with sparse targets" if self.args.targets == "sparse" else "--targets dense"
 
     def make_queue(self, proj_dim: int, k: int | None, seed: int, device: torch.device) -> Queue | None:
         if not self.args.queue_size:
@@ -84,8 +86,11 @@ class XCLR(Objective):
         return entries | {key: gather(batch[key]) for key in ("caption_id", "nbr_id", "nbr_sim")}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """The queue's entries are further columns with their own rows of S."""
-        c = columns(views, batch, rank)
+        return self.soft_rows(columns(views, batch, rank), batch)
+
+    def soft_rows(self, c: Columns, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The X-CLR loss and statistics of one rank's anchors; the queue's entries are further columns with their
+        own rows of S."""
         queue = None if self.queue is None else self.queue.entries()
         q = 0 if queue is None else len(queue["z"])
         ids = c.caption_ids
