@@ -30,6 +30,7 @@ rows() also returns statistics, local means over the rank's samples, each a 0-d 
                         (sparse) or the background similarity (dense), before calibration
   graph_hits_queue      X-CLR with a queue: the same count over the queue's entries
   positives             triplet, npair, contrastive: mean number of positive views per anchor
+  text_loss             xclr-clip: the CLIP term of the loss, before its weight
 """
 
 from __future__ import annotations
