@@ -161,7 +161,7 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", tux_shards, "--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a GPU"),
         (["--data", no_nbr, "--loss", "triplet", "--positives", "graph"], "--positives graph needs KEY.nbr.npy"),
         (["--data", no_label, "--loss", "supcon", "--positives", "label"], '--positives label needs a "label" in'),
-        (["--data", tux_shards, "--loss", "simclr", "--queue-size", "8"], "--queue-size is for --loss moco, nnclr or"),
+        (["--data", tux_shards, "--loss", "simclr", "--queue-size", "8"], "--queue-size is for --loss moco, nnclr, xc"),
         (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], "--margin is for --loss contrastive or triplet"),
         (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss contrastive, "),
         (["--data", tux_shards, "--loss", "byol", "--tau", "0.2"], "--tau is for --loss clip, moco, nnclr, simclr, "),
