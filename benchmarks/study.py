@@ -5,7 +5,7 @@ Three corpora:
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
     alignment. Regimes heldout-VENDOR (openmoji, twitter) at 150 steps; heldout-openmoji-600 (also with the
-    crop-and-flip recipe, -crop) and heldout-twitter-600 at 600; the budget check heldout-openmoji-1800 and the
+    crop-and-flip recipe, -crop) and heldout-twitter-600 at 600; the budget check heldout-openmoji-1200 and the
     low-data regime low-heldout-openmoji-600 (every third emoji);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
@@ -83,7 +83,7 @@ CORPORA = {
         "heldout-twitter": emoji("twitter"),
         "heldout-openmoji-600": emoji("openmoji", steps=600),  # 4x the steps
         "heldout-twitter-600": emoji("twitter", steps=600),  # the other rotation at that budget
-        "heldout-openmoji-1800": emoji("openmoji", steps=1800),  # the budget check: has 600 converged?
+        "heldout-openmoji-1200": emoji("openmoji", steps=1200),  # the budget check: has 600 converged?
         "low-heldout-openmoji-600": emoji("openmoji", every=3, steps=600),  # a third of the emoji
         "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
     },
