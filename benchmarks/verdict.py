@@ -4,7 +4,8 @@ The main job trains one seed of each; the study (benchmarks/results/study.json, 
 three seeds of each at the same budget. A one-seed difference d = X-CLR - SimCLR is called a win only when
 |d| > 2 sigma, sigma = sqrt(s_xclr^2 + s_simclr^2) from the study's seed standard deviations; otherwise it is within
 seed noise and no ranking is printed. The untrained backbone's figure (the study's random-init run) is printed beside
-them: a method within 2 s of it has not learned that metric at this budget.
+them: a method within 2 s of it has not learned that metric at this budget. It ends with the study's longer runs
+(REGIMES_600: 600 steps, 3 seeds, both held-out vendors), which this budget cannot reproduce.
 
     .venv/bin/python benchmarks/verdict.py runs/demo/eval/results.json
 """
@@ -18,6 +19,9 @@ from pathlib import Path
 
 STUDY = Path(__file__).parent / "results" / "study.json"
 REGIME = ("emoji", "heldout-openmoji")
+REGIMES_600 = {"heldout-openmoji-600": "OpenMoji held out", "heldout-twitter-600": "Twitter held out"}
+SHOWN_600 = {"xclr-groups": "X-CLR (groups)", "xclr-random": "X-CLR (random order)", "simclr": "SimCLR",
+             "supcon": "SupCon", "clip": "CLIP"}
 METRICS = {"knn_accuracy": "kNN subcategory", "knn_accuracy@category": "kNN category",
            "linear_probe_accuracy": "linear subcategory", "caption_R@1": "caption R@1",
            "caption_alignment": "caption rho"}
@@ -52,6 +56,22 @@ def main(results_file: str) -> None:
               "longer runs).")
     else:
         print("\nThe study's comparison, with CLIP, SupCon and longer runs: docs/emoji-study.md")
+    print_longer_runs(json.loads(STUDY.read_text()).get(REGIME[0], {}))
+
+
+def print_longer_runs(study: dict) -> None:
+    """The study's subcategory kNN at 600 steps, mean ± standard deviation over its seeds, per held-out vendor."""
+    print("\nThe study at 600 steps (subcategory kNN, mean ± std over seeds; docs/emoji-study.md):")
+    for regime, title in REGIMES_600.items():
+        runs = study.get(regime, {})
+        cells = [f"{label} {_mean_sd(runs[m]['knn_accuracy'])}" for m, label in SHOWN_600.items() if m in runs]
+        print(f"  {title:18} " + ", ".join(cells) if cells else f"  {title:18} (not in the study)")
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 if __name__ == "__main__":
