@@ -65,7 +65,7 @@ def print_longer_runs(study: dict) -> None:
     for regime, title in REGIMES_600.items():
         runs = study.get(regime, {})
         cells = [f"{label} {_mean_sd(runs[m]['knn_accuracy'])}" for m, label in SHOWN_600.items() if m in runs]
-        print(f"  {title:18} " + ", ".join(cells) if cells else f"  {title:18} (not in the study)")
+        print(f"  {title:18} {', '.join(cells) or '(not in the study)'}")
 
 
 def _mean_sd(values: list[float]) -> str:

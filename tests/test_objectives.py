@@ -83,6 +83,8 @@ def test_needs_follow_the_options():
     assert needs("clip", {}) == (Needs(embedding=True), "--loss clip")
     assert needs("xclr-clip", {}) == (Needs(neighbors=True, embedding=True), "--loss xclr-clip")
     assert needs("xclr-clip", {"targets": "dense"}) == (Needs(embedding=True), "--loss xclr-clip")
+    assert make_objective("xclr-clip", {}, GRAPH).projection_dim(128, 384) == 384  # CLIP's term needs the caption size
+    assert make_objective("xclr", {}, GRAPH).projection_dim(128, 384) == 128
     assert needs("triplet", {"positives": "graph"}) == (Needs(neighbors=True), "--positives graph")
     assert needs("supcon", {"positives": "label"}) == (Needs(labels=True), "--positives label")
     assert needs("npair", {})[0] == needs("simclr", {})[0] == needs("moco", {})[0] == Needs()

@@ -14,10 +14,12 @@ from xclr_train.augment import AUGMENTS
 from xclr_train.errors import TrainError
 from xclr_train.models import ARCHS
 from xclr_train.objectives import OBJECTIVES
-from xclr_train.objectives.base import either, flag
+from xclr_train.objectives.base import Objective, either, flag
 from xclr_train.train import TrainConfig, train
 
 D = TrainConfig
+# the objectives that project to the caption embedding's size instead of --proj-dim
+CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
 
 
 def objective_options(command: Callable) -> Callable:
@@ -64,7 +66,8 @@ def _help(users: list[tuple[str, Field]]) -> str:
               help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only.")
 @click.option("--proj-hidden", type=int, default=D.proj_hidden,
               help="Hidden width of the projection head; byol and nnclr size their predictor with it too.")
-@click.option("--proj-dim", type=int, default=D.proj_dim, help="Ignored by --loss clip (the caption size).")
+@click.option("--proj-dim", type=int, default=D.proj_dim,
+              help=f"Ignored by --loss {either(CAPTION_SIZED)} (the caption size).")
 @click.option("--batch-size", type=int, default=D.batch_size, help="Samples per rank per step (two views each).")
 @click.option("--epochs", type=int, default=D.epochs, help="Checkpoint intervals of --samples-per-epoch samples.")
 @click.option("--steps", type=int, default=None, help="Total steps (instead of --epochs).")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from xclr_train.data import Needs
 from xclr_train.objectives.base import POSITIVE, Views, columns, option
-from xclr_train.objectives.clip import text_rows
+from xclr_train.objectives.clip import CLIP, text_rows
 from xclr_train.objectives.xclr import XCLR
 
 
@@ -37,8 +37,7 @@ class XCLRClip(XCLR):
     def needs_reason(self) -> str:
         return f"--loss {self.name}"
 
-    def projection_dim(self, proj_dim: int, caption_dim: int | None) -> int:
-        return caption_dim
+    projection_dim = CLIP.projection_dim
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
         c = columns(views, batch, rank)
