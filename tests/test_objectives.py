@@ -111,6 +111,21 @@ def test_xclr_clip_is_the_xclr_loss_plus_w_times_the_clip_loss(targets):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("loss, options", [
+    ("xclr", {}), ("xclr", {"floor": "none"}), ("xclr", {"calibrate": "background"}), ("xclr", {"targets": "dense"}),
+    ("xclr-clip", {}),
+])
+def test_the_xclr_objective_sizes_follow_from_the_batch_size(loss, options):
+    """Targets, loss, statistics and backward run on meta tensors (sizes, no values): nothing in X-CLR's objective
+    has a size that depends on the data, so on a GPU no step of it waits for the host."""
+    batch = {key: t.to("meta") for key, t in global_batch().items()}
+    z1, z2 = (torch.empty(M, 16, device="meta", requires_grad=True) for _ in range(2))
+    loss_value, stats = make_objective(loss, options, GRAPH).rows(Views(z1, z2), batch, 0)
+    loss_value.backward()
+    assert loss_value.shape == () and z1.grad.shape == (M, 16)
+    assert {"target_entropy", "target_same_caption", "graph_hits"} <= set(stats)
+
+
 def test_a_new_objective_is_one_class(tmp_path):
     """Defined before the command line is built (as a module of the package would be), an objective gets --loss, its
     option with help and default, its checks and its one-line errors, with no other file edited."""

@@ -115,6 +115,15 @@ def test_sparse_similarity_properties(seed):
     assert both > 0 and graph > 0 and at_floor > 0  # every case occurs in the batch
 
 
+def test_sparse_similarity_sizes_follow_from_the_input_sizes():
+    """No tensor of the sparse targets has a size that depends on the values (unique, boolean indexing and nonzero
+    do; on a GPU each makes the host wait): they run on meta tensors, which carry sizes and no values."""
+    caption_ids, nbr_ids, nbr_sims, floor = random_batch(0, k=4)
+    rows = torch.arange(3, 9)
+    s = sparse_similarity_rows(*(t.to("meta") for t in (caption_ids, nbr_ids, nbr_sims)), floor, rows.to("meta"))
+    assert s.device.type == "meta" and s.shape == (6, len(caption_ids)) and s.dtype == torch.float32
+
+
 def test_sparse_similarity_hand_built_case():
     """A hand-built batch with the expected S written out: caption 10 (twice) lists 20 at 0.9 while 20 lists 10 at
     0.7 (so 0.9 both ways); 20 lists 30 at 0.6; 30 lists 40 at 0.55 and 10 at 0.5 and an absent 77; 40's row is all

@@ -26,33 +26,35 @@ def floor_similarity(background: float, kth_mean: float | None) -> float:
 
 def sparse_similarity_rows(caption_ids: Tensor, nbr_ids: Tensor, nbr_sims: Tensor, floor: float,
                            rows: Tensor) -> Tensor:
-    """Rows `rows` of the sparse S of a batch: (len(rows), M) float32.
+    """Rows `rows` of the sparse S of a batch: (R, M) float32 for R = len(rows).
 
     caption_ids (M,) >= 0, nbr_ids (M, k) and nbr_sims (M, k) describe the whole batch; samples with the same
-    caption carry the same neighbour row. Neighbour ids < 0 (the graph's "no neighbour", sim NaN) match nothing. Work is
-    O(M k log M + len(rows) M); nothing of size M x M x k is built.
-    """
-    uniq, inverse = torch.unique(caption_ids, return_inverse=True)
-    u, k = len(uniq), nbr_ids.shape[1]
-    first = torch.empty(u, dtype=torch.long, device=caption_ids.device)
-    first.scatter_(0, inverse.flip(0), torch.arange(len(caption_ids) - 1, -1, -1, device=caption_ids.device))
-    ids, sims = nbr_ids[first], nbr_sims[first].float()
-    pos = torch.searchsorted(uniq, ids).clamp(max=u - 1)
-    hit = uniq[pos] == ids
-    src = torch.arange(u, device=ids.device)[:, None].expand(u, k)[hit]
-    dst, sim = pos[hit], sims[hit]
+    caption carry the same neighbour row. Neighbour ids < 0 (the graph's "no neighbour", sim NaN) match nothing.
 
-    row_caps, row_inverse = torch.unique(inverse[rows], return_inverse=True)
-    slot = torch.full((u,), -1, dtype=torch.long, device=ids.device)
-    slot[row_caps] = torch.arange(len(row_caps), device=ids.device)
-    out = torch.full((len(row_caps) * u,), float("-inf"), device=ids.device)
-    for a, b in ((src, dst), (dst, src)):  # edge a -> b fills S[a, b] and, by symmetry, S[b, a]
-        keep = slot[a] >= 0
-        out.scatter_reduce_(0, slot[a][keep] * u + b[keep], sim[keep], reduce="amax")
-    out = out.view(len(row_caps), u)
-    out = torch.where(torch.isinf(out), torch.full_like(out, floor), out)
-    out[torch.arange(len(row_caps), device=ids.device), row_caps] = 1.0
-    return out[row_inverse][:, inverse]
+    Every tensor's size follows from M, k and R alone (sorting, searchsorted and scatter; no unique or boolean
+    indexing), so on a GPU nothing waits for the host. A caption is represented by its first slot in the sorted
+    ids (`rep`); an edge a -> c of a neighbour row lands in row slot rep(a) at column rep(c), and by symmetry in
+    the row slot of rep(c) at column rep(a). Work is O(M k log M + R M); nothing of size M x M x k is built.
+    """
+    m, r = len(caption_ids), len(rows)
+    device = caption_ids.device
+    ordered = torch.sort(caption_ids).values
+    rep = torch.searchsorted(ordered, caption_ids)  # (M,): the caption's first slot in `ordered`
+    col = torch.searchsorted(ordered, nbr_ids).clamp_(max=m - 1)  # (M, k): the neighbour caption's slot
+    sims = torch.where(ordered[col] == nbr_ids, nbr_sims.float(), float("-inf"))  # -inf: not in the batch
+    row_rep = rep[rows]
+    slot = torch.full((m,), -1, dtype=torch.long, device=device)
+    slot[row_rep] = torch.arange(r, device=device)  # one row slot per caption of `rows` (of repeats, any one)
+    row_slot = slot[row_rep]
+    out = torch.full((r * m,), float("-inf"), device=device)
+    # edges of the rows' own captions, then every sample's edges into a caption of `rows`
+    out.scatter_reduce_(0, (row_slot[:, None] * m + col[rows]).flatten(), sims[rows].flatten(), reduce="amax")
+    into = slot[col]
+    out.scatter_reduce_(0, (into.clamp(min=0) * m + rep[:, None]).flatten(),
+                        torch.where(into >= 0, sims, float("-inf")).flatten(), reduce="amax")
+    out[row_slot * m + row_rep] = 1.0  # the same caption
+    out = out.view(r, m).index_select(0, row_slot).gather(1, rep.expand(r, m))
+    return out.nan_to_num_(neginf=floor)  # no edge: the floor (nothing else is infinite or NaN)
 
 
 def sparse_similarity(caption_ids: Tensor, nbr_ids: Tensor, nbr_sims: Tensor, floor: float) -> Tensor:
