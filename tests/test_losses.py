@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from xclr_train.losses import clip_loss, nt_xent_loss, supcon_loss, xclr_loss
 from xclr_train.losses.clip import clip_rows
 from xclr_train.losses.simclr import nt_xent_rows
-from xclr_train.losses.soft import soft_contrastive
+from xclr_train.losses.soft import LogSumExp, soft_contrastive
 from xclr_train.losses.supcon import supcon_weights
 from xclr_train.losses.xclr import xclr_weights
 
@@ -320,6 +320,21 @@ def _assert_ranks_equal_whole(parts, whole, single, ref, z):
     g_avg, = torch.autograd.grad(averaged, [z], retain_graph=True)
     g_whole, = torch.autograd.grad(whole, [z])
     torch.testing.assert_close(g_avg, g_whole, rtol=1e-4, atol=1e-6)
+
+
+def test_logsumexp_is_torchs_in_value_and_gradient():
+    """Float64 logits with masked (-inf) entries: LSE_i and its gradient equal torch.logsumexp's, whichever finite
+    column carries it (the first, or the last)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 9, generator=g, dtype=torch.float64) * 5).scatter(1, torch.arange(6)[:, None], -math.inf)
+    for finite in (torch.arange(1, 7), torch.full((6,), 8)):
+        x, y = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        weights = torch.rand(6, generator=g, dtype=torch.float64)
+        ours, ref = LogSumExp.apply(x, finite), torch.logsumexp(y, dim=1)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        (ours * weights).sum().backward()
+        (ref * weights).sum().backward()
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("world", [2, 3])
