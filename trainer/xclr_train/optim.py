@@ -17,6 +17,9 @@ from torch import nn
 
 
 class LARS(torch.optim.Optimizer):
+    """The update above for every parameter of a group at once (`torch._foreach_*`: a few kernels per group, not a
+    Python loop over parameters); momentum buffers start as the first scaled gradient."""
+
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
                  trust_coefficient: float = 1e-3) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -25,22 +28,26 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["lars"]:
-                    g = g.add(p, alpha=group["weight_decay"])
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * w_norm / g_norm, torch.ones_like(w_norm))
-                    g = g.mul(trust)
-                buf = self.state[p].get("momentum")
-                if buf is None:
-                    buf = self.state[p]["momentum"] = torch.clone(g)
-                else:
-                    buf.mul_(group["momentum"]).add_(g)
-                p.add_(buf, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["lars"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                w_norm, g_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / g_norm,
+                                    torch.ones_like(w_norm))
+                torch._foreach_mul_(grads, list(trust.unbind()))
+            kept = [(self.state[p]["momentum"], g) for p, g in zip(params, grads, strict=True)
+                    if "momentum" in self.state[p]]
+            if kept:
+                bufs, kept_grads = map(list, zip(*kept, strict=True))
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, kept_grads)
+            for p, g in zip(params, grads, strict=True):
+                if "momentum" not in self.state[p]:
+                    self.state[p]["momentum"] = torch.clone(g)
+            torch._foreach_add_(params, [self.state[p]["momentum"] for p in params], alpha=-group["lr"])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
