@@ -1,7 +1,8 @@
 """LARS against a float64 loop written from the formula in xclr_train/optim.py's docstring:
 
-    g' = g + wd w,   trust = eta ||w|| / ||g'|| (1 where either norm is 0),   buf = m buf + trust g' (the first: trust g'),
-    w = w - lr buf;   parameters without LARS (biases, norms) take buf = m buf + g, w = w - lr buf.
+    g' = g + wd w,   trust = eta ||w|| / ||g'|| (1 where either norm is 0),
+    buf = m buf + trust g' (the first: trust g'),   w = w - lr buf;
+    parameters without LARS (biases, norms) take buf = m buf + g, w = w - lr buf.
 """
 
 import math
@@ -35,8 +36,9 @@ def test_lars_matches_the_loop_reference():
     """Three steps over weights with LARS (one all zero: trust 1) and without (a bias); a parameter without a
     gradient in the first step starts its momentum at its first gradient."""
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64),
-               torch.randn(5, generator=gen, dtype=torch.float64), torch.randn(3, 2, generator=gen, dtype=torch.float64)]
+    f64 = torch.float64
+    weights = [torch.randn(4, 3, generator=gen, dtype=f64), torch.zeros(2, 2, dtype=f64),
+               torch.randn(5, generator=gen, dtype=f64), torch.randn(3, 2, generator=gen, dtype=f64)]
     lars = [True, True, False, True]
     grads_per_step = [[torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in weights] for _ in range(3)]
     grads_per_step[0][3] = None
