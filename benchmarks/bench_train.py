@@ -25,18 +25,24 @@ other 3 captions of its group, then random ids of the pool; similarities descend
                  (communication not counted), as under DDP with M / B ranks; against the same for the
                  simclr objective
    Ratios: each against simclr (aim: xclr / simclr <= 1.3 on the CPU). All take turns within each repeat.
-2. Step (--arch, --image-size, --batch-size B): one training step on synthetic images: forward of the 2B views
-   through `models.Encoder(**model_config(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
+2. Step (--arch, --image-size, --batch-size B): one training step on synthetic uint8 crops: SimCLR's photometric
+   ops on the device (`photometric`), forward of the 2B views through
+   `models.Encoder(**model_config(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
    (`optim.make_optimizer("lars", ...)`); on CUDA bf16 autocast and channels_last, as `xclr_train.train` does.
    Reported: steps/s, samples/s (a sample = two views), a per-phase breakdown (synchronised after each phase), and
    the loss + targets time (the objective's forward + backward, timed alone) as a fraction of the step time at
    M = B and, from section 1, at each --m (whole batch on one rank, and one rank's share of a global batch M).
    The issue's GPU aim: under 3% of a ResNet-50 step.
 3. Input pipeline (--shards DIR; skipped without): samples/s of `data.ShardStream` (X-CLR sparse needs, the step's
-   batch and image size) through `data.make_loader` with 1 and --workers DataLoader workers, over a fixed number of
-   batches after one warm-up batch per worker; per worker against the model's samples/s (workers a rank needs), and
-   against a plain baseline in this process with one thread: PNG decode + RGB + the same two SimCLR views of the
-   same images, already in memory (no tar reading, grouping, neighbour rows or batching).
+   batch and image size, --augment simclr) through `data.make_loader` with 1 and --workers DataLoader workers, over
+   a fixed number of batches after one warm-up batch per worker; per worker against the model's samples/s (workers
+   a rank needs), and against two plain loops in this process on one thread over the same images, already in
+   memory (no tar reading, grouping, neighbour rows or batching): decode + RGB + the two uint8 crops of the worker
+   path, and decode + RGB + two whole SimCLR views by torchvision's per-image transforms on PIL images, which is
+   what a worker did before the photometric half moved to the device (the old pipeline ran within 10% of it).
+4. Photometric ops (--image-size, 2B views, one thread, so per CPU core): SimCLR's colour jitter, grayscale, blur
+   and normalisation per view by `photometric` on a uint8 batch, by kornia's batched augmentations (per-image
+   factors, but one jitter order per batch) when kornia is installed, and by torchvision per image on PIL crops.
 """
 
 from __future__ import annotations
@@ -56,10 +62,12 @@ import torch.nn.functional as F
 
 import xclr_train.objectives.base as objectives_base
 import xclr_train.objectives.xclr as objectives_xclr
+from xclr_train.augment import MEAN, RECIPES, STD, draw_photometric
 from xclr_train.losses import nt_xent_loss, xclr_loss
 from xclr_train.models import Encoder, model_config
 from xclr_train.objectives import Graph, Objective, Views, make_objective
 from xclr_train.optim import make_optimizer
+from xclr_train.photometric import blur_width, photometric
 from xclr_train.targets import dense_similarity_rows, sparse_similarity
 
 D, K, GROUP, POOL, FLOOR, EMB_DIM = 128, 32, 8, 1_000_000, 0.2, 384
@@ -184,9 +192,8 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
         model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = make_optimizer("lars", model, lr=0.3 * b / 256, weight_decay=1e-6)
-    images = torch.randn(2 * b, 3, image_size, image_size, device=device)
-    if cuda:
-        images = images.contiguous(memory_format=torch.channels_last)
+    crops = torch.randint(0, 256, (2 * b, 3, image_size, image_size), dtype=torch.uint8, device=device)
+    params = draw_photometric(2 * b, RECIPES["simclr"]).to(device)
     batch = synthetic_batch(b, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
@@ -195,6 +202,10 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
             if marks is not None:
                 sync(device)
                 marks.append(time.perf_counter())
+        mark()
+        images = photometric(crops, params, RECIPES["simclr"])
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
         mark()
         with autocast:
             z1, z2 = model(images).chunk(2)
@@ -234,23 +245,52 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
     return {"arch": arch, "image_size": image_size, "batch_size": b, "steps": steps,
             "precision": "bf16" if cuda else "fp32", "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,
             "samples_per_s": b / step_s, "images_per_s": 2 * b / step_s,
-            **{f"{name}_ms": 1e3 * float(t) for name, t in zip(("forward", "objective_forward", "backward",
-                                                               "optimizer"), breakdown)},
+            **{f"{name}_ms": 1e3 * float(t) for name, t in zip(("augment", "forward", "objective_forward",
+                                                               "backward", "optimizer"), breakdown)},
             "objective_ms_at_b": 1e3 * seconds["objective"], "simclr_ms_at_b": 1e3 * seconds["simclr"],
             "objective_fraction_at_b": seconds["objective"] / step_s}
 
 
+def torchvision_simclr(image_size: int):
+    """The whole SimCLR view per image on a PIL image, as a worker made it before the photometric half moved to the
+    device: the baseline of sections 3 and 4 (`photometric_only` leaves out the crop and flip)."""
+    from torchvision import transforms as T
+
+    def build(photometric_only: bool = False) -> T.Compose:
+        crop = [] if photometric_only else [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+                                            T.RandomHorizontalFlip()]
+        return T.Compose([*crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                          T.RandomApply([T.GaussianBlur(blur_width(image_size), sigma=(0.1, 2.0))], p=0.5),
+                          T.ToTensor(), T.Normalize(MEAN, STD)])
+    return build
+
+
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def per_second(fn, items: list) -> float:
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    for item in items:
+        fn(item)
+    return len(items) / (time.perf_counter() - t)
+
+
 def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, samples: int, step_samples_per_s: float,
                    plain_samples: int) -> dict:
-    import io
     from collections import Counter
-
-    from PIL import Image
 
     from xclr_schemas import load_npy
     from xclr_schemas.shards import IMAGE_SUFFIXES, NEIGHBORS_SUFFIX
-    from xclr_train.augment import simclr_transform, to_rgb
-    from xclr_train.data import Needs, ShardStream, find_shards, first_sample, make_loader, read_tar
+    from xclr_train.augment import crop_view
+    from xclr_train.data import Needs, ShardStream, decode_image, find_shards, first_sample, make_loader, read_tar
 
     shards = find_shards(shards_dir)
     k = len(load_npy(first_sample(shards)[NEIGHBORS_SUFFIX]))
@@ -273,7 +313,7 @@ def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, sampl
                             "per_worker_vs_model": per_worker / step_samples_per_s if step_samples_per_s else None,
                             "workers_needed": step_samples_per_s / per_worker if step_samples_per_s else None})
 
-    # Plain baseline: the same images, in memory, decoded and augmented twice in this process on one thread.
+    # Plain loops over the same images, in memory, in this process on one thread.
     images = []
     for url in shards.urls:
         for raw in read_tar(url, Counter()):
@@ -282,22 +322,53 @@ def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, sampl
                 break
         if len(images) >= plain_samples:
             break
-    transform = simclr_transform(image_size)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker
+    recipe, old_view = RECIPES["simclr"], torchvision_simclr(image_size)()
+
+    def crops(data: bytes) -> None:
+        rgb = decode_image(data, image_size)
+        torch.stack([crop_view(rgb, image_size, recipe), crop_view(rgb, image_size, recipe)])
+
+    def old_views(data: bytes) -> None:
+        rgb = decode_image(data)
+        torch.stack([old_view(rgb), old_view(rgb)])
+
+    with one_thread():
+        out["plain_samples"] = len(images)
+        out["plain_samples_per_s"] = per_second(crops, images)
+        out["old_plain_samples_per_s"] = per_second(old_views, images)
+    out["one_worker_vs_plain"] = out["runs"][0]["samples_per_s"] / out["plain_samples_per_s"]
+    out["one_worker_vs_old_plain"] = out["runs"][0]["samples_per_s"] / out["old_plain_samples_per_s"]
+    return out
+
+
+def bench_photometric(image_size: int, views: int, device: torch.device) -> dict:
+    """Seconds per view of SimCLR's photometric half: `photometric` on the batch, kornia's batched augmentations
+    (when installed) and torchvision per image on PIL crops; one thread on the CPU."""
+    from PIL import Image
+
+    recipe = RECIPES["simclr"]
+    torch.manual_seed(0)
+    crops = torch.randint(0, 256, (views, 3, image_size, image_size), dtype=torch.uint8)
+    pil = [Image.fromarray(c.permute(1, 2, 0).numpy()) for c in crops]
+    per_image = torchvision_simclr(image_size)(photometric_only=True)
+    on_device = crops.to(device)
+    fns = {"xclr": lambda: photometric(on_device, draw_photometric(views, recipe).to(device), recipe),
+           "torchvision_per_image": lambda: [per_image(img) for img in pil]}
     try:
-        torch.manual_seed(0)
-        t = time.perf_counter()
-        for data in images:
-            with Image.open(io.BytesIO(data)) as img:
-                rgb = to_rgb(img)
-            torch.stack([transform(rgb), transform(rgb)])
-        plain = len(images) / (time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-    out["plain_samples"] = len(images)
-    out["plain_samples_per_s"] = plain
-    out["one_worker_vs_plain"] = out["runs"][0]["samples_per_s"] / plain
+        import kornia.augmentation as K
+        kornia_aug = K.AugmentationSequential(
+            K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
+            K.RandomGaussianBlur((blur_width(image_size),) * 2, (0.1, 2.0), p=0.5),
+            K.Normalize(torch.tensor(MEAN), torch.tensor(STD))).to(device)
+        fns["kornia"] = lambda: kornia_aug(on_device.float() / 255)
+    except ImportError:
+        pass
+    with one_thread() if device.type == "cpu" else nullcontext():
+        seconds, repeats = bench_interleaved(fns, device, 20.0, 10)
+    out = {"image_size": image_size, "views": views, "device": device.type, "repeats": repeats,
+           **{f"{name}_ms_per_view": 1e3 * t / views for name, t in seconds.items()}}
+    for name in seconds:
+        out[f"torchvision_per_image_vs_{name}"] = seconds["torchvision_per_image"] / seconds[name]
     return out
 
 
@@ -351,6 +422,8 @@ def main() -> None:
         results["pipeline"] = bench_pipeline(args.shards, b, image_size, args.workers, args.pipeline_samples,
                                              step["samples_per_s"], args.plain_samples)
         print(json.dumps(results["pipeline"]), flush=True)
+    results["photometric"] = bench_photometric(image_size, 2 * b, device)
+    print(json.dumps(results["photometric"]), flush=True)
     results["seconds"] = time.perf_counter() - t0
 
     print(f"\n### Loss forward + backward ({results['device']}, {device.type}, d = {D}, k = {K}; median ms; "
@@ -367,11 +440,12 @@ def main() -> None:
 
     print(f"\n### Training step ({step['arch']}, {step['image_size']} px, B = {b}, {step['precision']}; "
           f"median of {steps} steps)\n")
-    print("| steps/s | samples/s | step ms | forward ms | objective fwd ms | backward ms | optimizer ms "
+    print("| steps/s | samples/s | step ms | augment ms | forward ms | objective fwd ms | backward ms | optimizer ms "
           "| objective fwd+bwd at M=B ms | SimCLR at M=B ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {step['steps_per_s']:.2f} | {step['samples_per_s']:.1f} | {step['step_ms']:.1f} "
-          f"| {step['forward_ms']:.1f} | {step['objective_forward_ms']:.1f} | {step['backward_ms']:.1f} "
+          f"| {step['augment_ms']:.1f} | {step['forward_ms']:.1f} | {step['objective_forward_ms']:.1f} "
+          f"| {step['backward_ms']:.1f} "
           f"| {step['optimizer_ms']:.1f} | {step['objective_ms_at_b']:.2f} | {step['simclr_ms_at_b']:.2f} |")
     print("\n| loss + targets at M | whole batch on one rank: % of step | one rank of M / B (B local): % of step |")
     print("|---:|---:|---:|")
@@ -389,8 +463,14 @@ def main() -> None:
             print(f"| {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | "
                   f"{r['samples_per_s_per_worker']:.1f} | {r['per_worker_vs_model']:.2f} "
                   f"| {r['workers_needed']:.2f} |")
-        print(f"\nPlain decode + 2 views, one thread: {p['plain_samples_per_s']:.1f} samples/s; "
-              f"1 worker / plain = {p['one_worker_vs_plain']:.2f}")
+        print(f"\nOne thread, in memory: decode + 2 uint8 crops {p['plain_samples_per_s']:.1f} samples/s, decode + 2 "
+              f"torchvision SimCLR views (the old worker path) {p['old_plain_samples_per_s']:.1f}; 1 worker / crops "
+              f"= {p['one_worker_vs_plain']:.2f}, **1 worker / old path = {p['one_worker_vs_old_plain']:.2f}**")
+    ph = results["photometric"]
+    print(f"\n### Photometric ops ({ph['views']} views, {ph['image_size']} px, {ph['device']}; ms per view)\n")
+    names = [n[:-len("_ms_per_view")] for n in ph if n.endswith("_ms_per_view")]
+    print("| " + " | ".join(names) + " |\n" + "|---:" * len(names) + "|")
+    print("| " + " | ".join(f"{ph[n + '_ms_per_view']:.3f}" for n in names) + " |")
     print(f"\nTotal {results['seconds']:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from data_helpers import write_tar
 from PIL import Image
 
 from xclr_schemas import NEIGHBOR_DTYPE, npy_bytes
-from xclr_train.augment import AUGMENTS, MEAN, STD, simclr_transform
+from xclr_train.augment import MEAN, RECIPES, STD, crop_view, draw_photometric
 from xclr_train.data import (
     DataError,
     Needs,
@@ -26,6 +26,7 @@ from xclr_train.data import (
     read_tar,
     tar_samples,
 )
+from xclr_train.photometric import photometric
 
 
 def png(i: int, size: int = 8) -> bytes:
@@ -96,9 +97,10 @@ def test_decode_skips_and_counts_bad_samples(tmp_path):
     bad_nbr = dict(raw[0], **{"nbr.npy": npy_bytes(np.zeros(5, dtype=NEIGHBOR_DTYPE))})
     no_json = {k: v for k, v in raw[0].items() if k != "json"}
     skipped = Counter()
-    out = list(decode(simclr_transform(8), Needs(True, False), 3, skipped)(iter(raw + [broken_image, bad_nbr,
+    out = list(decode(RECIPES["simclr"], 8, Needs(True, False), 3, skipped)(iter(raw + [broken_image, bad_nbr,
                                                                                        no_json])))
-    assert len(out) == 1 and out[0]["caption_id"] == 1 and out[0]["view1"].shape == (3, 8, 8)
+    assert len(out) == 1 and out[0]["caption_id"] == 1
+    assert out[0]["view1"].shape == (3, 8, 8) and out[0]["view1"].dtype == torch.uint8
     assert out[0]["nbr_id"].tolist() == [2, 3, 4]
     assert skipped == Counter(undecodable_image=1, bad_member=1, incomplete_sample=1)
 
@@ -107,7 +109,7 @@ def test_decode_with_labels_skips_and_counts_a_sample_without_one():
     raw = {"__key__": "a", **{n.split(".", 1)[1]: d for n, d in sample_members("a", 1, 0)}}
     labelled = dict(raw, json=json.dumps({"caption_id": 2, "label": 7}).encode())
     skipped = Counter()
-    out = list(decode(simclr_transform(8), Needs(False, False, labels=True), 3, skipped)(iter([raw, labelled])))
+    out = list(decode(RECIPES["simclr"], 8, Needs(False, False, labels=True), 3, skipped)(iter([raw, labelled])))
     assert [(s["caption_id"], s["label"]) for s in out] == [(2, 7)]
     assert skipped == Counter(bad_member=1)
 
@@ -131,11 +133,14 @@ def test_crop_keeps_every_colour_and_simclr_changes_them():
         pixels = Counter(tuple(round(v, 3) for v in px) for px in view.reshape(3, -1).T.tolist())
         return {colour for colour, n in pixels.items() if n > 32}
 
-    crop = [AUGMENTS["crop"](16)(image) for _ in range(50)]
+    def views(recipe):  # both halves: the worker's crops, then the batched photometric ops
+        crops = torch.stack([crop_view(image, 16, RECIPES[recipe]) for _ in range(50)])
+        return photometric(crops, draw_photometric(50, RECIPES[recipe]), RECIPES[recipe])
+
+    crop = views("crop")
     assert all(palette(view) <= colours and palette(view) for view in crop)
     assert len({view.sum().item() for view in crop}) > 10  # the crops differ
-    recoloured = sum(not palette(view) <= colours for view in (AUGMENTS["simclr"](16)(image) for _ in range(50)))
-    assert recoloured > 25
+    assert sum(not palette(view) <= colours for view in views("simclr")) > 25  # recoloured
 
 
 def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
@@ -149,6 +154,8 @@ def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
     a, again = take(stream(0), 0, 3), take(stream(0), 0, 3)
     for x, y in zip(a, again):
         assert torch.equal(x["caption_id"], y["caption_id"]) and torch.equal(x["view1"], y["view1"])
+        assert all(torch.equal(u, v) for u, v in zip(x["photometric"], y["photometric"]))
+    assert len(a[0]["photometric"].sigma) == 8  # both views of the batch's 4 samples
     other_rank, other_epoch = take(stream(1), 0, 3), take(stream(0), 1, 3)
     ids = [torch.cat([b["caption_id"] for b in batches]).tolist() for batches in (a, other_rank, other_epoch)]
     assert ids[0] != ids[1] and ids[0] != ids[2]

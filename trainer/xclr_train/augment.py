@@ -1,49 +1,88 @@
-"""The training views, one recipe for every loss so that methods compare fairly (`AUGMENTS`, `--augment`), and the
+"""The training views, one recipe for every loss so that methods compare fairly (`RECIPES`, `--augment`), and the
 deterministic view that evaluation uses.
 
-  simclr  SimCLR's augmentations (Chen et al. 2020, appendix A): crop, flip, colour jitter, grayscale, blur
+  simclr  SimCLR's augmentations (Chen et al. 2020, appendix A): RandomResizedCrop(0.08-1), flip, colour jitter
+          (brightness, contrast, saturation 0.4, hue 0.1, in random order; p 0.8), grayscale (p 0.2), Gaussian
+          blur (sigma 0.1-2, kernel ~ 10% of the size; p 0.5)
   crop    RandomResizedCrop(0.2-1) + flip, no photometric change: the lighter recipe of CLIP-style training. With
           colours left intact, two views share their colour histogram and instance discrimination can stop there
           (on the emoji study it costs SimCLR and X-CLR 6-7 points of kNN: docs/emoji-study.md)
+
+A view is made in two halves. The DataLoader worker cuts it (`crop_view`: crop, resize, flip on the decoded image,
+one PIL resize) as a uint8 tensor and draws the photometric parameters of every view of a batch (`draw_photometric`,
+each view its own); the training device applies them to the whole batch at once (`xclr_train.photometric`). Every
+draw uses the worker's torch RNG, seeded per (seed, epoch, rank, worker) (`xclr_train.data`), so a batch and its
+parameters replay exactly on resume.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 from torchvision import transforms as T
 
 # ImageNet statistics, as torchvision's ResNets expect.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
 
 
-def simclr_transform(image_size: int) -> T.Compose:
-    """RandomResizedCrop(0.08-1) -> flip -> colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8) -> grayscale (p 0.2) ->
-    Gaussian blur (kernel ~ 10% of the size, sigma 0.1-2; p 0.5) -> tensor -> normalise."""
-    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
+@dataclass(frozen=True)
+class Recipe:
+    """One --augment choice: the crop's area range, then each photometric op's probability and range."""
+    scale: tuple[float, float]
+    jitter_p: float = 0.0
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue
+    gray_p: float = 0.0
+    blur_p: float = 0.0
+    sigma: tuple[float, float] = (0.1, 2.0)
 
 
-def crop_transform(image_size: int) -> T.Compose:
-    """RandomResizedCrop(0.2-1; MoCo's lower bound) -> flip -> tensor -> normalise."""
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
+RECIPES = {
+    "simclr": Recipe(scale=(0.08, 1.0), jitter_p=0.8, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0.2, blur_p=0.5),
+    "crop": Recipe(scale=(0.2, 1.0)),  # MoCo's lower bound
+}
 
 
-AUGMENTS: dict[str, Callable[[int], T.Compose]] = {"simclr": simclr_transform, "crop": crop_transform}
+class Photometric(NamedTuple):
+    """Photometric parameters of N views; a view that did not draw an op holds its identity value."""
+    brightness: Tensor  # (N,) factors, 1: unchanged
+    contrast: Tensor  # (N,)
+    saturation: Tensor  # (N,)
+    hue: Tensor  # (N,) turns, 0: unchanged
+    order: Tensor  # (N, 4) long: the jitter ops' order, a permutation of 0-3 (brightness, contrast, saturation, hue)
+    gray: Tensor  # (N,) bool
+    sigma: Tensor  # (N,) blur sigma, 0: no blur
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Photometric:
+        return Photometric(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def draw_photometric(n: int, recipe: Recipe) -> Photometric:
+    """Independent parameters for n views from the torch RNG: jitter with probability jitter_p, then factors
+    uniform in [1 - strength, 1 + strength] (hue in [-strength, strength]) and a random order; grayscale with
+    probability gray_p; blur with probability blur_p, sigma uniform in `sigma`."""
+    on = torch.rand(n) < recipe.jitter_p
+    b, c, s = (torch.where(on, torch.empty(n).uniform_(1 - x, 1 + x), 1.0) for x in recipe.jitter[:3])
+    hue = torch.where(on, torch.empty(n).uniform_(-recipe.jitter[3], recipe.jitter[3]), 0.0)
+    order = torch.argsort(torch.rand(n, 4), dim=1)
+    gray = torch.rand(n) < recipe.gray_p
+    sigma = torch.where(torch.rand(n) < recipe.blur_p, torch.empty(n).uniform_(*recipe.sigma), 0.0)
+    return Photometric(b, c, s, hue, order, gray, sigma)
+
+
+def crop_view(image: Image.Image, size: int, recipe: Recipe) -> Tensor:
+    """RandomResizedCrop (area fraction in recipe.scale, aspect ratio in 3/4-4/3, torchvision's sampler) resized to
+    size x size in one bilinear PIL resize, flipped with probability 1/2: uint8 (3, size, size)."""
+    top, left, h, w = T.RandomResizedCrop.get_params(image, list(recipe.scale), list(RATIO))
+    view = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    if torch.rand(1) < 0.5:
+        view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.array(view)).permute(2, 0, 1)
 
 
 def eval_transform(image_size: int) -> T.Compose:

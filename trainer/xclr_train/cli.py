@@ -10,7 +10,7 @@ from typing import get_type_hints
 import click
 
 from xclr_schemas import storage
-from xclr_train.augment import AUGMENTS
+from xclr_train.augment import RECIPES
 from xclr_train.errors import TrainError
 from xclr_train.models import ARCHS
 from xclr_train.objectives import OBJECTIVES
@@ -62,8 +62,9 @@ def _help(users: list[tuple[str, Field]]) -> str:
 @objective_options
 @click.option("--arch", type=click.Choice(list(ARCHS)), default=D.arch)
 @click.option("--image-size", type=int, default=D.image_size, help="Crop size; <= 64 uses the small-image stem.")
-@click.option("--augment", type=click.Choice(list(AUGMENTS)), default=D.augment,
-              help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only.")
+@click.option("--augment", type=click.Choice(list(RECIPES)), default=D.augment,
+              help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only "
+              "(DataLoader workers cut the crops; the colour ops run batched on the training device).")
 @click.option("--proj-hidden", type=int, default=D.proj_hidden,
               help="Hidden width of the projection head; byol and nnclr size their predictor with it too.")
 @click.option("--proj-dim", type=int, default=D.proj_dim,

@@ -1,7 +1,10 @@
 """Streaming training batches from xclr shards (docs/design.md, Data contracts; Resume and fault rules), as small
 webdataset stages:
 
-    resampled shard draws -> tar samples -> group shuffle -> decode + two augmented views -> batches
+    resampled shard draws -> tar samples -> group shuffle -> decode + two uint8 crops -> batches
+        -> + photometric parameters of the batch's views
+
+The photometric half of the augmentation runs on the training device (`xclr_train.augment`).
 
 Every (epoch, rank, DataLoader worker) draws shards with replacement from the whole list, seeded by
 (seed, epoch, rank, worker): no rank or worker ever runs dry, however few shards there are, and an epoch (a
@@ -32,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.augment import AUGMENTS, to_rgb
+from xclr_train.augment import RECIPES, Recipe, crop_view, draw_photometric, to_rgb
 from xclr_train.errors import TrainError
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
@@ -174,10 +177,13 @@ def group_shuffle(rng: random.Random,
     return stage
 
 
-def decode_image(data: bytes) -> Image.Image | None:
-    """The encoded image as RGB (transparency onto white), or None when it does not decode."""
+def decode_image(data: bytes, size: int | None = None) -> Image.Image | None:
+    """The encoded image as RGB (transparency onto white), or None when it does not decode. Given a `size`, a JPEG
+    is decoded at the smallest DCT scale that keeps both sides at least `size` (PIL's draft)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (size, size))
             return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
@@ -191,10 +197,10 @@ class Needs:
     labels: bool = False
 
 
-def decode(transform: Callable, needs: Needs, k: int | None,
+def decode(recipe: Recipe, image_size: int, needs: Needs, k: int | None,
            skipped: Counter) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """Raw sample -> {"view1", "view2": image tensors, "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as
-    needed}; a sample whose json lacks a needed "label" is skipped as a bad member."""
+    """Raw sample -> {"view1", "view2": uint8 crops (3, S, S), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb"
+    as needed}; a sample whose json lacks a needed "label" is skipped as a bad member."""
     def one(raw: dict) -> dict | None:
         image = next((raw[s] for s in IMAGE_SUFFIXES if s in raw), None)
         if image is None or META_SUFFIX not in raw or (needs.neighbors and NEIGHBORS_SUFFIX not in raw) \
@@ -217,11 +223,11 @@ def decode(transform: Callable, needs: Needs, k: int | None,
         except (ValueError, KeyError, TypeError, OSError):
             skipped["bad_member"] += 1
             return None
-        rgb = decode_image(image)
+        rgb = decode_image(image, image_size)
         if rgb is None:
             skipped["undecodable_image"] += 1
             return None
-        out["view1"], out["view2"] = transform(rgb), transform(rgb)
+        out["view1"], out["view2"] = crop_view(rgb, image_size, recipe), crop_view(rgb, image_size, recipe)
         return out
 
     def stage(samples: Iterator[dict]) -> Iterator[dict]:
@@ -248,6 +254,15 @@ def batches(batch_size: int, skipped: Counter, worker: int) -> Callable[[Iterato
     return stage
 
 
+def with_photometric(recipe: Recipe) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Batch -> the batch with "photometric": the parameters of its 2B views, [view 1 of every sample; view 2]."""
+    def stage(batches: Iterator[dict]) -> Iterator[dict]:
+        for batch in batches:
+            batch["photometric"] = draw_photometric(2 * len(batch["view1"]), recipe)
+            yield batch
+    return stage
+
+
 class ShardStream(IterableDataset):
     """Endless batches for one rank; set `epoch` before each `iter` (see the module docstring for the seeding)."""
 
@@ -262,15 +277,16 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         stream_seed = f"xclr/{self.seed}/{self.epoch}/{self.rank}/{worker}"
-        torch.manual_seed(int.from_bytes(stream_seed.encode(), "little") % 2**63)  # the augmentations' RNG
+        torch.manual_seed(int.from_bytes(stream_seed.encode(), "little") % 2**63)  # the crops' and parameters' RNG
         rng = random.Random(stream_seed)
         skipped: Counter = Counter()
         return iter(wds.DataPipeline(
             resampled(self.shards.urls, rng),
             tar_samples(skipped, len(self.shards.urls)),
             group_shuffle(rng),
-            decode(AUGMENTS[self.augment](self.image_size), self.needs, self.k, skipped),
+            decode(RECIPES[self.augment], self.image_size, self.needs, self.k, skipped),
             batches(self.batch_size, skipped, worker),
+            with_photometric(RECIPES[self.augment]),
         ))
 
 

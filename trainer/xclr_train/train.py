@@ -33,6 +33,7 @@ from tqdm import tqdm
 from xclr_schemas import load_npy
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
+from xclr_train.augment import RECIPES
 from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
@@ -41,6 +42,7 @@ from xclr_train.metrics import MetricsLog
 from xclr_train.models import Encoder, model_config
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options, parse_options
 from xclr_train.optim import lr_at, make_optimizer
+from xclr_train.photometric import photometric
 
 # Options that do not change what is computed; a resume may change them.
 FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every")
@@ -172,6 +174,7 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
     """Epoch `s.epoch`: its steps (up to the schedule's total), a metrics line every --log-every steps; returns the
     last line ({} if none) and advances `s.epoch`, `s.step` and `s.skipped`."""
     cfg, dist, sched, objective, optimizer = s.cfg, s.dist, s.schedule, s.objective, s.optimizer
+    recipe = RECIPES[cfg.augment]
     s.stream.epoch = s.epoch
     batches = iter(s.loader)
     skipped: dict[int, torch.Tensor] = {}  # DataLoader worker -> its running counts in this epoch
@@ -186,7 +189,7 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
         lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = torch.cat([batch.pop("view1"), batch.pop("view2")])
+        images = photometric(torch.cat([batch.pop("view1"), batch.pop("view2")]), batch.pop("photometric"), recipe)
         if dist.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with s.autocast:
