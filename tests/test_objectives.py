@@ -3,6 +3,7 @@ refused by name, and a new objective is one class that the command line picks up
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from xclr_train.errors import TrainError
 from xclr_train.losses.clip import clip_loss
 from xclr_train.losses.xclr import xclr_loss
 from xclr_train.objectives import OBJECTIVES, Graph, Views, make_objective
+from xclr_train.objectives.base import target_stats
 from xclr_train.targets import floor_similarity, sparse_similarity
 
 GRAPH = Graph(background=0.2, kth_mean=0.3)
@@ -124,6 +126,27 @@ def test_the_xclr_objective_sizes_follow_from_the_batch_size(loss, options):
     loss_value.backward()
     assert loss_value.shape == () and z1.grad.shape == (M, 16)
     assert {"target_entropy", "target_same_caption", "graph_hits"} <= set(stats)
+
+
+def test_target_statistics_are_those_of_the_explicit_target_distribution():
+    """Entropy and same-caption mass of t over an anchor's 2M - 1 other views and Q queue entries, listed one by
+    one (float64 loop), against `target_stats` on rank 1 of a batch of M = 6 with a queue of 3."""
+    g = torch.Generator().manual_seed(0)
+    big_m, q, m = 6, 3, 2
+    weights = torch.rand(m, big_m + q, generator=g, dtype=torch.float64) + 0.01
+    own = torch.tensor([2, 3])
+    column_ids = torch.tensor([5, 7, 5, 9, 7, 1, 5, 9, 2])
+    stats = target_stats(weights, own, column_ids[own], column_ids, big_m)
+    entropies, same = [], []
+    for a in range(m):
+        entries = [(weights[a, b].item(), column_ids[b].item()) for b in range(big_m) for _ in range(2)]
+        entries.remove((weights[a, own[a]].item(), column_ids[own[a]].item()))  # the anchor's own view
+        entries += [(weights[a, big_m + j].item(), column_ids[big_m + j].item()) for j in range(q)]
+        z = sum(w for w, _ in entries)
+        entropies.append(-sum(w / z * math.log(w / z) for w, _ in entries))
+        same.append(sum(w / z for w, c in entries if c == column_ids[own[a]].item()))
+    torch.testing.assert_close(stats["target_entropy"].item(), sum(entropies) / m, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stats["target_same_caption"].item(), sum(same) / m, rtol=1e-12, atol=0)
 
 
 def test_a_new_objective_is_one_class(tmp_path):

@@ -150,15 +150,16 @@ def columns(views: Views, batch: dict, rank: int, normalize: bool = True) -> Col
 def target_stats(weights: Tensor, own: Tensor, row_ids: Tensor, column_ids: Tensor, big_m: int) -> dict[str, Tensor]:
     """Entropy and same-caption mass of t_i = w_{a, b(j)} / Z over the 2M - 1 other views and the queue's entries
     (equal for both views); `weights` (m, M + Q) and `column_ids` (M + Q,) list the M batch samples first."""
+    def over_views(x: Tensor) -> Tensor:  # a batch sample has two views, a queue entry one
+        return 2 * x[:, :big_m].sum(1) + x[:, big_m:].sum(1)
+
     with torch.no_grad():
-        views = torch.ones(weights.shape[1], device=weights.device)
-        views[:big_m] = 2  # a batch sample has two views, a queue entry one
         w_self = weights.gather(1, own[:, None]).squeeze(1)
-        z = (weights * views).sum(1) - w_self
-        wlogw = (torch.special.xlogy(weights, weights) * views).sum(1) - torch.special.xlogy(w_self, w_self)
+        z = over_views(weights) - w_self
+        wlogw = over_views(torch.special.xlogy(weights, weights)) - torch.special.xlogy(w_self, w_self)
         entropy = torch.log(z) - wlogw / z
-        same = (row_ids[:, None] == column_ids[None, :]).float()
-        same_mass = ((weights * same * views).sum(1) - w_self) / z
+        same = row_ids[:, None] == column_ids[None, :]
+        same_mass = (over_views(torch.where(same, weights, 0.0)) - w_self) / z
     return {"target_entropy": entropy.mean(), "target_same_caption": same_mass.mean()}
 
 
