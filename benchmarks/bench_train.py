@@ -193,7 +193,7 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
     model.train()
     optimizer = make_optimizer("lars", model, lr=0.3 * b / 256, weight_decay=1e-6)
     crops = torch.randint(0, 256, (2 * b, 3, image_size, image_size), dtype=torch.uint8, device=device)
-    params = draw_photometric(2 * b, RECIPES["simclr"]).to(device)
+    params = draw_photometric(2 * b, RECIPES["simclr"], torch.Generator()).to(device)
     batch = synthetic_batch(b, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
@@ -352,7 +352,8 @@ def bench_photometric(image_size: int, views: int, device: torch.device) -> dict
     pil = [Image.fromarray(c.permute(1, 2, 0).numpy()) for c in crops]
     per_image = torchvision_simclr(image_size)(photometric_only=True)
     on_device = crops.to(device)
-    fns = {"xclr": lambda: photometric(on_device, draw_photometric(views, recipe).to(device), recipe),
+    generator = torch.Generator()
+    fns = {"xclr": lambda: photometric(on_device, draw_photometric(views, recipe, generator).to(device), recipe),
            "torchvision_per_image": lambda: [per_image(img) for img in pil]}
     try:
         import kornia.augmentation as K

@@ -14,7 +14,16 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from xclr_train.augment import MEAN, RECIPES, STD, Photometric, crop_view, draw_photometric
+from xclr_train.augment import (
+    MEAN,
+    RECIPES,
+    STD,
+    Photometric,
+    crop_view,
+    derived_seed,
+    draw_photometric,
+    step_generator,
+)
 from xclr_train.photometric import blur, blur_width, photometric
 
 SIMCLR = RECIPES["simclr"]
@@ -42,7 +51,7 @@ def test_batched_ops_are_torchvisions_per_image_ops(size):
     view's order), grayscale, Gaussian blur and normalisation of that one image (float32 rounding apart)."""
     torch.manual_seed(size)
     images = torch.randint(0, 256, (48, 3, size, size), dtype=torch.uint8)
-    p = draw_photometric(48, SIMCLR)
+    p = draw_photometric(48, SIMCLR, torch.Generator().manual_seed(size))
     assert p.gray.any() and (~p.gray).any() and (p.sigma > 0).any() and (p.sigma == 0).any()
     out = photometric(images, p, SIMCLR)
     expected = torch.stack([torchvision_view(images[i], p, i) for i in range(48)])
@@ -51,7 +60,7 @@ def test_batched_ops_are_torchvisions_per_image_ops(size):
 
 def test_crop_recipe_only_normalises():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    out = photometric(images, draw_photometric(4, RECIPES["crop"]), RECIPES["crop"])
+    out = photometric(images, draw_photometric(4, RECIPES["crop"], torch.Generator()), RECIPES["crop"])
     torch.testing.assert_close(out, TF.normalize(images.float() / 255, MEAN, STD))
 
 
@@ -59,8 +68,7 @@ def test_each_view_draws_its_own_parameters_from_the_recipe():
     """20,000 draws: probabilities of jitter, grayscale and blur within 5 sd of 0.8, 0.2 and 0.5; factors spread over
     their whole ranges; every order of the four jitter ops occurs about equally; neighbouring views differ."""
     n = 20_000
-    torch.manual_seed(0)
-    p = draw_photometric(n, SIMCLR)
+    p = draw_photometric(n, SIMCLR, torch.Generator().manual_seed(0))
 
     def near(count, prob):
         return abs(count - n * prob) < 5 * math.sqrt(n * prob * (1 - prob))
@@ -77,18 +85,38 @@ def test_each_view_draws_its_own_parameters_from_the_recipe():
     orders = Counter(tuple(o) for o in p.order.tolist())
     assert len(orders) == 24 and all(near(c, 1 / 24) for c in orders.values())
     assert all((a != b).any() for a, b in zip(p[:4], (t.roll(1, 0) for t in p[:4])))  # view i vs view i - 1
+    hue_at = torch.full((n,), -1)
+    for k, views in enumerate(p.hue_at):
+        hue_at[views] = k
+    assert torch.equal(hue_at, torch.where(jittered, (p.order == 3).long().argmax(1), -1))
 
 
-def test_a_seed_gives_the_same_parameters_and_crops():
+def test_a_seed_gives_the_same_crops_and_a_step_the_same_parameters():
+    """Crops replay from the worker's torch seed; parameters from (seed, rank, step), and differ for another step
+    or rank."""
     image = Image.effect_mandelbrot((64, 48), (-2, -1.5, 1, 1.5), 60).convert("RGB")
 
-    def draw():
+    def crop():
         torch.manual_seed(7)
-        return crop_view(image, 16, SIMCLR), draw_photometric(6, SIMCLR)
+        return crop_view(image, 16, SIMCLR)
 
-    (crop_a, p_a), (crop_b, p_b) = draw(), draw()
-    assert crop_a.dtype == torch.uint8 and crop_a.shape == (3, 16, 16) and torch.equal(crop_a, crop_b)
-    assert all(torch.equal(a, b) for a, b in zip(p_a, p_b))
+    assert crop().dtype == torch.uint8 and crop().shape == (3, 16, 16) and torch.equal(crop(), crop())
+
+    def flat(p: Photometric) -> list[torch.Tensor]:
+        return [*p[:-1], *p.hue_at]
+
+    def params(seed, rank, step):
+        return flat(draw_photometric(8, SIMCLR, step_generator(seed, rank, step)))
+
+    assert all(torch.equal(a, b) for a, b in zip(params(0, 1, 5), params(0, 1, 5), strict=True))
+    for other in (params(0, 1, 6), params(0, 2, 5), params(1, 1, 5)):
+        assert not torch.equal(params(0, 1, 5)[0], other[0])
+
+
+def test_every_character_of_a_stream_name_changes_its_seed():
+    """The data streams' names differ only at the end (xclr/seed/epoch/rank/worker); each gets its own seed."""
+    names = [f"xclr/0/0/{rank}/{worker}" for rank in range(4) for worker in range(4)]
+    assert len({derived_seed(name) for name in names}) == 16 and all(0 <= derived_seed(n) < 2**63 for n in names)
 
 
 def test_crops_cover_the_recipes_area_range_and_flip_half_the_time():

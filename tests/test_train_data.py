@@ -135,7 +135,7 @@ def test_crop_keeps_every_colour_and_simclr_changes_them():
 
     def views(recipe):  # both halves: the worker's crops, then the batched photometric ops
         crops = torch.stack([crop_view(image, 16, RECIPES[recipe]) for _ in range(50)])
-        return photometric(crops, draw_photometric(50, RECIPES[recipe]), RECIPES[recipe])
+        return photometric(crops, draw_photometric(50, RECIPES[recipe], torch.Generator()), RECIPES[recipe])
 
     crop = views("crop")
     assert all(palette(view) <= colours and palette(view) for view in crop)
@@ -154,8 +154,6 @@ def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
     a, again = take(stream(0), 0, 3), take(stream(0), 0, 3)
     for x, y in zip(a, again):
         assert torch.equal(x["caption_id"], y["caption_id"]) and torch.equal(x["view1"], y["view1"])
-        assert all(torch.equal(u, v) for u, v in zip(x["photometric"], y["photometric"]))
-    assert len(a[0]["photometric"].sigma) == 8  # both views of the batch's 4 samples
     other_rank, other_epoch = take(stream(1), 0, 3), take(stream(0), 1, 3)
     ids = [torch.cat([b["caption_id"] for b in batches]).tolist() for batches in (a, other_rank, other_epoch)]
     assert ids[0] != ids[1] and ids[0] != ids[2]

@@ -9,14 +9,15 @@ deterministic view that evaluation uses.
           (on the emoji study it costs SimCLR and X-CLR 6-7 points of kNN: docs/emoji-study.md)
 
 A view is made in two halves. The DataLoader worker cuts it (`crop_view`: crop, resize, flip on the decoded image,
-one PIL resize) as a uint8 tensor and draws the photometric parameters of every view of a batch (`draw_photometric`,
-each view its own); the training device applies them to the whole batch at once (`xclr_train.photometric`). Every
-draw uses the worker's torch RNG, seeded per (seed, epoch, rank, worker) (`xclr_train.data`), so a batch and its
-parameters replay exactly on resume.
+one PIL resize) as a uint8 tensor, drawing from its torch RNG, seeded per (seed, epoch, rank, worker)
+(`xclr_train.data`). The trainer draws the photometric parameters of every view of a step (`draw_photometric`, each
+view its own) from a generator seeded by (seed, rank, step) (`step_generator`), and the training device applies them
+to the whole batch at once (`xclr_train.photometric`). Both replay exactly on resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,22 +58,38 @@ class Photometric(NamedTuple):
     order: Tensor  # (N, 4) long: the jitter ops' order, a permutation of 0-3 (brightness, contrast, saturation, hue)
     gray: Tensor  # (N,) bool
     sigma: Tensor  # (N,) blur sigma, 0: no blur
+    hue_at: tuple[Tensor, ...]  # per jitter position, the views whose hue op is there (long, sizes known on the host)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Photometric:
-        return Photometric(*(t.to(device, non_blocking=non_blocking) for t in self))
+        return Photometric(*(t.to(device, non_blocking=non_blocking) for t in self[:-1]),
+                           tuple(t.to(device, non_blocking=non_blocking) for t in self.hue_at))
 
 
-def draw_photometric(n: int, recipe: Recipe) -> Photometric:
-    """Independent parameters for n views from the torch RNG: jitter with probability jitter_p, then factors
-    uniform in [1 - strength, 1 + strength] (hue in [-strength, strength]) and a random order; grayscale with
-    probability gray_p; blur with probability blur_p, sigma uniform in `sigma`."""
-    on = torch.rand(n) < recipe.jitter_p
-    b, c, s = (torch.where(on, torch.empty(n).uniform_(1 - x, 1 + x), 1.0) for x in recipe.jitter[:3])
-    hue = torch.where(on, torch.empty(n).uniform_(-recipe.jitter[3], recipe.jitter[3]), 0.0)
-    order = torch.argsort(torch.rand(n, 4), dim=1)
-    gray = torch.rand(n) < recipe.gray_p
-    sigma = torch.where(torch.rand(n) < recipe.blur_p, torch.empty(n).uniform_(*recipe.sigma), 0.0)
-    return Photometric(b, c, s, hue, order, gray, sigma)
+def derived_seed(name: str) -> int:
+    """A torch seed from a stream's name (every character counts: SHA-256, first 63 bits)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") % 2**63
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The CPU generator of one step's photometric parameters on one rank."""
+    return torch.Generator().manual_seed(derived_seed(f"xclr/photometric/{seed}/{rank}/{step}"))
+
+
+def draw_photometric(n: int, recipe: Recipe, generator: torch.Generator) -> Photometric:
+    """Independent parameters for n views: jitter with probability jitter_p, then factors uniform in
+    [1 - strength, 1 + strength] (hue in [-strength, strength]) and a random order; grayscale with probability
+    gray_p; blur with probability blur_p, sigma uniform in `sigma`."""
+    def uniform(low: float, high: float) -> Tensor:
+        return torch.empty(n).uniform_(low, high, generator=generator)
+
+    on = uniform(0, 1) < recipe.jitter_p
+    b, c, s = (torch.where(on, uniform(1 - x, 1 + x), 1.0) for x in recipe.jitter[:3])
+    hue = torch.where(on, uniform(-recipe.jitter[3], recipe.jitter[3]), 0.0)
+    order = torch.argsort(torch.rand(n, 4, generator=generator), dim=1)
+    gray = uniform(0, 1) < recipe.gray_p
+    sigma = torch.where(uniform(0, 1) < recipe.blur_p, uniform(*recipe.sigma), 0.0)
+    hue_at = tuple(torch.nonzero(on & (order[:, k] == 3)).flatten() for k in range(4))
+    return Photometric(b, c, s, hue, order, gray, sigma, hue_at)
 
 
 def crop_view(image: Image.Image, size: int, recipe: Recipe) -> Tensor:

@@ -2,7 +2,6 @@
 webdataset stages:
 
     resampled shard draws -> tar samples -> group shuffle -> decode + two uint8 crops -> batches
-        -> + photometric parameters of the batch's views
 
 The photometric half of the augmentation runs on the training device (`xclr_train.augment`).
 
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.augment import RECIPES, Recipe, crop_view, draw_photometric, to_rgb
+from xclr_train.augment import RECIPES, Recipe, crop_view, derived_seed, to_rgb
 from xclr_train.errors import TrainError
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
@@ -254,15 +253,6 @@ def batches(batch_size: int, skipped: Counter, worker: int) -> Callable[[Iterato
     return stage
 
 
-def with_photometric(recipe: Recipe) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """Batch -> the batch with "photometric": the parameters of its 2B views, [view 1 of every sample; view 2]."""
-    def stage(batches: Iterator[dict]) -> Iterator[dict]:
-        for batch in batches:
-            batch["photometric"] = draw_photometric(2 * len(batch["view1"]), recipe)
-            yield batch
-    return stage
-
-
 class ShardStream(IterableDataset):
     """Endless batches for one rank; set `epoch` before each `iter` (see the module docstring for the seeding)."""
 
@@ -277,7 +267,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         stream_seed = f"xclr/{self.seed}/{self.epoch}/{self.rank}/{worker}"
-        torch.manual_seed(int.from_bytes(stream_seed.encode(), "little") % 2**63)  # the crops' and parameters' RNG
+        torch.manual_seed(derived_seed(stream_seed))  # the crops' RNG
         rng = random.Random(stream_seed)
         skipped: Counter = Counter()
         return iter(wds.DataPipeline(
@@ -286,7 +276,6 @@ class ShardStream(IterableDataset):
             group_shuffle(rng),
             decode(RECIPES[self.augment], self.image_size, self.needs, self.k, skipped),
             batches(self.batch_size, skipped, worker),
-            with_photometric(RECIPES[self.augment]),
         ))
 
 

@@ -14,9 +14,10 @@ For an image x in [0, 1] (channels r, g, b) with gray(x) = 0.2989 r + 0.587 g + 
     normalise        (x - mean) / std  (ImageNet's)
 
 These are torchvision's definitions (tested against its per-image functional ops). An op that the image did not
-draw has its identity parameter (b = c = s = 1, h = 0, no grayscale, sigma = 0), and the batch runs each op at each
-of the four jitter positions with a per-image factor, so nothing depends on the data's values: the same code runs on
-CPU ranks and GPUs, without host syncs.
+draw has its identity parameter (b = c = s = 1, h = 0, no grayscale, sigma = 0). The batch runs brightness, contrast
+and saturation at each of the four jitter positions with a per-image factor, and the hue on the views whose hue op
+is at that position (index lists made with the parameters, so their sizes are known on the host): no size depends
+on the data's values, and the same code runs on CPU ranks and GPUs without host syncs.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def shift_hue(x: Tensor, h: Tensor) -> Tensor:
 
 
 def jitter(x: Tensor, p: Photometric) -> Tensor:
-    """The four colour ops, at each position k the op p.order[:, k] of every image (identity factors elsewhere)."""
+    """The four colour ops, at each position k the op p.order[:, k] of every image (identity factors elsewhere);
+    the hue, the costly one, only on the views listed for k (`Photometric.hue_at`)."""
     ones = torch.ones_like(p.brightness)
     for k in range(4):
         op = p.order[:, k]
@@ -67,8 +69,9 @@ def jitter(x: Tensor, p: Photometric) -> Tensor:
         s = torch.where(op == SATURATION, p.saturation, ones)[:, None, None, None]
         y = gray(x)
         x = (b * c * s * x + (1 - c) * y.mean((2, 3), keepdim=True) + (1 - s) * y).clamp_(0, 1)
-        hue = (op == HUE) & (p.hue != 0)
-        x = torch.where(hue[:, None, None, None], shift_hue(x, torch.where(hue, p.hue, 0.0)), x)
+        views = p.hue_at[k]
+        if len(views):
+            x = x.index_copy(0, views, shift_hue(x.index_select(0, views), p.hue.index_select(0, views)))
     return x
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from xclr_schemas import load_npy
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.augment import RECIPES
+from xclr_train.augment import RECIPES, draw_photometric, step_generator
 from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
@@ -189,7 +189,9 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
         lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = photometric(torch.cat([batch.pop("view1"), batch.pop("view2")]), batch.pop("photometric"), recipe)
+        images = torch.cat([batch.pop("view1"), batch.pop("view2")])
+        params = draw_photometric(len(images), recipe, step_generator(cfg.seed, dist.rank, s.step))
+        images = photometric(images, params.to(dist.device, non_blocking=True), recipe)
         if dist.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with s.autocast:
