@@ -35,11 +35,11 @@ other 3 captions of its group, then random ids of the pool; similarities descend
    The issue's GPU aim: under 3% of a ResNet-50 step.
 3. Input pipeline (--shards DIR; skipped without): samples/s of `data.ShardStream` (X-CLR sparse needs, the step's
    batch and image size, --augment simclr) through `data.make_loader` with 1 and --workers DataLoader workers, over
-   a fixed number of batches after one warm-up batch per worker; per worker against the model's samples/s (workers
-   a rank needs), and against two plain loops in this process on one thread over the same images, already in
-   memory (no tar reading, grouping, neighbour rows or batching): decode + RGB + the two uint8 crops of the worker
-   path, and decode + RGB + two whole SimCLR views by torchvision's per-image transforms on PIL images, which is
-   what a worker did before the photometric half moved to the device (the old pipeline ran within 10% of it).
+   a fixed number of batches after one warm-up batch per worker, taking turns (--pipeline-repeats, medians) with
+   the old worker path on the same shards: the same stages with each view made whole in the worker by
+   torchvision per image (`OldWorkerPath`). Per worker against the model's samples/s (workers a rank needs), and
+   two plain loops in this process on one thread over the same images, in memory: decode + the two uint8 crops,
+   and decode + two whole torchvision SimCLR views.
 4. Photometric ops (--image-size, 2B views, one thread, so per CPU core): SimCLR's colour jitter, grayscale, blur
    and normalisation per view by `photometric` on a uint8 batch, by kornia's batched augmentations (per-image
    factors, but one jitter order per batch) when kornia is installed, and by torchvision per image on PIL crops.
@@ -51,6 +51,7 @@ import argparse
 import json
 import math
 import platform
+import random
 import statistics
 import time
 from contextlib import contextmanager, nullcontext
@@ -60,9 +61,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import xclr_train.data as data
 import xclr_train.objectives.base as objectives_base
 import xclr_train.objectives.xclr as objectives_xclr
 from xclr_train.augment import MEAN, RECIPES, STD, draw_photometric
+from xclr_train.data import ShardStream
 from xclr_train.losses import nt_xent_loss, xclr_loss
 from xclr_train.models import Encoder, model_config
 from xclr_train.objectives import Graph, Objective, Views, make_objective
@@ -265,6 +268,16 @@ def torchvision_simclr(image_size: int):
     return build
 
 
+class OldWorkerPath(ShardStream):
+    """The worker path before the photometric half moved to the device: the same stages, but each view made whole
+    in the worker by torchvision per image on the PIL image (float32, normalised), as `decode` did then."""
+
+    def __iter__(self):
+        old_view = torchvision_simclr(self.image_size)()
+        data.crop_view = lambda image, size, recipe, rng: old_view(image)  # in this DataLoader worker's process only
+        return super().__iter__()
+
+
 @contextmanager
 def one_thread():
     threads = torch.get_num_threads()
@@ -284,32 +297,38 @@ def per_second(fn, items: list) -> float:
 
 
 def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, samples: int, step_samples_per_s: float,
-                   plain_samples: int) -> dict:
+                   plain_samples: int, repeats: int) -> dict:
     from collections import Counter
 
     from xclr_schemas import load_npy
     from xclr_schemas.shards import IMAGE_SUFFIXES, NEIGHBORS_SUFFIX
     from xclr_train.augment import crop_view
-    from xclr_train.data import Needs, ShardStream, decode_image, find_shards, first_sample, make_loader, read_tar
+    from xclr_train.data import Needs, decode_image, find_shards, first_sample, make_loader, read_tar
 
     shards = find_shards(shards_dir)
     k = len(load_npy(first_sample(shards)[NEIGHBORS_SUFFIX]))
     out: dict = {"shards": shards_dir, "shard_files": len(shards.urls), "shard_samples": shards.samples,
                  "batch_size": b, "image_size": image_size, "k": k, "runs": []}
-    for w in sorted({1, workers}):
-        stream = ShardStream(shards, b, image_size, "simclr", Needs(True, False), k, seed=0, rank=0)
-        loader = make_loader(stream, workers=w, pin_memory=False)
-        it = iter(loader)
+    def rate(stream: ShardStream, w: int, n_batches: int) -> float:
+        it = iter(make_loader(stream, workers=w, pin_memory=False))
         for _ in range(w):  # one warm-up batch per worker (process start, first shard open)
             next(it)
-        n_batches = w * math.ceil(samples / (b * w))
         t = time.perf_counter()
         n = sum(len(next(it)["caption_id"]) for _ in range(n_batches))
-        seconds = time.perf_counter() - t
-        del it, loader
-        per_worker = n / seconds / w
-        out["runs"].append({"workers": w, "batches": n_batches, "samples": n, "seconds": seconds,
-                            "samples_per_s": n / seconds, "samples_per_s_per_worker": per_worker,
+        return n / (time.perf_counter() - t)
+
+    for w in sorted({1, workers}):
+        n_batches = w * math.ceil(samples / (b * w))
+        new, old = ShardStream(shards, b, image_size, "simclr", Needs(True, False), k, seed=0, rank=0), \
+            OldWorkerPath(shards, b, image_size, "simclr", Needs(True, False), k, seed=0, rank=0)
+        rates = {"new": [], "old": []}
+        for _ in range(repeats):  # taking turns, so that load changes touch both alike
+            rates["new"].append(rate(new, w, n_batches))
+            rates["old"].append(rate(old, w, n_batches))
+        per_worker, old_per_worker = statistics.median(rates["new"]) / w, statistics.median(rates["old"]) / w
+        out["runs"].append({"workers": w, "batches": n_batches, "samples": n_batches * b, "repeats": repeats,
+                            "samples_per_s": per_worker * w, "samples_per_s_per_worker": per_worker,
+                            "old_samples_per_s_per_worker": old_per_worker, "new_vs_old": per_worker / old_per_worker,
                             "per_worker_vs_model": per_worker / step_samples_per_s if step_samples_per_s else None,
                             "workers_needed": step_samples_per_s / per_worker if step_samples_per_s else None})
 
@@ -322,11 +341,11 @@ def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, sampl
                 break
         if len(images) >= plain_samples:
             break
-    recipe, old_view = RECIPES["simclr"], torchvision_simclr(image_size)()
+    recipe, old_view, rng = RECIPES["simclr"], torchvision_simclr(image_size)(), random.Random(0)
 
     def crops(data: bytes) -> None:
         rgb = decode_image(data, image_size)
-        torch.stack([crop_view(rgb, image_size, recipe), crop_view(rgb, image_size, recipe)])
+        torch.stack([crop_view(rgb, image_size, recipe, rng), crop_view(rgb, image_size, recipe, rng)])
 
     def old_views(data: bytes) -> None:
         rgb = decode_image(data)
@@ -387,6 +406,7 @@ def main() -> None:
     parser.add_argument("--shards", help="xclr shards directory for section 3 (skipped without).")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the second pipeline run.")
     parser.add_argument("--pipeline-samples", type=int, default=1500, help="Samples timed per pipeline run.")
+    parser.add_argument("--pipeline-repeats", type=int, default=3, help="Turns of the new and the old worker path.")
     parser.add_argument("--plain-samples", type=int, default=300, help="Images of the plain decode baseline.")
     parser.add_argument("--out", type=Path, help="Write all figures as JSON here.")
     args = parser.parse_args()
@@ -421,7 +441,7 @@ def main() -> None:
     print(json.dumps(step), flush=True)
     if args.shards:
         results["pipeline"] = bench_pipeline(args.shards, b, image_size, args.workers, args.pipeline_samples,
-                                             step["samples_per_s"], args.plain_samples)
+                                             step["samples_per_s"], args.plain_samples, args.pipeline_repeats)
         print(json.dumps(results["pipeline"]), flush=True)
     results["photometric"] = bench_photometric(image_size, 2 * b, device)
     print(json.dumps(results["photometric"]), flush=True)
@@ -458,12 +478,13 @@ def main() -> None:
         p = results["pipeline"]
         print(f"\n### Input pipeline ({p['shards']}, B = {p['batch_size']}, {p['image_size']} px; model "
               f"{step['samples_per_s']:.1f} samples/s)\n")
-        print("| workers | samples | samples/s | per worker | per worker / model | workers needed per rank |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| workers | samples | samples/s | per worker | old path per worker | new / old | per worker / model "
+              "| workers needed per rank |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in p["runs"]:
             print(f"| {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | "
-                  f"{r['samples_per_s_per_worker']:.1f} | {r['per_worker_vs_model']:.2f} "
-                  f"| {r['workers_needed']:.2f} |")
+                  f"{r['samples_per_s_per_worker']:.1f} | {r['old_samples_per_s_per_worker']:.1f} "
+                  f"| **{r['new_vs_old']:.2f}** | {r['per_worker_vs_model']:.2f} | {r['workers_needed']:.2f} |")
         print(f"\nOne thread, in memory: decode + 2 uint8 crops {p['plain_samples_per_s']:.1f} samples/s, decode + 2 "
               f"torchvision SimCLR views (the old worker path) {p['old_plain_samples_per_s']:.1f}; 1 worker / crops "
               f"= {p['one_worker_vs_plain']:.2f}, **1 worker / old path = {p['one_worker_vs_old_plain']:.2f}**")

@@ -7,6 +7,7 @@ draws against the recipe's probabilities and ranges (seeded, with bounds of five
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 import pytest
@@ -19,6 +20,7 @@ from xclr_train.augment import (
     RECIPES,
     STD,
     Photometric,
+    crop_box,
     crop_view,
     derived_seed,
     draw_photometric,
@@ -92,13 +94,12 @@ def test_each_view_draws_its_own_parameters_from_the_recipe():
 
 
 def test_a_seed_gives_the_same_crops_and_a_step_the_same_parameters():
-    """Crops replay from the worker's torch seed; parameters from (seed, rank, step), and differ for another step
-    or rank."""
+    """Crops replay from the stream's RNG; parameters from (seed, rank, step), and differ for another step or
+    rank."""
     image = Image.effect_mandelbrot((64, 48), (-2, -1.5, 1, 1.5), 60).convert("RGB")
 
     def crop():
-        torch.manual_seed(7)
-        return crop_view(image, 16, SIMCLR)
+        return crop_view(image, 16, SIMCLR, random.Random(7))
 
     assert crop().dtype == torch.uint8 and crop().shape == (3, 16, 16) and torch.equal(crop(), crop())
 
@@ -114,8 +115,8 @@ def test_a_seed_gives_the_same_crops_and_a_step_the_same_parameters():
 
 
 def test_every_character_of_a_stream_name_changes_its_seed():
-    """The data streams' names differ only at the end (xclr/seed/epoch/rank/worker); each gets its own seed."""
-    names = [f"xclr/0/0/{rank}/{worker}" for rank in range(4) for worker in range(4)]
+    """The steps' names differ only at the end (xclr/photometric/seed/rank/step); each gets its own seed."""
+    names = [f"xclr/photometric/0/{rank}/{step}" for rank in range(4) for step in range(4)]
     assert len({derived_seed(name) for name in names}) == 16 and all(0 <= derived_seed(n) < 2**63 for n in names)
 
 
@@ -124,11 +125,11 @@ def test_crops_cover_the_recipes_area_range_and_flip_half_the_time():
     read off its pixels. Area fractions span SimCLR's 0.08-1 (crop: 0.2-1), aspect ratios stay in 3/4-4/3."""
     cols, rows = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="xy")
     image = Image.fromarray(torch.stack([cols, rows, torch.zeros_like(cols)], -1).to(torch.uint8).numpy())
-    torch.manual_seed(0)
+    rng = random.Random(0)
     for name, low in (("simclr", 0.08), ("crop", 0.2)):
         areas, flips = [], 0
         for _ in range(400):
-            view = crop_view(image, 32, RECIPES[name]).long()
+            view = crop_view(image, 32, RECIPES[name], rng).long()
             width = (view[0].amax() - view[0].amin() + 1).item()
             height = (view[1].amax() - view[1].amin() + 1).item()
             areas.append(width * height / 200 ** 2)
@@ -136,6 +137,14 @@ def test_crops_cover_the_recipes_area_range_and_flip_half_the_time():
             flips += bool(view[0, 16, 0] > view[0, 16, -1])
         assert low - 0.01 < min(areas) < low + 0.05 and max(areas) > 0.9
         assert 150 < flips < 250
+
+
+@pytest.mark.parametrize("size", [(100, 20), (20, 100), (50, 50)])
+def test_a_crop_that_never_fits_falls_back_to_the_centred_image_at_an_allowed_ratio(size):
+    """With an area range above the whole image no draw fits: the box is the whole image cut to 3/4-4/3."""
+    left, top, w, h = crop_box(*size, (1.5, 2.0), random.Random(0))
+    assert (w, h) == {(100, 20): (27, 20), (20, 100): (20, 27), (50, 50): (50, 50)}[size]
+    assert (left, top) == ((size[0] - w) // 2, (size[1] - h) // 2)
 
 
 def test_blur_keeps_a_constant_image_and_a_tiny_sigma_is_the_identity():

@@ -97,8 +97,8 @@ def test_decode_skips_and_counts_bad_samples(tmp_path):
     bad_nbr = dict(raw[0], **{"nbr.npy": npy_bytes(np.zeros(5, dtype=NEIGHBOR_DTYPE))})
     no_json = {k: v for k, v in raw[0].items() if k != "json"}
     skipped = Counter()
-    out = list(decode(RECIPES["simclr"], 8, Needs(True, False), 3, skipped)(iter(raw + [broken_image, bad_nbr,
-                                                                                       no_json])))
+    stage = decode(RECIPES["simclr"], 8, Needs(True, False), 3, skipped, random.Random(0))
+    out = list(stage(iter(raw + [broken_image, bad_nbr, no_json])))
     assert len(out) == 1 and out[0]["caption_id"] == 1
     assert out[0]["view1"].shape == (3, 8, 8) and out[0]["view1"].dtype == torch.uint8
     assert out[0]["nbr_id"].tolist() == [2, 3, 4]
@@ -109,7 +109,8 @@ def test_decode_with_labels_skips_and_counts_a_sample_without_one():
     raw = {"__key__": "a", **{n.split(".", 1)[1]: d for n, d in sample_members("a", 1, 0)}}
     labelled = dict(raw, json=json.dumps({"caption_id": 2, "label": 7}).encode())
     skipped = Counter()
-    out = list(decode(RECIPES["simclr"], 8, Needs(False, False, labels=True), 3, skipped)(iter([raw, labelled])))
+    stage = decode(RECIPES["simclr"], 8, Needs(False, False, labels=True), 3, skipped, random.Random(0))
+    out = list(stage(iter([raw, labelled])))
     assert [(s["caption_id"], s["label"]) for s in out] == [(2, 7)]
     assert skipped == Counter(bad_member=1)
 
@@ -127,14 +128,14 @@ def test_crop_keeps_every_colour_and_simclr_changes_them():
     image.paste((30, 90, 220), (0, 0, 16, 32))
     colours = {tuple(round((c / 255 - m) / s, 3) for c, m, s in zip(rgb, MEAN, STD))
                for rgb in ((200, 40, 10), (30, 90, 220))}
-    torch.manual_seed(0)
+    rng = random.Random(0)
 
     def palette(view):  # the view's distinct colours, ignoring the few pixels antialiasing blends at the edge
         pixels = Counter(tuple(round(v, 3) for v in px) for px in view.reshape(3, -1).T.tolist())
         return {colour for colour, n in pixels.items() if n > 32}
 
     def views(recipe):  # both halves: the worker's crops, then the batched photometric ops
-        crops = torch.stack([crop_view(image, 16, RECIPES[recipe]) for _ in range(50)])
+        crops = torch.stack([crop_view(image, 16, RECIPES[recipe], rng) for _ in range(50)])
         return photometric(crops, draw_photometric(50, RECIPES[recipe], torch.Generator()), RECIPES[recipe])
 
     crop = views("crop")

@@ -9,7 +9,7 @@ deterministic view that evaluation uses.
           (on the emoji study it costs SimCLR and X-CLR 6-7 points of kNN: docs/emoji-study.md)
 
 A view is made in two halves. The DataLoader worker cuts it (`crop_view`: crop, resize, flip on the decoded image,
-one PIL resize) as a uint8 tensor, drawing from its torch RNG, seeded per (seed, epoch, rank, worker)
+one PIL resize) as a uint8 tensor, drawing from its stream's RNG, seeded per (seed, epoch, rank, worker)
 (`xclr_train.data`). The trainer draws the photometric parameters of every view of a step (`draw_photometric`, each
 view its own) from a generator seeded by (seed, rank, step) (`step_generator`), and the training device applies them
 to the whole batch at once (`xclr_train.photometric`). Both replay exactly on resume.
@@ -18,6 +18,8 @@ to the whole batch at once (`xclr_train.photometric`). Both replay exactly on re
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -92,12 +94,26 @@ def draw_photometric(n: int, recipe: Recipe, generator: torch.Generator) -> Phot
     return Photometric(b, c, s, hue, order, gray, sigma, hue_at)
 
 
-def crop_view(image: Image.Image, size: int, recipe: Recipe) -> Tensor:
-    """RandomResizedCrop (area fraction in recipe.scale, aspect ratio in 3/4-4/3, torchvision's sampler) resized to
-    size x size in one bilinear PIL resize, flipped with probability 1/2: uint8 (3, size, size)."""
-    top, left, h, w = T.RandomResizedCrop.get_params(image, list(recipe.scale), list(RATIO))
+def crop_box(width: int, height: int, scale: tuple[float, float], rng: random.Random) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box (left, top, w, h): up to ten draws of an area fraction uniform in `scale` and a log
+    aspect ratio uniform in log RATIO, the first that fits placed uniformly; else the whole image, cut to the
+    nearest ratio in RATIO and centred."""
+    for _ in range(10):
+        area = width * height * rng.uniform(*scale)
+        ratio = math.exp(rng.uniform(math.log(RATIO[0]), math.log(RATIO[1])))
+        w, h = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, width - w), rng.randint(0, height - h), w, h
+    w, h = min(width, round(height * RATIO[1])), min(height, round(width / RATIO[0]))
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def crop_view(image: Image.Image, size: int, recipe: Recipe, rng: random.Random) -> Tensor:
+    """A `crop_box` resized to size x size in one bilinear PIL resize, flipped with probability 1/2:
+    uint8 (3, size, size)."""
+    left, top, w, h = crop_box(*image.size, recipe.scale, rng)
     view = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-    if torch.rand(1) < 0.5:
+    if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.array(view)).permute(2, 0, 1)
 

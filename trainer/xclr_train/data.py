@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.augment import RECIPES, Recipe, crop_view, derived_seed, to_rgb
+from xclr_train.augment import RECIPES, Recipe, crop_view, to_rgb
 from xclr_train.errors import TrainError
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
@@ -196,8 +196,8 @@ class Needs:
     labels: bool = False
 
 
-def decode(recipe: Recipe, image_size: int, needs: Needs, k: int | None,
-           skipped: Counter) -> Callable[[Iterator[dict]], Iterator[dict]]:
+def decode(recipe: Recipe, image_size: int, needs: Needs, k: int | None, skipped: Counter,
+           rng: random.Random) -> Callable[[Iterator[dict]], Iterator[dict]]:
     """Raw sample -> {"view1", "view2": uint8 crops (3, S, S), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb"
     as needed}; a sample whose json lacks a needed "label" is skipped as a bad member."""
     def one(raw: dict) -> dict | None:
@@ -226,7 +226,7 @@ def decode(recipe: Recipe, image_size: int, needs: Needs, k: int | None,
         if rgb is None:
             skipped["undecodable_image"] += 1
             return None
-        out["view1"], out["view2"] = crop_view(rgb, image_size, recipe), crop_view(rgb, image_size, recipe)
+        out["view1"], out["view2"] = crop_view(rgb, image_size, recipe, rng), crop_view(rgb, image_size, recipe, rng)
         return out
 
     def stage(samples: Iterator[dict]) -> Iterator[dict]:
@@ -267,14 +267,13 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         stream_seed = f"xclr/{self.seed}/{self.epoch}/{self.rank}/{worker}"
-        torch.manual_seed(derived_seed(stream_seed))  # the crops' RNG
-        rng = random.Random(stream_seed)
+        rng = random.Random(stream_seed)  # shard draws, shuffle and crops
         skipped: Counter = Counter()
         return iter(wds.DataPipeline(
             resampled(self.shards.urls, rng),
             tar_samples(skipped, len(self.shards.urls)),
             group_shuffle(rng),
-            decode(RECIPES[self.augment], self.image_size, self.needs, self.k, skipped),
+            decode(RECIPES[self.augment], self.image_size, self.needs, self.k, skipped, rng),
             batches(self.batch_size, skipped, worker),
         ))
 
