@@ -32,6 +32,7 @@ from torchvision import transforms as T
 # ImageNet statistics, as torchvision's ResNets expect.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # the colour-jitter ops, as Photometric.order lists them
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Photometric(NamedTuple):
     contrast: Tensor  # (N,)
     saturation: Tensor  # (N,)
     hue: Tensor  # (N,) turns, 0: unchanged
-    order: Tensor  # (N, 4) long: the jitter ops' order, a permutation of 0-3 (brightness, contrast, saturation, hue)
+    order: Tensor  # (N, 4) long: the jitter ops' order, a permutation of BRIGHTNESS .. HUE
     gray: Tensor  # (N,) bool
     sigma: Tensor  # (N,) blur sigma, 0: no blur
     hue_at: tuple[Tensor, ...]  # per jitter position, the views whose hue op is there (long, sizes known on the host)
@@ -90,7 +91,7 @@ def draw_photometric(n: int, recipe: Recipe, generator: torch.Generator) -> Phot
     order = torch.argsort(torch.rand(n, 4, generator=generator), dim=1)
     gray = uniform(0, 1) < recipe.gray_p
     sigma = torch.where(uniform(0, 1) < recipe.blur_p, uniform(*recipe.sigma), 0.0)
-    hue_at = tuple(torch.nonzero(on & (order[:, k] == 3)).flatten() for k in range(4))
+    hue_at = tuple(torch.nonzero(on & (order[:, k] == HUE)).flatten() for k in range(4))
     return Photometric(b, c, s, hue, order, gray, sigma, hue_at)
 
 

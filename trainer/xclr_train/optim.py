@@ -18,7 +18,7 @@ from torch import nn
 
 class LARS(torch.optim.Optimizer):
     """The update above for every parameter of a group at once (`torch._foreach_*`: a few kernels per group, not a
-    Python loop over parameters); momentum buffers start as the first scaled gradient."""
+    Python loop over parameters); momentum buffers start at 0, so the first is the first scaled gradient."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
                  trust_coefficient: float = 1e-3) -> None:
@@ -38,16 +38,13 @@ class LARS(torch.optim.Optimizer):
                 trust = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / g_norm,
                                     torch.ones_like(w_norm))
                 torch._foreach_mul_(grads, list(trust.unbind()))
-            kept = [(self.state[p]["momentum"], g) for p, g in zip(params, grads, strict=True)
-                    if "momentum" in self.state[p]]
-            if kept:
-                bufs, kept_grads = map(list, zip(*kept, strict=True))
-                torch._foreach_mul_(bufs, group["momentum"])
-                torch._foreach_add_(bufs, kept_grads)
-            for p, g in zip(params, grads, strict=True):
+            for p in params:
                 if "momentum" not in self.state[p]:
-                    self.state[p]["momentum"] = torch.clone(g)
-            torch._foreach_add_(params, [self.state[p]["momentum"] for p in params], alpha=-group["lr"])
+                    self.state[p]["momentum"] = torch.zeros_like(p)
+            bufs = [self.state[p]["momentum"] for p in params]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -1,5 +1,5 @@
 """The photometric half of the training views, batched on the training device with every image's own parameters
-(`xclr_train.augment.Photometric`, drawn in the DataLoader workers): uint8 crops in, normalised floats out.
+(`xclr_train.augment.Photometric`, drawn by the trainer for each step): uint8 crops in, normalised floats out.
 
 For an image x in [0, 1] (channels r, g, b) with gray(x) = 0.2989 r + 0.587 g + 0.114 b (torchvision's weights):
 
@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xclr_train.augment import MEAN, STD, Photometric, Recipe
+from xclr_train.augment import BRIGHTNESS, CONTRAST, MEAN, SATURATION, STD, Photometric, Recipe
 
 GRAY = (0.2989, 0.587, 0.114)
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op ids in Photometric.order
 # (r, g, b) of each sixth of the hue circle, as indices into (v, p, q, t) of the HSV -> RGB conversion
 SECTORS = ((0, 3, 1), (2, 0, 1), (1, 0, 3), (1, 2, 0), (3, 1, 0), (0, 1, 2))
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from xclr_train.losses.soft import other_view
+
 L2 = 0.002
 
 
 def npair_rows(anchors: Tensor, columns: Tensor, self_cols: Tensor, positives: Tensor) -> Tensor:
     """The loss above for n anchors (unnormalised, (2m, d)) against the 2M unnormalised columns."""
     big_m = columns.shape[0] // 2
-    other = (self_cols + big_m) % (2 * big_m)  # the anchor's other view
+    other = other_view(self_cols, big_m)
     logits = anchors @ columns.T
     first_view = self_cols[:, None] < big_m
     column_view = torch.arange(2 * big_m, device=anchors.device)[None, :] >= big_m

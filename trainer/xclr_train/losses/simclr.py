@@ -9,14 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xclr_train.losses.soft import masked_logits
+from xclr_train.losses.soft import masked_logits, other_view
 
 
 def nt_xent_rows(anchors: Tensor, columns: Tensor, self_cols: Tensor, tau: float) -> Tensor:
     """NT-Xent of n anchors against the 2M views-major columns (see `xclr_train.losses.soft`)."""
-    m = columns.shape[0] // 2
-    positive = (self_cols + m) % (2 * m)
-    return F.cross_entropy(masked_logits(anchors, columns, self_cols, tau), positive)
+    return F.cross_entropy(masked_logits(anchors, columns, self_cols, tau), other_view(self_cols, len(columns) // 2))
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, tau: float = 0.1) -> Tensor:

@@ -40,6 +40,11 @@ class LogSumExp(torch.autograd.Function):
         return log_p.exp().mul_(grad[:, None]), None
 
 
+def other_view(self_cols: Tensor, big_m: int) -> Tensor:
+    """The column of each anchor's other view: j + M mod 2M for its own column j."""
+    return (self_cols + big_m) % (2 * big_m)
+
+
 def masked_logits(anchors: Tensor, columns: Tensor, self_cols: Tensor, tau: float) -> Tensor:
     """a_i . c_j / tau with each anchor's own column set to -inf, shape (n, 2M)."""
     logits = anchors @ columns.T / tau
@@ -62,6 +67,6 @@ def soft_contrastive(anchors: Tensor, columns: Tensor, self_cols: Tensor, weight
         logits = torch.cat([logits, anchors @ queue.T / tau], dim=1)
         z = z + queue_weights.sum(1).repeat(2)
         pulled = pulled + (queue_weights @ queue).repeat(2, 1)
-    lse = LogSumExp.apply(logits, (self_cols + big_m) % (2 * big_m))  # the other view's column is finite
+    lse = LogSumExp.apply(logits, other_view(self_cols, big_m))  # the other view's column is finite
     linear = ((anchors * pulled).sum(1) - w_self * (anchors * columns[self_cols]).sum(1)) / tau
     return (lse - linear / z).mean()
