@@ -254,18 +254,16 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
             "objective_fraction_at_b": seconds["objective"] / step_s}
 
 
-def torchvision_simclr(image_size: int):
+def torchvision_simclr(image_size: int, photometric_only: bool = False):
     """The whole SimCLR view per image on a PIL image, as a worker made it before the photometric half moved to the
     device: the baseline of sections 3 and 4 (`photometric_only` leaves out the crop and flip)."""
     from torchvision import transforms as T
 
-    def build(photometric_only: bool = False) -> T.Compose:
-        crop = [] if photometric_only else [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-                                            T.RandomHorizontalFlip()]
-        return T.Compose([*crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
-                          T.RandomApply([T.GaussianBlur(blur_width(image_size), sigma=(0.1, 2.0))], p=0.5),
-                          T.ToTensor(), T.Normalize(MEAN, STD)])
-    return build
+    crop = [] if photometric_only else [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+                                        T.RandomHorizontalFlip()]
+    return T.Compose([*crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                      T.RandomApply([T.GaussianBlur(blur_width(image_size), sigma=(0.1, 2.0))], p=0.5),
+                      T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 class OldWorkerPath(ShardStream):
@@ -273,7 +271,7 @@ class OldWorkerPath(ShardStream):
     in the worker by torchvision per image on the PIL image (float32, normalised), as `decode` did then."""
 
     def __iter__(self):
-        old_view = torchvision_simclr(self.image_size)()
+        old_view = torchvision_simclr(self.image_size)
         data.crop_view = lambda image, size, recipe, rng: old_view(image)  # in this DataLoader worker's process only
         return super().__iter__()
 
@@ -341,7 +339,7 @@ def bench_pipeline(shards_dir: str, b: int, image_size: int, workers: int, sampl
                 break
         if len(images) >= plain_samples:
             break
-    recipe, old_view, rng = RECIPES["simclr"], torchvision_simclr(image_size)(), random.Random(0)
+    recipe, old_view, rng = RECIPES["simclr"], torchvision_simclr(image_size), random.Random(0)
 
     def crops(data: bytes) -> None:
         rgb = decode_image(data, image_size)
@@ -369,7 +367,7 @@ def bench_photometric(image_size: int, views: int, device: torch.device) -> dict
     torch.manual_seed(0)
     crops = torch.randint(0, 256, (views, 3, image_size, image_size), dtype=torch.uint8)
     pil = [Image.fromarray(c.permute(1, 2, 0).numpy()) for c in crops]
-    per_image = torchvision_simclr(image_size)(photometric_only=True)
+    per_image = torchvision_simclr(image_size, photometric_only=True)
     on_device = crops.to(device)
     generator = torch.Generator()
     fns = {"xclr": lambda: photometric(on_device, draw_photometric(views, recipe, generator).to(device), recipe),
