@@ -27,7 +27,7 @@ other 3 captions of its group, then random ids of the pool; similarities descend
    Ratios: each against simclr (aim: xclr / simclr <= 1.3 on the CPU). All take turns within each repeat.
 2. Step (--arch, --image-size, --batch-size B): one training step on synthetic uint8 crops: SimCLR's photometric
    ops on the device (`photometric`), forward of the 2B views through
-   `models.Encoder(**model_config(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
+   `models.Encoder(ModelConfig(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
    (`optim.make_optimizer("lars", ...)`); on CUDA bf16 autocast and channels_last, as `xclr_train.train` does.
    Reported: steps/s, samples/s (a sample = two views), a per-phase breakdown (synchronised after each phase), and
    the loss + targets time (the objective's forward + backward, timed alone) as a fraction of the step time at
@@ -67,7 +67,7 @@ import xclr_train.objectives.xclr as objectives_xclr
 from xclr_train.augment import MEAN, RECIPES, STD, draw_photometric
 from xclr_train.data import ShardStream
 from xclr_train.losses import nt_xent_loss, xclr_loss
-from xclr_train.models import Encoder, model_config
+from xclr_train.models import Encoder, ModelConfig
 from xclr_train.objectives import Graph, Objective, Views, make_objective
 from xclr_train.optim import make_optimizer
 from xclr_train.photometric import blur_width, photometric
@@ -190,7 +190,7 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
                max_repeats: int) -> dict:
     torch.manual_seed(0)
     cuda = device.type == "cuda"
-    model = Encoder(**model_config(arch, image_size, 2048, D)).to(device)
+    model = Encoder(ModelConfig(arch, image_size, 2048, D)).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model.train()

@@ -5,8 +5,8 @@ Three corpora:
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
     alignment. Regimes heldout-VENDOR (openmoji, twitter) at 150 steps; heldout-openmoji-600 (also with the
-    crop-and-flip recipe, -crop) and heldout-twitter-600 at 600; the budget check heldout-openmoji-1200 and the
-    low-data regime low-heldout-openmoji-600 (every third emoji);
+    crop-and-flip recipe, -crop; with a small ViT, -vit) and heldout-twitter-600 at 600; the budget check
+    heldout-openmoji-1200 and the low-data regime low-heldout-openmoji-600 (every third emoji);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
   * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
@@ -56,7 +56,8 @@ class Regime:
     """One regime's data and evaluation. `write`: sample_corpora arguments; `train`: the folders under the written
     tars that training uses ("" = the tars folder); `embed`: embed arguments beyond those folders; `evaluate`:
     xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
-    training tars; `steps`: the training budget; `augment`: the training views (xclr-train --augment)."""
+    training tars; `steps`: the training budget; `augment`: the training views (xclr-train --augment); `backbone`:
+    the xclr-train options that choose it."""
 
     write: list[str]
     embed: list[str]
@@ -64,17 +65,22 @@ class Regime:
     steps: int
     train: tuple[str, ...] = ("",)
     augment: str = "simclr"
+    backbone: tuple[str, ...] = ("--arch", "convnet")
 
 
+# A ViT of the convnet's size for the backbone check: timm's test_vit (0.26M parameters, width 64), 4x4 patches of
+# 8 px, trained with its family's recipe (weight decay 0.1, gradient clipping) at the convnet's peak learning rate.
+SMALL_VIT = ("--arch", "test_vit", "--patch-size", "8", "--lr", "0.0005")
 CLASS_MODE = ["--label-col", "label", "--classnames", "{tars}/classnames.txt"]
 EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category", "--no-clustering"]
 
 
-def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr") -> Regime:
+def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr",
+          backbone: tuple[str, ...] = Regime.backbone) -> Regime:
     """Train on the two other vendors, query with `heldout`'s images."""
     train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
     return Regime(["emoji", "--every", str(every)], ["--label-col", "label"],
-                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment)
+                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment, backbone)
 
 
 CORPORA = {
@@ -86,6 +92,7 @@ CORPORA = {
         "heldout-openmoji-1200": emoji("openmoji", steps=1200),  # the budget check: has 600 converged?
         "low-heldout-openmoji-600": emoji("openmoji", every=3, steps=600),  # a third of the emoji
         "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
+        "heldout-openmoji-600-vit": emoji("openmoji", steps=600, backbone=SMALL_VIT),  # the backbone check
     },
     "fashion-mnist": {
         "full": Regime(["fashion-mnist", "--limit", "10000"], CLASS_MODE,
@@ -135,8 +142,8 @@ SWEEP = {
 # The table's columns, where a regime's evaluation has them.
 REPORTED = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "caption_R@1", "caption_R@5",
             "semantic_alignment", "caption_alignment")
-# One budget for every method (a 2-core CPU study: a small CNN at 32 px).
-TRAIN = ["--arch", "convnet", "--image-size", "32", "--proj-hidden", "512", "--proj-dim", "128", "--batch-size", "128",
+# One budget for every method (a 2-core CPU study: a small CNN, or the regime's backbone, at 32 px).
+TRAIN = ["--image-size", "32", "--proj-hidden", "512", "--proj-dim", "128", "--batch-size", "128",
          "--optimizer", "adamw", "--workers", "1", "--log-every", "10", "--no-progress"]
 
 
@@ -174,7 +181,9 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     spec = CORPORA[corpus][base.name]
     resume = ["--resume", "latest"] if (run / CHECKPOINTS / LATEST).exists() else []
     start = time.perf_counter()
-    sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *args, *TRAIN,
+    # the method's options after the backbone's, so that random-init's --lr 0 wins
+    sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *spec.backbone, *args,
+       *TRAIN,
        "--augment", spec.augment, "--steps", str(spec.steps), "--samples-per-epoch", str(spec.steps * 128),
        "--seed", str(seed), *resume)
     (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")

@@ -25,7 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
   pip install --upgrade pip
   pip install torch==2.14.1 torchvision==0.29.1   # from this machine's disk; see README
-  pip install -e ".[test]"
+  pip install -e ".[all,test]"
   echo "$want" > "$stamp"
 fi
 

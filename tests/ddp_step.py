@@ -4,7 +4,8 @@ Each rank takes its equal slice of the same 8-sample global batch, runs the trai
 two ranks; with the objective's predictor, momentum network and queue), the objective's rows and backward, and
 rank 0 saves the mean loss over ranks and the parameter gradients to the file named by argv[1]. BatchNorm runs in
 eval mode: torch has no CPU SyncBatchNorm, and per-rank batch statistics would differ from whole-batch ones by
-design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank.
+design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank. The backbone is a
+small-stem ResNet-18, and a timm ViT (patch 4 on 16 px) for the specs in `VIT`.
 """
 
 import sys
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from xclr_train.distributed import all_reduce_sum, init_distributed
-from xclr_train.models import Encoder
+from xclr_train.models import Encoder, ModelConfig
 from xclr_train.objectives import Graph, make_objective
 
 M, K, SIZE = 8, 3, 16
@@ -36,7 +37,16 @@ SPECS = {  # name: (--loss, its options, the graph)
     "moco": ("moco", {"queue_size": 10, "momentum": 0.99}, GRAPH),
     "byol": ("byol", {"momentum": 0.99}, GRAPH),
     "nnclr": ("nnclr", {"queue_size": 10}, GRAPH),
+    "xclr_sparse_vit": ("xclr", {}, GRAPH),
+    "moco_vit": ("moco", {"queue_size": 10, "momentum": 0.99}, GRAPH),
 }
+VIT = {"xclr_sparse_vit", "moco_vit"}
+
+
+def model_config(name: str) -> ModelConfig:
+    if name in VIT:
+        return ModelConfig("vit_tiny_patch16_224", SIZE, 32, 16, patch_size=4)
+    return ModelConfig("resnet18", SIZE, 32, 16)
 
 
 def global_batch() -> dict:
@@ -63,7 +73,7 @@ def main(out: str) -> None:
     for name, (loss, options, graph) in SPECS.items():
         torch.manual_seed(0)
         objective = make_objective(loss, options, graph)
-        learner = objective.build(Encoder("resnet18", small_stem=True, proj_hidden=32, proj_dim=16), 16, 32, K, 0,
+        learner = objective.build(Encoder(model_config(name)), 16, 32, K, 0,
                                   torch.device("cpu"), d.world_size)
         learner.eval()
         if objective.target is not None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xclr_train.frameworks import Queue, ema_update, momentum_at
-from xclr_train.models import Encoder
+from xclr_train.models import Encoder, ModelConfig
 from xclr_train.objectives import Graph, Objective, make_objective
 from xclr_train.targets import graph_positive_rows
 
@@ -17,7 +17,7 @@ GRAPH = Graph(background=0.2, kth_mean=0.3)
 def built(name: str, options: dict, seed: int = 0, encoder: Encoder | None = None, k: int | None = 3) -> Objective:
     """The objective with its learner (proj_dim 8, predictor 16 wide), target network and queue."""
     objective = make_objective(name, options, GRAPH)
-    objective.build(encoder or Encoder("convnet", True, 16, 8), 8, 16, k, seed, torch.device("cpu"), 1)
+    objective.build(encoder or Encoder(ModelConfig("convnet", 32, 16, 8)), 8, 16, k, seed, torch.device("cpu"), 1)
     return objective
 
 
@@ -110,7 +110,7 @@ def test_moco_and_nnclr_queues_start_full_of_unit_vectors_xclr_empty():
 
 
 def test_target_network_starts_as_the_encoder_and_has_no_gradient():
-    encoder = Encoder("convnet", True, 16, 8)
+    encoder = Encoder(ModelConfig("convnet", 32, 16, 8))
     method = built("byol", {"momentum": 0.9}, encoder=encoder, k=None)
     for t, o in zip(method.target.parameters(), encoder.parameters()):
         assert not t.requires_grad and torch.equal(t, o)

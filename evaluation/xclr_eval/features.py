@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from xclr_train.augment import eval_transform
-from xclr_train.checkpoint import read_checkpoint
+from xclr_train.checkpoint import read_checkpoint, read_encoder
 from xclr_train.data import decode_image
 from xclr_train.models import Encoder
 
@@ -17,10 +17,8 @@ from xclr_train.models import Encoder
 def load_encoder(path: Path) -> tuple[Encoder, dict]:
     """(the encoder of checkpoint `path` in eval mode, the checkpoint minus its weights and optimizer state)."""
     state = read_checkpoint(path)
-    model = Encoder(**state["model_config"])
-    model.load_state_dict(state["model"])
     info = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scaler")}
-    return model.eval(), info
+    return read_encoder(path, state), info
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 `--save-every` epochs. A checkpoint is a dict of tensors and plain values, saved and loaded with torch's
 ``weights_only`` loader (no arbitrary unpickling):
 
-    {"model": state_dict (unwrapped), "model_config": models.model_config(...),
+    {"model": state_dict (unwrapped), "model_config": asdict(models.ModelConfig),
      "method": the objective's own state (predictor, momentum network, queue; empty for the others),
      "optimizer": ..., "scaler": ..., "epoch": epochs finished, "step": steps finished,
      "skipped": skip counts by reason so far, "config": the run's options}
@@ -17,6 +17,7 @@ import torch
 
 from xclr_schemas.atomic import write_atomic
 from xclr_train.errors import TrainError
+from xclr_train.models import Encoder, ModelConfig
 
 
 class CheckpointError(TrainError):
@@ -58,3 +59,15 @@ def load_checkpoint(path: Path, model_config: dict) -> dict:
                          for k in sorted(set(theirs) | set(model_config)) if theirs.get(k) != model_config.get(k))
         raise CheckpointError(f"{path} holds another model: {diff}")
     return state
+
+
+def read_encoder(path: Path, state: dict) -> Encoder:
+    """The encoder of checkpoint `state` (read from `path`) with its weights, in eval mode."""
+    try:
+        config = ModelConfig(**state["model_config"])
+    except TypeError:
+        raise CheckpointError(f"{path} was written by another xclr version (its model_config has the fields "
+                              f"{sorted(state['model_config'])})") from None
+    model = Encoder(config)
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -12,9 +12,10 @@ import click
 from xclr_schemas import storage
 from xclr_train.augment import RECIPES
 from xclr_train.errors import TrainError
-from xclr_train.models import ARCHS
+from xclr_train.models import CONVNET, TORCHVISION
 from xclr_train.objectives import OBJECTIVES
 from xclr_train.objectives.base import Objective, either, flag
+from xclr_train.optim import FAMILY_RECIPES, PLAIN
 from xclr_train.train import TrainConfig, train
 
 D = TrainConfig
@@ -41,6 +42,16 @@ def objective_options(command: Callable) -> Callable:
     return command
 
 
+def _recipe_help(field: str) -> str:
+    """Where an optimisation option's default comes from: each family's recipe, and the optimizers' plain values."""
+    own = "; ".join(f"{family} backbones {getattr(r, field)}" for family, r in FAMILY_RECIPES.items())
+    if field in ("lr", "weight_decay"):
+        plain = ", ".join(f"{name} {getattr(r, field)}" for name, r in PLAIN.items())
+        own += f"; with the other optimizer: {plain}"
+    scaled = " x global batch / 256" if field == "lr" else ""
+    return f"Default: the backbone family's recipe ({own}){scaled}."
+
+
 def _help(users: list[tuple[str, Field]]) -> str:
     """The takers' shared help with their defaults, or each taker's own help and default."""
     helps = {f.metadata["help"] for _, f in users}
@@ -60,8 +71,15 @@ def _help(users: list[tuple[str, Field]]) -> str:
 @click.option("--loss", type=click.Choice(list(OBJECTIVES)), default=D.loss, help="The objective; its own options "
               "follow it (docs/train.md).")
 @objective_options
-@click.option("--arch", type=click.Choice(list(ARCHS)), default=D.arch)
-@click.option("--image-size", type=int, default=D.image_size, help="Crop size; <= 64 uses the small-image stem.")
+@click.option("--arch", default=D.arch, help=f"Backbone: {', '.join(TORCHVISION)} (torchvision), {CONVNET} (a small "
+              "CPU CNN) or any timm model name (vit_small_patch16_224, convnext_tiny, timm:resnet50, ...); its family "
+              "(batchnorm if it has BatchNorm layers, else layernorm) picks the optimisation defaults.")
+@click.option("--image-size", type=int, default=D.image_size, help="Crop size; torchvision's ResNets use the "
+              "small-image stem up to 64 px; a timm model that takes img_size is built for it.")
+@click.option("--patch-size", type=int, default=D.patch_size,
+              help="Patch size of a timm ViT (e.g. 4 for 32 px images). Default: the model's own.")
+@click.option("--init", default=D.init, help="Start from the backbone weights in this local file (.safetensors or a "
+              "torch state dict, e.g. an xclr-export model.safetensors) instead of random ones.")
 @click.option("--augment", type=click.Choice(list(RECIPES)), default=D.augment,
               help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only "
               "(DataLoader workers cut the crops; the colour ops run batched on the training device).")
@@ -73,9 +91,13 @@ def _help(users: list[tuple[str, Field]]) -> str:
 @click.option("--epochs", type=int, default=D.epochs, help="Checkpoint intervals of --samples-per-epoch samples.")
 @click.option("--steps", type=int, default=None, help="Total steps (instead of --epochs).")
 @click.option("--samples-per-epoch", type=int, default=None, help="Default: the shards' sample count (sizes.json).")
-@click.option("--optimizer", type=click.Choice(["lars", "adamw"]), default=D.optimizer)
-@click.option("--lr", type=float, default=None, help="Peak learning rate. Default: LARS 0.3, AdamW 1e-3, x batch/256.")
-@click.option("--weight-decay", type=float, default=D.weight_decay)
+@click.option("--optimizer", type=click.Choice(list(PLAIN)), default=D.optimizer, help=_recipe_help("optimizer"))
+@click.option("--lr", type=float, default=D.lr,
+              help="Peak learning rate. " + _recipe_help("lr"))
+@click.option("--weight-decay", type=float, default=D.weight_decay, help="Not on biases, norms, a ViT's position "
+              "embedding and cls token. " + _recipe_help("weight_decay"))
+@click.option("--clip-grad", type=float, default=D.clip_grad,
+              help="Largest global gradient norm, 0 for no clipping. " + _recipe_help("clip_grad"))
 @click.option("--warmup-steps", type=int, default=None, help="Default: a tenth of the steps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=D.precision,
               help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
@@ -93,8 +115,8 @@ def main(**options) -> None:
 
     Multi-GPU / multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 8 -m xclr_train ...`.
     """
-    for name in ("batch_size", "epochs", "steps", "samples_per_epoch", "image_size", "proj_hidden", "proj_dim",
-                 "save_every", "log_every"):
+    for name in ("batch_size", "epochs", "steps", "samples_per_epoch", "image_size", "patch_size", "proj_hidden",
+                 "proj_dim", "save_every", "log_every"):
         if options[name] is not None and options[name] < 1:
             raise click.BadParameter(f"must be at least 1, got {options[name]}",
                                      param_hint="--" + name.replace("_", "-"))

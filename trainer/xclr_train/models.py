@@ -1,30 +1,119 @@
-"""Image encoders: a torchvision ResNet backbone and a projection MLP head (SimCLR v2 style)."""
+"""Image encoders: a backbone named by a string (as timm names its models) and a projection MLP head (SimCLR v2).
+
+--arch names a backbone:
+
+    resnet50, resnet18   torchvision's ResNets (resnet50 is the paper's); images of at most 64 px get SimCLR's CIFAR
+                         stem (a 3x3 stride-1 convolution, no max-pooling), so 32 px is not reduced to 1x1
+    convnet              a small CNN for CPU studies at 28-32 px (`_convnet`)
+    NAME or timm:NAME    any timm model (vit_small_patch16_224, convnext_tiny, ...; the prefix picks timm's model where
+                         a name is also one of the above: timm:resnet50). Built with num_classes=0, so its output is
+                         forward_head(pre_logits=True): the cls token or the average pool, as the model defines them.
+                         A model that takes img_size gets --image-size, and --patch-size where given.
+
+A backbone's family picks its training recipe (`xclr_train.optim.FAMILY_RECIPES`): "batchnorm" when it has BatchNorm
+layers (ResNets), "layernorm" otherwise (ViTs, ConvNeXt).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision import models
 
-SMALL_IMAGE_MAX = 64  # inputs up to this size get the small-image stem
+from xclr_train.errors import TrainError
+
+SMALL_IMAGE_MAX = 64  # torchvision ResNets get the small-image stem up to this size
+TORCHVISION = {"resnet50": models.resnet50, "resnet18": models.resnet18}
+CONVNET = "convnet"
+TIMM_PREFIX = "timm:"
 
 
-def _resnet(constructor):
-    def build(small_stem: bool) -> tuple[nn.Module, int]:
-        net = constructor(weights=None)
-        if small_stem:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
-        feature_dim = net.fc.in_features
-        net.fc = nn.Identity()
-        return net, feature_dim
-    return build
+class ModelError(TrainError):
+    """An --arch, --patch-size or --init that cannot make a backbone (the message is one line, for the user)."""
 
 
-def _convnet(small_stem: bool) -> tuple[nn.Module, int]:
+@dataclass(frozen=True)
+class ModelConfig:
+    """What builds an `Encoder`; a checkpoint stores it (as a dict) and loads only into a model built from an equal
+    one. `patch_size` None: the model's own."""
+    arch: str
+    image_size: int
+    proj_hidden: int
+    proj_dim: int
+    patch_size: int | None = None
+
+
+def timm_name(arch: str) -> str | None:
+    """The timm model that --arch names, or None for torchvision's ResNets and `convnet`."""
+    if arch.startswith(TIMM_PREFIX):
+        return arch[len(TIMM_PREFIX):]
+    return None if arch in TORCHVISION or arch == CONVNET else arch
+
+
+def library(arch: str) -> str:
+    """Where the backbone's code lives: "torchvision", "timm" or "xclr" (convnet)."""
+    return "torchvision" if arch in TORCHVISION else "xclr" if arch == CONVNET else "timm"
+
+
+def check_arch(arch: str) -> None:
+    """ModelError unless --arch names a backbone (see the module docstring)."""
+    name = timm_name(arch)
+    if name is None:
+        return
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelError(f"unknown --arch {arch!r}: not {', '.join([*TORCHVISION, CONVNET])} nor a timm model "
+                         f"(timm.list_models() lists them)")
+
+
+def build_backbone(config: ModelConfig, init: Path | None = None) -> tuple[nn.Module, int]:
+    """(the backbone without a classifier, its feature size), with the weights of the file `init` (safetensors or a
+    torch state dict, e.g. an `xclr-export` model.safetensors) or randomly initialised."""
+    check_arch(config.arch)
+    name = timm_name(config.arch)
+    if name is not None:
+        return _timm(name, config.image_size, config.patch_size, init)
+    if config.patch_size is not None:
+        raise ModelError(f"--patch-size: {config.arch} has no patches")
+    net, dim = _convnet() if config.arch == CONVNET else _resnet(config.arch, config.image_size <= SMALL_IMAGE_MAX)
+    if init is not None:
+        state = {k: v for k, v in read_weights(init).items() if not k.startswith("fc.")}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"--init {init} does not fit {config.arch}: {_first_line(exc)}") from None
+    return net, dim
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """A state dict from a .safetensors file or a torch file (weights only); ModelError when it is neither."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                              weights_only=True)
+    except Exception as exc:  # safetensors and torch raise many types for a missing, damaged or foreign file
+        raise ModelError(f"cannot read weights from {path} ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _resnet(arch: str, small_stem: bool) -> tuple[nn.Module, int]:
+    net = TORCHVISION[arch](weights=None)
+    if small_stem:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, feature_dim
+
+
+def _convnet() -> tuple[nn.Module, int]:
     """A small CNN for CPU studies at 28-32 px: four 3x3 conv-BN-ReLU layers (32, 64, 128, 256 channels) with
     2x2 max-pooling between them, then global average pooling; 0.4M parameters and about 1/35 of a small-stem
-    ResNet-18's multiply-adds. It has no stem to change (`small_stem` is ignored)."""
+    ResNet-18's multiply-adds."""
     layers: list[nn.Module] = []
     channels_in = 3
     for stage, channels in enumerate((32, 64, 128, 256)):
@@ -37,42 +126,65 @@ def _convnet(small_stem: bool) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), channels_in
 
 
-ARCHS = {"resnet50": _resnet(models.resnet50), "resnet18": _resnet(models.resnet18), "convnet": _convnet}
+def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None) -> tuple[nn.Module, int]:
+    """timm's `name` with num_classes=0; img_size=image_size when the model takes it (its constructor names it)."""
+    import timm
+
+    kwargs: dict = {"num_classes": 0, "img_size": image_size}
+    if patch_size is not None:
+        kwargs["patch_size"] = patch_size
+    if init is not None:
+        if not init.is_file():
+            raise ModelError(f"--init {init}: no such file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(init)})
+    try:
+        try:
+            net = timm.create_model(name, **kwargs)
+        except TypeError as exc:  # the constructor has no such argument: a convnet takes any input size
+            if "img_size" not in str(exc):
+                raise
+            del kwargs["img_size"]
+            net = timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        if "patch_size" not in str(exc):
+            raise
+        raise ModelError(f"--patch-size: timm's {name} has no patches") from None
+    except RuntimeError as exc:  # timm's loader: missing or mis-shaped weights
+        raise ModelError(f"--init {init} does not fit {name}: {_first_line(exc)}") from None
+    return net, net.num_features
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def family(backbone: nn.Module) -> str:
+    """The backbone's family: batchnorm when it has BatchNorm layers, else layernorm (see the module docstring)."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+    return "batchnorm" if any(isinstance(m, norms) for m in backbone.modules()) else "layernorm"
 
 
 class Encoder(nn.Module):
-    """backbone (ResNet without its classifier, or `convnet`) -> head Linear-BN-ReLU-Linear.
+    """backbone -> head Linear-BN-ReLU-Linear (no BatchNorm on the last layer, for every family)."""
 
-    With `small_stem` (chosen by `model_config` for images of at most 64 px) a ResNet's stem is a 3x3 stride-1
-    convolution without max-pooling (SimCLR's CIFAR variant), so that a 28-32 px image is not reduced to 1x1
-    before the last stage.
-    """
-
-    def __init__(self, arch: str, small_stem: bool, proj_hidden: int, proj_dim: int) -> None:
+    def __init__(self, config: ModelConfig, init: Path | None = None) -> None:
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-        self.backbone, self.feature_dim = ARCHS[arch](small_stem)
+        self.config = config
+        self.backbone, self.feature_dim = build_backbone(config, init)
         self.head = nn.Sequential(
-            nn.Linear(self.feature_dim, proj_hidden, bias=False),
-            nn.BatchNorm1d(proj_hidden),
+            nn.Linear(self.feature_dim, config.proj_hidden, bias=False),
+            nn.BatchNorm1d(config.proj_hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(proj_hidden, proj_dim),
+            nn.Linear(config.proj_hidden, config.proj_dim),
         )
 
     def features(self, images: Tensor) -> Tensor:
-        """Backbone features (what evaluation uses), shape (B, feature_dim)."""
+        """Backbone features (what evaluation and export use), shape (B, feature_dim)."""
         return self.backbone(images)
 
     def forward(self, images: Tensor) -> Tensor:
         """Projections (what the loss sees), shape (B, proj_dim)."""
         return self.head(self.backbone(images))
-
-
-def model_config(arch: str, image_size: int, proj_hidden: int, proj_dim: int) -> dict:
-    """`Encoder` arguments; a checkpoint stores them and only loads into a model built from equal ones."""
-    return {"arch": arch, "small_stem": image_size <= SMALL_IMAGE_MAX, "proj_hidden": proj_hidden,
-            "proj_dim": proj_dim}
 
 
 def use_sync_batchnorm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:

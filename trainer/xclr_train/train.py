@@ -4,7 +4,8 @@ Run directory::
 
     RUN/config.json              the options of the run (what a resume must match)
     RUN/metrics.jsonl            rank 0, every --log-every steps: loss, lr, samples/s, data vs step time, target
-                                 statistics (see `xclr_train.objective`), skipped samples by reason
+                                 statistics (see `xclr_train.objective`), skipped samples by reason, the
+                                 gradient norm before clipping (when --clip-grad clips)
     RUN/checkpoints/latest.pt    after every epoch; epoch-NNNN.pt every --save-every epochs (`xclr_train.checkpoint`)
 
 An epoch is a checkpoint interval of ``samples_per_epoch // (batch_size * world_size)`` steps over resampled shards
@@ -21,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shar
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
 from xclr_train.errors import TrainError
 from xclr_train.metrics import MetricsLog
-from xclr_train.models import Encoder, model_config
+from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options, parse_options
-from xclr_train.optim import lr_at, make_optimizer
+from xclr_train.optim import lr_at, make_optimizer, resolve
 from xclr_train.photometric import photometric
 
 # Options that do not change what is computed; a resume may change them.
@@ -56,6 +57,8 @@ class TrainConfig:
     loss_options: Mapping[str, Any] = field(default_factory=dict)  # the objective's options given (the rest default)
     arch: str = "resnet50"
     image_size: int = 224
+    patch_size: int | None = None
+    init: str | None = None
     augment: str = "simclr"
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -63,9 +66,11 @@ class TrainConfig:
     epochs: int = 1
     steps: int | None = None
     samples_per_epoch: int | None = None
-    optimizer: str = "lars"
+    # None: the default of the backbone family's recipe (`xclr_train.optim`); `set_up` resolves these four
+    optimizer: str | None = None
     lr: float | None = None
-    weight_decay: float = 1e-6
+    weight_decay: float | None = None
+    clip_grad: float | None = None
     warmup_steps: int | None = None
     precision: str = "auto"
     workers: int = 4
@@ -75,11 +80,6 @@ class TrainConfig:
     save_every: int = 1
     log_every: int = 10
     progress: bool = True
-
-
-def default_lr(optimizer: str, global_batch: int) -> float:
-    """LARS: 0.3 x batch / 256 (SimCLR); AdamW: 1e-3 x batch / 256."""
-    return (0.3 if optimizer == "lars" else 1e-3) * global_batch / 256
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class Session:
     autocast: AbstractContextManager
     loader: torch.utils.data.DataLoader
     stream: ShardStream
-    model_config: dict
+    model_config: ModelConfig
     epoch: int
     step: int
     skipped: torch.Tensor
@@ -147,16 +147,20 @@ def set_up(cfg: TrainConfig) -> Session:
     dist = init_distributed(cfg.device)
     shards = find_shards(cfg.data)
     objective, k, caption_dim = _objective(cfg, options, shards)
-    schedule = _schedule(cfg, shards, dist.world_size)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
     if precision != "fp32" and dist.device.type != "cuda":
         raise TrainError(f"--precision {precision} needs a GPU; use fp32 on the CPU")
 
     torch.manual_seed(cfg.seed)
-    mconf = model_config(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim))
-    learner = objective.build(Encoder(**mconf), mconf["proj_dim"], cfg.proj_hidden, k, cfg.seed, dist.device,
-                              dist.world_size)
-    optimizer = make_optimizer(cfg.optimizer, learner, schedule.peak_lr, cfg.weight_decay)
+    mconf = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim),
+                        cfg.patch_size)
+    encoder = Encoder(mconf, Path(cfg.init) if cfg.init else None)
+    settings = resolve(family(encoder.backbone), cfg.batch_size * dist.world_size, cfg.optimizer, cfg.lr,
+                       cfg.weight_decay, cfg.clip_grad)
+    cfg = replace(cfg, **asdict(settings))  # config.json and every resume see the resolved values
+    schedule = _schedule(cfg, shards, dist.world_size)
+    learner = objective.build(encoder, mconf.proj_dim, cfg.proj_hidden, k, cfg.seed, dist.device, dist.world_size)
+    optimizer = make_optimizer(cfg.optimizer, learner, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ddp = DistributedDataParallel(learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
         if dist.world_size > 1 else learner
@@ -199,6 +203,9 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
         loss, stats = objective.rows(views, batch, dist.rank)
         optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            s.scaler.unscale_(optimizer)
+            stats = {**stats, "grad_norm": nn.utils.clip_grad_norm_(s.ddp.parameters(), cfg.clip_grad)}
         s.scaler.step(optimizer)
         s.scaler.update()
         s.step += 1
@@ -220,7 +227,7 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
 def save(s: Session) -> None:
     """The checkpoint after epoch `s.epoch` (main rank): epoch-NNNN.pt every --save-every epochs and at the end, then
     latest.pt (so latest is never behind)."""
-    state = {"model": s.objective.learner.encoder.state_dict(), "model_config": s.model_config,
+    state = {"model": s.objective.learner.encoder.state_dict(), "model_config": asdict(s.model_config),
              "method": s.objective.state_dict(), "optimizer": s.optimizer.state_dict(),
              "scaler": s.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
              "config": _options(s.cfg, s.objective, s.dist.world_size)}
@@ -240,8 +247,7 @@ def _schedule(cfg: TrainConfig, shards: ShardSet, world_size: int) -> Schedule:
         raise TrainError(f"--samples-per-epoch {samples_per_epoch} is less than one global batch ({global_batch})")
     total = cfg.steps or cfg.epochs * steps_per_epoch
     return Schedule(global_batch, steps_per_epoch, total, math.ceil(total / steps_per_epoch),
-                    cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 10),
-                    cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, global_batch))
+                    cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 10), cfg.lr)
 
 
 def _objective(cfg: TrainConfig, options: Options, shards: ShardSet) -> tuple[Objective, int | None, int | None]:
@@ -292,7 +298,7 @@ def _start(s: Session) -> None:
             (run / CONFIG).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
         return
     path = latest if cfg.resume == "latest" else Path(cfg.resume)
-    state = load_checkpoint(path, s.model_config)
+    state = load_checkpoint(path, asdict(s.model_config))
     theirs = state["config"]
     changed = sorted(k for k in set(options) | set(theirs) if options.get(k) != theirs.get(k))
     if changed:
