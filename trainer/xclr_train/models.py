@@ -127,16 +127,17 @@ def _convnet() -> tuple[nn.Module, int]:
 
 
 def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None) -> tuple[nn.Module, int]:
-    """timm's `name` with num_classes=0; img_size=image_size when the model takes it (its constructor names it)."""
+    """timm's `name` with num_classes=0; img_size=image_size when the model takes it (its constructor names it).
+    `init` goes through timm's loader (which adapts a position embedding to the image size) and must hold every
+    weight of the model and nothing else but a classifier: timm itself only logs what it leaves out."""
     import timm
 
     kwargs: dict = {"num_classes": 0, "img_size": image_size}
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
     if init is not None:
-        if not init.is_file():
-            raise ModelError(f"--init {init}: no such file")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(init)})
+        given = set(read_weights(init))
     try:
         try:
             net = timm.create_model(name, **kwargs)
@@ -149,8 +150,16 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
         if "patch_size" not in str(exc):
             raise
         raise ModelError(f"--patch-size: timm's {name} has no patches") from None
-    except RuntimeError as exc:  # timm's loader: missing or mis-shaped weights
+    except RuntimeError as exc:  # timm's loader: mis-shaped weights
         raise ModelError(f"--init {init} does not fit {name}: {_first_line(exc)}") from None
+    if init is not None:
+        classifiers = net.pretrained_cfg.get("classifier") or ()
+        classifiers = (classifiers,) if isinstance(classifiers, str) else classifiers
+        missing = sorted(set(net.state_dict()) - given)
+        unexpected = sorted(k for k in given - set(net.state_dict()) if k.split(".")[0] not in classifiers)
+        if missing or unexpected:
+            raise ModelError(f"--init {init} does not fit {name}: {len(missing)} of its weights missing "
+                             f"{missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}")
     return net, net.num_features
 
 
