@@ -5,7 +5,7 @@ two ranks; with the objective's predictor, momentum network and queue), the obje
 rank 0 saves the mean loss over ranks and the parameter gradients to the file named by argv[1]. BatchNorm runs in
 eval mode: torch has no CPU SyncBatchNorm, and per-rank batch statistics would differ from whole-batch ones by
 design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank. The backbone is a
-small-stem ResNet-18, and a timm ViT (patch 4 on 16 px) for the specs in `VIT`.
+small-stem ResNet-18, and timm's test_vit (6 blocks of width 64; patch 4 on 16 px) for the specs in `VIT`.
 """
 
 import sys
@@ -45,7 +45,7 @@ VIT = {"xclr_sparse_vit", "moco_vit"}
 
 def model_config(name: str) -> ModelConfig:
     if name in VIT:
-        return ModelConfig("vit_tiny_patch16_224", SIZE, 32, 16, patch_size=4)
+        return ModelConfig("test_vit", SIZE, 32, 16, patch_size=4)
     return ModelConfig("resnet18", SIZE, 32, 16)
 
 
