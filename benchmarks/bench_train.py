@@ -27,8 +27,11 @@ other 3 captions of its group, then random ids of the pool; similarities descend
    Ratios: each against simclr (aim: xclr / simclr <= 1.3 on the CPU). All take turns within each repeat.
 2. Step (--arch, --image-size, --batch-size B): one training step on synthetic uint8 crops: SimCLR's photometric
    ops on the device (`photometric`), forward of the 2B views through
-   `models.Encoder(ModelConfig(arch, image_size, 2048, 128))`, the X-CLR objective, backward, LARS step
-   (`optim.make_optimizer("lars", ...)`); on CUDA bf16 autocast and channels_last, as `xclr_train.train` does.
+   `models.Encoder(ModelConfig(arch, image_size, 2048, 128))`, the X-CLR objective, backward, the optimizer step of
+   the backbone family's recipe (`optim.resolve`: LARS for BatchNorm nets; AdamW with gradient clipping for the
+   rest); on CUDA bf16 autocast and channels_last, as `xclr_train.train` does. The same for each --backbone
+   (NAME or NAME@PATCH, a timm ViT's patch size; default: ViT-S/16 and timm's ResNet-50, at patch 4 on the CPU's
+   32 px), reported in the "backbones" list.
    Reported: steps/s, samples/s (a sample = two views), a per-phase breakdown (synchronised after each phase), and
    the loss + targets time (the objective's forward + backward, timed alone) as a fraction of the step time at
    M = B and, from section 1, at each --m (whole batch on one rank, and one rank's share of a global batch M).
@@ -67,17 +70,19 @@ import xclr_train.objectives.xclr as objectives_xclr
 from xclr_train.augment import MEAN, RECIPES, STD, draw_photometric
 from xclr_train.data import ShardStream
 from xclr_train.losses import nt_xent_loss, xclr_loss
-from xclr_train.models import Encoder, ModelConfig
+from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import Graph, Objective, Views, make_objective
-from xclr_train.optim import make_optimizer
+from xclr_train.optim import make_optimizer, resolve
 from xclr_train.photometric import blur_width, photometric
 from xclr_train.targets import dense_similarity_rows, sparse_similarity
 
 D, K, GROUP, POOL, FLOOR, EMB_DIM = 128, 32, 8, 1_000_000, 0.2, 384
 XCLR = make_objective("xclr", {}, Graph(background=FLOOR, kth_mean=FLOOR))  # the floor: min(background, kth_mean)
 SIMCLR = make_objective("simclr", {}, Graph())
-DEFAULTS = {"cpu": {"arch": "resnet18", "image_size": 32, "batch_size": 32, "steps": 8, "budget": 30.0},
-            "cuda": {"arch": "resnet50", "image_size": 224, "batch_size": 256, "steps": 30, "budget": 5.0}}
+DEFAULTS = {"cpu": {"arch": "resnet18", "image_size": 32, "batch_size": 32, "steps": 8, "budget": 30.0,
+                    "backbones": ["vit_small_patch16_224@4", "timm:resnet50"]},
+            "cuda": {"arch": "resnet50", "image_size": 224, "batch_size": 256, "steps": 30, "budget": 5.0,
+                     "backbones": ["vit_small_patch16_224", "timm:resnet50"]}}
 
 
 def sync(device: torch.device) -> None:
@@ -186,15 +191,18 @@ def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats:
     return out
 
 
-def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.device, budget: float,
+def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch.device, budget: float,
                max_repeats: int) -> dict:
+    """Section 2 for `backbone` (ARCH or ARCH@PATCH)."""
     torch.manual_seed(0)
     cuda = device.type == "cuda"
-    model = Encoder(ModelConfig(arch, image_size, 2048, D)).to(device)
+    arch, _, patch = backbone.partition("@")
+    model = Encoder(ModelConfig(arch, image_size, 2048, D, int(patch) if patch else None)).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = make_optimizer("lars", model, lr=0.3 * b / 256, weight_decay=1e-6)
+    recipe = resolve(family(model.backbone), b, None, None, None, None)
+    optimizer = make_optimizer(recipe.optimizer, model, recipe.lr, recipe.weight_decay)
     crops = torch.randint(0, 256, (2 * b, 3, image_size, image_size), dtype=torch.uint8, device=device)
     params = draw_photometric(2 * b, RECIPES["simclr"], torch.Generator()).to(device)
     batch = synthetic_batch(b, device)
@@ -218,6 +226,8 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         mark()
+        if recipe.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
         optimizer.step()
         mark()
 
@@ -245,8 +255,10 @@ def bench_step(arch: str, image_size: int, b: int, steps: int, device: torch.dev
     seconds, _ = bench_interleaved({
         "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, batch), z1, z2),
         "simclr": fwd_bwd(lambda: nt_xent_loss(z1, z2), z1, z2)}, device, budget / 3, 50)
-    return {"arch": arch, "image_size": image_size, "batch_size": b, "steps": steps,
-            "precision": "bf16" if cuda else "fp32", "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,
+    return {"arch": backbone, "image_size": image_size, "batch_size": b, "steps": steps,
+            "parameters": sum(p.numel() for p in model.backbone.parameters()), "optimizer": recipe.optimizer,
+            "clip_grad": recipe.clip_grad, "precision": "bf16" if cuda else "fp32", "step_ms": 1e3 * step_s,
+            "steps_per_s": 1 / step_s,
             "samples_per_s": b / step_s, "images_per_s": 2 * b / step_s,
             **{f"{name}_ms": 1e3 * float(t) for name, t in zip(("augment", "forward", "objective_forward",
                                                                "backward", "optimizer"), breakdown)},
@@ -395,7 +407,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--m", type=int, action="append", help="Loss batch sizes M (repeatable; 1024 and 4096).")
-    parser.add_argument("--arch", choices=("resnet18", "resnet50"), help="cpu: resnet18, cuda: resnet50")
+    parser.add_argument("--arch", help="cpu: resnet18, cuda: resnet50")
+    parser.add_argument("--backbone", action="append", help="Further backbones of section 2, ARCH or ARCH@PATCH "
+                        "(repeatable). cpu: vit_small_patch16_224@4 and timm:resnet50; cuda: the same at patch 16.")
     parser.add_argument("--image-size", type=int, help="cpu: 32, cuda: 224")
     parser.add_argument("--batch-size", type=int, help="Step batch B (samples; 2B views). cpu: 32, cuda: 256")
     parser.add_argument("--steps", type=int, help="Timed training steps. cpu: 8, cuda: 30")
@@ -420,6 +434,7 @@ def main() -> None:
                      or platform.machine(), "device_type": device.type, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "options": {"m": sizes, "arch": arch, "image_size": image_size, "batch_size": b, "steps": steps,
+                                 "backbones": args.backbone or d["backbones"],
                                  "budget": budget, "max_repeats": args.max_repeats, "shards": args.shards,
                                  "workers": args.workers, "pipeline_samples": args.pipeline_samples,
                                  "plain_samples": args.plain_samples}}
@@ -437,6 +452,10 @@ def main() -> None:
         if "per_rank_ms" in r:
             step["objective_fraction_per_rank"][str(r["m"])] = r["per_rank_ms"] / step["step_ms"]
     print(json.dumps(step), flush=True)
+    results["backbones"] = []
+    for backbone in results["options"]["backbones"]:
+        results["backbones"].append(bench_step(backbone, image_size, b, steps, device, budget, args.max_repeats))
+        print(json.dumps(results["backbones"][-1]), flush=True)
     if args.shards:
         results["pipeline"] = bench_pipeline(args.shards, b, image_size, args.workers, args.pipeline_samples,
                                              step["samples_per_s"], args.plain_samples, args.pipeline_repeats)
@@ -471,6 +490,16 @@ def main() -> None:
     for m, frac in step["objective_fraction"].items():
         per_rank = step["objective_fraction_per_rank"].get(m)
         print(f"| {m} | {100 * frac:.2f} | {'-' if per_rank is None else f'{100 * per_rank:.2f}'} |")
+
+    print(f"\n### Backbones ({step['image_size']} px, B = {b}, {step['precision']}; median of {steps} steps; each "
+          f"with its family's optimizer)\n")
+    print("| backbone | parameters | optimizer | step ms | samples/s | forward ms | backward ms | optimizer ms "
+          "| objective fwd+bwd at M=B: % of step |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in [step, *results["backbones"]]:
+        print(f"| {r['arch']} | {r['parameters'] / 1e6:.1f}M | {r['optimizer']} | {r['step_ms']:.1f} "
+              f"| {r['samples_per_s']:.1f} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | {r['optimizer_ms']:.1f} "
+              f"| {100 * r['objective_fraction_at_b']:.2f} |")
 
     if "pipeline" in results:
         p = results["pipeline"]

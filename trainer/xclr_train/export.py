@@ -140,4 +140,5 @@ def main(run_or_checkpoint: Path, out: Path, head: bool, onnx: bool) -> None:
     except TrainError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {config['library']} {config['architecture']} ({config['feature_dim']} features, "
-               f"{config['image_size']} px, step {config['training']['step']}) to {out}")
+               f"{config['image_size']} px, step {config['training']['step']}) to {out}: "
+               + ", ".join(sorted(p.name for p in out.iterdir())))
