@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from train_helpers import train_in_process
 from train_helpers import train_metrics as metrics
 
@@ -92,7 +93,12 @@ def test_another_architecture_or_patch_size_is_refused(tux_shards, tmp_path):
 
 def test_unknown_arch_and_bad_init_are_one_line_errors(tux_shards, tmp_path):
     args = ["--data", tux_shards, *SMALL, "--steps", "1", "--samples-per-epoch", "16", "--out", tmp_path / "run"]
+    resnet, _ = build_backbone(ModelConfig("timm:resnet18", 32, 32, 16))
+    save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, tmp_path / "resnet.safetensors")
     for extra, start in [(["--arch", "vit_nonexistent"], "Error: unknown --arch 'vit_nonexistent'"),
+                         ([*VIT, "--init", tmp_path / "resnet.safetensors"],
+                          f"Error: --init {tmp_path / 'resnet.safetensors'} does not fit test_vit: 78 of its weights "
+                          "missing"),
                          ([*VIT, "--init", tmp_path / "missing.safetensors"], "Error: cannot read weights from"),
                          (["--arch", "resnet18", "--patch-size", "4"], "Error: --patch-size: resnet18 has no patches")]:
         result = train_in_process(*args, *extra, check=False)

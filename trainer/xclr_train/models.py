@@ -16,6 +16,8 @@ layers (ResNets), "layernorm" otherwise (ViTs, ConvNeXt).
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +142,14 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
         given = set(read_weights(init))
     try:
         try:
-            net = timm.create_model(name, **kwargs)
+            with _quiet("timm"):  # its loader logs what it leaves out; that is checked below and said in one line
+                net = timm.create_model(name, **kwargs)
         except TypeError as exc:  # the constructor has no such argument: a convnet takes any input size
             if "img_size" not in str(exc):
                 raise
             del kwargs["img_size"]
-            net = timm.create_model(name, **kwargs)
+            with _quiet("timm"):
+                net = timm.create_model(name, **kwargs)
     except TypeError as exc:
         if "patch_size" not in str(exc):
             raise
@@ -161,6 +165,17 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
             raise ModelError(f"--init {init} does not fit {name}: {len(missing)} of its weights missing "
                              f"{missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}")
     return net, net.num_features
+
+
+@contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
