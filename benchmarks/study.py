@@ -5,8 +5,8 @@ Three corpora:
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
     alignment. Regimes heldout-VENDOR (openmoji, twitter) at 150 steps; heldout-openmoji-600 (also with the
-    crop-and-flip recipe, -crop; with a small ViT, -vit) and heldout-twitter-600 at 600; the budget check
-    heldout-openmoji-1200 and the low-data regime low-heldout-openmoji-600 (every third emoji);
+    crop-and-flip recipe, -crop; with a small ViT, -vit, and its finer patches, -vit-p4) and heldout-twitter-600 at
+    600; the budget check heldout-openmoji-1200 and the low-data regime low-heldout-openmoji-600 (every third emoji);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
   * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
@@ -71,6 +71,7 @@ class Regime:
 # A ViT of the convnet's size for the backbone check: timm's test_vit (0.26M parameters, width 64), 4x4 patches of
 # 8 px, trained with its family's recipe (weight decay 0.1, gradient clipping) at the convnet's peak learning rate.
 SMALL_VIT = ("--arch", "test_vit", "--patch-size", "8", "--lr", "0.0005")
+SMALL_VIT_P4 = ("--arch", "test_vit", "--patch-size", "4", "--lr", "0.0005")  # 64 patches of 4 px: about 4x the cost
 CLASS_MODE = ["--label-col", "label", "--classnames", "{tars}/classnames.txt"]
 EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category", "--no-clustering"]
 
@@ -93,6 +94,7 @@ CORPORA = {
         "low-heldout-openmoji-600": emoji("openmoji", every=3, steps=600),  # a third of the emoji
         "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
         "heldout-openmoji-600-vit": emoji("openmoji", steps=600, backbone=SMALL_VIT),  # the backbone check
+        "heldout-openmoji-600-vit-p4": emoji("openmoji", steps=600, backbone=SMALL_VIT_P4),  # finer patches
     },
     "fashion-mnist": {
         "full": Regime(["fashion-mnist", "--limit", "10000"], CLASS_MODE,

@@ -5,7 +5,8 @@ three seeds of each at the same budget. A one-seed difference d = X-CLR - SimCLR
 |d| > 2 sigma, sigma = sqrt(s_xclr^2 + s_simclr^2) from the study's seed standard deviations; otherwise it is within
 seed noise and no ranking is printed. The untrained backbone's figure (the study's random-init run) is printed beside
 them: a method within 2 s of it has not learned that metric at this budget. It ends with the study's longer runs
-(LONGER: 600 steps with either vendor held out, 1200 with OpenMoji; 3 seeds), which this budget cannot reproduce.
+(LONGER: 600 steps with either vendor held out, 1200 with OpenMoji, 600 with a small ViT; 3 seeds), which this
+budget cannot reproduce.
 
     .venv/bin/python benchmarks/verdict.py runs/demo/eval/results.json
 """
@@ -20,9 +21,10 @@ from pathlib import Path
 STUDY = Path(__file__).parent / "results" / "study.json"
 REGIME = ("emoji", "heldout-openmoji")
 LONGER = {"heldout-openmoji-600": "OpenMoji held out, 600 steps", "heldout-twitter-600": "Twitter held out, 600 steps",
-          "heldout-openmoji-1200": "OpenMoji held out, 1200 steps"}
+          "heldout-openmoji-1200": "OpenMoji held out, 1200 steps",
+          "heldout-openmoji-600-vit": "OpenMoji held out, 600 steps, small ViT"}
 SHOWN = {"xclr-groups": "X-CLR (groups)", "xclr-random": "X-CLR (random order)", "simclr": "SimCLR",
-             "supcon": "SupCon", "clip": "CLIP"}
+             "supcon": "SupCon", "clip": "CLIP", "random-init": "untrained"}
 METRICS = {"knn_accuracy": "kNN subcategory", "knn_accuracy@category": "kNN category",
            "linear_probe_accuracy": "linear subcategory", "caption_R@1": "caption R@1",
            "caption_alignment": "caption rho"}
@@ -66,7 +68,7 @@ def print_longer_runs(study: dict) -> None:
     for regime, title in LONGER.items():
         runs = study.get(regime, {})
         cells = [f"{label} {_mean_sd(runs[m]['knn_accuracy'])}" for m, label in SHOWN.items() if m in runs]
-        print(f"  {title:30} {', '.join(cells) or '(not in the study)'}")
+        print(f"  {title:40} {', '.join(cells) or '(not in the study)'}")
 
 
 def _mean_sd(values: list[float]) -> str:
