@@ -53,6 +53,10 @@ def test_init_loads_weights_and_refuses_what_does_not_fit(tmp_path):
         with pytest.raises(ModelError) as err:
             build_backbone(config, init=init)
         assert str(err.value).startswith(("--init", "cannot read weights")) and "\n" not in str(err.value), err.value
+    big_stem, _ = build_backbone(ModelConfig("resnet18", 224, 16, 8))  # a 7x7 stem where 32 px has a 3x3 one
+    torch.save(big_stem.state_dict(), tmp_path / "r224.pt")
+    with pytest.raises(ModelError, match=r"does not fit resnet18: size mismatch for conv1.weight"):
+        build_backbone(ModelConfig("resnet18", 32, 16, 8), init=tmp_path / "r224.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read weights from"):
         build_backbone(ModelConfig("convnet", 32, 16, 8), init=tmp_path / "bad.pt")

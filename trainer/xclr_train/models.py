@@ -83,11 +83,12 @@ def build_backbone(config: ModelConfig, init: Path | None = None) -> tuple[nn.Mo
         raise ModelError(f"--patch-size: {config.arch} has no patches")
     net, dim = _convnet() if config.arch == CONVNET else _resnet(config.arch, config.image_size <= SMALL_IMAGE_MAX)
     if init is not None:
-        state = {k: v for k, v in read_weights(init).items() if not k.startswith("fc.")}
+        state = read_weights(init)
+        _check_fit(net, set(state), ("fc",), init, config.arch)
         try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelError(f"--init {init} does not fit {config.arch}: {_first_line(exc)}") from None
+            net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+        except RuntimeError as exc:  # a weight of another shape
+            raise ModelError(f"--init {init} does not fit {config.arch}: {_load_error(exc)}") from None
     return net, dim
 
 
@@ -154,17 +155,27 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
         if "patch_size" not in str(exc):
             raise
         raise ModelError(f"--patch-size: timm's {name} has no patches") from None
-    except RuntimeError as exc:  # timm's loader: mis-shaped weights
-        raise ModelError(f"--init {init} does not fit {name}: {_first_line(exc)}") from None
+    except RuntimeError as exc:  # timm's loader: a weight of another shape
+        raise ModelError(f"--init {init} does not fit {name}: {_load_error(exc)}") from None
     if init is not None:
         classifiers = net.pretrained_cfg.get("classifier") or ()
-        classifiers = (classifiers,) if isinstance(classifiers, str) else classifiers
-        missing = sorted(set(net.state_dict()) - given)
-        unexpected = sorted(k for k in given - set(net.state_dict()) if k.split(".")[0] not in classifiers)
-        if missing or unexpected:
-            raise ModelError(f"--init {init} does not fit {name}: {len(missing)} of its weights missing "
-                             f"{missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}")
+        _check_fit(net, given, (classifiers,) if isinstance(classifiers, str) else tuple(classifiers), init, name)
     return net, net.num_features
+
+
+def _check_fit(net: nn.Module, given: set[str], classifiers: tuple[str, ...], init: Path, name: str) -> None:
+    """ModelError unless the weight names `given` are the model's, less nothing and plus at most a classifier's."""
+    missing = sorted(set(net.state_dict()) - given)
+    unexpected = sorted(k for k in given - set(net.state_dict()) if k.split(".")[0] not in classifiers)
+    if missing or unexpected:
+        raise ModelError(f"--init {init} does not fit {name}: {len(missing)} of its weights missing "
+                         f"{missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}")
+
+
+def _load_error(exc: RuntimeError) -> str:
+    """The first specific line of torch's load_state_dict error (its first line only names the module)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else "")
 
 
 @contextmanager
