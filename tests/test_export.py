@@ -4,6 +4,7 @@ ResNet, onnxruntime), gives xclr-eval's features on the same images; a damaged c
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime
@@ -97,19 +98,24 @@ def test_every_exported_form_gives_xclr_evals_features(exported):
 
 
 def test_an_export_can_start_a_new_run(exported, tux_shards, tmp_path):
-    """--init with an export's model.safetensors: at lr 0 the new run's backbone is the exported one."""
+    """--init with an export's model.safetensors: at lr 0 the new run's backbone is the exported one; a resume no
+    longer needs the file."""
     folder, _, _ = exported
     config = json.loads((folder / "config.json").read_text())
     options = config["training"]["options"]
     patch = ["--patch-size", str(options["patch_size"])] if options["patch_size"] else []
-    train_in_process("--data", tux_shards, "--out", tmp_path / "run", "--arch", options["arch"], *patch,
-                     "--image-size", "32", "--proj-hidden", "32", "--batch-size", "16", "--steps", "1",
-                     "--samples-per-epoch", "16", "--workers", "0", "--no-progress", "--lr", "0",
-                     "--init", folder / "model.safetensors")
+    init = tmp_path / "init.safetensors"
+    shutil.copy(folder / "model.safetensors", init)
+    args = ["--data", tux_shards, "--out", tmp_path / "run", "--arch", options["arch"], *patch, "--image-size", "32",
+            "--proj-hidden", "32", "--batch-size", "16", "--steps", "1", "--samples-per-epoch", "16", "--workers",
+            "0", "--no-progress", "--lr", "0", "--init", init]
+    train_in_process(*args)
     state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["model"]
     for key, value in load_file(folder / "model.safetensors").items():
         if "running" not in key and "num_batches" not in key:  # BatchNorm statistics move even at lr 0
             assert torch.equal(state[f"backbone.{key}"], value), key
+    init.unlink()  # a resumed run takes its weights from the checkpoint, not from --init
+    train_in_process(*args, "--resume", "latest")
 
 
 def test_a_damaged_checkpoint_is_a_one_line_error_and_writes_nothing(exported, tmp_path):

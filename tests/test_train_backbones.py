@@ -59,6 +59,21 @@ def test_timm_backbones_train_under_every_objective_family(tux_shards, tmp_path,
     assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
 
 
+def test_clipping_bounds_the_update(tux_shards, tmp_path):
+    """One AdamW step of the ViT from the same weights: clipped to a global norm of 1e-9, every gradient is far below
+    AdamW's eps, so the weights move at least 10x less than with the recipe's clipping at 3."""
+    moved = {}
+    for clip in ("3", "1e-9"):
+        run = tmp_path / f"clip-{clip}"
+        train_in_process("--data", tux_shards, "--out", run, *VIT, *SMALL, "--steps", "1", "--samples-per-epoch",
+                         "16", "--warmup-steps", "1", "--lr", "0.01", "--clip-grad", clip)
+        assert json.loads((run / "config.json").read_text())["clip_grad"] == float(clip)
+        torch.manual_seed(0)
+        initial = build_backbone(ModelConfig("test_vit", 32, 32, 16, 8))[0].state_dict()
+        moved[clip] = max((v - initial[k]).abs().max().item() for k, v in backbone_state(run).items())
+    assert moved["1e-9"] < moved["3"] / 10, moved
+
+
 def test_a_resumed_vit_run_repeats_the_uninterrupted_one(tux_shards, tmp_path):
     """Resumed from its epoch-1 checkpoint, a ViT run's epoch 2 gives the same losses and weights, bit for bit."""
     args = ["--data", tux_shards, *VIT, *SMALL, "--steps", "4", "--samples-per-epoch", "32"]

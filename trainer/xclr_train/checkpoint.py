@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from xclr_schemas.atomic import write_atomic
-from xclr_train.errors import TrainError
+from xclr_train.errors import TrainError, first_line
 from xclr_train.models import Encoder, ModelConfig
 
 
@@ -33,8 +33,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
         write_atomic(path, lambda tmp: torch.save(state, tmp))
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError of its zip writer
         free = shutil.disk_usage(path.parent).free / 2**30
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"could not write checkpoint {path} ({free:.1f} GiB free there): {reason}") from None
+        raise CheckpointError(f"could not write checkpoint {path} ({free:.1f} GiB free there): {first_line(exc)}") \
+            from None
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -34,7 +34,7 @@ from torch import nn
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_train.augment import MEAN, STD
 from xclr_train.checkpoint import read_checkpoint, read_encoder
-from xclr_train.errors import TrainError
+from xclr_train.errors import TrainError, first_line
 from xclr_train.models import SMALL_IMAGE_MAX, Encoder, library, timm_name
 
 WEIGHTS, HEAD, ONNX = "model.safetensors", "head.safetensors", "model.onnx"
@@ -112,7 +112,7 @@ def write_onnx(backbone: nn.Module, image_size: int, path: Path) -> None:
         torch.onnx.export(backbone, (check,), str(path), input_names=["images"], output_names=["features"],
                           dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     except Exception as exc:  # the exporter raises many types for an operator it cannot express
-        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}") from None
     with torch.no_grad():
         expected = backbone(check).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from xclr_train.errors import TrainError
+from xclr_train.errors import TrainError, first_line
 
 SMALL_IMAGE_MAX = 64  # torchvision ResNets get the small-image stem up to this size
 TORCHVISION = {"resnet50": models.resnet50, "resnet18": models.resnet18}
@@ -56,8 +56,10 @@ def timm_name(arch: str) -> str | None:
 
 
 def library(arch: str) -> str:
-    """Where the backbone's code lives: "torchvision", "timm" or "xclr" (convnet)."""
-    return "torchvision" if arch in TORCHVISION else "xclr" if arch == CONVNET else "timm"
+    """Where the backbone's code lives: "timm", "xclr" (convnet) or "torchvision"."""
+    if timm_name(arch) is not None:
+        return "timm"
+    return "xclr" if arch == CONVNET else "torchvision"
 
 
 def check_arch(arch: str) -> None:
@@ -100,7 +102,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
         return load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
                                                                               weights_only=True)
     except Exception as exc:  # safetensors and torch raise many types for a missing, damaged or foreign file
-        raise ModelError(f"cannot read weights from {path} ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelError(f"cannot read weights from {path} ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _resnet(arch: str, small_stem: bool) -> tuple[nn.Module, int]:
@@ -133,7 +135,6 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
     """timm's `name` with num_classes=0; img_size=image_size when the model takes it (its constructor names it).
     `init` goes through timm's loader (which adapts a position embedding to the image size) and must hold every
     weight of the model and nothing else but a classifier: timm itself only logs what it leaves out."""
-    import timm
 
     kwargs: dict = {"num_classes": 0, "img_size": image_size}
     if patch_size is not None:
@@ -142,15 +143,8 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(init)})
         given = set(read_weights(init))
     try:
-        try:
-            with _quiet("timm"):  # its loader logs what it leaves out; that is checked below and said in one line
-                net = timm.create_model(name, **kwargs)
-        except TypeError as exc:  # the constructor has no such argument: a convnet takes any input size
-            if "img_size" not in str(exc):
-                raise
-            del kwargs["img_size"]
-            with _quiet("timm"):
-                net = timm.create_model(name, **kwargs)
+        with _quiet("timm"):  # its loader logs what it leaves out; that is checked below and said in one line
+            net = _create_timm(name, kwargs)
     except TypeError as exc:
         if "patch_size" not in str(exc):
             raise
@@ -161,6 +155,18 @@ def _timm(name: str, image_size: int, patch_size: int | None, init: Path | None)
         classifiers = net.pretrained_cfg.get("classifier") or ()
         _check_fit(net, given, (classifiers,) if isinstance(classifiers, str) else tuple(classifiers), init, name)
     return net, net.num_features
+
+
+def _create_timm(name: str, kwargs: dict) -> nn.Module:
+    """timm.create_model, without img_size for a model whose constructor has none (a convnet takes any size)."""
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc):
+            raise
+    return timm.create_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"})
 
 
 def _check_fit(net: nn.Module, given: set[str], classifiers: tuple[str, ...], init: Path, name: str) -> None:
@@ -187,10 +193,6 @@ def _quiet(logger: str):
         yield
     finally:
         log.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def family(backbone: nn.Module) -> str:

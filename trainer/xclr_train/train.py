@@ -154,7 +154,9 @@ def set_up(cfg: TrainConfig) -> Session:
     torch.manual_seed(cfg.seed)
     mconf = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim),
                         cfg.patch_size)
-    encoder = Encoder(mconf, Path(cfg.init) if cfg.init else None)
+    resume_from = _checkpoint_to_resume(cfg)
+    # --init only starts a new run: a resumed one takes every weight from its checkpoint
+    encoder = Encoder(mconf, Path(cfg.init) if cfg.init and resume_from is None else None)
     settings = resolve(family(encoder.backbone), cfg.batch_size * dist.world_size, cfg.optimizer, cfg.lr,
                        cfg.weight_decay, cfg.clip_grad)
     cfg = replace(cfg, **asdict(settings))  # config.json and every resume see the resolved values
@@ -170,7 +172,7 @@ def set_up(cfg: TrainConfig) -> Session:
         if precision != "fp32" else nullcontext()
     s = Session(cfg, dist, Path(cfg.out), schedule, objective, ddp, optimizer, scaler, autocast, loader, stream, mconf,
                 0, 0, torch.zeros(len(REASONS), dtype=torch.long))
-    _start(s)
+    _start(s, resume_from)
     return s
 
 
@@ -281,23 +283,27 @@ def _options(cfg: TrainConfig, objective: Objective, world_size: int) -> dict:
     return {**options, **own, "world_size": world_size}
 
 
-def _start(s: Session) -> None:
-    """Where `s` starts: a new run (writes config.json), or the checkpoint named by --resume.
+def _checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint --resume names, or None for a new run: ``--resume latest`` with no latest.pt yet starts a new
+    run (as open_clip does), so one command line serves the first start and every restart (torchrun
+    --max-restarts)."""
+    latest = Path(cfg.out) / CHECKPOINTS / LATEST
+    if cfg.resume == "latest":
+        return latest if latest.exists() else None
+    return None if cfg.resume is None else Path(cfg.resume)
 
-    ``--resume latest`` with no latest.pt yet starts a new run (as open_clip does), so one command line serves the
-    first start and every restart (torchrun --max-restarts).
-    """
+
+def _start(s: Session, path: Path | None) -> None:
+    """Where `s` starts: a new run (writes config.json), or the checkpoint `path`."""
     cfg, run = s.cfg, s.run
     options = _options(cfg, s.objective, s.dist.world_size)
-    latest = run / CHECKPOINTS / LATEST
-    if cfg.resume is None or (cfg.resume == "latest" and not latest.exists()):
-        if cfg.resume is None and latest.exists():
+    if path is None:
+        if cfg.resume is None and (run / CHECKPOINTS / LATEST).exists():
             raise CheckpointError(f"{run} already holds a run: resume it with --resume latest or choose another --out")
         if s.dist.is_main:
             run.mkdir(parents=True, exist_ok=True)
             (run / CONFIG).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
         return
-    path = latest if cfg.resume == "latest" else Path(cfg.resume)
     state = load_checkpoint(path, asdict(s.model_config))
     theirs = state["config"]
     changed = sorted(k for k in set(options) | set(theirs) if options.get(k) != theirs.get(k))
