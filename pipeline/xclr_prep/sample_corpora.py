@@ -7,6 +7,8 @@ offline).
   ``.txt`` beside each PNG (a few have none), the label is the top-level category folder.
 - Fashion-MNIST (`dataset-fashion-mnist`): 60k train + 10k test 28x28 grey images of 10 classes, for class-label
   mode (no captions: the caption is a template of the class name).
+- Scene captions (`xclr_prep.scene_captions`): any number of unique caption-like texts composed from WordNet,
+  each paired with a Fashion-MNIST image (cycled), for runs at CC3M-like sizes.
 - Emoji of three vendors (npm `emoji-datasource-google`, `emoji-datasource-twitter` 16.0.0 and `openmoji` 17.0.0,
   unpacked into the venv by ``scripts/setup_env.sh``): about 1,900 emoji and 1,900 skin-tone variants per vendor.
   The caption is the emoji's name from emoji-datasource's ``emoji.json`` (lower case), the same text for every
@@ -18,6 +20,7 @@ Used by the README's main job, the tests and the benchmarks. Run as a module to 
     python -m xclr_prep.sample_corpora wordnet OUT.parquet [--limit N]
     python -m xclr_prep.sample_corpora tuxpaint OUT_DIR [--per-tar 100]
     python -m xclr_prep.sample_corpora fashion-mnist OUT_DIR [--split train] [--limit N] [--per-tar 10000]
+    python -m xclr_prep.sample_corpora scenes OUT_DIR --n 1000000 [--seed 0] [--per-tar 10000]
     python -m xclr_prep.sample_corpora emoji OUT_DIR [--vendor google ...] [--every N] [--per-tar 1000]
 """
 
@@ -138,6 +141,33 @@ def write_fashion_mnist_tars(out_dir: Path, split: str = "train", limit: int | N
             members[f"{key}.png"] = buf.getvalue()
             members[f"{key}.json"] = json.dumps({"label": int(labels[i])}).encode()
         tars.append(_write_tar(out_dir / f"{split}-{shard:05d}.tar", members))
+    return tars
+
+
+def write_scene_tars(out_dir: Path, n: int, seed: int = 0, per_tar: int = 10_000) -> list[Path]:
+    """Write `n` scene captions (seeded) as img2dataset-style tars ``NNNNN.tar`` (KEY.png, KEY.txt); sample i
+    gets Fashion-MNIST image i mod 70,000 (train, then test)."""
+    from PIL import Image
+
+    from xclr_prep.scene_captions import captions
+
+    images = np.concatenate([fashion_mnist("train")[0], fashion_mnist("test")[0]])
+    texts = captions(n, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs: dict[int, bytes] = {}
+    tars = []
+    for shard, start in enumerate(range(0, n, per_tar)):
+        members = {}
+        for i in range(start, min(n, start + per_tar)):
+            image = i % len(images)
+            if image not in pngs:
+                buf = io.BytesIO()
+                Image.fromarray(images[image]).save(buf, format="PNG")
+                pngs[image] = buf.getvalue()
+            key = f"{shard:05d}{i - start:0{len(str(per_tar - 1))}d}"
+            members[f"{key}.png"] = pngs[image]
+            members[f"{key}.txt"] = texts[i].encode("utf-8")
+        tars.append(_write_tar(out_dir / f"{shard:05d}.tar", members))
     return tars
 
 
@@ -297,6 +327,17 @@ def fashion_mnist_command(out_dir: Path, split: str, limit: int | None, per_tar:
     """Fashion-MNIST as img2dataset-style tars for class-label mode."""
     tars = write_fashion_mnist_tars(out_dir, split, limit, per_tar)
     click.echo(f"wrote {len(tars)} tars to {out_dir}")
+
+
+@main.command("scenes")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", type=click.IntRange(min=1), required=True, help="Number of samples (each a unique caption).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-tar", type=click.IntRange(min=1), default=10_000, show_default=True)
+def scenes_command(out_dir: Path, n: int, seed: int, per_tar: int) -> None:
+    """Generated scene captions with Fashion-MNIST images as img2dataset-style tars."""
+    tars = write_scene_tars(out_dir, n, seed, per_tar)
+    click.echo(f"wrote {n} samples in {len(tars)} tars to {out_dir}")
 
 
 @main.command("emoji")
