@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from xclr_prep import knn
@@ -36,7 +35,7 @@ from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
 from xclr_prep.search_stage import GraphPlan, SearchWorker, create_neighbors_file, search_graph
-from xclr_prep.shard_stage import ShardOptions, ShardWorker, run_shards
+from xclr_prep.shard_stage import EmbedParts, ShardOptions, ShardWorker, run_shards
 from xclr_schemas import (
     GRAPH_SCHEMA_VERSION,
     MANIFEST,
@@ -46,9 +45,7 @@ from xclr_schemas import (
     EmbedDirError,
     GraphDirError,
     load_graph,
-    read_captions,
     read_manifest,
-    read_samples,
 )
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
 from xclr_schemas.names import GRAPH, PLAN
@@ -221,20 +218,15 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_man
 
 def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, embed_manifest: dict, embed_sha: str,
                   rows: EmbeddingRows, invalid: np.ndarray, device: str) -> dict:
-    samples = read_samples(opts.embed_dir, embed_manifest)
-    captions = read_captions(opts.embed_dir, embed_manifest)
-    neighbor_ids = load_graph(graph_dir).neighbors["id"]
-    caption_of = samples.column("caption_id").to_numpy()
-    bad_caption = np.isin(caption_of, invalid)
-    eligible = np.flatnonzero(~bad_caption)
+    caption_ok = np.ones(rows.n, dtype=bool)
+    caption_ok[invalid] = False
     n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, 1)  # one shard writer per CPU
-    actors = start_pool(ShardWorker, n, cpus, 0, str(opts.embed_dir), str(graph_dir), str(opts.out),
+    parts = EmbedParts.of(embed_manifest)
+    actors = start_pool(ShardWorker, n, cpus, 0, str(opts.embed_dir), str(graph_dir), str(opts.out), parts,
                         opts.shards.with_embeddings, cpus)
-    result = run_shards(actors, opts.out, samples, captions, neighbor_ids, eligible, graph_manifest["k"], rows.dim,
-                        opts.shards, opts.progress)
+    result = run_shards(actors, opts.out, opts.embed_dir, parts, caption_ok, load_graph(graph_dir).neighbors["id"],
+                        graph_manifest["k"], rows.dim, opts.shards, opts.progress)
     skipped = result["skipped"]
-    if bad_caption.any():
-        skipped = dict(sorted({**skipped, "caption_embedding_invalid": int(bad_caption.sum())}.items()))
     kept = embed_manifest["counts"]["kept"]
     if result["written"] + sum(skipped.values()) != kept:
         raise RuntimeError(f"count mismatch: {kept} samples in, {result['written']} written, {skipped} skipped")
@@ -252,8 +244,7 @@ def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, emb
         "options": asdict(opts.shards),
         "counts": {"samples_in": kept, "written": result["written"], "skipped": skipped,
                    "skipped_total": sum(skipped.values()), "shards": len(result["shards"])},
-        "skipped_examples": {"image_undecodable": samples.column("key").take(
-            pa.array(result["undecodable"][:20], pa.int64())).to_pylist()},
+        "skipped_examples": {"image_undecodable": result["undecodable"][:20]},
         "groups": result["groups"],
         "shards": result["shards"],
         "run": {"workers": n, "cpus_per_worker": cpus, **result["timing"]},

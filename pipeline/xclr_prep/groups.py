@@ -38,6 +38,7 @@ def neighbour_groups(caption_of: np.ndarray, neighbor_ids: np.ndarray, group_siz
     order = np.empty(n, dtype=np.int64)
     sizes: list[int] = []
     pos = 0
+    seeds = rng.permutation(n)
 
     def take(c: int, m: int) -> None:
         nonlocal pos
@@ -46,7 +47,7 @@ def neighbour_groups(caption_of: np.ndarray, neighbor_ids: np.ndarray, group_siz
         used[c] += m
         pos += m
 
-    for s in rng.permutation(n).tolist():
+    for s in (s for lo in range(0, n, _CHUNK) for s in seeds[lo:lo + _CHUNK].tolist()):
         c = int(caption_of[s])
         if used[c] == count[c]:
             continue

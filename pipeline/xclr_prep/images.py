@@ -1,22 +1,23 @@
 """Where each sample's image bytes are, and whether they decode.
 
-`locate` turns the embed directory's image references (see `xclr_schemas.embed_dir`) into byte ranges
+`locate_rows` turns the embed directory's image references (see `xclr_schemas.embed_dir`) into byte ranges
 (blob path, offset, size) that a shard writer reads with one ``pread`` (or one ranged GET for a URL, see
 `xclr_schemas.storage`), in any order:
 
 - member of a plain tar: the tar itself, at the member's data offset (headers are read, data is not);
 - member of a compressed tar: the tar is decompressed once into ``stage_dir`` and read from there;
-- bytes column of a table: the column is copied once into a blob file in ``stage_dir``;
+- bytes column of a table: the rows of one embed part are copied once into a blob file in ``stage_dir``;
 - image file: the file, offset 0.
 
-A sample whose image cannot be found is skipped with reason ``no_image`` (the corpus row had none) or
-``image_missing`` (the member, row or file named is not there). `check_image` checks that the bytes decode and
-names the format; a failure is reason ``image_undecodable``.
+A sample whose image cannot be found gets size NO_IMAGE (the corpus row had none; skip reason ``no_image``) or
+IMAGE_MISSING (the member, row or file named is not there; ``image_missing``). `check_image` checks that the
+bytes decode and names the format; a failure is reason ``image_undecodable``.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import shutil
 import tarfile
@@ -32,34 +33,53 @@ from xclr_schemas import storage
 from xclr_schemas.atomic import write_atomic
 from xclr_schemas.shards import IMAGE_SUFFIX_OF_FORMAT
 
-LOCATION_SCHEMA = pa.schema([("sample", pa.int64()), ("blob", pa.string()), ("offset", pa.int64()),
-                             ("size", pa.int64())])
+LOCATION_SCHEMA = pa.schema([("blob", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
+NO_IMAGE, IMAGE_MISSING = -1, -2  # the size of a sample whose image was not located, by reason
 
 
-def locate(kind: str, source: str, refs: list, samples: np.ndarray, stage_path: Path) -> tuple[pa.Table, int]:
-    """(LOCATION_SCHEMA table of the samples found, number not found) for samples of one source.
+def locate_rows(samples: pa.Table, stage_dir: Path, part: int) -> pa.Table:
+    """LOCATION_SCHEMA, one row per row of `samples` (SAMPLES_SCHEMA, part `part` of an embed directory), in order.
 
-    ``refs[i]`` points at the image of sample ``samples[i]``: its member name (kind "tar", `source` the tar), its
-    (column, row) (kind "column", `source` the Parquet file) or its path (kind "file"; `source` unused).
+    Samples are located source by source. A compressed tar is staged as ``stage_dir/SOURCE_DIGEST.tar``, once for
+    every part that uses it; an image column as ``stage_dir/pPART-SOURCE_DIGEST.blob``, its rows of this part only.
     """
-    if kind == "file":
-        found = [(s, p, 0, storage.file_size(p)) for s, p in zip(samples.tolist(), refs) if storage.is_file(p)]
-    elif kind == "tar":
-        found = _locate_in_tar(source, refs, samples, stage_path)
-    else:
-        found = _locate_in_column(source, refs, samples, stage_path)
-    columns = list(zip(*found)) if found else [[] for _ in LOCATION_SCHEMA]
-    table = pa.table([pa.array(c, f.type) for c, f in zip(columns, LOCATION_SCHEMA)], schema=LOCATION_SCHEMA)
-    return table, len(samples) - len(found)
+    encoded = samples.column("image_source").combine_chunks().dictionary_encode()
+    sources, codes = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
+    members = samples.column("image_member").to_numpy(zero_copy_only=False)
+    rows = samples.column("image_row").to_numpy()
+    n = samples.num_rows
+    blob = np.full(n, "", dtype=object)
+    offset = np.zeros(n, dtype=np.int64)
+    size = np.full(n, IMAGE_MISSING, dtype=np.int64)
+    by_source = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[by_source], np.arange(len(sources) + 1))
+    for code, source in enumerate(sources):
+        of_source = by_source[bounds[code]:bounds[code + 1]]
+        if source == "":
+            size[of_source] = NO_IMAGE
+            continue
+        digest = hashlib.sha1(source.encode()).hexdigest()[:16]
+        for kind, picked in (("column", of_source[rows[of_source] >= 0]),
+                             ("tar", of_source[(rows[of_source] < 0) & (members[of_source] != "")]),
+                             ("file", of_source[(rows[of_source] < 0) & (members[of_source] == "")])):
+            if not len(picked):
+                continue
+            if kind == "file":
+                found = [(i, source, 0, storage.file_size(source)) for i in picked.tolist() if storage.is_file(source)]
+            elif kind == "tar":
+                found = _locate_in_tar(source, members[picked].tolist(), picked, stage_dir / f"{digest}.tar")
+            else:
+                found = _locate_in_column(source, list(zip(members[picked].tolist(), rows[picked].tolist())),
+                                          picked, stage_dir / f"p{part:05d}-{digest}.blob")
+            for i, path, start, length in found:
+                blob[i], offset[i], size[i] = path, start, length
+    return pa.table([pa.array(blob, pa.string()), offset, size], schema=LOCATION_SCHEMA)
 
 
 def _locate_in_tar(path: str, members: list[str], samples: np.ndarray, stage_path: Path) -> list[tuple]:
     if path.lower().endswith((".gz", ".tgz")):
-        def decompress(tmp: Path) -> None:
-            with storage.open_input(path) as raw, gzip.open(raw, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-
-        write_atomic(stage_path, decompress)
+        if not stage_path.exists():  # staged by an earlier part otherwise
+            write_atomic(stage_path, lambda tmp: _decompress(path, tmp))
         path = str(stage_path)
     size = storage.file_size(path)
     where: dict[str, tuple[int, int]] = {}
@@ -71,6 +91,11 @@ def _locate_in_tar(path: str, members: list[str], samples: np.ndarray, stage_pat
     except (OSError, tarfile.TarError):
         pass  # members read before the damage are still located; the rest count as missing
     return [(s, path, *where[m]) for s, m in zip(samples.tolist(), members) if m in where]
+
+
+def _decompress(path: str, tmp: Path) -> None:
+    with storage.open_input(path) as raw, gzip.open(raw, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _locate_in_column(path: str, refs: list[tuple[str, int]], samples: np.ndarray, stage_path: Path) -> list[tuple]:

@@ -1,8 +1,8 @@
 """Writing one training shard: its samples in, a WebDataset tar and a done marker out (xclr_schemas.shards).
 
-Runs with or without Ray. The tar is written under a temporary name, fsynced and renamed, and only then is the
-done marker written: a shard whose marker exists is complete. Tar headers carry no time, owner or mode of this
-machine, so the same samples give the same bytes on every run.
+Runs with or without Ray. The tar is written under a temporary name, fsynced and renamed; the caller then writes
+the done marker (`done_marker`), so a shard whose marker exists is complete. Tar headers carry no time, owner or
+mode of this machine, so the same samples give the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from xclr_prep.images import check_image
 from xclr_schemas import npy_bytes, shard_name
-from xclr_schemas.atomic import write_atomic, write_json_atomic
+from xclr_schemas.atomic import write_atomic
 from xclr_schemas.names import DONE
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX, TEXT_SUFFIX
 from xclr_schemas.storage import read_range
@@ -50,7 +50,8 @@ def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray,
     ``embeddings[i]`` (fp16) being those of sample i. Images that do not decode are skipped and listed.
 
     Samples are read, checked and written CHUNK at a time, so memory is one chunk of images whatever the shard size.
-    Returns the done marker: index, name, samples written, bytes, skipped {reason: count}, skipped samples.
+    Returns the done marker's content: index, name, samples written, bytes, skipped {reason: count}, and the
+    skipped samples and their keys.
     """
     cols = {c: samples.column(c).to_pylist() for c in SHARD_INPUT_COLUMNS}
     name = shard_name(index)
@@ -63,7 +64,7 @@ def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray,
                 images = list(pool.map(read_range, *(cols[c][lo:chunk.stop] for c in ("blob", "offset", "size"))))
                 for i, image, suffix in zip(chunk, images, pool.map(check_image, images)):
                     if suffix is None:
-                        skipped.append(cols["sample"][i])
+                        skipped.append(i)
                         continue
                     f.write(b"".join(_member(f"{cols['key'][i]}.{member}", data)
                                      for member, data in _members(cols, i, suffix, image, neighbors, embeddings)))
@@ -73,11 +74,9 @@ def write_shard(out: Path, index: int, samples: pa.Table, neighbors: np.ndarray,
     written = samples.num_rows - len(skipped)
     if not written:
         (out / name).unlink()
-    marker = {"index": index, "name": name, "samples": written,
-              "bytes": (out / name).stat().st_size if written else 0,
-              "skipped": {"image_undecodable": len(skipped)} if skipped else {}, "skipped_samples": skipped}
-    write_json_atomic(done_marker(out, index), marker)
-    return marker
+    return {"index": index, "name": name, "samples": written, "bytes": (out / name).stat().st_size if written else 0,
+            "skipped": {"image_undecodable": len(skipped)} if skipped else {},
+            "skipped_samples": [cols["sample"][i] for i in skipped], "skipped_keys": [cols["key"][i] for i in skipped]}
 
 
 def _members(cols: dict, i: int, suffix: str, image: bytes, neighbors: np.ndarray,
