@@ -7,6 +7,7 @@ import pytest
 from data_helpers import cosine_rows
 from sentence_transformers import SentenceTransformer
 
+from xclr_prep import embed_part
 from xclr_prep.captions import normalise
 from xclr_prep.corpus import CorpusSpec, InputFile
 from xclr_prep.dedup import assign_caption_ids
@@ -15,7 +16,9 @@ from xclr_prep.scan import read_digests, scan_file
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_parts_equal_a_direct_sentence_transformers_encode(tmp_path, encoder, model_path, wordnet, dtype):
+def test_parts_equal_a_direct_sentence_transformers_encode(tmp_path, encoder, model_path, wordnet, dtype,
+                                                           monkeypatch):
+    monkeypatch.setattr(embed_part, "ENCODE_CHUNK", 64)  # parts of 150 rows are encoded and written in 3 chunks
     table = wordnet.slice(0, 400)
     captions = table.column("caption").to_pylist()
     # add 40 rows repeating earlier captions under new keys, with different whitespace

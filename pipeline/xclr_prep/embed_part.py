@@ -2,6 +2,8 @@
 
 Runs with or without Ray. Files are published atomically; the done marker is written last, so a part whose
 marker exists is complete, and a part killed mid-way is simply done again.
+
+Captions are encoded and written ENCODE_CHUNK at a time, so a worker's memory does not grow with the part size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from xclr_prep.dedup import PartIds
 from xclr_prep.encoder import Encoder
 from xclr_schemas import CAPTIONS_SCHEMA, SAMPLES_SCHEMA, part_paths
 from xclr_schemas.atomic import write_atomic, write_json_atomic
+
+ENCODE_CHUNK = 16_384
 
 
 def write_embed_part(
@@ -37,20 +41,25 @@ def write_embed_part(
         },
         schema=SAMPLES_SCHEMA,
     )
-    texts = scan.column("caption").filter(pa.array(ids.is_first)).to_pylist()
+    texts = scan.column("caption").filter(pa.array(ids.is_first))
     if len(texts) != ids.end - ids.start:
         raise RuntimeError(f"{scan_path} holds {len(texts)} new captions, the caption ids say {ids.end - ids.start}")
-    started = time.perf_counter()
-    embeddings = encoder.encode(texts).astype(dtype)
-    seconds = time.perf_counter() - started
     captions = pa.table({"caption_id": np.arange(ids.start, ids.end, dtype=np.int64), "text": texts},
                         schema=CAPTIONS_SCHEMA)
-
     files = part_paths(out, index)
+    seconds = 0.0
 
     def save_npy(path: Path) -> None:
-        with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
-            np.save(f, embeddings, allow_pickle=False)
+        nonlocal seconds
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                  "shape": (len(texts), encoder.dim)}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for lo in range(0, len(texts), ENCODE_CHUNK):
+                started = time.perf_counter()
+                chunk = encoder.encode(texts.slice(lo, ENCODE_CHUNK).to_pylist()).astype(dtype)
+                seconds += time.perf_counter() - started
+                f.write(chunk.tobytes())
 
     write_atomic(files["embeddings"], save_npy)
     write_atomic(files["captions"], lambda p: pq.write_table(captions, p))
