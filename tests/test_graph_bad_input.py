@@ -95,6 +95,7 @@ def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
     run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", "--index", method, "--k", "10", *FAST)
     graph = load_graph(tmp_path / "out" / "graph")
     assert graph.manifest["method"] == method and graph.manifest["index"]["parameter"] in ("nprobe", "efSearch")
+    assert graph.manifest["engines"] == [{"search": "faiss-cpu", "exact": "faiss-cpu"}]
     rows = EmbeddingRows(tmp_path / "embed")
     x16 = x.astype(np.float16).astype(np.float32)
     ids = np.arange(len(x))

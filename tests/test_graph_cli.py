@@ -68,6 +68,7 @@ def test_exact_graph_equals_numpy_brute_force(tux_embed, tux_shards):
     assert_topk_equal(graph.neighbors["sim"], graph.neighbors["id"], ref_sims, ref_ids)
     m = graph.manifest
     assert m["method"] == "exact" and m["recall"]["measured"] == 1.0
+    assert m["engines"] == [{"search": "faiss-cpu", "exact": "faiss-cpu"}] and m["run"]["device"] == "cpu"
     x = embed.embeddings.astype(np.float64)
     off_diagonal = (x @ x.T)[~np.eye(len(x), dtype=bool)]
     assert m["background_similarity"]["mean"] == pytest.approx(off_diagonal.mean(), abs=0.003)

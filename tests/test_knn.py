@@ -49,6 +49,21 @@ def test_torch_path_equals_faiss_path(small, monkeypatch):
     assert_topk_equal(torch_sims, torch_ids, faiss_sims.astype(np.float64), faiss_ids, atol=1e-5)
 
 
+@pytest.mark.parametrize("method, device, faiss_gpus, engine", [
+    ("exact", "cpu", 0, "faiss-cpu"), ("ivf", "cpu", 0, "faiss-cpu"), ("hnsw", "cpu", 0, "faiss-cpu"),
+    ("exact", "cpu", 2, "faiss-cpu"),  # a CPU worker on a GPU node stays on the CPU
+    ("exact", "cuda", 1, "faiss-gpu"), ("ivf", "cuda", 1, "faiss-gpu"), ("hnsw", "cuda", 1, "faiss-cpu"),
+    ("exact", "cuda", 0, "torch-cuda"), ("ivf", "cuda", 0, "faiss-cpu"), ("hnsw", "cuda", 0, "faiss-cpu"),
+])
+def test_engine_follows_the_worker_device_and_the_faiss_build(method, device, faiss_gpus, engine):
+    assert knn.select_engine(method, device, faiss_gpus) == engine
+
+
+def test_an_unknown_method_has_no_engine():
+    with pytest.raises(ValueError, match="unknown method 'flat'"):
+        knn.select_engine("flat", "cuda", 1)
+
+
 def test_database_subset_excludes_the_rest(small):
     rows, x = small
     database = np.arange(0, rows.n, 2)

@@ -1,8 +1,16 @@
 """Top-k search over L2-normalised caption embeddings (inner product = cosine): exact and approximate.
 
-Exact: queries against the database streamed in blocks of `DB_BLOCK` rows, per-query heaps merged across blocks
-(FAISS `knn` on CPU; a torch matmul + top-k on CUDA). Memory is the query block, one database block and the heaps:
-(q + DB_BLOCK) * dim * 4 + q * (k + 1) * 12 bytes; nothing is N x N.
+Exact: queries against the database streamed in blocks of `DB_BLOCK` rows, per-query heaps merged across blocks.
+Memory is the query block, one database block and the heaps: (q + DB_BLOCK) * dim * 4 + q * (k + 1) * 12 bytes;
+nothing is N x N.
+
+Engines (`select_engine`), by worker device and FAISS build:
+
+| method | CPU worker | GPU worker, faiss-gpu wheel | GPU worker, faiss-cpu wheel |
+|---|---|---|---|
+| exact | faiss-cpu (`faiss.knn`, fp32) | faiss-gpu (`faiss.knn_gpu`, fp16 inputs) | torch-cuda (fp16 matmul + top-k) |
+| ivf | faiss-cpu | faiss-gpu (the IVF index trained, filled and searched on the GPU) | faiss-cpu |
+| hnsw | faiss-cpu | faiss-cpu (FAISS has no GPU HNSW) | faiss-cpu |
 
 Approximate: FAISS ``IVF{nlist},SQfp16`` (the embeddings are stored in fp16, so fp16 codes lose nothing) or
 ``HNSW32``, its search parameter (nprobe / efSearch) tuned on a query sample until recall@k reaches the target.
@@ -13,6 +21,7 @@ ties at the k-th place count as hits, so recall 1.0 means "as good as exact", wh
 
 from __future__ import annotations
 
+import functools
 import math
 
 import faiss
@@ -22,21 +31,51 @@ from xclr_schemas import EmbeddingRows
 
 DB_BLOCK = 65_536
 METHODS = ("exact", "ivf", "hnsw")
+ENGINES = ("faiss-cpu", "faiss-gpu", "torch-cuda")
 HNSW_M = 32
 _TIE_EPS = 1e-4
 _TUNING_MARGIN = 0.01  # tune a little above the target: the final recall is measured on another sample
 
 
+def faiss_gpus() -> int:
+    """GPUs this process's FAISS can use: 0 with the faiss-cpu wheel."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def select_engine(method: str, device: str, faiss_gpus: int) -> str:
+    """The engine that runs `method` on a worker of `device` ("cpu" or "cuda") whose FAISS sees `faiss_gpus`
+    GPUs (the table in the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    if device != "cuda" or method == "hnsw":
+        return "faiss-cpu"
+    if faiss_gpus > 0:
+        return "faiss-gpu"
+    return "torch-cuda" if method == "exact" else "faiss-cpu"
+
+
+@functools.cache
+def _gpu_resources() -> faiss.StandardGpuResources:
+    return faiss.StandardGpuResources()
+
+
 def exact_search(rows: EmbeddingRows, queries: np.ndarray, database_ids: np.ndarray, k: int,
-                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                 engine: str = "faiss-cpu") -> tuple[np.ndarray, np.ndarray]:
     """(sims, ids), each (len(queries), k), best first: the k database rows (among `database_ids`, sorted) with
     the largest inner product with each query."""
-    if device == "cuda":
+    if engine == "torch-cuda":
         return _exact_search_torch(rows, queries, database_ids, k, "cuda")
+    gpu = engine == "faiss-gpu"
+    if gpu:
+        queries = queries.astype(np.float16)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for start in range(0, len(database_ids), DB_BLOCK):
         ids = database_ids[start:start + DB_BLOCK]
-        sims, local = faiss.knn(queries, rows.take(ids), min(k, len(ids)), metric=faiss.METRIC_INNER_PRODUCT)
+        if gpu:
+            sims, local = faiss.knn_gpu(_gpu_resources(), queries, rows.take(ids).astype(np.float16),
+                                        min(k, len(ids)), metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            sims, local = faiss.knn(queries, rows.take(ids), min(k, len(ids)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(sims, ids[local])
     heap.finalize()
     return heap.D, heap.I
@@ -44,7 +83,8 @@ def exact_search(rows: EmbeddingRows, queries: np.ndarray, database_ids: np.ndar
 
 def _exact_search_torch(rows: EmbeddingRows, queries: np.ndarray, database_ids: np.ndarray, k: int,
                         device: str) -> tuple[np.ndarray, np.ndarray]:
-    """The exact search as fp16 matmuls + top-k in torch (the GPU path; `device` may be "cpu" in tests)."""
+    """The exact search as fp16 matmuls + top-k in torch (the torch-cuda engine; `device` may be "cpu" in tests,
+    then in fp32)."""
     import torch
 
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -72,9 +112,9 @@ def drop_self(sims: np.ndarray, ids: np.ndarray, query_ids: np.ndarray) -> tuple
 
 
 def exact_neighbors(rows: EmbeddingRows, query_ids: np.ndarray, database_ids: np.ndarray, k: int,
-                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                    engine: str = "faiss-cpu") -> tuple[np.ndarray, np.ndarray]:
     """(sims, ids), each (len(query_ids), k): the exact top-k other captions of each query caption."""
-    sims, ids = exact_search(rows, rows.take(query_ids), database_ids, k + 1, device)
+    sims, ids = exact_search(rows, rows.take(query_ids), database_ids, k + 1, engine)
     return drop_self(sims, ids, query_ids)
 
 
@@ -100,15 +140,18 @@ def index_bytes(method: str, n: int, dim: int) -> int:
     return n * (4 * dim + 2 * HNSW_M * 4 + 8)
 
 
-def build_index(rows: EmbeddingRows, database_ids: np.ndarray, method: str, seed: int) -> faiss.Index:
-    """Train (IVF: k-means on at most 64 points per list) and fill the index with `database_ids`, in blocks."""
+def build_index(rows: EmbeddingRows, database_ids: np.ndarray, method: str, seed: int,
+                engine: str = "faiss-cpu") -> faiss.Index:
+    """Train (IVF: k-means on at most 64 points per list) and fill the index with `database_ids`, in blocks; with
+    the faiss-gpu engine the IVF index lives on the GPU (`to_cpu` gives the copy to save)."""
     dim = rows.dim
     if method == "ivf":
         nlist = ivf_lists(len(database_ids))
         index = faiss.index_factory(dim, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         train_ids = np.sort(rng.choice(database_ids, min(len(database_ids), 64 * nlist), replace=False))
-        faiss.extract_index_ivf(index).cp.seed = seed
+        index = on_engine(index, engine)
+        (index if engine == "faiss-gpu" else faiss.extract_index_ivf(index)).cp.seed = seed
         index.train(rows.take(train_ids))
     else:
         index = faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT))
@@ -118,40 +161,62 @@ def build_index(rows: EmbeddingRows, database_ids: np.ndarray, method: str, seed
     return index
 
 
+def on_engine(index: faiss.Index, engine: str) -> faiss.Index:
+    """`index` itself, or its GPU copy for the faiss-gpu engine."""
+    return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index) if engine == "faiss-gpu" else index
+
+
+def _on_gpu(index: faiss.Index) -> bool:
+    return type(index).__name__.startswith("Gpu")
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of a GPU index (to write it); a CPU index as it is."""
+    return faiss.index_gpu_to_cpu(index) if _on_gpu(index) else index
+
+
+def nlist(index: faiss.Index) -> int:
+    """The number of inverted lists of an IVF index, on CPU or GPU."""
+    return index.getNumLists() if _on_gpu(index) else faiss.extract_index_ivf(index).nlist
+
+
 def search_parameter(method: str) -> str:
     return "nprobe" if method == "ivf" else "efSearch"
 
 
 def set_search_parameter(index: faiss.Index, method: str, value: int) -> None:
-    faiss.ParameterSpace().set_index_parameter(index, search_parameter(method), value)
+    if _on_gpu(index):
+        faiss.GpuParameterSpace().set_index_parameter(index, search_parameter(method), value)
+    else:
+        faiss.ParameterSpace().set_index_parameter(index, search_parameter(method), value)
 
 
 def index_neighbors(index: faiss.Index, rows: EmbeddingRows, query_ids: np.ndarray, database_ids: np.ndarray,
-                    k: int) -> tuple[np.ndarray, np.ndarray, int]:
+                    k: int, exact_engine: str = "faiss-cpu") -> tuple[np.ndarray, np.ndarray, int]:
     """(sims, ids, n_exact): top-k other captions from the index; queries for which it found fewer than k
-    (small IVF lists) are searched exactly instead, and counted in n_exact."""
+    (small IVF lists) are searched exactly instead (on `exact_engine`), and counted in n_exact."""
     sims, ids = index.search(rows.take(query_ids), k + 1)
     sims, ids = drop_self(sims, ids, query_ids)
     short = (ids < 0).any(axis=1)
     if short.any():
-        sims[short], ids[short] = exact_neighbors(rows, query_ids[short], database_ids, k)
+        sims[short], ids[short] = exact_neighbors(rows, query_ids[short], database_ids, k, exact_engine)
     return sims, ids, int(short.sum())
 
 
 def tune(index: faiss.Index, method: str, rows: EmbeddingRows, query_ids: np.ndarray, database_ids: np.ndarray,
-         k: int, target: float) -> tuple[int, float]:
+         k: int, target: float, exact_engine: str = "faiss-cpu") -> tuple[int, float]:
     """The smallest power-of-two search parameter whose recall@k on `query_ids` reaches target + margin (or the
-    largest tried); returns (value, recall at that value)."""
-    exact_sims, _ = exact_neighbors(rows, query_ids, database_ids, k)
+    largest tried); returns (value, recall at that value). Exact references run on `exact_engine`."""
+    exact_sims, _ = exact_neighbors(rows, query_ids, database_ids, k, exact_engine)
     if method == "ivf":
-        limit = faiss.extract_index_ivf(index).nlist
+        limit = nlist(index)
         values = [2**i for i in range(int(math.log2(limit)) + 1)]
     else:
         values = [2**i for i in range(max(4, math.ceil(math.log2(k + 1))), 13)]
     goal = min(1.0, target + _TUNING_MARGIN)
     for value in values:
         set_search_parameter(index, method, value)
-        _, ids, _ = index_neighbors(index, rows, query_ids, database_ids, k)
+        _, ids, _ = index_neighbors(index, rows, query_ids, database_ids, k, exact_engine)
         recall = recall_at_k(rows, query_ids, ids, exact_sims)
         if recall >= goal:
             break

@@ -62,12 +62,19 @@ class SearchWorker:
                  threads: int) -> None:
         import faiss
 
+        from xclr_prep import knn
+
         faiss.omp_set_num_threads(threads)
         self.rows = EmbeddingRows(embed_dir)
         self.graph = Path(graph_dir)
-        self.k, self.method, self.device = plan.k, plan.method, device
+        self.k, self.method = plan.k, plan.method
+        self.engine = knn.select_engine(plan.method, device, knn.faiss_gpus())
+        self.exact_engine = knn.select_engine("exact", device, knn.faiss_gpus())  # references and fallbacks
         self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
         self.index = None
+
+    def engines(self) -> dict:
+        return {"search": self.engine, "exact": self.exact_engine}
 
     def prepare_index(self, seed: int, target: float) -> dict:
         """Build and tune the approximate index, write it and its parameters; returns the parameters."""
@@ -76,17 +83,18 @@ class SearchWorker:
         from xclr_prep import knn
 
         started = time.perf_counter()
-        self.index = knn.build_index(self.rows, self.valid_ids, self.method, seed)
+        self.index = knn.build_index(self.rows, self.valid_ids, self.method, seed, self.engine)
         built = time.perf_counter()
         sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[:TUNING_QUERIES])
-        value, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target)
+        value, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target,
+                                 self.exact_engine)
         knn.set_search_parameter(self.index, self.method, value)
-        write_atomic(self.graph / INDEX, lambda p: faiss.write_index(self.index, str(p)))
+        write_atomic(self.graph / INDEX, lambda p: faiss.write_index(knn.to_cpu(self.index), str(p)))
         params = {"parameter": knn.search_parameter(self.method), "value": value, "tuning_recall": recall,
                   "tuning_queries": len(sample), "build_seconds": round(built - started, 2),
                   "tune_seconds": round(time.perf_counter() - built, 2)}
         if self.method == "ivf":
-            params["nlist"] = faiss.extract_index_ivf(self.index).nlist
+            params["nlist"] = knn.nlist(self.index)
         write_json_atomic(self.graph / INDEX_PARAMS, params)
         return params
 
@@ -102,9 +110,10 @@ class SearchWorker:
         n_exact = 0
         if len(query_ids):
             if self.method == "exact":
-                sims, ids = knn.exact_neighbors(self.rows, query_ids, self.valid_ids, self.k, self.device)
+                sims, ids = knn.exact_neighbors(self.rows, query_ids, self.valid_ids, self.k, self.exact_engine)
             else:
-                sims, ids, n_exact = knn.index_neighbors(self._index(), self.rows, query_ids, self.valid_ids, self.k)
+                sims, ids, n_exact = knn.index_neighbors(self._index(), self.rows, query_ids, self.valid_ids, self.k,
+                                                         self.exact_engine)
             out["id"][query_ids - start], out["sim"][query_ids - start] = ids, sims
         _write_rows(self.graph / NEIGHBORS, start, out)
         marker = {"index": index, "start": start, "end": end, "exact_fallback": n_exact,
@@ -118,7 +127,7 @@ class SearchWorker:
 
             from xclr_prep import knn
 
-            self.index = faiss.read_index(str(self.graph / INDEX))
+            self.index = knn.on_engine(faiss.read_index(str(self.graph / INDEX)), self.engine)
             params = json.loads((self.graph / INDEX_PARAMS).read_text())
             knn.set_search_parameter(self.index, self.method, params["value"])
         return self.index
@@ -129,7 +138,7 @@ class SearchWorker:
 
         neighbors = np.load(self.graph / NEIGHBORS, mmap_mode="r", allow_pickle=False)
         sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[-RECALL_QUERIES:])
-        exact_sims, _ = knn.exact_neighbors(self.rows, sample, self.valid_ids, self.k, self.device)
+        exact_sims, _ = knn.exact_neighbors(self.rows, sample, self.valid_ids, self.k, self.exact_engine)
         recall = knn.recall_at_k(self.rows, sample, np.asarray(neighbors["id"][sample]), exact_sims)
         mean, std = knn.background_similarity(self.rows, self.valid_ids, BACKGROUND_PAIRS, seed)
         kth = np.concatenate([np.asarray(neighbors["sim"][s:s + 1_000_000, -1])
@@ -172,5 +181,6 @@ def search_graph(actors: list, graph: Path, n: int, block_size: int, method: str
                if block_marker(graph, b.index).exists()}
     run_stage(actors, "search", blocks, markers, "search", "caption", progress)
     measured = ray.get(actors[0].measure.remote(seed))
+    engines = sorted({tuple(e.items()) for e in ray.get([a.engines.remote() for a in actors])})
     return {"index": params, "exact_fallback_queries": sum(m["exact_fallback"] for m in markers.values()),
-            "blocks": len(blocks), **measured}
+            "blocks": len(blocks), "engines": [dict(e) for e in engines], **measured}
