@@ -1,6 +1,6 @@
 """Cost model of the pipeline: wall time, peak memory and disk of every stage, calibrated on small runs of the real
-commands, checked against measured runs at 10k, 30k and 100k captions, and extrapolated to 1M, 3M (CC3M) and 12M
-(CC12M) captions on a stated cluster.
+commands, checked against measured runs at 10k, 30k, 100k and 1M captions (and a graph-only run at 3M), and
+extrapolated to 1M, 3M (CC3M) and 12M (CC12M) captions on a stated cluster.
 
     HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 .venv/bin/python benchmarks/cost_model.py
 
@@ -9,15 +9,17 @@ Measuring. Every measurement is a run of the command a user types (`xclr-prep em
 is cached in ROOT/results/NAME.json (delete one to measure it again), so an interrupted run resumes. Recorded: wall
 time; the peak over 4 Hz samples of the summed RSS of the command's process tree (Ray's processes and DataLoader
 workers included), also split into the driver (the command's process), the stage's Ray actors (EmbedWorker,
-SearchWorker, ShardWorker) and the rest, and for `graph` into the search phase and the shard phase (before / after
+SearchWorker, ShardWorker) and the rest, the largest RSS of one actor of each kind, the driver's anonymous RSS (less
+its memory-mapped files), and for `graph` into the search phase and the shard phase (before / after
 graph/manifest.json exists); the bytes of the files the stage leaves; `others_cpu`, the share of the machine's CPU
 time that other processes used during the run (the machine is shared).
 
-Corpus. Caption i is the i-th WordNet gloss or example in a fixed random order (seed 0), so every size draws from the
-same caption distribution and a smaller corpus is a prefix of a larger one; its image is tuxpaint stamp i mod 802
-(PNG, 30 KB on average; images repeat). img2dataset-style tars of 1000 samples (KEY.png, KEY.txt). The graph stage
-runs with --shard-samples 1000 (so that the small runs have a shard per writer); training uses the quality study's
-CPU set-up (32 px convnet, batch 128, AdamW, one DataLoader worker).
+Corpus. The scene captions of `xclr_prep.scene_captions` (seed 0: unique, so U = N), each with Fashion-MNIST image
+i mod 70,000 (PNG, about 0.3 KB; images repeat), img2dataset-style tars of 1000 samples (KEY.png, KEY.txt): every
+size draws from the same distribution and a smaller corpus is a prefix of a larger one. The graph-only check at 3M
+runs on the 1M embeddings grown to 3M (`write_grown_embed_dir`: noisy copies, the cluster structure kept). The
+graph stage runs with --shard-samples 1000 (so that the small runs have a shard per writer); training uses the
+quality study's CPU set-up (32 px convnet, batch 128, AdamW, one DataLoader worker).
 
 Model. N input captions (= samples), U = u N unique (u measured), D = 384, k = 32. The stated cluster has K CPU nodes
 of C cores; c0 = this machine's cores; s = c0 / (K C) scales a per-item cost measured here to all the cluster's cores,
@@ -48,19 +50,21 @@ the two calibration runs), used where the code does no per-item work worth measu
           search  anon = min(U, 262144) D 4         the driver's float32 block of the embedding check
                          [+ U (4 D + 264)]          the HNSW index, in each node's search actor
                   mapped = U D 2                    fp16 embeddings, read whole by the driver and the search actor
-          shards  anon = b_d N                      the driver's layout: b_d = the calibration slope of the
-                                                    driver's peak, less the neighbour rows it maps
-                  mapped = U k 12                   neighbors.npy, read whole by the driver and the writers
+          shards  anon = b_d N                      the driver's numbers per sample: b_d = the calibration slope
+                                                    of the driver's anonymous peak
+                  mapped = U k 12                   neighbors.npy, read by the driver and the writers
+                         + b_r N                    the row and text files (b_r: their bytes per sample), read by
+                                                    the writers
           train   M = M0 C / c0                     (C / c0 ranks per node)
           RSS counts a mapped file once per process that reads it: the check compares that; on the cluster it is
           counted once per node and also reported alone ("mapped": page cache, shared and reclaimable).
   disk    embed a + b N; graph a + b U (+ U (4 D + 264) for the HNSW index file); shards a + (o + I) N with I the
-          mean image bytes (this corpus: the stamps', or --image-bytes) and o the rest of a sample; train: the run
+          mean image bytes (this corpus: Fashion-MNIST's, or --image-bytes) and o the rest of a sample; train: the run
           directory (constant); GPU training: two ResNet-50 checkpoints (latest.pt + epoch-0001.pt), their size
           measured by a 1-step CPU run of xclr-train.
 
-The check runs the same commands at 10k, 30k and 100k captions (training: N / 1000 steps of 128 samples, i.e. 12.8%
-of an epoch, not full epochs), plus `--index hnsw` at 100k for the approximate path, and reports
+The check runs the same commands at 10k, 30k, 100k and 1M captions (training: N / 1000 steps of 128 samples, at most
+CHECK_MAX_STEPS: partial epochs), plus `--index hnsw` at 100k and the graph-only run at 3M, and reports
 (predicted - measured) / measured. Outputs: OUT/cost_model.json, OUT/cost_model.md and
 OUT/cost-plots/predicted-vs-measured.png.
 """
@@ -75,7 +79,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +90,7 @@ import psutil
 
 from xclr_prep.graph_stage import EXACT_MAX_CPU
 from xclr_prep.knn import index_bytes
-from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
+from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, LAYOUT, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -108,6 +111,9 @@ DEDUP_BYTES = 80  # embed driver: caption digests and ids per input row (docs/pr
 VALIDITY_BLOCK = 262_144  # graph driver: rows per float32 block of the embedding check (graph_stage)
 CONTENDED = 0.2  # a run during which others took more of the CPU is measured again (cached)
 RECALL_QUERIES = 2_000  # exact queries of the graph's recall measurement (search_stage)
+GROWN_NOISE = 0.5  # the grown corpus's copies: cosine about 1 / sqrt(1 + 0.25) = 0.89 to their source caption
+GROWN_PART = 100_000
+CHECK_MAX_STEPS = 200  # training steps of a check run: N / 1000, at most this
 
 
 @dataclass
@@ -134,13 +140,15 @@ def busy_cpu_seconds() -> float:
 def sample_tree(proc: subprocess.Popen, marker: Path | None, stop: threading.Event, peaks: dict,
                 cpu: dict) -> None:
     """Until `stop`: every 0.25 s add up the RSS of `proc`'s process tree by role and keep, per phase ("before" /
-    "after" `marker` exists, or "all"), the peak of the total and of each role and the most actors seen; keep each
-    process's CPU seconds as last seen in `cpu` (pid -> seconds)."""
+    "after" `marker` exists, or "all"), the peak of the total and of each role, the most actors seen, the largest
+    RSS of one actor of each kind (ACTORS), and the driver's anonymous RSS (RSS less file-backed pages: memory-mapped
+    files); keep each process's CPU seconds as last seen in `cpu` (pid -> seconds)."""
     root = psutil.Process(proc.pid)
     while not stop.is_set():
         phase = "all" if marker is None else ("after" if marker.exists() else "before")
         sums = {"driver": 0, "actors": 0, "rest": 0}
-        n_actors = 0
+        largest = {kind: 0 for kind in ACTORS}
+        n_actors = driver_anon = 0
         try:
             tree = [root, *root.children(recursive=True)]
         except psutil.Error:
@@ -148,15 +156,22 @@ def sample_tree(proc: subprocess.Popen, marker: Path | None, stop: threading.Eve
         for p in tree:
             try:
                 with p.oneshot():
-                    rss, times, title = p.memory_info().rss, p.cpu_times(), " ".join(p.cmdline()[:1])
+                    mem, times, title = p.memory_info(), p.cpu_times(), " ".join(p.cmdline()[:1])
             except psutil.Error:  # gone, or a zombie
                 continue
-            role = "driver" if p.pid == proc.pid else "actors" if any(a in title for a in ACTORS) else "rest"
-            sums[role] += rss
+            kind = next((a for a in ACTORS if a in title), None)
+            role = "driver" if p.pid == proc.pid else "actors" if kind else "rest"
+            sums[role] += mem.rss
             n_actors += role == "actors"
+            if kind:
+                largest[kind] = max(largest[kind], mem.rss)
+            if role == "driver":
+                driver_anon = mem.rss - mem.shared
             cpu[p.pid] = times.user + times.system
-        got = peaks.setdefault(phase, {"total": 0, "driver": 0, "actors": 0, "rest": 0, "n_actors": 0})
-        for role, value in (*sums.items(), ("total", sum(sums.values())), ("n_actors", n_actors)):
+        got = peaks.setdefault(phase, {"total": 0, "driver": 0, "actors": 0, "rest": 0, "n_actors": 0,
+                                       "driver_anon": 0, **{f"one_{kind}": 0 for kind in ACTORS}})
+        for role, value in (*sums.items(), ("total", sum(sums.values())), ("n_actors", n_actors),
+                            ("driver_anon", driver_anon), *((f"one_{k}", v) for k, v in largest.items())):
             got[role] = max(got[role], value)
         stop.wait(0.25)
 
@@ -228,38 +243,29 @@ def cached(root: Path, name: str, outputs: list[Path], measure: Callable[[], dic
 
 def write_corpus(root: Path, n: int) -> list[Path]:
     """The first `n` samples of the corpus (module docstring) as tars of PER_TAR samples; reuses tars written."""
-    from xclr_prep.sample_corpora import tuxpaint_stamps, wordnet_captions
+    from xclr_prep.sample_corpora import write_scene_tars
 
     if n % PER_TAR:
         raise SystemExit(f"sizes must be multiples of {PER_TAR}, not {n}")
     corpus = root / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
     tars = [corpus / f"{i:05d}.tar" for i in range(n // PER_TAR)]
-    if all(t.exists() for t in tars):
-        return tars
-    captions = wordnet_captions().column("caption").to_pylist()
-    order = np.random.default_rng(0).permutation(len(captions))
-    images = [png.read_bytes() for png, _, _ in tuxpaint_stamps()]
-    for t, tar_path in enumerate(tars):
-        if tar_path.exists():
-            continue
-        tmp = tar_path.with_suffix(".tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for i in range(t * PER_TAR, (t + 1) * PER_TAR):
-                for name, data in ((f"{i:09d}.png", images[i % len(images)]),
-                                   (f"{i:09d}.txt", captions[order[i]].encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        tmp.rename(tar_path)
+    if not all(t.exists() for t in tars):  # a prefix of a larger corpus: write them all again, seeded
+        write_scene_tars(corpus, n, seed=0, per_tar=PER_TAR)
     return tars
 
 
 def mean_image_bytes() -> float:
-    """Mean bytes of the corpus' images (the tuxpaint stamps)."""
-    from xclr_prep.sample_corpora import tuxpaint_stamps
+    """Mean bytes of the corpus' images (Fashion-MNIST PNGs)."""
+    from PIL import Image
 
-    return float(np.mean([png.stat().st_size for png, _, _ in tuxpaint_stamps()]))
+    from xclr_prep.sample_corpora import fashion_mnist
+
+    def png(image: np.ndarray) -> int:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        return len(buf.getvalue())
+
+    return float(np.mean([png(image) for image in fashion_mnist("train")[0][:5000]]))
 
 
 def measure_embed(root: Path, n: int) -> dict:
@@ -275,12 +281,63 @@ def measure_embed(root: Path, n: int) -> dict:
     return cached(root, f"embed-{n}", [out], measure)
 
 
-def measure_graph(root: Path, n: int, index: str = "auto") -> dict:
+def write_grown_embed_dir(source: Path, out: Path, n: int) -> Path:
+    """An embed directory of `n` captions grown from the complete one at `source` (U captions, one sample each):
+    caption i < U is source caption i; caption i >= U is a noisy copy of source caption i mod U, the unit vector
+    along e + GROWN_NOISE g / sqrt(D) (g standard normal: cosine about 0.9 to e), text suffixed with its copy number.
+    Sample i has caption i and the image of source sample i mod U. So the corpus's cluster structure is kept, each
+    cluster grown n / U times. Written part by part (parts of GROWN_PART); reused when complete."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from xclr_schemas import CAPTIONS_SCHEMA, SAMPLES_SCHEMA, EmbeddingRows, part_paths, read_captions, read_samples
+
+    if (out / MANIFEST).exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    manifest = json.loads((source / MANIFEST).read_text())
+    rows = EmbeddingRows(source, manifest)
+    texts, samples = read_captions(source, manifest), read_samples(source, manifest)
+    if samples.num_rows != rows.n or not np.array_equal(samples.column("caption_id").to_numpy(), np.arange(rows.n)):
+        raise SystemExit(f"{source}: growing needs one sample per caption, in caption order")
+    rng = np.random.default_rng(0)
+    parts = []
+    for p, start in enumerate(range(0, n, GROWN_PART)):
+        ids = np.arange(start, min(n, start + GROWN_PART))
+        base = ids % rows.n
+        e = rows.take(base)
+        copy = ids >= rows.n
+        e[copy] += GROWN_NOISE * rng.standard_normal((int(copy.sum()), rows.dim), dtype=np.float32) / rows.dim**0.5
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        suffix = pa.array(np.where(copy, np.char.add(" #", (ids // rows.n).astype(str)), ""))
+        files = part_paths(out, p)
+        for f in files.values():
+            f.parent.mkdir(parents=True, exist_ok=True)
+        np.save(files["embeddings"], e.astype(np.float16))
+        pq.write_table(pa.table({"caption_id": ids, "text": pc.binary_join_element_wise(
+            texts.take(pa.array(base)), suffix, "")}, schema=CAPTIONS_SCHEMA), files["captions"])
+        source_rows = samples.take(pa.array(base))
+        pq.write_table(pa.table({"key": [f"g{i:09d}" for i in ids], "caption_id": ids,
+                                 **{c: source_rows.column(c) for c in ("image_source", "image_member", "image_row",
+                                                                         "label")}}, schema=SAMPLES_SCHEMA),
+                       files["samples"])
+        files["done"].write_text("{}")
+        parts.append({"index": p, "samples": len(ids), "caption_start": int(ids[0]), "caption_end": int(ids[-1]) + 1})
+    grown = {**manifest, "counts": {**manifest["counts"], "unique_captions": n, "kept": n, "input_rows": n},
+             "parts": parts, "grown_from": {"path": str(source), "captions": rows.n, "noise": GROWN_NOISE}}
+    (out / MANIFEST).write_text(json.dumps(grown, indent=2))
+    return out
+
+
+def measure_graph(root: Path, n: int, index: str = "auto", embed_dir: Path | None = None) -> dict:
+    """`xclr-prep graph` of root/embed-N (or `embed_dir`), with the figures the model and the checks use."""
     name = f"graph-{n}" if index == "auto" else f"graph-{index}-{n}"
     out = root / name.replace("graph", "shards")
 
     def measure() -> dict:
-        embed_dir = root / f"embed-{n}"
+        nonlocal embed_dir
+        embed_dir = embed_dir or root / f"embed-{n}"
         run = run_measured([str(BIN / "xclr-prep"), "graph", str(embed_dir), "--out", str(out), "--index", index,
                             "--shard-samples", "1000", "--no-progress"], marker=out / GRAPH / MANIFEST)
         shards = json.loads((out / MANIFEST).read_text())
@@ -293,7 +350,8 @@ def measure_graph(root: Path, n: int, index: str = "auto") -> dict:
                 "locate_write_seconds": timing["locate_seconds"] + timing["write_seconds"],
                 "writers": timing["workers"], "recall": graph["recall"]["measured"],
                 "graph_disk_bytes": dir_bytes(out / GRAPH), "shards_disk_bytes": dir_bytes(out, out / GRAPH),
-                "samples": shards["counts"]["written"]}
+                "layout_disk_bytes": dir_bytes(out / LAYOUT), "samples": shards["counts"]["written"],
+                "engines": graph["engines"]}
 
     return cached(root, name, [out], measure)
 
@@ -360,20 +418,26 @@ def peak(run: dict, phase: str, name: str = "total") -> float:
     return run["peaks"][phase][name]
 
 
-def memory_terms(stage: str, n: float, u: float, layout_bytes: float, actors: int = 1, method: str = "exact") -> dict:
-    """The memory of a stage that grows with N (module docstring): `anon` bytes, and `mapped` bytes of files
-    memory-mapped and read whole by `readers` processes (counted once per process in RSS). `layout_bytes`: the shard
-    driver's bytes per sample (calibrated); `actors`: shard writers."""
+def memory_terms(stage: str, n: float, u: float, c: dict, actors: int = 1, method: str = "exact") -> dict:
+    """The memory of a stage that grows with N (module docstring): `anon` bytes, and `mapped`: (bytes, readers) of
+    each file memory-mapped and read whole by `readers` processes (counted once per process in RSS). `c`: the
+    calibrated per-sample bytes of the shard driver (`driver_bytes`) and of the writers' row files (`row_bytes`);
+    `actors`: shard writers."""
     if stage == "embed":
-        return {"anon": DEDUP_BYTES * n, "mapped": 0.0, "readers": 0}
+        return {"anon": DEDUP_BYTES * n, "mapped": []}
     if stage == "graph search":
         index = index_bytes("hnsw", int(u), DIM) if method == "hnsw" else 0
-        return {"anon": min(u, VALIDITY_BLOCK) * DIM * 4 + index, "mapped": u * DIM * 2, "readers": 2}
-    return {"anon": layout_bytes * n, "mapped": u * K_NEIGHBORS * 12, "readers": 1 + actors}  # shard writing
+        return {"anon": min(u, VALIDITY_BLOCK) * DIM * 4 + index, "mapped": [(u * DIM * 2, 2)]}
+    return {"anon": c["driver_bytes"] * n,  # shard writing
+            "mapped": [(u * K_NEIGHBORS * 12, 1 + actors), (c["row_bytes"] * n, actors)]}
 
 
 def rss_terms(terms: dict) -> float:
-    return terms["anon"] + terms["mapped"] * terms["readers"]
+    return terms["anon"] + sum(size * readers for size, readers in terms["mapped"])
+
+
+def mapped_bytes(terms: dict) -> float:
+    return sum(size for size, _ in terms["mapped"])
 
 
 def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkpoint: dict, gemm: dict) -> dict:
@@ -384,12 +448,13 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
     eta = graph_json["exact"]["fraction_of_gemm"]
     flops = eta * gemm["flops"]
     u_per_n = embeds[-1]["unique_captions"] / embeds[-1]["n"]
-    # the shard driver's peak per sample, less the neighbour rows it maps (in memory_terms' `mapped`)
-    layout_bytes = max(0.0, fit(ns, [peak(r, "after", "driver") for r in graphs])["b"] - u_per_n * K_NEIGHBORS * 12)
+    # the shard driver's anonymous memory per sample, and the writers' memory-mapped row files per sample
+    per_sample = {"driver_bytes": max(0.0, fit(ns, [peak(r, "after", "driver_anon") for r in graphs])["b"]),
+                  "row_bytes": fit(ns, [r["layout_disk_bytes"] for r in graphs])["b"]}
 
     def memory(stage: str, runs: list[dict], phase: str) -> dict:
         actors = [peak(r, phase, "n_actors") for r in runs]
-        base = [peak(r, phase) - rss_terms(memory_terms(stage, n, u, layout_bytes, a))
+        base = [peak(r, phase) - rss_terms(memory_terms(stage, n, u, per_sample, a))
                 for r, n, u, a in zip(runs, ns, us, actors)]
         return {"base": float(np.mean(base)), "actors": max(actors),
                 "per_actor": float(np.mean([peak(r, phase, "actors") / max(1, a) for r, a in zip(runs, actors)]))}
@@ -398,7 +463,7 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
     return {
         "cores": embeds[0]["cores"],
         "unique_fraction": u_per_n,
-        "layout_bytes": layout_bytes,
+        **per_sample,
         "embed": {"seconds": fit(ns, [r["wall_seconds"] for r in embeds]),
                   "memory": memory("embed", embeds, "all"), "disk": fit(ns, [r["disk_bytes"] for r in embeds])},
         "search": {
@@ -443,10 +508,10 @@ def node_memory(c: dict, stage: str, cl: Cluster, n: float, u: float, actors: in
     """Peak memory of the head node (the driver's, the busiest): `rss` as this machine's RSS sums count it (mapped
     files once per reading process), `resident` with mapped files once (page cache), and `mapped` alone."""
     m = c[COEFFICIENTS[stage]]["memory"]
-    terms = memory_terms(stage, n, u, c["layout_bytes"], actors, method)
+    terms = memory_terms(stage, n, u, c, actors, method)
     base = m["base"] + (actors - m.get("actors", actors)) * m.get("per_actor", 0.0)
-    return {"rss": base + rss_terms(terms), "resident": base + terms["anon"] + terms["mapped"],
-            "mapped": terms["mapped"]}
+    return {"rss": base + rss_terms(terms), "resident": base + terms["anon"] + mapped_bytes(terms),
+            "mapped": mapped_bytes(terms)}
 
 
 def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method: str | None = None) -> dict:
@@ -511,11 +576,15 @@ def measured_rows(n: int, embed: dict, graph: dict, train: dict) -> dict:
         "embed": {"seconds": embed["wall_seconds"], "memory": peak(embed, "all"), "disk": embed["disk_bytes"],
                   "others_cpu": embed["others_cpu"]},
         "graph search": graph_search_row(graph),
-        "shard writing": {"seconds": graph["shards_seconds"], "memory": peak(graph, "after"),
-                          "disk": graph["shards_disk_bytes"], "others_cpu": graph["others_cpu"]},
+        "shard writing": shard_writing_row(graph),
         "train": {"seconds": train["wall_seconds"], "memory": peak(train, "all"), "disk": train["disk_bytes"],
                   "others_cpu": train["others_cpu"]},
     }
+
+
+def shard_writing_row(graph: dict) -> dict:
+    return {"seconds": graph["shards_seconds"], "memory": peak(graph, "after"), "disk": graph["shards_disk_bytes"],
+            "others_cpu": graph["others_cpu"]}
 
 
 def graph_search_row(graph: dict) -> dict:
@@ -569,6 +638,36 @@ def plot(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def process_rows(root: Path, sizes: list[int]) -> list[dict]:
+    """Per measured run at `sizes`: the peaks of the driver (RSS and anonymous) and of the largest actor of each
+    kind, by phase, from the cached results."""
+    out = []
+    for n in sizes:
+        for name, stage, phase in ((f"embed-{n}", "embed", "all"), (f"graph-{n}", "graph search", "before"),
+                                   (f"graph-{n}", "shard writing", "after")):
+            path = root / "results" / f"{name}.json"
+            if not path.exists():
+                continue
+            got = json.loads(path.read_text())["peaks"][phase]
+            out.append({"n": n, "stage": stage, "driver": got["driver"], "driver_anon": got["driver_anon"],
+                        **{kind: got[f"one_{kind}"] for kind in ACTORS if got[f"one_{kind}"]}})
+    return out
+
+
+def process_table(rows: list[dict]) -> str:
+    lines = ["| stage | N | driver RSS | driver anonymous | largest actor | driver anonymous per sample, from the "
+             "previous size |", "|---|---:|---:|---:|---:|---:|"]
+    previous: dict[str, dict] = {}
+    for r in rows:
+        actor = next(((k, v) for k, v in r.items() if k in ACTORS), None)
+        before = previous.get(r["stage"])
+        slope = (f"{(r['driver_anon'] - before['driver_anon']) / (r['n'] - before['n']):.0f} B" if before else "")
+        lines.append(f"| {r['stage']} | {r['n']:,} | {human_bytes(r['driver'])} | {human_bytes(r['driver_anon'])} "
+                     f"| {f'{actor[0]} {human_bytes(actor[1])}' if actor else ''} | {slope} |")
+        previous[r["stage"]] = r
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------- reporting
@@ -629,7 +728,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="cost_model.json, cost_model.md, cost-plots/")
     ap.add_argument("--calibration", type=int, nargs=2, default=[2000, 8000], help="calibration sizes")
     ap.add_argument("--train-steps", type=int, nargs=2, default=[5, 25], help="calibration training steps")
-    ap.add_argument("--check", type=int, nargs="+", default=[10_000, 30_000, 100_000], help="check sizes")
+    ap.add_argument("--check", type=int, nargs="+", default=[10_000, 30_000, 100_000, 1_000_000],
+                    help="check sizes (every stage)")
+    ap.add_argument("--grow", type=int, nargs="*", default=[3_000_000],
+                    help="graph-only check sizes, on the largest check's embeddings grown (write_grown_embed_dir)")
     ap.add_argument("--predict", type=int, nargs="+", default=[1_000_000, 3_000_000, 12_000_000])
     ap.add_argument("--nodes", type=int, default=8, help="CPU nodes of the stated cluster")
     ap.add_argument("--cores", type=int, default=32, help="cores per CPU node")
@@ -657,16 +759,23 @@ def main() -> None:
     rows, check_runs = [], {}
     for n in args.check:
         embed, graph = measure_embed(root, n), measure_graph(root, n)
-        steps = max(1, n // 1000)
+        steps = min(max(1, n // 1000), CHECK_MAX_STEPS)
         train = measure_train(root, f"n{n}", root / f"shards-{n}", train_steps_args(steps))
         predicted = predict(coeffs, this, n, train_steps=steps)
         check_runs[n] = {"embed": embed["name"], "graph": graph["name"], "train": train["name"], "train_steps": steps}
         for stage, measured in measured_rows(n, embed, graph, train).items():
             rows += compare(n, stage, predicted[stage], measured)
-    hnsw_n = args.check[-1]
+    hnsw_n = max(n for n in args.check if n <= EXACT_MAX_CPU)  # above, auto picks HNSW already
     hnsw = measure_graph(root, hnsw_n, "hnsw")
     predicted = predict(coeffs, this, hnsw_n, method="hnsw")["graph search"]
     rows += compare(hnsw_n, "graph search (hnsw)", predicted, graph_search_row(hnsw))
+    for n in args.grow:
+        grown = write_grown_embed_dir(root / f"embed-{args.check[-1]}", root / f"embed-grown-{n}", n)
+        graph = measure_graph(root, n, embed_dir=grown)
+        check_runs[n] = {"graph": graph["name"], "grown_from": args.check[-1]}
+        predicted = predict(coeffs, this, n)
+        rows += compare(n, "graph search", predicted["graph search"], graph_search_row(graph))
+        rows += compare(n, "shard writing", predicted["shard writing"], shard_writing_row(graph))
 
     # --- predict at scale on the stated cluster
     cluster = Cluster(f"{args.nodes} CPU nodes x {args.cores} cores, {args.memory_gib:g} GiB each; "
@@ -691,14 +800,18 @@ def main() -> None:
 
     errors = {m: float(np.median([abs(r["rel_error"]) for r in rows if r["metric"] == m]))
               for m in ("seconds", "memory", "disk")}
+    errors_by_n = {n: {m: float(np.median([abs(r["rel_error"]) for r in rows if r["metric"] == m and r["n"] == n]))
+                       for m in ("seconds", "memory")} for n in dict.fromkeys(r["n"] for r in rows)}
+    processes = process_rows(root, [*args.check, *args.grow])
     result = {
         "command": "HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 .venv/bin/python benchmarks/cost_model.py",
         "machine": this.name, "calibration_sizes": args.calibration, "calibration_train_steps": args.train_steps,
-        "corpus": "WordNet glosses/examples in a fixed random order, each with a tuxpaint stamp PNG (cycled, "
-                  f"{image_bytes / 1e3:.1f} KB mean), img2dataset-style tars of {PER_TAR}; --shard-samples 1000",
-        "training_measured": f"CPU: {' '.join(TRAIN_ARGS)}; check runs train N/1000 steps (12.8% of an epoch)",
+        "corpus": "scene captions (xclr_prep.scene_captions, seed 0), each with a Fashion-MNIST PNG (cycled, "
+                  f"{image_bytes / 1e3:.2f} KB mean), img2dataset-style tars of {PER_TAR}; --shard-samples 1000",
+        "training_measured": f"CPU: {' '.join(TRAIN_ARGS)}; check runs train min(N/1000, {CHECK_MAX_STEPS}) steps",
         "coefficients": coeffs, "gpu_training": gpu, "check_runs": check_runs, "check": rows,
-        "median_abs_rel_error": errors, "cluster": asdict(cluster),
+        "median_abs_rel_error": errors, "median_abs_rel_error_by_n": errors_by_n, "processes": processes,
+        "cluster": asdict(cluster),
         "image_bytes_at_scale": args.image_bytes or image_bytes, "predictions": predictions,
         "predictions_this_machine": this_machine,
     }
@@ -706,10 +819,16 @@ def main() -> None:
     (args.out / "cost_model.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.out / "cost-plots" / "predicted-vs-measured.png")
     md = (f"## Check on {this.name}\n\nCalibrated at {args.calibration[0]:,} and {args.calibration[1]:,} captions "
-          f"(training: {args.train_steps[0]} and {args.train_steps[1]} steps); train rows run N / 1000 steps. "
+          f"(training: {args.train_steps[0]} and {args.train_steps[1]} steps); train rows run min(N / 1000, "
+          f"{CHECK_MAX_STEPS}) steps; the {', '.join(f'{n:,}' for n in args.grow)} rows are graph-only runs on grown "
+          f"embeddings. "
           f"Memory = peak summed RSS of the process tree; others' CPU = share of the machine other users took during "
           f"the run.\n\n{check_table(rows)}\n\nmedian |error|: time {100 * errors['seconds']:.0f}%, "
-          f"memory {100 * errors['memory']:.0f}%, disk {100 * errors['disk']:.0f}%\n\n"
+          f"memory {100 * errors['memory']:.0f}%, disk {100 * errors['disk']:.0f}%; by N: "
+          + ", ".join(f"{n:,}: time {100 * e['seconds']:.0f}%, memory {100 * e['memory']:.0f}%"
+                      for n, e in errors_by_n.items())
+          + f"\n\n## Memory by process\n\nPeaks of each run; the driver's anonymous memory leaves out the files it "
+          f"maps (neighbour rows, embeddings).\n\n{process_table(processes)}\n\n"
           f"## Predictions: {cluster.name}\n\nOne epoch of training; memory/node = the head node's peak (it runs "
           f"the driver), memory-mapped files (page cache) counted once and shown in brackets; shard disk at "
           f"{result['image_bytes_at_scale'] / 1e3:.1f} KB per image. CPU figures: per-core costs measured here, "
