@@ -100,5 +100,13 @@ def test_each_extra_installs_what_its_package_imports(package):
     assert not missing, f"{package} imports what its extra does not install: {missing}"
 
 
+def test_the_gpu_extra_is_the_prep_extra_with_faiss_for_gpus():
+    """xclr[gpu] installs faiss-gpu in place of faiss-cpu (both wheels install the module faiss) and all else the
+    same."""
+    gpu, cpu = declared(["gpu"]), declared(["prep"])
+    assert "faiss-gpu" in gpu and "faiss-cpu" not in gpu
+    assert gpu - {"faiss-gpu"} == cpu - {"faiss-cpu"}
+
+
 def test_the_training_extra_leaves_out_the_prep_stack():
     assert not declared(["train"]) & {"ray", "faiss-cpu", "sentence-transformers"}
