@@ -147,7 +147,8 @@ def test_class_label_mode_gives_the_dense_class_graph(tmp_path):
 
 
 def test_images_from_every_source_kind(tmp_path):
-    """Parquet image bytes, image files named by a JSONL table, and a .tar.gz all end up in the shards."""
+    """Parquet image bytes, image files named by a JSONL table, and a .tar.gz all end up in the shards, each
+    source split over two embed parts (located part by part)."""
     import gzip
     import shutil
 
@@ -171,8 +172,11 @@ def test_images_from_every_source_kind(tmp_path):
                                                                        (f"t{i}.txt", captions[i].encode()))])
     with open(tmp_path / "t.tar", "rb") as src, gzip.open(corpus / "t.tar.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
-    run_prep("embed", corpus, "--out", tmp_path / "embed", "--image-col", "image", *FAST)
+    run_prep("embed", corpus, "--out", tmp_path / "embed", "--image-col", "image", "--part-size", "20", *FAST)
     run_prep("graph", tmp_path / "embed", "--out", tmp_path / "shards", "--k", "4", *FAST)
+    stage = tmp_path / "shards" / "layout" / "stage"
+    assert len(list(stage.glob("*.tar"))) == 1  # the .tar.gz, decompressed once for both of its parts
+    assert len(list(stage.glob("*.blob"))) == 2  # the image column, the rows of each part
     _, samples = read_shards(tmp_path / "shards")
     expected = {f"{p}{i}": tiny_png(i) for p, r in (("p", range(30)), ("j", range(30, 60)), ("t", range(60, 90)))
                 for i in r}
