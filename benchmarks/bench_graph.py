@@ -9,6 +9,9 @@ Search (the caption embeddings of an embed directory, e.g. all WordNet glosses a
   fraction of GEMM.
 - ivf, hnsw: build + tune (to recall 0.95) + search every caption; speed-up = exact seconds / seconds; recall@k
   over *all* captions against the exact run.
+- With --queries Q (for corpora where exact search of every caption takes hours): every method searches the same Q
+  random captions (seed 0), and the time of the whole graph is projected as build + tune + N x (query seconds / Q);
+  recall@k is over the Q queries.
 Each method runs in its own process; peak RSS is that process's, against N * dim * 2 (the fp16 embeddings).
 
 Shards (--shards-n N, 0 to skip): the first N WordNet captions, each with a tuxpaint stamp PNG (cycled), as
@@ -51,20 +54,22 @@ def _gemm_flops(dim: int) -> float:
     return 2 * BLOCK * dim * 65_536 / best
 
 
-def _one(method: str, embed_dir: str, exact_path: str) -> dict:
-    """Run one method over every caption in this process; save/compare the neighbours."""
+def _one(method: str, embed_dir: str, exact_path: str, queries: int | None) -> dict:
+    """Run one method over every caption (or `queries` of them) in this process; save/compare the neighbours."""
     from xclr_prep import knn
     from xclr_schemas import EmbeddingRows
 
     rows = EmbeddingRows(embed_dir)
     ids = np.arange(rows.n)
+    wanted = ids if queries is None or queries >= rows.n else \
+        np.sort(np.random.default_rng(0).permutation(rows.n)[:queries])
     started = time.perf_counter()
     out = {"method": method}
     if method == "gemm":
         return {"method": method, "flops": _gemm_flops(rows.dim), "dim": rows.dim}
     if method == "exact":
-        found = np.concatenate([knn.exact_neighbors(rows, ids[s:s + BLOCK], ids, K)[1]
-                                for s in range(0, rows.n, BLOCK)])
+        found = np.concatenate([knn.exact_neighbors(rows, wanted[s:s + BLOCK], ids, K)[1]
+                                for s in range(0, len(wanted), BLOCK)])
         np.save(exact_path, found)
     else:
         index = knn.build_index(rows, ids, method, seed=0)
@@ -74,24 +79,30 @@ def _one(method: str, embed_dir: str, exact_path: str) -> dict:
         knn.set_search_parameter(index, method, value)
         out.update(parameter=knn.search_parameter(method), value=value, tuning_recall=tuned,
                    tune_seconds=time.perf_counter() - started - out["build_seconds"])
-        found = np.concatenate([knn.index_neighbors(index, rows, ids[s:s + BLOCK], ids, K)[1]
-                                for s in range(0, rows.n, BLOCK)])
+        found = np.concatenate([knn.index_neighbors(index, rows, wanted[s:s + BLOCK], ids, K)[1]
+                                for s in range(0, len(wanted), BLOCK)])
     out["seconds"] = time.perf_counter() - started
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the recall check
+    if len(wanted) < rows.n:  # the whole graph: the fixed costs plus every caption at the measured query rate
+        fixed = out.get("build_seconds", 0.0) + out.get("tune_seconds", 0.0)
+        out.update(queries=len(wanted), measured_seconds=out["seconds"],
+                   seconds=fixed + (out["seconds"] - fixed) * rows.n / len(wanted))
     if method != "exact":
         exact = np.load(exact_path)
-        exact_sims = np.concatenate([np.einsum("nd,nkd->nk", rows.take(ids[s:s + BLOCK]),
+        exact_sims = np.concatenate([np.einsum("nd,nkd->nk", rows.take(wanted[s:s + BLOCK]),
                                                rows.take(exact[s:s + BLOCK].ravel()).reshape(-1, K, rows.dim))
-                                     for s in range(0, rows.n, BLOCK)])
-        out["recall_all"] = float(np.mean([knn.recall_at_k(rows, ids[s:s + BLOCK], found[s:s + BLOCK],
-                                                           exact_sims[s:s + BLOCK]) for s in range(0, rows.n, BLOCK)]))
+                                     for s in range(0, len(wanted), BLOCK)])
+        out["recall_all"] = float(np.mean([knn.recall_at_k(rows, wanted[s:s + BLOCK], found[s:s + BLOCK],
+                                                           exact_sims[s:s + BLOCK])
+                                           for s in range(0, len(wanted), BLOCK)]))
     out.update(n=rows.n, dim=rows.dim)
     return out
 
 
-def _run_one(method: str, embed_dir: Path, exact_path: Path) -> dict:
+def _run_one(method: str, embed_dir: Path, exact_path: Path, queries: int | None) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--one", method, "--embed-dir", str(embed_dir),
-                           "--exact-path", str(exact_path)], capture_output=True, text=True, check=True)
+                           "--exact-path", str(exact_path), *(["--queries", str(queries)] if queries else [])],
+                          capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -146,20 +157,21 @@ def _shards(n: int, work: Path) -> dict:
 @click.option("--shards-n", default=20_000, show_default=True, help="Samples of the shard benchmark (0: skip).")
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 @click.option("--methods", default="exact,ivf,hnsw", show_default=True, help="Search methods ('' to skip).")
+@click.option("--queries", type=int, default=None, help="Search this many random captions, not all (docstring).")
 @click.option("--one", default=None, hidden=True)
 @click.option("--exact-path", default=None, hidden=True)
-def main(embed_dir: Path, shards_n: int, out: Path | None, methods: str, one: str | None,
+def main(embed_dir: Path, shards_n: int, out: Path | None, methods: str, queries: int | None, one: str | None,
          exact_path: str | None) -> None:
     if one:
-        print(json.dumps(_one(one, str(embed_dir), exact_path)))
+        print(json.dumps(_one(one, str(embed_dir), exact_path, queries)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         exact_path = Path(tmp) / "exact.npy"
         results = {}
         if methods:
-            results["gemm"] = _run_one("gemm", embed_dir, exact_path)
+            results["gemm"] = _run_one("gemm", embed_dir, exact_path, queries)
             for method in methods.split(","):
-                results[method] = r = _run_one(method, embed_dir, exact_path)
+                results[method] = r = _run_one(method, embed_dir, exact_path, queries)
                 print(json.dumps(r), flush=True)
             exact = results["exact"]
             flops = 2 * exact["n"] ** 2 * exact["dim"] / exact["seconds"]

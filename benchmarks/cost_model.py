@@ -670,6 +670,38 @@ def process_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_scale(c: dict, this: Cluster, rows: list[dict], path: Path) -> None:
+    """Time and memory against N on this machine: the model's curve per stage (auto search method; training
+    min(N / 1000, CHECK_MAX_STEPS) steps) and the measured runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = ["embed", "graph search", "shard writing", "train"]
+    colors = dict(zip(stages, plt.get_cmap("tab10").colors))
+    grid = np.geomspace(2_000, max(r["n"] for r in rows) * 1.5, 60)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, (metric, key, div, label) in zip(axes, (("seconds", "seconds", 1, "wall time (s)"),
+                                                   ("memory", "rss", 2**30, "peak memory, process tree RSS (GiB)"))):
+        for stage in stages:
+            curve = [predict(c, this, int(n), train_steps=min(max(1, int(n) // 1000), CHECK_MAX_STEPS))[stage][key]
+                     for n in grid]
+            ax.plot(grid, np.array(curve, dtype=float) / div, color=colors[stage], lw=1.2, label=f"{stage} (model)")
+            got = [r for r in rows if r["stage"] == stage and r["metric"] == metric]
+            ax.scatter([r["n"] for r in got], [r["measured"] / div for r in got], color=colors[stage], s=30,
+                       edgecolor="black", linewidth=0.5, zorder=3)
+        ax.set(xscale="log", yscale="log", xlabel="captions N (one sample each)", ylabel=label)
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle("Each stage against N on this machine (2 cores): model (lines) and measured runs (dots); graph search "
+                 "is exact up to 250k captions, HNSW above", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------------- reporting
 
 def human_seconds(x: float | None) -> str:
@@ -818,6 +850,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cost_model.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.out / "cost-plots" / "predicted-vs-measured.png")
+    plot_scale(coeffs, this, rows, args.out / "cost-plots" / "scale.png")
     md = (f"## Check on {this.name}\n\nCalibrated at {args.calibration[0]:,} and {args.calibration[1]:,} captions "
           f"(training: {args.train_steps[0]} and {args.train_steps[1]} steps); train rows run min(N / 1000, "
           f"{CHECK_MAX_STEPS}) steps; the {', '.join(f'{n:,}' for n in args.grow)} rows are graph-only runs on grown "
