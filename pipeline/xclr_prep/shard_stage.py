@@ -14,7 +14,8 @@ Then ``OUT/shard-NNNNNN.tar`` and ``OUT/done/shard-NNNNNN.json`` per shard (`xcl
 cut at group boundaries when the next group would pass `shard_samples` samples or `shard_bytes` bytes (estimated
 from the image sizes and the tar layout; a single group larger than either is a shard of its own).
 
-Driver memory: about 100 bytes per sample at the peak (grouping), plus the memory-mapped neighbour rows it reads.
+Driver memory: about 200 bytes per sample (measured from 30k to 100k samples), plus the memory-mapped neighbour rows
+it reads.
 """
 
 from __future__ import annotations
@@ -70,19 +71,9 @@ class EmbedParts:
 
 
 @dataclass(frozen=True)
-class LocateUnit:
-    """Locate the images of embed part `index` (`samples` samples) and copy its rows and texts to Arrow IPC."""
-    index: int
-    samples: int
-
-    @property
-    def weight(self) -> int:
-        return self.samples
-
-
-@dataclass(frozen=True)
-class ShardUnit:
-    """Write shard `index`, `samples` samples of the layout."""
+class Unit:
+    """One unit of the locate stage (embed part `index`) or of the write stage (shard `index`), of `samples`
+    samples."""
     index: int
     samples: int
 
@@ -145,7 +136,8 @@ class ShardWorker:
         self.rows = EmbeddingRows(embed_dir) if with_embeddings else None
         self.threads = threads
 
-    def locate(self, u: LocateUnit) -> dict:
+    def locate(self, u: Unit) -> dict:
+        """Locate the images of embed part `u.index` and copy its rows and texts to Arrow IPC; then the marker."""
         paths = part_paths(self.embed_dir, u.index)
         samples = pq.read_table(paths["samples"], schema=SAMPLES_SCHEMA)
         located = locate_rows(samples, self.out / LAYOUT / "stage", u.index)
@@ -239,7 +231,7 @@ def run_shards(actors: list, out: Path, embed_dir: Path, parts: EmbedParts, capt
     """Locate, lay out and write the shards of every sample whose caption is `caption_ok` (bool per caption id);
     returns counts (skips by reason), groups, shards and the keys of undecodable images."""
     started = time.perf_counter()
-    units = [LocateUnit(p, int(parts.samples[p + 1] - parts.samples[p])) for p in range(len(parts))]
+    units = [Unit(p, int(parts.samples[p + 1] - parts.samples[p])) for p in range(len(parts))]
     markers = {u.index: json.loads(path.read_text()) for u in units
                if (path := _rows_path(out, u.index).with_suffix(".json")).exists()}
     run_stage(actors, "locate", units, markers, "locate", "sample", progress)
@@ -270,7 +262,7 @@ def run_shards(actors: list, out: Path, embed_dir: Path, parts: EmbedParts, capt
     laid_out_at = time.perf_counter()
     written = {i: json.loads(done_marker(out, i).read_text()) for i in range(len(bounds) - 1)
                if done_marker(out, i).exists()}
-    shard_units = [ShardUnit(i, int(bounds[i + 1] - bounds[i])) for i in range(len(bounds) - 1)]
+    shard_units = [Unit(i, int(bounds[i + 1] - bounds[i])) for i in range(len(bounds) - 1)]
     run_stage(actors, "write", shard_units, written, "shards", "sample", progress,
               prepare=lambda u: (u.index, layout.sample[bounds[u.index]:bounds[u.index + 1]],
                                  layout.group[bounds[u.index]:bounds[u.index + 1]]))
