@@ -79,15 +79,46 @@ def test_approximate_meets_recall_target_on_clustered_data(tmp_path, method):
     ids = np.arange(rows.n)
     index = knn.build_index(rows, ids, method, seed=0)
     tuning = np.arange(0, 20_000, 20)
-    value, tuned = knn.tune(index, method, rows, tuning, ids, 10, 0.95)
+    params, tuned = knn.tune(index, method, rows, tuning, ids, 10, 0.95)
     assert tuned >= 0.95
-    knn.set_search_parameter(index, method, value)
+    knn.set_search_parameter(index, method, params)
     held_out = np.arange(3, 20_000, 17)
     _, found, _ = knn.index_neighbors(index, rows, held_out, ids, 10)
     ref_sims, _ = brute_force_topk(x.astype(np.float16).astype(np.float32), 10, held_out)
     recall = knn.recall_at_k(rows, held_out, found, ref_sims)
     assert recall >= 0.94
     assert not (found == held_out[:, None]).any()
+
+
+def test_ivf_returns_caption_ids_and_reranks_after_a_reload(tmp_path):
+    """The CPU IVF index numbers its vectors 0..n-1 inside; a database of every other caption must come back as
+    those captions' ids, and a reloaded index (FAISS does not save the re-ranking factor) must search alike."""
+    import faiss
+
+    x = clustered(6_000, 32, 60, 0.5, seed=3)
+    write_embed_dir(tmp_path / "embed", x)
+    rows = EmbeddingRows(tmp_path / "embed")
+    database = np.arange(1, rows.n, 2)
+    index = knn.build_index(rows, database, "ivf", seed=0)
+    assert knn.ivf_factory(len(database), 32, "faiss-cpu") == "IVF256,PQ16x4fs,Refine(SQfp16)"
+    knn.set_search_parameter(index, "ivf", knn.SearchParams(32, 16))
+    queries = np.arange(0, 600, 3)
+    sims, found, _ = knn.index_neighbors(index, rows, queries, database, 8)
+    assert np.isin(found, database).all()
+    ref_sims, _ = knn.exact_neighbors(rows, queries, database, 8)
+    assert knn.recall_at_k(rows, queries, found, ref_sims) >= 0.9
+    # re-ranked with the fp16 vectors: the similarities returned are the exact ones of the ids returned
+    true = np.einsum("nd,nkd->nk", rows.take(queries), rows.take(found.ravel()).reshape(*found.shape, -1))
+    np.testing.assert_allclose(sims, true, atol=2e-3)
+    faiss.write_index(index, str(tmp_path / "index"))
+    again = faiss.read_index(str(tmp_path / "index"))
+    knn.set_search_parameter(again, "ivf", knn.SearchParams(32, 16))
+    np.testing.assert_array_equal(knn.index_neighbors(again, rows, queries, database, 8)[1], found)
+
+
+def test_ivf_recipe_by_engine():
+    assert knn.ivf_factory(1_000_000, 384, "faiss-cpu") == "IVF4096,PQ192x4fs,Refine(SQfp16)"
+    assert knn.ivf_factory(1_000_000, 384, "faiss-gpu") == "IVF4096,SQfp16"
 
 
 def test_recall_counts_ties_and_misses(small):

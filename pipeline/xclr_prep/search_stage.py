@@ -86,11 +86,12 @@ class SearchWorker:
         self.index = knn.build_index(self.rows, self.valid_ids, self.method, seed, self.engine)
         built = time.perf_counter()
         sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[:TUNING_QUERIES])
-        value, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target,
-                                 self.exact_engine)
-        knn.set_search_parameter(self.index, self.method, value)
+        search, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target,
+                                  self.exact_engine)
+        knn.set_search_parameter(self.index, self.method, search)
         write_atomic(self.graph / INDEX, lambda p: faiss.write_index(knn.to_cpu(self.index), str(p)))
-        params = {"parameter": knn.search_parameter(self.method), "value": value, "tuning_recall": recall,
+        params = {"parameter": knn.search_parameter(self.method), "value": search.value, "refine": search.refine,
+                  "tuning_recall": recall,
                   "tuning_queries": len(sample), "build_seconds": round(built - started, 2),
                   "tune_seconds": round(time.perf_counter() - built, 2)}
         if self.method == "ivf":
@@ -129,7 +130,7 @@ class SearchWorker:
 
             self.index = knn.on_engine(faiss.read_index(str(self.graph / INDEX)), self.engine)
             params = json.loads((self.graph / INDEX_PARAMS).read_text())
-            knn.set_search_parameter(self.index, self.method, params["value"])
+            knn.set_search_parameter(self.index, self.method, knn.SearchParams(params["value"], params["refine"]))
         return self.index
 
     def measure(self, seed: int) -> dict:
