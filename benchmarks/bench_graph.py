@@ -75,9 +75,10 @@ def _one(method: str, embed_dir: str, exact_path: str, queries: int | None) -> d
         index = knn.build_index(rows, ids, method, seed=0)
         out["build_seconds"] = time.perf_counter() - started
         sample = np.sort(np.random.default_rng(0).permutation(rows.n)[:1000])
-        value, tuned = knn.tune(index, method, rows, sample, ids, K, 0.95)
-        knn.set_search_parameter(index, method, value)
-        out.update(parameter=knn.search_parameter(method), value=value, tuning_recall=tuned,
+        search, tuned = knn.tune(index, method, rows, sample, ids, K, 0.95)
+        knn.set_search_parameter(index, method, search)
+        out.update(parameter=knn.search_parameter(method), value=search.value, refine=search.refine,
+                   tuning_recall=tuned,
                    tune_seconds=time.perf_counter() - started - out["build_seconds"])
         found = np.concatenate([knn.index_neighbors(index, rows, wanted[s:s + BLOCK], ids, K)[1]
                                 for s in range(0, len(wanted), BLOCK)])

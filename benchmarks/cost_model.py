@@ -33,10 +33,15 @@ the two calibration runs), used where the code does no per-item work worth measu
                   2000 exact recall queries on one node; G: this machine's float32 GEMM rate (numpy, the search's
                   block shape), eta: the fraction of G exact search reaches (benchmarks/results/graph.json, this
                   machine, 164,878 captions). X, by what `--index auto` picks:
-                  exact (U <= 250k):  X = 2 U^2 D / (eta G) s
-                  hnsw (above, when U (4 D + 264) fits in half a node): X = (t_build + t_tune) L s1 + t_query L s,
-                  L = U log2 U / (U0 log2 U0); t_*: HNSW32 at U0 = 164,878 on this machine (graph.json); the index
-                  is built on one node, queries run on all
+                  exact (U <= 250k, or where the IVF index does not fit in half a node):  X = 2 U^2 D / (eta G) s
+                  ivf (above): X = (t_build B(U) / B(U0) + t_tune r) s1 + t_query r^2 s, r = U / U0,
+                  B(U) = (640 nlist + U) nlist (the k-means flops: 10 iterations over 64 points per list, then
+                  assigning every vector); t_*: the `--index ivf` run at U0 = the largest check size <= 250k,
+                  t_query = its search phase less the build, the tuning and the exact recall queries. Queries
+                  scale as r^2: each scans a fixed share of the lists (assumed: nprobe / nlist as tuned at U0).
+                  The index is built on one node, queries run on all
+                  hnsw (`--index hnsw`): X = (t_build + t_tune) L s1 + t_query L s, L = U log2 U / (U0 log2 U0);
+                  t_*: HNSW32 at U0 = 164,878 on this machine (graph.json)
           shards  T = (a + b N) + (a' + b' N s)  (layout on the driver; locate + write, one writer per CPU)
           train   CPU: T = a + b S / R, S = N / 128 steps per epoch (the check runs S = N / 1000), R = K C / c0 ranks
                   each as the 2-core process measured here
@@ -48,7 +53,7 @@ the two calibration runs), used where the code does no per-item work worth measu
           and docs/prep.md:
           embed   anon = 80 B N                     the driver's dedup
           search  anon = min(U, 262144) D 4         the driver's float32 block of the embedding check
-                         [+ U (4 D + 264)]          the HNSW index, in each node's search actor
+                         [+ index_bytes(U)]         the IVF / HNSW index, in each node's search actor
                   mapped = U D 2                    fp16 embeddings, read whole by the driver and the search actor
           shards  anon = b_d N                      the driver's numbers per sample: b_d = the calibration slope
                                                     of the driver's anonymous peak
@@ -58,15 +63,15 @@ the two calibration runs), used where the code does no per-item work worth measu
           train   M = M0 C / c0                     (C / c0 ranks per node)
           RSS counts a mapped file once per process that reads it: the check compares that; on the cluster it is
           counted once per node and also reported alone ("mapped": page cache, shared and reclaimable).
-  disk    embed a + b N; graph a + b U (+ U (4 D + 264) for the HNSW index file); shards a + (o + I) N with I the
+  disk    embed a + b N; graph a + b U (+ index_bytes(U) for an IVF / HNSW index file); shards a + (o + I) N with I the
           mean image bytes (this corpus: Fashion-MNIST's, or --image-bytes) and o the rest of a sample; train: the run
           directory (constant); GPU training: two ResNet-50 checkpoints (latest.pt + epoch-0001.pt), their size
           measured by a 1-step CPU run of xclr-train.
 
-The check runs the same commands at 10k, 30k, 100k and 1M captions (training: N / 1000 steps of 128 samples, at most
-CHECK_MAX_STEPS: partial epochs), plus `--index hnsw` at 100k and the graph-only run at 3M, and reports
-(predicted - measured) / measured. Outputs: OUT/cost_model.json, OUT/cost_model.md and
-OUT/cost-plots/predicted-vs-measured.png.
+IVF is calibrated by an `--index ivf` run at 100k. The check runs the same commands at 10k, 30k, 100k and 1M
+captions (training: N / 1000 steps of 128 samples, at most CHECK_MAX_STEPS: partial epochs), plus `--index hnsw` at
+100k and the graph-only run at 3M, and reports (predicted - measured) / measured. Outputs: OUT/cost_model.json,
+OUT/cost_model.md and OUT/cost-plots/predicted-vs-measured.png.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ import numpy as np
 import psutil
 
 from xclr_prep.graph_stage import EXACT_MAX_CPU
-from xclr_prep.knn import index_bytes
+from xclr_prep.knn import index_bytes, ivf_lists
 from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, LAYOUT, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
@@ -426,7 +431,7 @@ def memory_terms(stage: str, n: float, u: float, c: dict, actors: int = 1, metho
     if stage == "embed":
         return {"anon": DEDUP_BYTES * n, "mapped": []}
     if stage == "graph search":
-        index = index_bytes("hnsw", int(u), DIM) if method == "hnsw" else 0
+        index = index_bytes(method, int(u), DIM) if method in ("ivf", "hnsw") else 0
         return {"anon": min(u, VALIDITY_BLOCK) * DIM * 4 + index, "mapped": [(u * DIM * 2, 2)]}
     return {"anon": c["driver_bytes"] * n,  # shard writing
             "mapped": [(u * K_NEIGHBORS * 12, 1 + actors), (c["row_bytes"] * n, actors)]}
@@ -440,8 +445,15 @@ def mapped_bytes(terms: dict) -> float:
     return sum(size for size, _ in terms["mapped"])
 
 
-def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkpoint: dict, gemm: dict) -> dict:
-    """Every coefficient of the model (module docstring) from the calibration runs and the stored figures."""
+def ivf_build_work(u: float) -> float:
+    """B(U) of the module docstring: the k-means and assignment work of building the IVF index."""
+    return (640 * ivf_lists(int(u)) + u) * ivf_lists(int(u))
+
+
+def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkpoint: dict, gemm: dict,
+              ivf: dict) -> dict:
+    """Every coefficient of the model (module docstring) from the calibration runs, the `--index ivf` run `ivf`
+    and the stored figures."""
     ns = [r["n"] for r in embeds]
     us = [r["captions"] for r in graphs]
     graph_json = json.loads((RESULTS / "graph.json").read_text())
@@ -460,6 +472,10 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
                 "per_actor": float(np.mean([peak(r, phase, "actors") / max(1, a) for r, a in zip(runs, actors)]))}
 
     hnsw = graph_json["hnsw"]
+    search_other = constant([r["search_seconds"] - (u + RECALL_QUERIES) * u * 2 * DIM / flops
+                             for r, u in zip(graphs, us)])
+    ivf_fixed = ivf["index"]["build_seconds"] + ivf["index"]["tune_seconds"]
+    ivf_recall = RECALL_QUERIES * ivf["captions"] * 2 * DIM / flops
     return {
         "cores": embeds[0]["cores"],
         "unique_fraction": u_per_n,
@@ -468,11 +484,14 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
                   "memory": memory("embed", embeds, "all"), "disk": fit(ns, [r["disk_bytes"] for r in embeds])},
         "search": {
             "other_seconds": constant([r["wall_seconds"] - r["search_seconds"] - r["shards_seconds"] for r in graphs]),
-            "seconds": constant([r["search_seconds"] - (u + RECALL_QUERIES) * u * 2 * DIM / flops
-                                 for r, u in zip(graphs, us)]),
+            "seconds": search_other,
             "gemm_flops": gemm["flops"], "eta": eta,
             "hnsw": {"n0": hnsw["n"], "build_seconds": hnsw["build_seconds"], "tune_seconds": hnsw["tune_seconds"],
                      "query_seconds": hnsw["seconds"] - hnsw["build_seconds"] - hnsw["tune_seconds"]},
+            "ivf": {"n0": ivf["captions"], "build_seconds": ivf["index"]["build_seconds"],
+                    "tune_seconds": ivf["index"]["tune_seconds"], "nprobe": ivf["index"]["value"],
+                    "nlist": ivf["index"]["nlist"], "refine": ivf["index"]["refine"],
+                    "query_seconds": ivf["search_seconds"] - search_other["a"] - ivf_recall - ivf_fixed},
             "memory": memory("graph search", graphs, "before"),
             "disk": fit(us, [r["graph_disk_bytes"] for r in graphs])},
         "shards": {"layout_seconds": fit(ns, [r["layout_seconds"] for r in graphs]),
@@ -501,7 +520,7 @@ def search_method(n_unique: float, node_bytes: float) -> str:
     """What `--index auto` picks on CPUs (graph_stage._resolve_method)."""
     if n_unique <= EXACT_MAX_CPU:
         return "exact"
-    return "hnsw" if index_bytes("hnsw", int(n_unique), DIM) <= node_bytes / 2 else "ivf"
+    return "ivf" if index_bytes("ivf", int(n_unique), DIM) <= node_bytes / 2 else "exact"
 
 
 def node_memory(c: dict, stage: str, cl: Cluster, n: float, u: float, actors: int, method: str = "exact") -> dict:
@@ -529,8 +548,6 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
 
     g = c["search"]
     method = method or search_method(u, cl.memory_gib * 2**30)
-    out["graph search"] = {"method": method, "seconds": None, "disk": None, "rss": None, "resident": None,
-                           "mapped": None}  # IVF: not modelled; auto picks it only where HNSW does not fit
     seconds = at(g["other_seconds"], n) + at(g["seconds"], u) + RECALL_QUERIES * u * 2 * DIM / (
         g["eta"] * g["gemm_flops"]) * node
     disk = at(g["disk"], u)
@@ -541,9 +558,14 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
         growth = u * math.log2(u) / (h["n0"] * math.log2(h["n0"]))
         seconds += (h["build_seconds"] + h["tune_seconds"]) * growth * node + h["query_seconds"] * growth * s
         disk += index_bytes("hnsw", int(u), DIM)
-    if method in ("exact", "hnsw"):
-        out["graph search"] = {"seconds": seconds, "disk": disk, "method": method,
-                               **node_memory(c, "graph search", cl, n, u, 1, method)}
+    else:
+        v = g["ivf"]
+        r = u / v["n0"]
+        seconds += (v["build_seconds"] * ivf_build_work(u) / ivf_build_work(v["n0"]) + v["tune_seconds"] * r) * node \
+            + v["query_seconds"] * r * r * s
+        disk += index_bytes("ivf", int(u), DIM)
+    out["graph search"] = {"seconds": seconds, "disk": disk, "method": method,
+                           **node_memory(c, "graph search", cl, n, u, 1, method)}
 
     sh = c["shards"]
     out["shard writing"] = {"seconds": at(sh["layout_seconds"], n) + at(sh["locate_write_seconds"], n, s),
@@ -695,7 +717,7 @@ def plot_scale(c: dict, this: Cluster, rows: list[dict], path: Path) -> None:
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
     axes[0].legend(fontsize=8, frameon=False)
     fig.suptitle("Each stage against N on this machine (2 cores): model (lines) and measured runs (dots); graph search "
-                 "is exact up to 250k captions, HNSW above", fontsize=10)
+                 "is exact up to 250k captions, IVF above", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -784,7 +806,8 @@ def main() -> None:
     trains = [{**measure_train(root, f"steps-{s}", shards_cal, train_steps_args(s)), "steps": s}
               for s in args.train_steps]
     checkpoint = measure_train(root, "resnet50-checkpoint", shards_cal, CHECKPOINT_ARGS)
-    coeffs = calibrate(embeds, graphs, trains, checkpoint, gemm)
+    approx_n = max(n for n in args.check if n <= EXACT_MAX_CPU)  # above, auto picks IVF
+    coeffs = calibrate(embeds, graphs, trains, checkpoint, gemm, measure_graph(root, approx_n, "ivf"))
 
     this = Cluster(f"this machine ({os.cpu_count()} cores, shared)", 1, os.cpu_count(),
                    psutil.virtual_memory().total / 2**30)
@@ -797,10 +820,9 @@ def main() -> None:
         check_runs[n] = {"embed": embed["name"], "graph": graph["name"], "train": train["name"], "train_steps": steps}
         for stage, measured in measured_rows(n, embed, graph, train).items():
             rows += compare(n, stage, predicted[stage], measured)
-    hnsw_n = max(n for n in args.check if n <= EXACT_MAX_CPU)  # above, auto picks HNSW already
-    hnsw = measure_graph(root, hnsw_n, "hnsw")
-    predicted = predict(coeffs, this, hnsw_n, method="hnsw")["graph search"]
-    rows += compare(hnsw_n, "graph search (hnsw)", predicted, graph_search_row(hnsw))
+    hnsw = measure_graph(root, approx_n, "hnsw")
+    predicted = predict(coeffs, this, approx_n, method="hnsw")["graph search"]
+    rows += compare(approx_n, "graph search (hnsw)", predicted, graph_search_row(hnsw))
     for n in args.grow:
         grown = write_grown_embed_dir(root / f"embed-{args.check[-1]}", root / f"embed-grown-{n}", n)
         graph = measure_graph(root, n, embed_dir=grown)
