@@ -52,7 +52,8 @@ the two calibration runs), used where the code does no per-item work worth measu
           actors here and per node (embed: one per 8 CPUs, search: 1, shard writers: C). N terms, from the code
           and docs/prep.md:
           embed   anon = 80 B N                     the driver's dedup
-          search  anon = min(U, 262144) D 4         the driver's float32 block of the embedding check
+          search  anon = min(U, 32768) D 9          the driver's embedding check (a float32 block, its squares,
+                                                    the finiteness mask)
                          [+ index_bytes(U)]         the IVF / HNSW index, in each node's search actor
                   mapped = U D 2                    fp16 embeddings, read whole by the driver and the search actor
           shards  anon = b_d N                      the driver's numbers per sample: b_d = the calibration slope
@@ -93,7 +94,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from xclr_prep.graph_stage import EXACT_MAX_CPU
+from xclr_prep.graph_stage import EXACT_MAX_CPU, VALIDITY_BLOCK
 from xclr_prep.knn import index_bytes, ivf_lists
 from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, LAYOUT, MANIFEST, METRICS
 
@@ -113,7 +114,6 @@ STAGES = ("embed", "graph search", "shard writing", "train")
 COEFFICIENTS = {"embed": "embed", "graph search": "search", "shard writing": "shards"}
 # Memory that grows with N, from the code and docs/prep.md (see memory_terms)
 DEDUP_BYTES = 80  # embed driver: caption digests and ids per input row (docs/prep.md, "Ray, resume and faults")
-VALIDITY_BLOCK = 262_144  # graph driver: rows per float32 block of the embedding check (graph_stage)
 CONTENDED = 0.2  # a run during which others took more of the CPU is measured again (cached)
 RECALL_QUERIES = 2_000  # exact queries of the graph's recall measurement (search_stage)
 GROWN_NOISE = 0.5  # the grown corpus's copies: cosine about 1 / sqrt(1 + 0.25) = 0.89 to their source caption
@@ -432,7 +432,7 @@ def memory_terms(stage: str, n: float, u: float, c: dict, actors: int = 1, metho
         return {"anon": DEDUP_BYTES * n, "mapped": []}
     if stage == "graph search":
         index = index_bytes(method, int(u), DIM) if method in ("ivf", "hnsw") else 0
-        return {"anon": min(u, VALIDITY_BLOCK) * DIM * 4 + index, "mapped": [(u * DIM * 2, 2)]}
+        return {"anon": min(u, VALIDITY_BLOCK) * DIM * 9 + index, "mapped": [(u * DIM * 2, 2)]}
     return {"anon": c["driver_bytes"] * n,  # shard writing
             "mapped": [(u * K_NEIGHBORS * 12, 1 + actors), (c["row_bytes"] * n, actors)]}
 
