@@ -16,8 +16,8 @@ Approximate (`ivf_factory`), its search parameter (nprobe / efSearch) tuned on a
 reaches the target:
 - ivf on CPU: ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)``. The probed lists are scanned as 4-bit PQ codes (FAISS's
   SIMD fast-scan), and the best `refine` * (k + 1) candidates are re-ranked with fp16 vectors (the embeddings
-  are stored in fp16, so the re-ranking is exact). At 1M scene captions this reaches recall@32 0.96 about 11x
-  faster than exact search; IVF-SQfp16, which scans fp16 codes, was 1.9x (docs/prep.md, "Search engines").
+  are stored in fp16, so the re-ranking is exact). At 1M scene captions: 9.96x faster than exact search at
+  recall@32 0.957, where IVF-SQfp16, which scans fp16 codes, was 1.23x (docs/benchmarks.md, Graph search).
 - ivf on the faiss-gpu engine: ``IVF{nlist},SQfp16`` (FAISS's GPU indexes have no fast-scan nor refinement; the
   GPU scans fp16 codes at memory speed).
 - hnsw: ``HNSW32`` with float vectors.
