@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -96,6 +97,10 @@ def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
     graph = load_graph(tmp_path / "out" / "graph")
     assert graph.manifest["method"] == method and graph.manifest["index"]["parameter"] in ("nprobe", "efSearch")
     assert graph.manifest["engines"] == [{"search": "faiss-cpu", "exact": "faiss-cpu"}]
+    # the index recipe is part of the fingerprinted plan: a graph is never resumed with another index
+    plan = graph.manifest["plan"]
+    assert plan["index"] == knn.index_recipe(method, len(x), 64, "faiss-cpu")
+    assert graph.manifest["fingerprint"] == hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     rows = EmbeddingRows(tmp_path / "embed")
     x16 = x.astype(np.float16).astype(np.float32)
     ids = np.arange(len(x))

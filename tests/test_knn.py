@@ -49,19 +49,19 @@ def test_torch_path_equals_faiss_path(small, monkeypatch):
     assert_topk_equal(torch_sims, torch_ids, faiss_sims.astype(np.float64), faiss_ids, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, device, faiss_gpus, engine", [
-    ("exact", "cpu", 0, "faiss-cpu"), ("ivf", "cpu", 0, "faiss-cpu"), ("hnsw", "cpu", 0, "faiss-cpu"),
-    ("exact", "cpu", 2, "faiss-cpu"),  # a CPU worker on a GPU node stays on the CPU
-    ("exact", "cuda", 1, "faiss-gpu"), ("ivf", "cuda", 1, "faiss-gpu"), ("hnsw", "cuda", 1, "faiss-cpu"),
-    ("exact", "cuda", 0, "torch-cuda"), ("ivf", "cuda", 0, "faiss-cpu"), ("hnsw", "cuda", 0, "faiss-cpu"),
+@pytest.mark.parametrize("method, device, faiss_gpu, engine", [
+    ("exact", "cpu", False, "faiss-cpu"), ("ivf", "cpu", False, "faiss-cpu"), ("hnsw", "cpu", False, "faiss-cpu"),
+    ("exact", "cpu", True, "faiss-cpu"),  # a CPU worker on a GPU node stays on the CPU
+    ("exact", "cuda", True, "faiss-gpu"), ("ivf", "cuda", True, "faiss-gpu"), ("hnsw", "cuda", True, "faiss-cpu"),
+    ("exact", "cuda", False, "torch-cuda"), ("ivf", "cuda", False, "faiss-cpu"), ("hnsw", "cuda", False, "faiss-cpu"),
 ])
-def test_engine_follows_the_worker_device_and_the_faiss_build(method, device, faiss_gpus, engine):
-    assert knn.select_engine(method, device, faiss_gpus) == engine
+def test_engine_follows_the_worker_device_and_the_faiss_build(method, device, faiss_gpu, engine):
+    assert knn.select_engine(method, device, faiss_gpu) == engine
 
 
 def test_an_unknown_method_has_no_engine():
     with pytest.raises(ValueError, match="unknown method 'flat'"):
-        knn.select_engine("flat", "cuda", 1)
+        knn.select_engine("flat", "cuda", True)
 
 
 def test_database_subset_excludes_the_rest(small):
@@ -100,7 +100,7 @@ def test_ivf_returns_caption_ids_and_reranks_after_a_reload(tmp_path):
     rows = EmbeddingRows(tmp_path / "embed")
     database = np.arange(1, rows.n, 2)
     index = knn.build_index(rows, database, "ivf", seed=0)
-    assert knn.ivf_factory(len(database), 32, "faiss-cpu") == "IVF256,PQ16x4fs,Refine(SQfp16)"
+    assert knn.index_recipe("ivf", len(database), 32, "faiss-cpu") == "IVF256,PQ16x4fs,Refine(SQfp16)"
     knn.set_search_parameter(index, "ivf", knn.SearchParams(32, 16))
     queries = np.arange(0, 600, 3)
     sims, found, _ = knn.index_neighbors(index, rows, queries, database, 8)
@@ -116,9 +116,11 @@ def test_ivf_returns_caption_ids_and_reranks_after_a_reload(tmp_path):
     np.testing.assert_array_equal(knn.index_neighbors(again, rows, queries, database, 8)[1], found)
 
 
-def test_ivf_recipe_by_engine():
-    assert knn.ivf_factory(1_000_000, 384, "faiss-cpu") == "IVF4096,PQ192x4fs,Refine(SQfp16)"
-    assert knn.ivf_factory(1_000_000, 384, "faiss-gpu") == "IVF4096,SQfp16"
+def test_index_recipe_by_method_and_engine():
+    assert knn.index_recipe("ivf", 1_000_000, 384, "faiss-cpu") == "IVF4096,PQ192x4fs,Refine(SQfp16)"
+    assert knn.index_recipe("ivf", 1_000_000, 384, "faiss-gpu") == "IVF4096,SQfp16"
+    assert knn.index_recipe("hnsw", 1_000_000, 384, "faiss-cpu") == "HNSW32"
+    assert knn.index_recipe("exact", 1_000_000, 384, "faiss-gpu") == ""
 
 
 def test_recall_counts_ties_and_misses(small):

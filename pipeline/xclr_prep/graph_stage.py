@@ -6,8 +6,9 @@ Driver flow:
    embedding is invalid (not finite, or norm off 1 by more than 0.01): they are no one's neighbour and their
    samples are skipped (``caption_embedding_invalid``). Resolve k (default 32, capped at U - 1; an explicit
    k >= U is an error) and the method.
-2. ``OUT/plan.json``: a fingerprint of the embed manifest and every option. An OUT holding another plan is
-   refused; the same plan is resumed; a complete OUT is left as it is.
+2. ``OUT/plan.json``: a fingerprint of the embed manifest, every option and the index recipe
+   (`knn.index_recipe`: a graph half searched by a version that built another index is not resumed). An OUT
+   holding another plan is refused; the same plan is resumed; a complete OUT is left as it is.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
    (`xclr_prep.search_stage`) unless ``--graph`` names an existing graph of the same embed directory. Below the
    recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
@@ -144,8 +145,10 @@ def run_graph(opts: GraphOptions) -> dict:
         device = cluster_device(opts.device)
         if opts.graph is None:
             method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
+            recipe = knn.index_recipe(method, rows.n - len(invalid), rows.dim,
+                                      knn.select_engine(method, device, knn.faiss_gpu_build()))
             graph_plan = GraphPlan(GRAPH_SCHEMA_VERSION, embed_sha, k, method, opts.recall_target, opts.block_size,
-                                   device, opts.search_seed or 0)
+                                   device, opts.search_seed or 0, recipe)
             graph_dir = opts.out / GRAPH
         else:
             graph_dir = opts.graph

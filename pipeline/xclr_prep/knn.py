@@ -12,7 +12,7 @@ Engines (`select_engine`), by worker device and FAISS build:
 | ivf | faiss-cpu | faiss-gpu (the IVF index trained, filled and searched on the GPU) | faiss-cpu |
 | hnsw | faiss-cpu | faiss-cpu (FAISS has no GPU HNSW) | faiss-cpu |
 
-Approximate (`ivf_factory`), its search parameter (nprobe / efSearch) tuned on a query sample until recall@k
+Approximate (`index_recipe`), its search parameter (nprobe / efSearch) tuned on a query sample until recall@k
 reaches the target:
 - ivf on CPU: ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)``. The probed lists are scanned as 4-bit PQ codes (FAISS's
   SIMD fast-scan), and the best `refine` * (k + 1) candidates are re-ranked with fp16 vectors (the embeddings
@@ -55,19 +55,19 @@ class SearchParams:
     refine: int = 1
 
 
-def faiss_gpus() -> int:
-    """GPUs this process's FAISS can use: 0 with the faiss-cpu wheel."""
-    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+def faiss_gpu_build() -> bool:
+    """Whether this process's FAISS is the faiss-gpu wheel (the driver and the workers install the same one)."""
+    return hasattr(faiss, "StandardGpuResources")
 
 
-def select_engine(method: str, device: str, faiss_gpus: int) -> str:
-    """The engine that runs `method` on a worker of `device` ("cpu" or "cuda") whose FAISS sees `faiss_gpus`
-    GPUs (the table in the module docstring)."""
+def select_engine(method: str, device: str, faiss_gpu: bool) -> str:
+    """The engine that runs `method` on a worker of `device` ("cpu" or "cuda") with the faiss-gpu wheel or not
+    (the table in the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
     if device != "cuda" or method == "hnsw":
         return "faiss-cpu"
-    if faiss_gpus > 0:
+    if faiss_gpu:
         return "faiss-gpu"
     return "torch-cuda" if method == "exact" else "faiss-cpu"
 
@@ -151,8 +151,13 @@ def ivf_lists(n: int) -> int:
     return int(min(65_536, max(16, 2 ** round(math.log2(4 * math.sqrt(n))))))
 
 
-def ivf_factory(n: int, dim: int, engine: str) -> str:
-    """The FAISS factory string of the IVF index on `engine` (module docstring)."""
+def index_recipe(method: str, n: int, dim: int, engine: str) -> str:
+    """The FAISS factory string of the `method` index over `n` vectors on `engine` (module docstring); "" for
+    exact search, which builds none. A graph's plan records it, so that a graph is never resumed with another."""
+    if method == "exact":
+        return ""
+    if method == "hnsw":
+        return f"HNSW{HNSW_M}"
     if engine == "faiss-gpu":
         return f"IVF{ivf_lists(n)},SQfp16"
     return f"IVF{ivf_lists(n)},PQ{dim // 2 if dim % 2 == 0 else dim}x4fs,Refine(SQfp16)"
@@ -171,8 +176,8 @@ def build_index(rows: EmbeddingRows, database_ids: np.ndarray, method: str, seed
     """Train (IVF: k-means on at most 64 points per list) and fill the index with `database_ids`, in blocks; with
     the faiss-gpu engine the IVF index lives on the GPU (`to_cpu` gives the copy to save)."""
     dim = rows.dim
+    index = faiss.index_factory(dim, index_recipe(method, len(database_ids), dim, engine), faiss.METRIC_INNER_PRODUCT)
     if method == "ivf":
-        index = faiss.index_factory(dim, ivf_factory(len(database_ids), dim, engine), faiss.METRIC_INNER_PRODUCT)
         if engine == "faiss-gpu":
             index = on_engine(index, engine)
             index.cp.seed = seed
@@ -184,7 +189,7 @@ def build_index(rows: EmbeddingRows, database_ids: np.ndarray, method: str, seed
         train_ids = np.sort(rng.choice(database_ids, min(len(database_ids), 64 * nlist), replace=False))
         index.train(rows.take(train_ids))
     else:
-        index = faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT))
+        index = faiss.IndexIDMap(index)
     for start in range(0, len(database_ids), DB_BLOCK):
         ids = database_ids[start:start + DB_BLOCK]
         index.add_with_ids(rows.take(ids), ids)

@@ -41,6 +41,7 @@ class GraphPlan:
     block_size: int
     device: str
     seed: int  # of the index's training sample, tuning and recall queries
+    index: str = ""  # FAISS factory of the approximate index (knn.index_recipe); "" for exact, and before it existed
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class SearchWorker:
         self.rows = EmbeddingRows(embed_dir)
         self.graph = Path(graph_dir)
         self.k, self.method = plan.k, plan.method
-        self.engine = knn.select_engine(plan.method, device, knn.faiss_gpus())
-        self.exact_engine = knn.select_engine("exact", device, knn.faiss_gpus())  # references and fallbacks
+        self.engine = knn.select_engine(plan.method, device, knn.faiss_gpu_build())
+        self.exact_engine = knn.select_engine("exact", device, knn.faiss_gpu_build())  # references and fallbacks
         self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
         self.index = None
 
