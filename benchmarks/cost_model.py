@@ -24,8 +24,10 @@ quality study's CPU set-up (32 px convnet, batch 128, AdamW, one DataLoader work
 Model. N input captions (= samples), U = u N unique (u measured), D = 384, k = 32. The stated cluster has K CPU nodes
 of C cores; c0 = this machine's cores; s = c0 / (K C) scales a per-item cost measured here to all the cluster's cores,
 s1 = c0 / C to one node (linear scaling in cores is assumed, not measured). (a, b): two-point fits y = a + b x at the
-calibration sizes (2k and 8k captions; 5 and 25 training steps), b < 0 (noise) set to 0; c: a constant (the mean of
-the two calibration runs), used where the code does no per-item work worth measuring at 8k.
+calibration sizes (2k and 20k captions; 5 and 25 training steps), b < 0 (noise) set to 0; c: a constant (the mean of
+the two calibration runs), used where the code does no per-item work worth measuring at 20k. The larger calibration
+size exceeds ENCODE_CHUNK (16,384): the embed stage sorts each chunk of captions by length before batching them,
+and a corpus smaller than one chunk pads more per caption than a large one does.
 
   time    embed   T = a + b N s                  (a: Ray, actor and model start; b: scan, dedup, encode, write)
           search  T = c + c' + 2 * 2000 U D / (eta G) s1 + X
@@ -34,12 +36,18 @@ the two calibration runs), used where the code does no per-item work worth measu
                   block shape), eta: the fraction of G exact search reaches (benchmarks/results/graph.json, this
                   machine, 164,878 captions). X, by what `--index auto` picks:
                   exact (U <= 250k, or where the IVF index does not fit in half a node):  X = 2 U^2 D / (eta G) s
-                  ivf (above): X = (t_build B(U) / B(U0) + t_tune r) s1 + t_query r^2 s, r = U / U0,
-                  B(U) = (640 nlist + U) nlist (the k-means flops: 10 iterations over 64 points per list, then
-                  assigning every vector); t_*: the `--index ivf` run at U0 = the largest check size <= 250k,
-                  t_query = its search phase less the build, the tuning and the exact recall queries. Queries
-                  scale as r^2: each scans a fixed share of the lists (assumed: nprobe / nlist as tuned at U0).
-                  The index is built on one node, queries run on all
+                  ivf (above): X = (t_rest + 2 D B(U) / G + 2 D Q U / (eta G) + t_tune' q(U) / q(U0)) s1
+                                   + t_query (U / U0) q(U) / q(U0) s
+                  U0: the largest check size <= 250k, where the `--index ivf` run gives t_build, t_tune and
+                  t_query (its search phase less the build, the tuning and the exact recall queries).
+                  Build: B(U) = (640 nlist + U) nlist, the k-means (10 iterations over 64 points per list) and
+                  the assignment of every vector, run as float32 GEMMs at G; t_rest = t_build - 2 D B(U0) / G
+                  (training the codes, encoding: held constant). Tuning: Q = 1000 exact reference queries, and
+                  t_tune' (t_tune less those at U0) of index searches. A query: q(U) = q0 + q_p nprobe
+                  + q_c nprobe U / nlist + q_r refine (k + 1): the lists probed, their 4-bit codes scanned and the
+                  candidates re-ranked; q0, q_p, q_c, q_r fitted (least squares) to indexes built on U0 / 4 and U0
+                  captions searched at a grid of nprobe x refine (ivf_query_costs). nprobe and refine are held at
+                  their values tuned at U0 (assumed).
                   hnsw (`--index hnsw`): X = (t_build + t_tune) L s1 + t_query L s, L = U log2 U / (U0 log2 U0);
                   t_*: HNSW32 at U0 = 164,878 on this machine (graph.json)
           shards  T = (a + b N) + (a' + b' N s)  (layout on the driver; locate + write, one writer per CPU)
@@ -56,9 +64,12 @@ the two calibration runs), used where the code does no per-item work worth measu
                                                     the finiteness mask)
                          [+ index_bytes(U)]         the IVF / HNSW index, in each node's search actor
                   mapped = U D 2                    fp16 embeddings, read whole by the driver and the search actor
-          shards  anon = b_d N                      the driver's numbers per sample: b_d = the calibration slope
-                                                    of the driver's anonymous peak
+          shards  anon = 200 B N                    the driver's numbers per sample (xclr_prep.shard_stage; at
+                                                    2k-20k the driver's peak is set by allocator arenas, so a
+                                                    calibration slope says nothing about it)
                   mapped = U k 12                   neighbors.npy, read by the driver and the writers
+                         + U D 2                    the fp16 embeddings the driver mapped for its check (the
+                                                    pages it read stay in its RSS)
                          + b_r N                    the row and text files (b_r: their bytes per sample), read by
                                                     the writers
           train   M = M0 C / c0                     (C / c0 ranks per node)
@@ -69,10 +80,11 @@ the two calibration runs), used where the code does no per-item work worth measu
           directory (constant); GPU training: two ResNet-50 checkpoints (latest.pt + epoch-0001.pt), their size
           measured by a 1-step CPU run of xclr-train.
 
-IVF is calibrated by an `--index ivf` run at 100k. The check runs the same commands at 10k, 30k, 100k and 1M
-captions (training: N / 1000 steps of 128 samples, at most CHECK_MAX_STEPS: partial epochs), plus `--index hnsw` at
-100k and the graph-only run at 3M, and reports (predicted - measured) / measured. Outputs: OUT/cost_model.json,
-OUT/cost_model.md and OUT/cost-plots/predicted-vs-measured.png.
+IVF is calibrated by an `--index ivf` run at 100k and the query costs of IVF indexes on 25k and 100k captions
+(ivf_query_costs, cached in ROOT/results/ivf-queries-100000.json). The check runs the same commands at 10k, 30k,
+100k and 1M captions (training: N / 1000 steps of 128 samples, at most CHECK_MAX_STEPS: partial epochs), plus
+`--index hnsw` at 100k and the graph-only run at 3M, and reports (predicted - measured) / measured. Outputs:
+OUT/cost_model.json, OUT/cost_model.md and OUT/cost-plots/{predicted-vs-measured,scale}.png.
 """
 
 from __future__ import annotations
@@ -94,8 +106,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from xclr_prep import knn
 from xclr_prep.graph_stage import EXACT_MAX_CPU, VALIDITY_BLOCK
-from xclr_prep.knn import index_bytes, ivf_lists
+from xclr_prep.knn import REFINE_FACTORS, index_bytes, ivf_lists
+from xclr_prep.search_stage import RECALL_QUERIES, TUNING_QUERIES
+from xclr_schemas import EmbeddingRows
 from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, LAYOUT, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
@@ -114,11 +129,12 @@ STAGES = ("embed", "graph search", "shard writing", "train")
 COEFFICIENTS = {"embed": "embed", "graph search": "search", "shard writing": "shards"}
 # Memory that grows with N, from the code and docs/prep.md (see memory_terms)
 DEDUP_BYTES = 80  # embed driver: caption digests and ids per input row (docs/prep.md, "Ray, resume and faults")
+LAYOUT_BYTES = 200  # shard driver: the layout's numbers per sample (xclr_prep.shard_stage docstring)
 CONTENDED = 0.2  # a run during which others took more of the CPU is measured again (cached)
-RECALL_QUERIES = 2_000  # exact queries of the graph's recall measurement (search_stage)
 GROWN_NOISE = 0.5  # the grown corpus's copies: cosine about 1 / sqrt(1 + 0.25) = 0.89 to their source caption
 GROWN_PART = 100_000
 CHECK_MAX_STEPS = 200  # training steps of a check run: N / 1000, at most this
+IVF_GRID_QUERIES = 2_000  # queries timed per setting in ivf_query_costs
 
 
 @dataclass
@@ -400,6 +416,42 @@ def gemm_rate(root: Path) -> dict:
     return result
 
 
+def ivf_query_costs(root: Path, n0: int) -> dict:
+    """Seconds per query of the CPU IVF index as the graph stage builds it, on the first U0 / 4 and all U0 captions
+    of root/embed-U0 (so that the vectors per list differ), each searched at nprobe in nlist / (64, 16, 4, 1) times
+    each of REFINE_FACTORS (best of 2); and the least-squares fit q = q0 + q_p nprobe + q_c codes + q_r candidates
+    (lists probed, codes = nprobe U / nlist scanned, candidates = refine (k + 1) re-ranked). Cached in
+    ROOT/results/ivf-queries-U0.json."""
+    path = root / "results" / f"ivf-queries-{n0}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    busy = wait_quiet()
+    rows = EmbeddingRows(root / f"embed-{n0}")
+    queries = rows.take(np.sort(np.random.default_rng(0).choice(rows.n, IVF_GRID_QUERIES, replace=False)))
+    grid = []
+    for n in (rows.n // 4, rows.n):
+        index = knn.build_index(rows, np.arange(n), "ivf", seed=0)
+        nlist = knn.nlist(index)
+        for nprobe in (nlist // 64, nlist // 16, nlist // 4, nlist):
+            for refine in REFINE_FACTORS:
+                knn.set_search_parameter(index, "ivf", knn.SearchParams(nprobe, refine))
+                best = float("inf")
+                for _ in range(2):
+                    t = time.perf_counter()
+                    index.search(queries, K_NEIGHBORS + 1)
+                    best = min(best, time.perf_counter() - t)
+                grid.append({"n": n, "nlist": nlist, "nprobe": nprobe, "refine": refine, "codes": nprobe * n / nlist,
+                             "candidates": refine * (K_NEIGHBORS + 1), "seconds": best / len(queries)})
+    design = np.array([[1.0, g["nprobe"], g["codes"], g["candidates"]] for g in grid])
+    seconds = np.array([g["seconds"] for g in grid])
+    coef, *_ = np.linalg.lstsq(design, seconds, rcond=None)
+    result = {"queries": IVF_GRID_QUERIES, "busy_before": busy, "grid": grid,
+              "fit": dict(zip(("q0", "per_list", "per_code", "per_candidate"), map(float, coef))),
+              "max_abs_rel_residual": float(np.max(np.abs(design @ coef - seconds) / seconds))}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------- the model
 
 def fit(xs: list[float], ys: list[float]) -> dict:
@@ -426,15 +478,14 @@ def peak(run: dict, phase: str, name: str = "total") -> float:
 def memory_terms(stage: str, n: float, u: float, c: dict, actors: int = 1, method: str = "exact") -> dict:
     """The memory of a stage that grows with N (module docstring): `anon` bytes, and `mapped`: (bytes, readers) of
     each file memory-mapped and read whole by `readers` processes (counted once per process in RSS). `c`: the
-    calibrated per-sample bytes of the shard driver (`driver_bytes`) and of the writers' row files (`row_bytes`);
-    `actors`: shard writers."""
+    calibrated per-sample bytes of the writers' row files (`row_bytes`); `actors`: shard writers."""
     if stage == "embed":
         return {"anon": DEDUP_BYTES * n, "mapped": []}
     if stage == "graph search":
         index = index_bytes(method, int(u), DIM) if method in ("ivf", "hnsw") else 0
         return {"anon": min(u, VALIDITY_BLOCK) * DIM * 9 + index, "mapped": [(u * DIM * 2, 2)]}
-    return {"anon": c["driver_bytes"] * n,  # shard writing
-            "mapped": [(u * K_NEIGHBORS * 12, 1 + actors), (c["row_bytes"] * n, actors)]}
+    return {"anon": LAYOUT_BYTES * n,  # shard writing
+            "mapped": [(u * K_NEIGHBORS * 12, 1 + actors), (u * DIM * 2, 1), (c["row_bytes"] * n, actors)]}
 
 
 def rss_terms(terms: dict) -> float:
@@ -450,19 +501,24 @@ def ivf_build_work(u: float) -> float:
     return (640 * ivf_lists(int(u)) + u) * ivf_lists(int(u))
 
 
+def ivf_query_seconds(v: dict, u: float) -> float:
+    """q(U) of the module docstring: one IVF query over U vectors at the nprobe and refine tuned at U0."""
+    q = v["query_fit"]
+    return (q["q0"] + q["per_list"] * v["nprobe"] + q["per_code"] * v["nprobe"] * u / ivf_lists(int(u))
+            + q["per_candidate"] * v["refine"] * (K_NEIGHBORS + 1))
+
+
 def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkpoint: dict, gemm: dict,
-              ivf: dict) -> dict:
-    """Every coefficient of the model (module docstring) from the calibration runs, the `--index ivf` run `ivf`
-    and the stored figures."""
+              ivf: dict, ivf_queries: dict) -> dict:
+    """Every coefficient of the model (module docstring) from the calibration runs, the `--index ivf` run `ivf`,
+    the IVF query costs `ivf_queries` (ivf_query_costs) and the stored figures."""
     ns = [r["n"] for r in embeds]
     us = [r["captions"] for r in graphs]
     graph_json = json.loads((RESULTS / "graph.json").read_text())
     eta = graph_json["exact"]["fraction_of_gemm"]
     flops = eta * gemm["flops"]
     u_per_n = embeds[-1]["unique_captions"] / embeds[-1]["n"]
-    # the shard driver's anonymous memory per sample, and the writers' memory-mapped row files per sample
-    per_sample = {"driver_bytes": max(0.0, fit(ns, [peak(r, "after", "driver_anon") for r in graphs])["b"]),
-                  "row_bytes": fit(ns, [r["layout_disk_bytes"] for r in graphs])["b"]}
+    per_sample = {"row_bytes": fit(ns, [r["layout_disk_bytes"] for r in graphs])["b"]}  # the writers' mapped rows
 
     def memory(stage: str, runs: list[dict], phase: str) -> dict:
         actors = [peak(r, phase, "n_actors") for r in runs]
@@ -474,8 +530,8 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
     hnsw = graph_json["hnsw"]
     search_other = constant([r["search_seconds"] - (u + RECALL_QUERIES) * u * 2 * DIM / flops
                              for r, u in zip(graphs, us)])
-    ivf_fixed = ivf["index"]["build_seconds"] + ivf["index"]["tune_seconds"]
-    ivf_recall = RECALL_QUERIES * ivf["captions"] * 2 * DIM / flops
+    v, u0 = ivf["index"], ivf["captions"]
+    ivf_recall = RECALL_QUERIES * u0 * 2 * DIM / flops
     return {
         "cores": embeds[0]["cores"],
         "unique_fraction": u_per_n,
@@ -488,10 +544,11 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
             "gemm_flops": gemm["flops"], "eta": eta,
             "hnsw": {"n0": hnsw["n"], "build_seconds": hnsw["build_seconds"], "tune_seconds": hnsw["tune_seconds"],
                      "query_seconds": hnsw["seconds"] - hnsw["build_seconds"] - hnsw["tune_seconds"]},
-            "ivf": {"n0": ivf["captions"], "build_seconds": ivf["index"]["build_seconds"],
-                    "tune_seconds": ivf["index"]["tune_seconds"], "nprobe": ivf["index"]["value"],
-                    "nlist": ivf["index"]["nlist"], "refine": ivf["index"]["refine"],
-                    "query_seconds": ivf["search_seconds"] - search_other["a"] - ivf_recall - ivf_fixed},
+            "ivf": {"n0": u0, "nprobe": v["value"], "nlist": v["nlist"], "refine": v["refine"],
+                    "build_rest_seconds": v["build_seconds"] - 2 * DIM * ivf_build_work(u0) / gemm["flops"],
+                    "tune_search_seconds": v["tune_seconds"] - TUNING_QUERIES * u0 * 2 * DIM / flops,
+                    "query_seconds": ivf["search_seconds"] - search_other["a"] - ivf_recall - v["build_seconds"]
+                    - v["tune_seconds"], "query_fit": ivf_queries["fit"]},
             "memory": memory("graph search", graphs, "before"),
             "disk": fit(us, [r["graph_disk_bytes"] for r in graphs])},
         "shards": {"layout_seconds": fit(ns, [r["layout_seconds"] for r in graphs]),
@@ -560,9 +617,10 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
         disk += index_bytes("hnsw", int(u), DIM)
     else:
         v = g["ivf"]
-        r = u / v["n0"]
-        seconds += (v["build_seconds"] * ivf_build_work(u) / ivf_build_work(v["n0"]) + v["tune_seconds"] * r) * node \
-            + v["query_seconds"] * r * r * s
+        growth = ivf_query_seconds(v, u) / ivf_query_seconds(v, v["n0"])
+        build = v["build_rest_seconds"] + 2 * DIM * ivf_build_work(u) / g["gemm_flops"]
+        tune = TUNING_QUERIES * u * 2 * DIM / (g["eta"] * g["gemm_flops"]) + v["tune_search_seconds"] * growth
+        seconds += (build + tune) * node + v["query_seconds"] * u / v["n0"] * growth * s
         disk += index_bytes("ivf", int(u), DIM)
     out["graph search"] = {"seconds": seconds, "disk": disk, "method": method,
                            **node_memory(c, "graph search", cl, n, u, 1, method)}
@@ -655,7 +713,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 plt.Line2D([], [], color="grey", marker="o", mfc="none", ls="",
                            label=f"hollow: others used > {100 * CONTENDED:.0f}% of the CPU")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle("Cost model: predicted (calibrated at 2k/8k captions) vs measured, this machine", fontsize=11)
+    fig.suptitle("Cost model: predicted (calibrated at 2k/20k captions) vs measured, this machine", fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -780,7 +838,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("runs/cost"), help="scratch data and cached measurements")
     ap.add_argument("--out", type=Path, default=RESULTS, help="cost_model.json, cost_model.md, cost-plots/")
-    ap.add_argument("--calibration", type=int, nargs=2, default=[2000, 8000], help="calibration sizes")
+    ap.add_argument("--calibration", type=int, nargs=2, default=[2000, 20_000], help="calibration sizes")
     ap.add_argument("--train-steps", type=int, nargs=2, default=[5, 25], help="calibration training steps")
     ap.add_argument("--check", type=int, nargs="+", default=[10_000, 30_000, 100_000, 1_000_000],
                     help="check sizes (every stage)")
@@ -807,7 +865,8 @@ def main() -> None:
               for s in args.train_steps]
     checkpoint = measure_train(root, "resnet50-checkpoint", shards_cal, CHECKPOINT_ARGS)
     approx_n = max(n for n in args.check if n <= EXACT_MAX_CPU)  # above, auto picks IVF
-    coeffs = calibrate(embeds, graphs, trains, checkpoint, gemm, measure_graph(root, approx_n, "ivf"))
+    coeffs = calibrate(embeds, graphs, trains, checkpoint, gemm, measure_graph(root, approx_n, "ivf"),
+                       ivf_query_costs(root, approx_n))
 
     this = Cluster(f"this machine ({os.cpu_count()} cores, shared)", 1, os.cpu_count(),
                    psutil.virtual_memory().total / 2**30)
