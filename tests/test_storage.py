@@ -23,8 +23,11 @@ def tree(root) -> dict[str, bytes]:
 
 
 def test_push_publishes_data_before_markers_before_the_manifest_and_pull_restores(tmp_path):
+    """A stage directory's data before its markers; a run's metrics log and config before the checkpoint that
+    vouches for them (a run killed between the uploads must not resume from a checkpoint whose log is missing)."""
     local = tmp_path / "work"
-    files = {"part-0.parquet": b"rows", "sub/emb.npy": b"vectors", "done/part-0.json": b"{}", "plan.json": b"{}",
+    data_files = {"part-0.parquet": b"rows", "sub/emb.npy": b"vectors", "metrics.jsonl": b'{"step": 4}\n'}
+    files = {**data_files, "checkpoints/latest.pt": b"weights", "done/part-0.json": b"{}", "plan.json": b"{}",
              "manifest.json": b"{\"complete\": 1}"}
     for rel, data in files.items():
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -32,11 +35,12 @@ def test_push_publishes_data_before_markers_before_the_manifest_and_pull_restore
     (local / "part-1.parquet.tmp-0123").write_bytes(b"half")  # a killed writer's leftover
     url = (tmp_path / "remote").as_uri()
 
-    assert storage.push(local, url) == 5
+    assert storage.push(local, url) == len(files)
     remote = tmp_path / "remote"
     assert tree(remote) == files  # no temporaries, no push record
     order = sorted(files, key=lambda rel: (remote / rel).stat().st_mtime_ns)
-    assert {*order[:2]} == {"part-0.parquet", "sub/emb.npy"} and order[-1] == "manifest.json"
+    assert {*order[:len(data_files)]} == {*data_files}
+    assert order[-2:] == ["checkpoints/latest.pt", "manifest.json"]
 
     assert storage.push(local, url) == 0  # nothing changed
     (local / "part-0.parquet").write_bytes(b"more rows")

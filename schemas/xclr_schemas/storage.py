@@ -11,10 +11,12 @@ inside `local_dir(url)`, which
 - `pull`s first: copies every remote file that the work directory lacks, so a rerun on another machine resumes
   from what an earlier run published;
 - `push`es after the stage, also when it fails, and whenever the stage calls it (e.g. after a checkpoint):
-  uploads every file that changed since its last push, data files first, then JSON files (plans, done markers),
-  then the top-level ``manifest.json``. Each upload goes to a temporary name that is then moved into place, so
-  a remote file under its final name is complete, and a remote marker or manifest is never ahead of the data it
-  vouches for. A run killed mid-push leaves the remote in a state a rerun may trust.
+  uploads every file that changed since its last push, data files first, then the files that vouch for data:
+  JSON files (plans, done markers), then a run's checkpoints (each vouches for the run's config and its metrics
+  log up to its step), then the top-level ``manifest.json``. Each upload goes to a temporary name that is then
+  moved into place, so a remote file under its final name is complete, and a remote marker, checkpoint or
+  manifest is never ahead of the data it vouches for. A run killed mid-push leaves the remote in a state a
+  rerun may trust.
 
 Work directories live under ``$XCLR_WORK_DIR`` (default ``~/.cache/xclr/work``), one per URL. On a multi-node
 Ray cluster, the actors write into the work directory, so it must be on a filesystem every node mounts (as a
@@ -36,7 +38,7 @@ from typing import BinaryIO
 import fsspec
 
 from xclr_schemas.atomic import TMP_MARK, atomic_path, write_json_atomic
-from xclr_schemas.names import MANIFEST
+from xclr_schemas.names import CHECKPOINTS, MANIFEST
 
 PUSHED = ".pushed.json"  # in a work directory: size and mtime of each file as last pushed or pulled
 
@@ -139,7 +141,10 @@ def work_dir(url: str) -> Path:
 
 
 def _push_order(rel: str) -> tuple[int, str]:
+    """Data, then JSON markers, then checkpoints, then the manifest (see the module)."""
     if rel == MANIFEST:
+        return 3, rel
+    if rel.startswith(CHECKPOINTS + "/"):
         return 2, rel
     return (1 if rel.endswith(".json") else 0), rel
 
