@@ -154,15 +154,19 @@ def _shards(n: int, work: Path) -> dict:
 
 
 @click.command()
-@click.option("--embed-dir", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--embed-dir", type=click.Path(exists=True, path_type=Path), default=None,
+              help="The caption embeddings the search methods run on (needed unless --methods '').")
 @click.option("--shards-n", default=20_000, show_default=True, help="Samples of the shard benchmark (0: skip).")
-@click.option("--out", type=click.Path(path_type=Path), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="JSON results; the parts of an existing file that this run skips are kept.")
 @click.option("--methods", default="exact,ivf,hnsw", show_default=True, help="Search methods ('' to skip).")
 @click.option("--queries", type=int, default=None, help="Search this many random captions, not all (docstring).")
 @click.option("--one", default=None, hidden=True)
 @click.option("--exact-path", default=None, hidden=True)
 def main(embed_dir: Path, shards_n: int, out: Path | None, methods: str, queries: int | None, one: str | None,
          exact_path: str | None) -> None:
+    if methods and embed_dir is None:
+        raise click.UsageError("the search methods need --embed-dir (or --methods '' to skip them)")
     if one:
         print(json.dumps(_one(one, str(embed_dir), exact_path, queries)))
         return
@@ -182,11 +186,11 @@ def main(embed_dir: Path, shards_n: int, out: Path | None, methods: str, queries
                 results[method]["speedup_vs_exact"] = exact["seconds"] / results[method]["seconds"]
         if shards_n:
             results["shards"] = _shards(shards_n, Path(tmp))
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if out:
+        kept = json.loads(out.read_text()) if out.exists() else {}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        out.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
