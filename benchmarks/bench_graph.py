@@ -72,7 +72,7 @@ def _one(method: str, embed_dir: str, exact_path: str, queries: int | None) -> d
                                 for s in range(0, len(wanted), BLOCK)])
         np.save(exact_path, found)
     else:
-        index = knn.build_index(rows, ids, method, seed=0)
+        index = knn.build_index(rows, ids, knn.index_recipe(method, len(ids), rows.dim, "faiss-cpu"), seed=0)
         out["build_seconds"] = time.perf_counter() - started
         sample = np.sort(np.random.default_rng(0).permutation(rows.n)[:1000])
         search, tuned = knn.tune(index, method, rows, sample, ids, K, 0.95)

@@ -430,7 +430,7 @@ def ivf_query_costs(root: Path, n0: int) -> dict:
     queries = rows.take(np.sort(np.random.default_rng(0).choice(rows.n, IVF_GRID_QUERIES, replace=False)))
     grid = []
     for n in (rows.n // 4, rows.n):
-        index = knn.build_index(rows, np.arange(n), "ivf", seed=0)
+        index = knn.build_index(rows, np.arange(n), knn.index_recipe("ivf", n, rows.dim, "faiss-cpu"), seed=0)
         nlist = knn.nlist(index)
         for nprobe in (nlist // 64, nlist // 16, nlist // 4, nlist):
             for refine in REFINE_FACTORS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from data_helpers import assert_topk_equal, brute_force_topk, clustered, write_embed_dir
@@ -77,7 +79,7 @@ def test_approximate_meets_recall_target_on_clustered_data(tmp_path, method):
     write_embed_dir(tmp_path / "embed", x)
     rows = EmbeddingRows(tmp_path / "embed")
     ids = np.arange(rows.n)
-    index = knn.build_index(rows, ids, method, seed=0)
+    index = knn.build_index(rows, ids, knn.index_recipe(method, rows.n, rows.dim, "faiss-cpu"), seed=0)
     tuning = np.arange(0, 20_000, 20)
     params, tuned = knn.tune(index, method, rows, tuning, ids, 10, 0.95)
     assert tuned >= 0.95
@@ -99,8 +101,9 @@ def test_ivf_returns_caption_ids_and_reranks_after_a_reload(tmp_path):
     write_embed_dir(tmp_path / "embed", x)
     rows = EmbeddingRows(tmp_path / "embed")
     database = np.arange(1, rows.n, 2)
-    index = knn.build_index(rows, database, "ivf", seed=0)
-    assert knn.index_recipe("ivf", len(database), 32, "faiss-cpu") == "IVF256,PQ16x4fs,Refine(SQfp16)"
+    recipe = knn.index_recipe("ivf", len(database), 32, "faiss-cpu")
+    assert recipe == "IVF256,PQ16x4fs,Refine(SQfp16)"
+    index = knn.build_index(rows, database, recipe, seed=0)
     knn.set_search_parameter(index, "ivf", knn.SearchParams(32, 16))
     queries = np.arange(0, 600, 3)
     sims, found, _ = knn.index_neighbors(index, rows, queries, database, 8)
@@ -146,3 +149,23 @@ def test_ivf_lists_follow_the_autofaiss_range():
     assert knn.ivf_lists(1_000) == 128
     assert knn.ivf_lists(3_000_000) == 8192
     assert knn.ivf_lists(10) == 16 and knn.ivf_lists(10**12) == 65_536
+
+
+def test_a_search_worker_refuses_a_plan_its_engine_would_not_build(tmp_path):
+    """A search worker builds the index its graph's plan records; on a node whose FAISS would build another (a plan
+    resolved where the faiss-gpu wheel is installed, met on a faiss-cpu node) it refuses to start."""
+    from xclr_prep.errors import PrepError
+    from xclr_prep.search_stage import GraphPlan, SearchWorker
+
+    write_embed_dir(tmp_path / "embed", clustered(1_000, 32, 10, 0.5, seed=1))
+    invalid = np.array([7], dtype=np.int64)
+
+    def worker(recipe: str) -> SearchWorker:
+        plan = GraphPlan("xclr.graph/test", "0" * 64, 5, "ivf", 0.95, 512, "cpu", 0, recipe)
+        return SearchWorker(str(tmp_path / "embed"), str(tmp_path / "graph"), plan, invalid, "cpu", 1)
+
+    assert worker(knn.index_recipe("ivf", 999, 32, "faiss-cpu")).engines()["search"] == "faiss-cpu"
+    gpu_recipe = knn.index_recipe("ivf", 999, 32, "faiss-gpu")
+    refusal = rf"engine \(faiss-cpu\) does not build the graph's index '{re.escape(gpu_recipe)}'"
+    with pytest.raises(PrepError, match=refusal):
+        worker(gpu_recipe)

@@ -171,20 +171,21 @@ def index_bytes(method: str, n: int, dim: int) -> int:
     return n * (4 * dim + 2 * HNSW_M * 4 + 8)
 
 
-def build_index(rows: EmbeddingRows, database_ids: np.ndarray, method: str, seed: int,
+def build_index(rows: EmbeddingRows, database_ids: np.ndarray, recipe: str, seed: int,
                 engine: str = "faiss-cpu") -> faiss.Index:
-    """Train (IVF: k-means on at most 64 points per list) and fill the index with `database_ids`, in blocks; with
-    the faiss-gpu engine the IVF index lives on the GPU (`to_cpu` gives the copy to save)."""
-    dim = rows.dim
-    index = faiss.index_factory(dim, index_recipe(method, len(database_ids), dim, engine), faiss.METRIC_INNER_PRODUCT)
-    if method == "ivf":
+    """The index `recipe` (a FAISS factory string, `index_recipe`) over `database_ids`, filled in blocks. An IVF
+    index is trained first (k-means on at most 64 points per list); on the faiss-gpu engine it lives on the GPU
+    (`to_cpu` gives the copy to save)."""
+    index = faiss.index_factory(rows.dim, recipe, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        nlist = ivf.nlist
         if engine == "faiss-gpu":
             index = on_engine(index, engine)
             index.cp.seed = seed
         else:  # the refinement index numbers vectors 0..n-1: the map gives them their caption ids
+            ivf.cp.seed = seed
             index = faiss.IndexIDMap(index)
-            faiss.extract_index_ivf(index).cp.seed = seed
-        nlist = ivf_lists(len(database_ids))
         rng = np.random.default_rng(seed)
         train_ids = np.sort(rng.choice(database_ids, min(len(database_ids), 64 * nlist), replace=False))
         index.train(rows.take(train_ids))

@@ -1,11 +1,12 @@
 """The graph search: every caption's top-k other captions, queries sharded over a Ray actor pool.
 
-Units are query blocks of `block_size` caption ids. A unit searches its block (`xclr_prep.knn`), writes its rows
-of ``G/neighbors.npy`` in place (the file is created once, full size, under a temporary name) and then its done
-marker; a block without a marker is searched again by the rerun. Approximate methods first build and tune the
-index once (``G/index.faiss`` + ``G/index.json``, written in that order) on the first actor; the other actors
-load it from disk. When every block is done, the first actor measures recall@k of the written rows on a query
-sample against exact search, the background similarity and the mean k-th similarity.
+Units are query blocks of `block_size` caption ids. A unit searches its block (`xclr_prep.knn`), writes its rows of
+``G/neighbors.npy`` in place (the file is created once, full size, under a temporary name) and then its done marker;
+a block without a marker is searched again by the rerun. Approximate methods first build and tune the index the plan
+records (`GraphPlan.index`) once (``G/index.faiss`` + ``G/index.json``, written in that order) on the first actor;
+the other actors load it from disk. A worker whose engine would build another index (a node with another FAISS wheel
+than the driver's) refuses to start. When every block is done, the first actor measures recall@k of the written rows
+on a query sample against exact search, the background similarity and the mean k-th similarity.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from xclr_prep.errors import PrepError
 from xclr_prep.raypool import run_stage
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
@@ -68,10 +70,14 @@ class SearchWorker:
         faiss.omp_set_num_threads(threads)
         self.rows = EmbeddingRows(embed_dir)
         self.graph = Path(graph_dir)
-        self.k, self.method = plan.k, plan.method
+        self.k, self.method, self.recipe = plan.k, plan.method, plan.index
         self.engine = knn.select_engine(plan.method, device, knn.faiss_gpu_build())
         self.exact_engine = knn.select_engine("exact", device, knn.faiss_gpu_build())  # references and fallbacks
         self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
+        if knn.index_recipe(plan.method, len(self.valid_ids), self.rows.dim, self.engine) != plan.index:
+            raise PrepError(f"a search worker's FAISS engine ({self.engine}) does not build the graph's index "
+                            f"{plan.index!r}: install the same faiss wheel (faiss-cpu, or the gpu extra's faiss-gpu) "
+                            f"on every node")
         self.index = None
 
     def engines(self) -> dict:
@@ -84,7 +90,7 @@ class SearchWorker:
         from xclr_prep import knn
 
         started = time.perf_counter()
-        self.index = knn.build_index(self.rows, self.valid_ids, self.method, seed, self.engine)
+        self.index = knn.build_index(self.rows, self.valid_ids, self.recipe, seed, self.engine)
         built = time.perf_counter()
         sample = np.sort(np.random.default_rng(seed).permutation(self.valid_ids)[:TUNING_QUERIES])
         search, recall = knn.tune(self.index, self.method, self.rows, sample, self.valid_ids, self.k, target,
