@@ -496,9 +496,14 @@ def mapped_bytes(terms: dict) -> float:
     return sum(size for size, _ in terms["mapped"])
 
 
-def ivf_build_work(u: float) -> float:
-    """B(U) of the module docstring: the k-means and assignment work of building the IVF index."""
-    return (640 * ivf_lists(int(u)) + u) * ivf_lists(int(u))
+def exact_seconds(queries: float, u: float, flops: float) -> float:
+    """Exact search of `queries` against U captions at `flops` FLOP/s: 2 D flops per pair."""
+    return queries * u * 2 * DIM / flops
+
+
+def ivf_build_flops(u: float) -> float:
+    """2 D B(U) of the module docstring: the k-means and assignment GEMMs of building the IVF index."""
+    return 2 * DIM * (640 * ivf_lists(int(u)) + u) * ivf_lists(int(u))
 
 
 def ivf_query_seconds(v: dict, u: float) -> float:
@@ -528,10 +533,10 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
                 "per_actor": float(np.mean([peak(r, phase, "actors") / max(1, a) for r, a in zip(runs, actors)]))}
 
     hnsw = graph_json["hnsw"]
-    search_other = constant([r["search_seconds"] - (u + RECALL_QUERIES) * u * 2 * DIM / flops
+    search_other = constant([r["search_seconds"] - exact_seconds(u + RECALL_QUERIES, u, flops)
                              for r, u in zip(graphs, us)])
     v, u0 = ivf["index"], ivf["captions"]
-    ivf_recall = RECALL_QUERIES * u0 * 2 * DIM / flops
+    ivf_recall = exact_seconds(RECALL_QUERIES, u0, flops)
     return {
         "cores": embeds[0]["cores"],
         "unique_fraction": u_per_n,
@@ -545,8 +550,8 @@ def calibrate(embeds: list[dict], graphs: list[dict], trains: list[dict], checkp
             "hnsw": {"n0": hnsw["n"], "build_seconds": hnsw["build_seconds"], "tune_seconds": hnsw["tune_seconds"],
                      "query_seconds": hnsw["seconds"] - hnsw["build_seconds"] - hnsw["tune_seconds"]},
             "ivf": {"n0": u0, "nprobe": v["value"], "nlist": v["nlist"], "refine": v["refine"],
-                    "build_rest_seconds": v["build_seconds"] - 2 * DIM * ivf_build_work(u0) / gemm["flops"],
-                    "tune_search_seconds": v["tune_seconds"] - TUNING_QUERIES * u0 * 2 * DIM / flops,
+                    "build_rest_seconds": v["build_seconds"] - ivf_build_flops(u0) / gemm["flops"],
+                    "tune_search_seconds": v["tune_seconds"] - exact_seconds(TUNING_QUERIES, u0, flops),
                     "query_seconds": ivf["search_seconds"] - search_other["a"] - ivf_recall - v["build_seconds"]
                     - v["tune_seconds"], "query_fit": ivf_queries["fit"]},
             "memory": memory("graph search", graphs, "before"),
@@ -605,11 +610,11 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
 
     g = c["search"]
     method = method or search_method(u, cl.memory_gib * 2**30)
-    seconds = at(g["other_seconds"], n) + at(g["seconds"], u) + RECALL_QUERIES * u * 2 * DIM / (
-        g["eta"] * g["gemm_flops"]) * node
+    exact_flops = g["eta"] * g["gemm_flops"]
+    seconds = at(g["other_seconds"], n) + at(g["seconds"], u) + exact_seconds(RECALL_QUERIES, u, exact_flops) * node
     disk = at(g["disk"], u)
     if method == "exact":
-        seconds += u * u * 2 * DIM / (g["eta"] * g["gemm_flops"]) * s
+        seconds += exact_seconds(u, u, exact_flops) * s
     elif method == "hnsw":
         h = g["hnsw"]
         growth = u * math.log2(u) / (h["n0"] * math.log2(h["n0"]))
@@ -618,8 +623,8 @@ def predict(c: dict, cl: Cluster, n: int, train_steps: int | None = None, method
     else:
         v = g["ivf"]
         growth = ivf_query_seconds(v, u) / ivf_query_seconds(v, v["n0"])
-        build = v["build_rest_seconds"] + 2 * DIM * ivf_build_work(u) / g["gemm_flops"]
-        tune = TUNING_QUERIES * u * 2 * DIM / (g["eta"] * g["gemm_flops"]) + v["tune_search_seconds"] * growth
+        build = v["build_rest_seconds"] + ivf_build_flops(u) / g["gemm_flops"]
+        tune = exact_seconds(TUNING_QUERIES, u, exact_flops) + v["tune_search_seconds"] * growth
         seconds += (build + tune) * node + v["query_seconds"] * u / v["n0"] * growth * s
         disk += index_bytes("ivf", int(u), DIM)
     out["graph search"] = {"seconds": seconds, "disk": disk, "method": method,

@@ -1,4 +1,5 @@
-"""The search core against numpy: exact top-k, self removal with ties, approximate recall, background."""
+"""The search core against numpy: exact top-k, self removal with ties, approximate recall, background; the engine
+and index recipe chosen, and a search worker refusing a recipe its engine would not build."""
 
 from __future__ import annotations
 

@@ -71,8 +71,9 @@ class SearchWorker:
         self.rows = EmbeddingRows(embed_dir)
         self.graph = Path(graph_dir)
         self.k, self.method, self.recipe = plan.k, plan.method, plan.index
-        self.engine = knn.select_engine(plan.method, device, knn.faiss_gpu_build())
-        self.exact_engine = knn.select_engine("exact", device, knn.faiss_gpu_build())  # references and fallbacks
+        gpu_build = knn.faiss_gpu_build()
+        self.engine = knn.select_engine(plan.method, device, gpu_build)
+        self.exact_engine = knn.select_engine("exact", device, gpu_build)  # references and fallbacks
         self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
         if knn.index_recipe(plan.method, len(self.valid_ids), self.rows.dim, self.engine) != plan.index:
             raise PrepError(f"a search worker's FAISS engine ({self.engine}) does not build the graph's index "
