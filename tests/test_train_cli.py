@@ -111,7 +111,7 @@ def test_metric_learning_losses_run_on_real_shards(tux_shards, tmp_path, args):
 def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger, loss):
     """4 epochs of 2 steps: killed during epoch 3 and resumed from latest, the losses of every step equal an
     uninterrupted run's, and the metrics log holds each step once; X-CLR's queue and MoCo's momentum network and
-    queue come back from the checkpoint too (every objective's state round trip: test_frameworks.py)."""
+    queue come back from the checkpoint too (every objective's state round trip: test_objective_state.py)."""
     args = ["--data", tux_shards, *SMALL, "--arch", "convnet", "--batch-size", "16", "--steps", "8",
             "--samples-per-epoch", "32", "--workers", "2", *loss]
     train_in_process(*args, "--out", tmp_path / "whole")

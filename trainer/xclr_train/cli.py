@@ -18,7 +18,6 @@ from xclr_train.objectives.base import Objective, either, flag
 from xclr_train.optim import FAMILY_RECIPES, PLAIN
 from xclr_train.train import TrainConfig, train
 
-D = TrainConfig
 # the objectives that project to the caption embedding's size instead of --proj-dim
 CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
 
@@ -68,48 +67,55 @@ def _help(users: list[tuple[str, Field]]) -> str:
 @click.option("--out", required=True,
               help="Run directory, local or a URL (written in a local work directory and uploaded after every "
                    "checkpoint).")
-@click.option("--loss", type=click.Choice(list(OBJECTIVES)), default=D.loss, help="The objective; its own options "
-              "follow it (docs/train.md).")
+@click.option("--loss", type=click.Choice(list(OBJECTIVES)), default=TrainConfig.loss,
+              help="The objective; its own options follow it (docs/train.md).")
 @objective_options
-@click.option("--arch", default=D.arch, help=f"Backbone: {', '.join(TORCHVISION)} (torchvision), {CONVNET} (a small "
+@click.option("--arch", default=TrainConfig.arch,
+              help=f"Backbone: {', '.join(TORCHVISION)} (torchvision), {CONVNET} (a small "
               "CPU CNN) or any timm model name (vit_small_patch16_224, convnext_tiny, timm:resnet50, ...); its family "
               "(batchnorm if it has BatchNorm layers, else layernorm) picks the optimisation defaults.")
-@click.option("--image-size", type=int, default=D.image_size, help="Crop size; torchvision's ResNets use the "
+@click.option("--image-size", type=int, default=TrainConfig.image_size, help="Crop size; torchvision's ResNets use the "
               "small-image stem up to 64 px; a timm model that takes img_size is built for it.")
-@click.option("--patch-size", type=int, default=D.patch_size,
+@click.option("--patch-size", type=int, default=TrainConfig.patch_size,
               help="Patch size of a timm ViT (e.g. 4 for 32 px images). Default: the model's own.")
-@click.option("--init", default=D.init, help="Start from the backbone weights in this local file (.safetensors or a "
+@click.option("--init", default=TrainConfig.init,
+              help="Start from the backbone weights in this local file (.safetensors or a "
               "torch state dict, e.g. an xclr-export model.safetensors) instead of random ones.")
-@click.option("--augment", type=click.Choice(list(RECIPES)), default=D.augment,
+@click.option("--augment", type=click.Choice(list(RECIPES)), default=TrainConfig.augment,
               help="Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop and flip only "
               "(DataLoader workers cut the crops; the colour ops run batched on the training device).")
-@click.option("--proj-hidden", type=int, default=D.proj_hidden,
+@click.option("--proj-hidden", type=int, default=TrainConfig.proj_hidden,
               help="Hidden width of the projection head; byol and nnclr size their predictor with it too.")
-@click.option("--proj-dim", type=int, default=D.proj_dim,
+@click.option("--proj-dim", type=int, default=TrainConfig.proj_dim,
               help=f"Ignored by --loss {either(CAPTION_SIZED)} (the caption size).")
-@click.option("--batch-size", type=int, default=D.batch_size, help="Samples per rank per step (two views each).")
-@click.option("--epochs", type=int, default=D.epochs, help="Checkpoint intervals of --samples-per-epoch samples.")
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size,
+              help="Samples per rank per step (two views each).")
+@click.option("--epochs", type=int, default=TrainConfig.epochs,
+              help="Checkpoint intervals of --samples-per-epoch samples.")
 @click.option("--steps", type=int, default=None, help="Total steps (instead of --epochs).")
 @click.option("--samples-per-epoch", type=int, default=None, help="Default: the shards' sample count (sizes.json).")
-@click.option("--optimizer", type=click.Choice(list(PLAIN)), default=D.optimizer, help=_recipe_help("optimizer"))
-@click.option("--lr", type=float, default=D.lr,
+@click.option("--optimizer", type=click.Choice(list(PLAIN)), default=TrainConfig.optimizer,
+              help=_recipe_help("optimizer"))
+@click.option("--lr", type=float, default=TrainConfig.lr,
               help="Peak learning rate. " + _recipe_help("lr"))
-@click.option("--weight-decay", type=float, default=D.weight_decay, help="Not on biases, norms, a ViT's position "
+@click.option("--weight-decay", type=float, default=TrainConfig.weight_decay,
+              help="Not on biases, norms, a ViT's position "
               "embedding and cls token. " + _recipe_help("weight_decay"))
-@click.option("--clip-grad", type=float, default=D.clip_grad,
+@click.option("--clip-grad", type=float, default=TrainConfig.clip_grad,
               help="Largest global gradient norm, 0 for no clipping. " + _recipe_help("clip_grad"))
 @click.option("--warmup-steps", type=int, default=None, help="Default: a tenth of the steps.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=D.precision,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=TrainConfig.precision,
               help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
-@click.option("--workers", type=int, default=D.workers, help="DataLoader worker processes per rank.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=D.device)
-@click.option("--seed", type=int, default=D.seed)
+@click.option("--workers", type=int, default=TrainConfig.workers, help="DataLoader worker processes per rank.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=TrainConfig.device)
+@click.option("--seed", type=int, default=TrainConfig.seed)
 @click.option("--resume", default=None,
               help="'latest' (RUN/checkpoints/latest.pt; a new run while there is none yet, so one command line "
                    "serves the first start and every torchrun restart) or a checkpoint path.")
-@click.option("--save-every", type=int, default=D.save_every, help="Keep epoch-NNNN.pt every this many epochs.")
-@click.option("--log-every", type=int, default=D.log_every, help="Steps per metrics line.")
-@click.option("--progress/--no-progress", default=D.progress)
+@click.option("--save-every", type=int, default=TrainConfig.save_every,
+              help="Keep epoch-NNNN.pt every this many epochs.")
+@click.option("--log-every", type=int, default=TrainConfig.log_every, help="Steps per metrics line.")
+@click.option("--progress/--no-progress", default=TrainConfig.progress)
 def main(**options) -> None:
     """Train an image encoder with X-CLR (or a baseline) on shards written by `xclr-prep graph`.
 

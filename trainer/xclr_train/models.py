@@ -224,6 +224,22 @@ class Encoder(nn.Module):
         return self.head(self.backbone(images))
 
 
+class Learner(nn.Module):
+    """What the optimizer trains and DDP wraps: the encoder and, with `predictor_hidden`, a predictor head
+    Linear-BN-ReLU-Linear (proj_dim -> hidden -> proj_dim). forward(images) -> (projections, predictions or None)."""
+
+    def __init__(self, encoder: Encoder, proj_dim: int, predictor_hidden: int | None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = None if predictor_hidden is None else nn.Sequential(
+            nn.Linear(proj_dim, predictor_hidden, bias=False), nn.BatchNorm1d(predictor_hidden),
+            nn.ReLU(inplace=True), nn.Linear(predictor_hidden, proj_dim))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        z = self.encoder(images)
+        return z, None if self.predictor is None else self.predictor(z)
+
+
 def use_sync_batchnorm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
     """SyncBatchNorm across ranks on GPUs (BN statistics of the global batch); torch has no CPU version, so CPU
     ranks keep per-rank statistics."""

@@ -4,7 +4,7 @@ Run directory::
 
     RUN/config.json              the options of the run (what a resume must match)
     RUN/metrics.jsonl            rank 0, every --log-every steps: loss, lr, samples/s, data vs step time, target
-                                 statistics (see `xclr_train.objective`), skipped samples by reason, the
+                                 statistics (see `xclr_train.objectives.base`), skipped samples by reason, the
                                  gradient norm before clipping (when --clip-grad clips)
     RUN/checkpoints/latest.pt    after every epoch; epoch-NNNN.pt every --save-every epochs (`xclr_train.checkpoint`)
 
@@ -39,7 +39,7 @@ from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
 from xclr_train.errors import TrainError
-from xclr_train.metrics import MetricsLog
+from xclr_train.metrics_log import MetricsLog
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options, parse_options
 from xclr_train.optim import lr_at, make_optimizer, resolve

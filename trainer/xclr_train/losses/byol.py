@@ -4,7 +4,7 @@ projection of the other view; no negatives.
     l(p, t) = || p / ||p|| - t / ||t|| ||^2 = 2 - 2 cos(p, t)
     loss    = mean over the samples of (l(p1, t2) + l(p2, t1)) / 2,   t without gradient
 
-The target network is an exponential moving average of the online encoder (`xclr_train.frameworks`).
+The target network is an exponential moving average of the online encoder (`xclr_train.objectives.state`).
 """
 
 from __future__ import annotations

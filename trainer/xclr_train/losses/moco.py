@@ -7,7 +7,7 @@ view, Q = the queue of past keys (unit-norm, no gradient):
     loss     = mean over the samples of (l(q1, k2) + l(q2, k1)) / 2
 
 Each sample's term involves only its own key and the queue, so a rank's mean over its samples averages to the
-whole-batch value; the keys of all ranks enter the queue after the step (`xclr_train.frameworks`).
+whole-batch value; the keys of all ranks enter the queue after the step (`xclr_train.objectives.state`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ Euclidean distances between unit-norm views.
 
 Columns are the 2M views of a global batch, views-major (column j belongs to sample j mod M); a rank's anchors are
 its 2m views [view-1 rows; view-2 rows], anchor i owns column self_i. A sample-level positive matrix P (m, M)
-(equal caption ids, equal labels or graph neighbours, as `--positives` asks; built in `xclr_train.objective`)
+(equal caption ids, equal labels or graph neighbours, as `--positives` asks; built in `xclr_train.objectives.positives`)
 gives the view-level masks
 
     pos[i, j] = P[i mod m, j mod M] and j != self_i        neg[i, j] = not P[i mod m, j mod M]

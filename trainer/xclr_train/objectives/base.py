@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from xclr_train.data import Needs
 from xclr_train.distributed import gather, gather_with_grad
 from xclr_train.errors import TrainError
-from xclr_train.frameworks import Learner, Queue, ema_update, momentum_at
-from xclr_train.models import Encoder, use_sync_batchnorm
+from xclr_train.models import Encoder, Learner, use_sync_batchnorm
+from xclr_train.objectives.state import Queue, ema_update, momentum_at
 
 OBJECTIVES: dict[str, type[Objective]] = {}  # --loss name -> class, filled as the modules are imported
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from xclr_train.frameworks import Queue, gathered_units, random_queue
 from xclr_train.losses.moco import moco_loss
 from xclr_train.objectives.base import FRACTION, POSITIVE, Objective, Options, Views, option, tau_option
+from xclr_train.objectives.state import Queue, gathered_units, random_queue
 
 
 class MoCo(Objective):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xclr_train.distributed import gather_with_grad
-from xclr_train.frameworks import Queue, gathered_units, random_queue
 from xclr_train.losses.nnclr import nnclr_rows
 from xclr_train.objectives.base import POSITIVE, Objective, Options, Views, option, tau_option
+from xclr_train.objectives.state import Queue, gathered_units, random_queue
 
 
 class NNCLR(Objective):

@@ -15,7 +15,6 @@ from torch import Tensor
 from xclr_train.data import Needs
 from xclr_train.distributed import gather
 from xclr_train.errors import TrainError
-from xclr_train.frameworks import Queue, gathered_units
 from xclr_train.losses.soft import soft_contrastive
 from xclr_train.losses.xclr import xclr_weights
 from xclr_train.objectives.base import (
@@ -31,6 +30,7 @@ from xclr_train.objectives.base import (
     target_stats,
     tau_option,
 )
+from xclr_train.objectives.state import Queue, gathered_units
 from xclr_train.targets import calibrate, dense_similarity_rows, floor_similarity, sparse_similarity_rows
 
 

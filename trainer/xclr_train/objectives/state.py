@@ -1,6 +1,6 @@
-"""The parts an objective may keep besides the encoder (`xclr_train.objectives.base`): a predictor head (byol,
-nnclr), a momentum target network (moco, byol) and a queue (moco's negatives, nnclr's support set, X-CLR's past
-projections).
+"""The state an objective may keep besides the learner (`xclr_train.objectives.base`): a momentum target network
+(moco, byol) and a queue (moco's negatives, nnclr's support set, X-CLR's past projections). The predictor head
+(byol, nnclr) is part of the learner (`xclr_train.models.Learner`).
 
 Target network: a copy of the encoder, updated after every optimizer step as an exponential moving average with
 BYOL's schedule (also MoCo v3's)
@@ -24,23 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xclr_train.distributed import gather
-from xclr_train.models import Encoder
-
-
-class Learner(nn.Module):
-    """What the optimizer trains and DDP wraps: the encoder and, with `predictor_hidden`, a predictor head
-    Linear-BN-ReLU-Linear (proj_dim -> hidden -> proj_dim). forward(images) -> (projections, predictions or None)."""
-
-    def __init__(self, encoder: Encoder, proj_dim: int, predictor_hidden: int | None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.predictor = None if predictor_hidden is None else nn.Sequential(
-            nn.Linear(proj_dim, predictor_hidden, bias=False), nn.BatchNorm1d(predictor_hidden),
-            nn.ReLU(inplace=True), nn.Linear(predictor_hidden, proj_dim))
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        z = self.encoder(images)
-        return z, None if self.predictor is None else self.predictor(z)
 
 
 def momentum_at(step: int, total: int, base: float) -> float:

@@ -1,14 +1,14 @@
-"""The state the frameworks keep besides the encoder: queue, momentum schedule, EMA target, predictor, checkpoint
-round trip; and the graph's positive mask."""
+"""The state an objective keeps besides the encoder (`xclr_train.objectives.state`): queue, momentum schedule, EMA
+target, predictor, checkpoint round trip; and the graph's positive mask."""
 
 import math
 
 import pytest
 import torch
 
-from xclr_train.frameworks import Queue, ema_update, momentum_at
 from xclr_train.models import Encoder, ModelConfig
 from xclr_train.objectives import Graph, Objective, make_objective
+from xclr_train.objectives.state import Queue, ema_update, momentum_at
 from xclr_train.targets import graph_positive_rows
 
 GRAPH = Graph(background=0.2, kth_mean=0.3)
