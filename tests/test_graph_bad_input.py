@@ -11,6 +11,7 @@ from data_helpers import brute_force_topk, clustered, tiny_png, write_embed_dir,
 from prep_helpers import run_prep
 
 from xclr_prep import knn
+from xclr_prep.search_methods import METHODS
 from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
 
 pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "not slow", leaves them out)
@@ -99,7 +100,7 @@ def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
     assert graph.manifest["engines"] == [{"search": "faiss-cpu", "exact": "faiss-cpu"}]
     # the index recipe is part of the fingerprinted plan: a graph is never resumed with another index
     plan = graph.manifest["plan"]
-    assert plan["index"] == knn.index_recipe(method, len(x), 64, "faiss-cpu")
+    assert plan["index"] == METHODS[method].recipe(len(x), 64, "faiss-cpu")
     assert graph.manifest["fingerprint"] == hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     rows = EmbeddingRows(tmp_path / "embed")
     x16 = x.astype(np.float16).astype(np.float32)

@@ -10,6 +10,7 @@ import pytest
 from data_helpers import assert_topk_equal, brute_force_topk, clustered, write_embed_dir
 
 from xclr_prep import knn
+from xclr_prep.search_methods import METHODS
 from xclr_schemas import EmbeddingRows
 
 
@@ -52,21 +53,6 @@ def test_torch_path_equals_faiss_path(small, monkeypatch):
     assert_topk_equal(torch_sims, torch_ids, faiss_sims.astype(np.float64), faiss_ids, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, device, faiss_gpu, engine", [
-    ("exact", "cpu", False, "faiss-cpu"), ("ivf", "cpu", False, "faiss-cpu"), ("hnsw", "cpu", False, "faiss-cpu"),
-    ("exact", "cpu", True, "faiss-cpu"),  # a CPU worker on a GPU node stays on the CPU
-    ("exact", "cuda", True, "faiss-gpu"), ("ivf", "cuda", True, "faiss-gpu"), ("hnsw", "cuda", True, "faiss-cpu"),
-    ("exact", "cuda", False, "torch-cuda"), ("ivf", "cuda", False, "faiss-cpu"), ("hnsw", "cuda", False, "faiss-cpu"),
-])
-def test_engine_follows_the_worker_device_and_the_faiss_build(method, device, faiss_gpu, engine):
-    assert knn.select_engine(method, device, faiss_gpu) == engine
-
-
-def test_an_unknown_method_has_no_engine():
-    with pytest.raises(ValueError, match="unknown method 'flat'"):
-        knn.select_engine("flat", "cuda", True)
-
-
 def test_database_subset_excludes_the_rest(small):
     rows, x = small
     database = np.arange(0, rows.n, 2)
@@ -80,7 +66,7 @@ def test_approximate_meets_recall_target_on_clustered_data(tmp_path, method):
     write_embed_dir(tmp_path / "embed", x)
     rows = EmbeddingRows(tmp_path / "embed")
     ids = np.arange(rows.n)
-    index = knn.build_index(rows, ids, knn.index_recipe(method, rows.n, rows.dim, "faiss-cpu"), seed=0)
+    index = knn.build_index(rows, ids, METHODS[method].recipe(rows.n, rows.dim, "faiss-cpu"), seed=0)
     tuning = np.arange(0, 20_000, 20)
     params, tuned = knn.tune(index, method, rows, tuning, ids, 10, 0.95)
     assert tuned >= 0.95
@@ -102,7 +88,7 @@ def test_ivf_returns_caption_ids_and_reranks_after_a_reload(tmp_path):
     write_embed_dir(tmp_path / "embed", x)
     rows = EmbeddingRows(tmp_path / "embed")
     database = np.arange(1, rows.n, 2)
-    recipe = knn.index_recipe("ivf", len(database), 32, "faiss-cpu")
+    recipe = METHODS["ivf"].recipe(len(database), 32, "faiss-cpu")
     assert recipe == "IVF256,PQ16x4fs,Refine(SQfp16)"
     index = knn.build_index(rows, database, recipe, seed=0)
     knn.set_search_parameter(index, "ivf", knn.SearchParams(32, 16))
@@ -118,13 +104,6 @@ def test_ivf_returns_caption_ids_and_reranks_after_a_reload(tmp_path):
     again = faiss.read_index(str(tmp_path / "index"))
     knn.set_search_parameter(again, "ivf", knn.SearchParams(32, 16))
     np.testing.assert_array_equal(knn.index_neighbors(again, rows, queries, database, 8)[1], found)
-
-
-def test_index_recipe_by_method_and_engine():
-    assert knn.index_recipe("ivf", 1_000_000, 384, "faiss-cpu") == "IVF4096,PQ192x4fs,Refine(SQfp16)"
-    assert knn.index_recipe("ivf", 1_000_000, 384, "faiss-gpu") == "IVF4096,SQfp16"
-    assert knn.index_recipe("hnsw", 1_000_000, 384, "faiss-cpu") == "HNSW32"
-    assert knn.index_recipe("exact", 1_000_000, 384, "faiss-gpu") == ""
 
 
 def test_recall_counts_ties_and_misses(small):
@@ -146,12 +125,6 @@ def test_background_similarity_is_the_mean_over_pairs(small):
     assert std == pytest.approx(off_diagonal.std(), rel=0.05)
 
 
-def test_ivf_lists_follow_the_autofaiss_range():
-    assert knn.ivf_lists(1_000) == 128
-    assert knn.ivf_lists(3_000_000) == 8192
-    assert knn.ivf_lists(10) == 16 and knn.ivf_lists(10**12) == 65_536
-
-
 def test_a_search_worker_refuses_a_plan_its_engine_would_not_build(tmp_path):
     """A search worker builds the index its graph's plan records; on a node whose FAISS would build another (a plan
     resolved where the faiss-gpu wheel is installed, met on a faiss-cpu node) it refuses to start."""
@@ -165,8 +138,8 @@ def test_a_search_worker_refuses_a_plan_its_engine_would_not_build(tmp_path):
         plan = GraphPlan("xclr.graph/test", "0" * 64, 5, "ivf", 0.95, 512, "cpu", 0, recipe)
         return SearchWorker(str(tmp_path / "embed"), str(tmp_path / "graph"), plan, invalid, "cpu", 1)
 
-    assert worker(knn.index_recipe("ivf", 999, 32, "faiss-cpu")).engines()["search"] == "faiss-cpu"
-    gpu_recipe = knn.index_recipe("ivf", 999, 32, "faiss-gpu")
+    assert worker(METHODS["ivf"].recipe(999, 32, "faiss-cpu")).engines()["search"] == "faiss-cpu"
+    gpu_recipe = METHODS["ivf"].recipe(999, 32, "faiss-gpu")
     refusal = rf"engine \(faiss-cpu\) does not build the graph's index '{re.escape(gpu_recipe)}'"
     with pytest.raises(PrepError, match=refusal):
         worker(gpu_recipe)

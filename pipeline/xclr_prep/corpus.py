@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from xclr_prep.errors import PrepError
 from xclr_schemas import storage
+from xclr_schemas.options import Checked, option
 
 FORMATS = ("tar", "parquet", "csv", "tsv", "jsonl")
 _SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -36,19 +37,26 @@ _BATCH_ROWS = 65_536
 
 
 @dataclass(frozen=True)
-class CorpusSpec:
-    """How to read captions from a corpus.
+class CorpusSpec(Checked):
+    """How to read captions from a corpus (options of `xclr-prep embed`, `xclr_schemas.options`).
 
     Class-label mode: when `classnames` is set, the caption of a row is ``template.format(classnames[label])``
     (the label may be a class index or a class name); `caption_col` is then not read.
     """
+    error = PrepError
 
-    key_col: str = "key"
-    caption_col: str = "caption"
-    image_col: str | None = None
-    label_col: str | None = None
+    key_col: str = option("key", "Key column (tables; a tar sample's key is its member names' stem).")
+    caption_col: str = option("caption", "Caption column (tables; a tar sample's caption is KEY.txt).")
+    image_col: str | None = option(None, "Column with an image path or the image bytes.")
+    label_col: str | None = option(None, "Label column (tars: field of KEY.json).")
     classnames: tuple[str, ...] | None = None
-    template: str = "a photo of a {}"
+    template: str = option("a photo of a {}", "Caption template for class-label mode.")
+
+    def check(self) -> None:
+        if self.classnames is not None and not self.label_col:
+            raise PrepError("--classnames needs --label-col")
+        if "{}" not in self.template:
+            raise PrepError("--template must contain {}")
 
     @property
     def class_label_mode(self) -> bool:

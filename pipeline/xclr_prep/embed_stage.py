@@ -37,31 +37,13 @@ from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
-from xclr_prep.scan import TOO_LONG_POLICIES, read_digests, read_scan_marker, scan_file
+from xclr_prep.options import EmbedOptions
+from xclr_prep.scan import read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, default_caption_model, part_paths, storage
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
 from xclr_schemas.names import PLAN, SCAN
 
 NORMALISATION = "nfc-trim-collapse-whitespace/1"
-DTYPES = ("float16", "float32")
-
-
-@dataclass(frozen=True)
-class EmbedOptions:
-    inputs: tuple[str, ...]
-    out: Path
-    spec: CorpusSpec = CorpusSpec()
-    input_format: str | None = None
-    model: str | None = None  # None: default_caption_model()
-    batch_size: int = 256
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float16"
-    too_long: str = "truncate"
-    part_size: int = 100_000
-    num_workers: int | None = None
-    gpus_per_worker: float = 1.0
-    ray_address: str | None = None
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,20 +99,6 @@ class EmbedWorker:
         return write_embed_part(u.out, u.index, u.scan_path, u.ids, self.encoder, u.dtype, self.worker)
 
 
-def _check_options(opts: EmbedOptions) -> None:
-    if opts.dtype not in DTYPES:
-        raise PrepError(f"--dtype must be one of {', '.join(DTYPES)}")
-    if opts.too_long not in TOO_LONG_POLICIES:
-        raise PrepError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}")
-    if opts.device not in ("auto", "cpu", "cuda"):
-        raise PrepError("--device must be auto, cpu or cuda")
-    if opts.batch_size < 1 or opts.part_size < 1 or (opts.num_workers is not None and opts.num_workers < 1):
-        raise PrepError("--batch-size, --part-size and --num-workers must be positive")
-    model = opts.model or ""
-    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model)):
-        raise PrepError(f"model path does not exist: {model}")
-
-
 def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tuple[str, dict]:
     inputs = []
     for f in files:
@@ -151,7 +119,6 @@ def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tupl
 
 def run_embed(opts: EmbedOptions) -> dict:
     """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
-    _check_options(opts)
     t0 = time.perf_counter()
     model = opts.model or default_caption_model()
     files = find_inputs(list(opts.inputs), opts.input_format)

@@ -7,18 +7,14 @@ Driver flow:
    samples are skipped (``caption_embedding_invalid``). Resolve k (default 32, capped at U - 1; an explicit
    k >= U is an error) and the method.
 2. ``OUT/plan.json``: a fingerprint of the embed manifest, every option and the index recipe
-   (`knn.index_recipe`: a graph half searched by a version that built another index is not resumed). An OUT
+   (`SearchMethod.recipe`: a graph half searched by a version that built another index is not resumed). An OUT
    holding another plan is refused; the same plan is resumed; a complete OUT is left as it is.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
    (`xclr_prep.search_stage`) unless ``--graph`` names an existing graph of the same embed directory. Below the
    recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
 4. Shards by a pool of `ShardWorker` (`xclr_prep.shard_stage`), then ``sizes.json`` and ``manifest.json`` last.
 
-Method ``auto``: exact on GPUs, and on CPUs up to EXACT_MAX_CPU captions. Above, IVF (fast-scan PQ with fp16
-re-ranking, `xclr_prep.knn`) when its index fits in half the memory of the smallest node, else exact (which needs
-only block-sized memory, just more time). HNSW (``--index hnsw``) is never picked: on the 1M scene corpus it needed
-efSearch 1024 for recall@32 0.95 and was no faster than exact, while IVF was 9.96x faster at recall@32 0.957 with
-a smaller index.
+Method ``auto``: `xclr_prep.search_methods.auto_method`, given the smallest live Ray node's memory.
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,9 +32,11 @@ import ray
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import claim_dir
+from xclr_prep.options import DEFAULT_K, GraphOptions
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
+from xclr_prep.search_methods import METHODS, auto_method
 from xclr_prep.search_stage import GraphPlan, SearchWorker, create_neighbors_file, search_graph
-from xclr_prep.shard_stage import EmbedParts, ShardOptions, ShardWorker, run_shards
+from xclr_prep.shard_stage import EmbedParts, ShardWorker, run_shards
 from xclr_schemas import (
     GRAPH_SCHEMA_VERSION,
     MANIFEST,
@@ -53,29 +51,8 @@ from xclr_schemas import (
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic
 from xclr_schemas.names import GRAPH, PLAN
 
-DEFAULT_K = 32
-EXACT_MAX_CPU = 250_000
 VALIDITY_BLOCK = 32_768  # rows of the embedding check's blocks (invalid_captions)
 NORM_TOLERANCE = 0.01
-
-
-@dataclass(frozen=True)
-class GraphOptions:
-    embed_dir: Path
-    out: Path
-    k: int | None = None  # None: DEFAULT_K capped at U - 1
-    method: str = "auto"  # auto | exact | ivf | hnsw
-    recall_target: float = 0.95
-    allow_low_recall: bool = False
-    graph: Path | None = None  # reuse this complete graph directory
-    search_seed: int | None = None  # the search's samples (IVF training, tuning, recall, background); None: 0
-    shards: ShardOptions = ShardOptions()
-    block_size: int = 16_384
-    device: str = "auto"
-    num_workers: int | None = None
-    gpus_per_worker: float = 1.0
-    ray_address: str | None = None
-    progress: bool = True
 
 
 def invalid_captions(rows: EmbeddingRows) -> np.ndarray:
@@ -89,16 +66,6 @@ def invalid_captions(rows: EmbeddingRows) -> np.ndarray:
             ok = np.isfinite(block).all(axis=1) & (np.abs(np.linalg.norm(block, axis=1) - 1) <= NORM_TOLERANCE)
         bad.append(start + np.flatnonzero(~ok))
     return np.concatenate(bad).astype(np.int64) if bad else np.empty(0, dtype=np.int64)
-
-
-def _check_options(opts: GraphOptions) -> None:
-    s = opts.shards
-    if opts.method not in ("auto",) + knn.METHODS:
-        raise PrepError(f"--index must be auto or one of {', '.join(knn.METHODS)}")
-    if not 0 < opts.recall_target <= 1:
-        raise PrepError("--recall-target must be in (0, 1]")
-    if min(s.group_size, s.shard_samples, s.shard_bytes, opts.block_size) < 1 or (opts.k is not None and opts.k < 1):
-        raise PrepError("--k, --group-size, --shard-samples, --shard-bytes and --block-size must be positive")
 
 
 def _resolve_k(requested: int | None, valid: int) -> int:
@@ -115,10 +82,8 @@ def _resolve_k(requested: int | None, valid: int) -> int:
 def _resolve_method(requested: str, device: str, n: int, dim: int) -> str:
     if requested != "auto":
         return requested
-    if device == "cuda" or n <= EXACT_MAX_CPU:
-        return "exact"
     smallest = min(node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"])
-    return "ivf" if knn.index_bytes("ivf", n, dim) <= smallest / 2 else "exact"
+    return auto_method(device, n, dim, smallest)
 
 
 def _digest(obj: object) -> str:
@@ -127,7 +92,6 @@ def _digest(obj: object) -> str:
 
 def run_graph(opts: GraphOptions) -> dict:
     """Run (or resume) the graph stage; return the shards manifest. Raises PrepError on bad input or options."""
-    _check_options(opts)
     t0 = time.perf_counter()
     try:
         embed_manifest = read_manifest(opts.embed_dir)
@@ -137,16 +101,14 @@ def run_graph(opts: GraphOptions) -> dict:
     embed_sha = hashlib.sha256((opts.embed_dir / MANIFEST).read_bytes()).hexdigest()
     invalid = invalid_captions(rows)
     k = _resolve_k(opts.k, rows.n - len(invalid))
-    if opts.graph is not None and (opts.k is not None or opts.method != "auto" or opts.search_seed is not None):
-        raise PrepError("--graph reuses a graph as it is: drop --k, --index and --search-seed")
 
     start_ray(opts.ray_address)
     try:
         device = cluster_device(opts.device)
         if opts.graph is None:
             method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
-            recipe = knn.index_recipe(method, rows.n - len(invalid), rows.dim,
-                                      knn.select_engine(method, device, knn.faiss_gpu_build()))
+            record = METHODS[method]
+            recipe = record.recipe(rows.n - len(invalid), rows.dim, record.engine(device, knn.faiss_gpu_build()))
             graph_plan = GraphPlan(GRAPH_SCHEMA_VERSION, embed_sha, k, method, opts.recall_target, opts.block_size,
                                    device, opts.search_seed or 0, recipe)
             graph_dir = opts.out / GRAPH

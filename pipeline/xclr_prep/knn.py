@@ -4,23 +4,9 @@ Exact: queries against the database streamed in blocks of `DB_BLOCK` rows, per-q
 Memory is the query block, one database block and the heaps: (q + DB_BLOCK) * dim * 4 + q * (k + 1) * 12 bytes;
 nothing is N x N.
 
-Engines (`select_engine`), by worker device and FAISS build:
-
-| method | CPU worker | GPU worker, faiss-gpu wheel | GPU worker, faiss-cpu wheel |
-|---|---|---|---|
-| exact | faiss-cpu (`faiss.knn`, fp32) | faiss-gpu (`faiss.knn_gpu`, fp16 inputs) | torch-cuda (fp16 matmul + top-k) |
-| ivf | faiss-cpu | faiss-gpu (the IVF index trained, filled and searched on the GPU) | faiss-cpu |
-| hnsw | faiss-cpu | faiss-cpu (FAISS has no GPU HNSW) | faiss-cpu |
-
-Approximate (`index_recipe`), its search parameter (nprobe / efSearch) tuned on a query sample until recall@k
-reaches the target:
-- ivf on CPU: ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)``. The probed lists are scanned as 4-bit PQ codes (FAISS's
-  SIMD fast-scan), and the best `refine` * (k + 1) candidates are re-ranked with fp16 vectors (the embeddings
-  are stored in fp16, so the re-ranking is exact). At 1M scene captions: 9.96x faster than exact search at
-  recall@32 0.957, where IVF-SQfp16, which scans fp16 codes, was 1.23x (docs/benchmarks.md, Graph search).
-- ivf on the faiss-gpu engine: ``IVF{nlist},SQfp16`` (FAISS's GPU indexes have no fast-scan nor refinement; the
-  GPU scans fp16 codes at memory speed).
-- hnsw: ``HNSW32`` with float vectors.
+Methods, their engines and their FAISS recipes: `xclr_prep.search_methods`. An approximate index's search parameter
+(nprobe / efSearch, and a CPU IVF index's re-ranking factor) is tuned on a query sample until recall@k reaches the
+target (`tune`).
 
 recall@k of a found list = |{found j : cos(q, j) >= s_k(q) - 1e-4}| / k, with s_k(q) the exact k-th similarity:
 ties at the k-th place count as hits, so recall 1.0 means "as good as exact", whichever tied id was returned.
@@ -35,13 +21,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from xclr_prep.search_methods import method as search_method
 from xclr_schemas import EmbeddingRows
 
 DB_BLOCK = 65_536
-METHODS = ("exact", "ivf", "hnsw")
-ENGINES = ("faiss-cpu", "faiss-gpu", "torch-cuda")
-HNSW_M = 32
-REFINE_FACTORS = (4, 16, 64)  # CPU IVF: candidates re-ranked per result, tried in this order (`tune`)
 _TIE_EPS = 1e-4
 _TUNING_MARGIN = 0.01  # tune a little above the target: the final recall is measured on another sample
 
@@ -58,18 +41,6 @@ class SearchParams:
 def faiss_gpu_build() -> bool:
     """Whether this process's FAISS is the faiss-gpu wheel (the driver and the workers install the same one)."""
     return hasattr(faiss, "StandardGpuResources")
-
-
-def select_engine(method: str, device: str, faiss_gpu: bool) -> str:
-    """The engine that runs `method` on a worker of `device` ("cpu" or "cuda") with the faiss-gpu wheel or not
-    (the table in the module docstring)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}")
-    if device != "cuda" or method == "hnsw":
-        return "faiss-cpu"
-    if faiss_gpu:
-        return "faiss-gpu"
-    return "torch-cuda" if method == "exact" else "faiss-cpu"
 
 
 @functools.cache
@@ -146,31 +117,6 @@ def recall_at_k(rows: EmbeddingRows, query_ids: np.ndarray, found_ids: np.ndarra
     return float(hits.sum(axis=1).mean() / found_ids.shape[1])
 
 
-def ivf_lists(n: int) -> int:
-    """nlist of the IVF index: the power of two nearest 4 * sqrt(n), within [16, 65536] (autofaiss's range)."""
-    return int(min(65_536, max(16, 2 ** round(math.log2(4 * math.sqrt(n))))))
-
-
-def index_recipe(method: str, n: int, dim: int, engine: str) -> str:
-    """The FAISS factory string of the `method` index over `n` vectors on `engine` (module docstring); "" for
-    exact search, which builds none. A graph's plan records it, so that a graph is never resumed with another."""
-    if method == "exact":
-        return ""
-    if method == "hnsw":
-        return f"HNSW{HNSW_M}"
-    if engine == "faiss-gpu":
-        return f"IVF{ivf_lists(n)},SQfp16"
-    return f"IVF{ivf_lists(n)},PQ{dim // 2 if dim % 2 == 0 else dim}x4fs,Refine(SQfp16)"
-
-
-def index_bytes(method: str, n: int, dim: int) -> int:
-    """Memory of the index built on CPU: IVF stores dim / 4 (4-bit codes of 2 dimensions) + 2 * dim (fp16 vectors
-    for re-ranking) + 8 (id) bytes per vector and the centroids; HNSW32 4 * dim + 2 * 32 * 4 + 8."""
-    if method == "ivf":
-        return n * (dim // 4 + 2 * dim + 8) + ivf_lists(n) * dim * 4
-    return n * (4 * dim + 2 * HNSW_M * 4 + 8)
-
-
 def build_index(rows: EmbeddingRows, database_ids: np.ndarray, recipe: str, seed: int,
                 engine: str = "faiss-cpu") -> faiss.Index:
     """The index `recipe` (a FAISS factory string, `index_recipe`) over `database_ids`, filled in blocks. An IVF
@@ -212,21 +158,22 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
 
 
 def nlist(index: faiss.Index) -> int:
-    """The number of inverted lists of an IVF index, on CPU or GPU."""
-    return index.getNumLists() if _on_gpu(index) else faiss.extract_index_ivf(index).nlist
-
-
-def search_parameter(method: str) -> str:
-    return "nprobe" if method == "ivf" else "efSearch"
+    """The number of inverted lists of an IVF index, on CPU or GPU; 0 for an index of another kind."""
+    if _on_gpu(index):
+        return index.getNumLists()
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf.nlist if ivf is not None else 0
 
 
 def set_search_parameter(index: faiss.Index, method: str, params: SearchParams) -> None:
-    """Set nprobe / efSearch (and a CPU IVF index's re-ranking factor, which FAISS does not save)."""
+    """Set the `method` index's search parameter (and a CPU index's re-ranking factor, which FAISS does not
+    save)."""
+    parameter = search_method(method).parameter
     if _on_gpu(index):
-        faiss.GpuParameterSpace().set_index_parameter(index, search_parameter(method), params.value)
+        faiss.GpuParameterSpace().set_index_parameter(index, parameter, params.value)
         return
-    faiss.ParameterSpace().set_index_parameter(index, search_parameter(method), params.value)
-    if method == "ivf":
+    faiss.ParameterSpace().set_index_parameter(index, parameter, params.value)
+    if search_method(method).refine_factors:
         faiss.downcast_index(index.index).k_factor = params.refine
 
 
@@ -245,8 +192,8 @@ def index_neighbors(index: faiss.Index, rows: EmbeddingRows, query_ids: np.ndarr
 def tune(index: faiss.Index, method: str, rows: EmbeddingRows, query_ids: np.ndarray, database_ids: np.ndarray,
          k: int, target: float, exact_engine: str = "faiss-cpu") -> tuple[SearchParams, float]:
     """The cheapest parameters whose recall@k on `query_ids` reaches target + margin (or the largest tried), and
-    the recall they reach. A CPU IVF index first takes the first of REFINE_FACTORS that reaches it with a quarter of
-    the lists probed (where the 4-bit codes rank poorly, re-ranking more candidates is what helps; more lists do
+    the recall they reach, trying the method's grid (`xclr_prep.search_methods`). A CPU IVF index first takes the first
+    of its re-ranking factors that reaches it with a quarter of the lists probed (where the 4-bit codes rank poorly, re-ranking more candidates is what helps; more lists do
     not), then the smallest power-of-two nprobe; HNSW the smallest power-of-two efSearch. Exact references run on
     `exact_engine`."""
     exact_sims, _ = exact_neighbors(rows, query_ids, database_ids, k, exact_engine)
@@ -257,14 +204,13 @@ def tune(index: faiss.Index, method: str, rows: EmbeddingRows, query_ids: np.nda
         _, ids, _ = index_neighbors(index, rows, query_ids, database_ids, k, exact_engine)
         return recall_at_k(rows, query_ids, ids, exact_sims)
 
+    record = search_method(method)
+    values = record.grid(nlist(index), k)
     refine = 1
-    if method == "ivf":
-        values = [2**i for i in range(int(math.log2(nlist(index))) + 1)]
-        if not _on_gpu(index):
-            wide = SearchParams(values[-1] // 4 or 1, REFINE_FACTORS[-1])
-            refine = next((f for f in REFINE_FACTORS[:-1] if recall(SearchParams(wide.value, f)) >= goal), wide.refine)
-    else:
-        values = [2**i for i in range(max(4, math.ceil(math.log2(k + 1))), 13)]
+    if record.refine_factors and not _on_gpu(index):
+        wide = SearchParams(values[-1] // 4 or 1, record.refine_factors[-1])
+        refine = next((f for f in record.refine_factors[:-1] if recall(SearchParams(wide.value, f)) >= goal),
+                      wide.refine)
     for value in values:
         reached = recall(SearchParams(value, refine))
         if reached >= goal:

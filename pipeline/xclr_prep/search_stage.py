@@ -21,6 +21,7 @@ import numpy as np
 import ray
 
 from xclr_prep.errors import PrepError
+from xclr_prep.search_methods import METHODS
 from xclr_prep.raypool import run_stage
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
@@ -38,12 +39,12 @@ class GraphPlan:
     schema_version: str
     embed_manifest_sha256: str
     k: int
-    method: str  # exact, hnsw or ivf (`knn`)
+    method: str  # a name in `xclr_prep.search_methods.METHODS`
     recall_target: float
     block_size: int
     device: str
     seed: int  # of the index's training sample, tuning and recall queries
-    index: str = ""  # FAISS factory of the approximate index (knn.index_recipe); "" for exact, and before it existed
+    index: str = ""  # FAISS factory of the approximate index (SearchMethod.recipe); "" for exact, and before it existed
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,10 @@ class SearchWorker:
         self.graph = Path(graph_dir)
         self.k, self.method, self.recipe = plan.k, plan.method, plan.index
         gpu_build = knn.faiss_gpu_build()
-        self.engine = knn.select_engine(plan.method, device, gpu_build)
-        self.exact_engine = knn.select_engine("exact", device, gpu_build)  # references and fallbacks
+        self.engine = METHODS[plan.method].engine(device, gpu_build)
+        self.exact_engine = METHODS["exact"].engine(device, gpu_build)  # references and fallbacks
         self.valid_ids = np.setdiff1d(np.arange(self.rows.n, dtype=np.int64), invalid_ids)
-        if knn.index_recipe(plan.method, len(self.valid_ids), self.rows.dim, self.engine) != plan.index:
+        if METHODS[plan.method].recipe(len(self.valid_ids), self.rows.dim, self.engine) != plan.index:
             raise PrepError(f"a search worker's FAISS engine ({self.engine}) does not build the graph's index "
                             f"{plan.index!r}: install the same faiss wheel (faiss-cpu, or the gpu extra's faiss-gpu) "
                             f"on every node")
@@ -98,12 +99,12 @@ class SearchWorker:
                                   self.exact_engine)
         knn.set_search_parameter(self.index, self.method, search)
         write_atomic(self.graph / INDEX, lambda p: faiss.write_index(knn.to_cpu(self.index), str(p)))
-        params = {"parameter": knn.search_parameter(self.method), "value": search.value, "refine": search.refine,
+        params = {"parameter": METHODS[self.method].parameter, "value": search.value, "refine": search.refine,
                   "tuning_recall": recall,
                   "tuning_queries": len(sample), "build_seconds": round(built - started, 2),
                   "tune_seconds": round(time.perf_counter() - built, 2)}
-        if self.method == "ivf":
-            params["nlist"] = knn.nlist(self.index)
+        if lists := knn.nlist(self.index):
+            params["nlist"] = lists
         write_json_atomic(self.graph / INDEX_PARAMS, params)
         return params
 
@@ -118,7 +119,7 @@ class SearchWorker:
         out["id"], out["sim"] = -1, np.nan
         n_exact = 0
         if len(query_ids):
-            if self.method == "exact":
+            if not self.recipe:  # exact: no index
                 sims, ids = knn.exact_neighbors(self.rows, query_ids, self.valid_ids, self.k, self.exact_engine)
             else:
                 sims, ids, n_exact = knn.index_neighbors(self._index(), self.rows, query_ids, self.valid_ids, self.k,

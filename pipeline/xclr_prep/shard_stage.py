@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from xclr_prep.groups import in_group_neighbors, neighbour_groups
 from xclr_prep.images import IMAGE_MISSING, NO_IMAGE, locate_rows
+from xclr_prep.options import ShardOptions
 from xclr_prep.raypool import run_stage
 from xclr_prep.shard_writer import done_marker, tar_bytes, write_shard
 from xclr_schemas import NEIGHBOR_DTYPE, SAMPLES_SCHEMA, EmbeddingRows, part_paths, shard_name
@@ -43,15 +44,6 @@ from xclr_schemas.names import LAYOUT, NEIGHBORS
 _META_BYTES = 64  # a KEY.json member, about
 _NPY_HEADER = 128
 ROW_COLUMNS = ("key", "caption_id", "label", "blob", "offset", "size")
-
-
-@dataclass(frozen=True)
-class ShardOptions:
-    group_size: int = 8
-    shard_samples: int = 10_000
-    shard_bytes: int = 1_000_000_000
-    with_embeddings: bool = False
-    seed: int = 0
 
 
 @dataclass(frozen=True)
