@@ -9,23 +9,20 @@ process so that memory is measured cleanly,
   - xclr:   ``xclr-prep embed`` end to end: local Ray start, actor start and model load, scan, dedup, encode,
             write; default options (float16 storage) and the same batch size.
 Reported: captions/s (input captions over wall time), the ratio xclr / plain (against plain's encode time alone,
-and against plain's load + encode), and the peak RSS of each process tree (Ray's own processes included),
-next to the size of the data (caption bytes + float16 embeddings).
+and against plain's load + encode), and the peak RSS of each process tree sampled at 10 Hz (Ray's own processes
+included; harness.run_measured), next to the size of the data (caption bytes + float16 embeddings).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import click
-import psutil
 import pyarrow.parquet as pq
+from harness import run_measured
 
 from xclr_prep.sample_corpora import wordnet_captions
 from xclr_schemas.names import MANIFEST
@@ -45,35 +42,6 @@ print(json.dumps({"load_seconds": t1 - t0, "encode_seconds": t2 - t1, "rows": le
 """
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, int]:
-    """Run `cmd`; return its stdout, wall seconds and the peak summed RSS of its process tree (sampled at 10 Hz)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        root = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            stop.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - started
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise click.ClickException(f"{cmd[:3]} failed:\n{stderr[-3000:]}")
-    return stdout, wall, peak
-
-
 def bench(n: int, batch_size: int, work: Path) -> dict:
     table = wordnet_captions(limit=n)
     corpus = work / f"wordnet-{n}.parquet"
@@ -81,11 +49,12 @@ def bench(n: int, batch_size: int, work: Path) -> dict:
     captions = table.column("caption").to_pylist()
     data_bytes = sum(len(c.encode()) for c in captions) + len(set(captions)) * 384 * 2
 
-    out, plain_wall, plain_rss = run_measured([sys.executable, "-c", PLAIN, str(corpus), str(batch_size)])
-    plain = json.loads(out.strip().splitlines()[-1])
+    plain_run = run_measured([sys.executable, "-c", PLAIN, str(corpus), str(batch_size)], period=0.1)
+    plain, plain_wall = json.loads(plain_run.stdout.strip().splitlines()[-1]), plain_run.wall_seconds
     embed_dir = work / f"embed-{n}"
-    _, xclr_wall, xclr_rss = run_measured([sys.executable, "-m", "xclr_prep", "embed", str(corpus), "--out",
-                                           str(embed_dir), "--batch-size", str(batch_size), "--no-progress"])
+    xclr_run = run_measured([sys.executable, "-m", "xclr_prep", "embed", str(corpus), "--out", str(embed_dir),
+                             "--batch-size", str(batch_size), "--no-progress"], period=0.1)
+    xclr_wall = xclr_run.wall_seconds
     manifest = json.loads((embed_dir / MANIFEST).read_text())
     return {
         "captions": n,
@@ -98,8 +67,8 @@ def bench(n: int, batch_size: int, work: Path) -> dict:
         "ratio_vs_plain_encode": plain["encode_seconds"] / xclr_wall,
         "ratio_vs_plain_load_and_encode": plain_wall / xclr_wall,
         "data_mib": data_bytes / 2**20,
-        "plain_peak_rss_mib": plain_rss / 2**20,
-        "xclr_peak_rss_mib": xclr_rss / 2**20,
+        "plain_peak_rss_mib": plain_run.peak() / 2**20,
+        "xclr_peak_rss_mib": xclr_run.peak() / 2**20,
     }
 
 
