@@ -154,7 +154,8 @@ def test_a_new_objective_is_one_class(tmp_path):
     option with help and default, its checks and its one-line errors, with no other file edited."""
     script = textwrap.dedent('''
         from dataclasses import dataclass
-        from xclr_train.objectives.base import POSITIVE, Objective, Options, Views, columns, option
+        from xclr_train.objectives.base import Objective, Options, Views, columns
+        from xclr_train.options import POSITIVE, option
         from xclr_train.losses.simclr import nt_xent_rows
 
         class Scaled(Objective):

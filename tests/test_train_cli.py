@@ -21,6 +21,8 @@ from train_helpers import train_in_process, train_samples_lost
 from train_helpers import train_metrics as metrics
 
 from xclr_train.cli import main as train_command
+from xclr_train.config import TrainConfig
+from xclr_train.errors import TrainError
 
 SMALL = ["--arch", "resnet18", "--image-size", "16", "--no-progress", "--log-every", "1"]
 
@@ -174,6 +176,8 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", tux_shards, "--loss", "byol", "--momentum", "1"], "--momentum must be in [0, 1) for --loss byol"),
         (["--data", tux_shards, "--targets", "dense", "--queue-size", "8"], "--queue-size with --loss xclr needs"),
         (["--data", tux_shards, "--floor", "none", "--calibrate", "background"], "--floor none is for --loss xclr "),
+        (["--data", tux_shards, "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--data", tux_shards, "--workers", "-1"], "--workers must be 0 or more, got -1"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(train_command, [*map(str, args), "--out", str(tmp_path / "run"), *SMALL])
@@ -183,6 +187,22 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
     proc = run_train(*cases[0][0], "--out", tmp_path / "run", *SMALL, check=False, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("Error:")] == [f"Error: {cases[0][1]}"]
+
+
+def test_a_train_config_checks_itself_when_built():
+    """From Python as from the command line: a value out of its range or choices, or a bad option of the objective,
+    is a one-line TrainError when the TrainConfig is built."""
+    cases = [({"image_size": 0}, "--image-size must be at least 1, got 0"),
+             ({"steps": -2}, "--steps must be at least 1, got -2"),
+             ({"optimizer": "sgd"}, "--optimizer must be one of lars, adamw, got 'sgd'"),
+             ({"loss": "simclr", "loss_options": {"tau": 0.0}}, "--tau must be positive for --loss simclr, got 0.0"),
+             ({"loss": "simclr", "loss_options": {"margin": 0.5}}, "--margin is for --loss "),
+             ({"loss": "hinge"}, "--loss must be one of ")]
+    for options, message in cases:
+        with pytest.raises(TrainError) as error:
+            TrainConfig("shards", "run", **options)
+        assert message in str(error.value) and "\n" not in str(error.value), options
+    assert TrainConfig("shards", "run", steps=None).objective_args().tau_s == 0.1  # None: not given
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):

@@ -58,6 +58,16 @@ def resolve(family: str, global_batch: int, optimizer: str | None, lr: float | N
                     clip_grad if clip_grad is not None else recipe.clip_grad)
 
 
+def default_help(setting: str) -> str:
+    """Where the default of --optimizer, --lr, --weight-decay or --clip-grad (`setting`) comes from, for its help."""
+    own = "; ".join(f"{family} backbones {getattr(r, setting)}" for family, r in FAMILY_RECIPES.items())
+    if setting in ("lr", "weight_decay"):
+        plain = ", ".join(f"{name} {getattr(r, setting)}" for name, r in PLAIN.items())
+        own += f"; with the other optimizer: {plain}"
+    scaled = " x global batch / 256" if setting == "lr" else ""
+    return f"Default: the backbone family's recipe ({own}){scaled}."
+
+
 class LARS(torch.optim.Optimizer):
     """The update above for every parameter of a group at once (`torch._foreach_*`: a few kernels per group, not a
     Python loop over parameters); momentum buffers start at 0, so the first is the first scaled gradient."""

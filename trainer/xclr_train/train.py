@@ -20,11 +20,10 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -36,50 +35,15 @@ from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import RECIPES, draw_photometric, step_generator
 from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xclr_train.config import FREE_OPTIONS, TrainConfig
 from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shards, first_sample, make_loader
 from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
 from xclr_train.errors import TrainError
 from xclr_train.metrics_log import MetricsLog
 from xclr_train.models import Encoder, ModelConfig, family
-from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options, parse_options
+from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options
 from xclr_train.optim import lr_at, make_optimizer, resolve
 from xclr_train.photometric import photometric
-
-# Options that do not change what is computed; a resume may change them.
-FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: str
-    out: str
-    loss: str = "xclr"
-    loss_options: Mapping[str, Any] = field(default_factory=dict)  # the objective's options given (the rest default)
-    arch: str = "resnet50"
-    image_size: int = 224
-    patch_size: int | None = None
-    init: str | None = None
-    augment: str = "simclr"
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    batch_size: int = 256
-    epochs: int = 1
-    steps: int | None = None
-    samples_per_epoch: int | None = None
-    # None: the default of the backbone family's recipe (`xclr_train.optim`); `set_up` resolves these four
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    clip_grad: float | None = None
-    warmup_steps: int | None = None
-    precision: str = "auto"
-    workers: int = 4
-    device: str = "auto"
-    seed: int = 0
-    resume: str | None = None
-    save_every: int = 1
-    log_every: int = 10
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,7 +107,7 @@ def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dic
 
 def set_up(cfg: TrainConfig) -> Session:
     """The run's schedule, objective, model, optimizer and data stream, resumed from --resume where asked."""
-    options = parse_options(cfg.loss, cfg.loss_options)  # bad options stop the run before anything is read
+    options = cfg.objective_args()
     dist = init_distributed(cfg.device)
     shards = find_shards(cfg.data)
     objective, k, caption_dim = _objective(cfg, options, shards)

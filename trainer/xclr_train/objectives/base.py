@@ -5,9 +5,9 @@ imports at start-up. It owns:
 
   name          its --loss name; defining the class registers it
   Args          a frozen dataclass (`Options`) of its own options. Each field is the command-line option --field-name
-                (`option()` gives its default, help, choices and valid range); `xclr-train` builds its options from
-                the registry, so the help text is the field's. Values are checked when the dataclass is built, i.e.
-                when the run is configured, not at the first step.
+                (`xclr_train.options.option()` gives its default, help, choices and valid range); `xclr-train`
+                builds its options from the registry, so the help text is the field's. Values are checked when the
+                dataclass is built, i.e. when the run is configured, not at the first step.
   needs         the sample members it reads beyond the images (`xclr_train.data.Needs`), and `needs_reason`, the
                 options that ask for them (for the error when the shards lack them)
   extra state   a predictor head (`predictor = True`), a momentum target network (`momentum`, not None) and a queue
@@ -36,8 +36,8 @@ rows() also returns statistics, local means over the rank's samples, each a 0-d 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -49,55 +49,23 @@ from xclr_train.distributed import gather, gather_with_grad
 from xclr_train.errors import TrainError
 from xclr_train.models import Encoder, Learner, use_sync_batchnorm
 from xclr_train.objectives.state import Queue, ema_update, momentum_at
+from xclr_train.options import POSITIVE, Checked, either, flag, option
 
 OBJECTIVES: dict[str, type[Objective]] = {}  # --loss name -> class, filled as the modules are imported
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A valid range: `test(value)` must hold; `says` completes "--option ... for --loss NAME"."""
-    test: Callable[[Any], bool]
-    says: str
-
-
-POSITIVE = Rule(lambda v: v > 0, "must be positive")
-NON_NEGATIVE = Rule(lambda v: v >= 0, "must be 0 or more")
-FRACTION = Rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
-
-
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None, rule: Rule | None = None) -> Any:
-    """One field of an objective's Args: the option --NAME, its default, help text, choices and valid range."""
-    return field(default=default, metadata={"help": help, "choices": choices, "rule": rule})
 
 
 def tau_option() -> Any:
     return option(0.1, "Temperature of the predicted distribution.", rule=POSITIVE)
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def either(names: list[str]) -> str:
-    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
-
-
 @dataclass(frozen=True)
-class Options:
-    """Base of every objective's Args: checks each field's choices and range, then `check()` (rules across fields)."""
+class Options(Checked):
+    """Base of every objective's Args: each field's choices and range are checked when it is built
+    (`xclr_train.options.Checked`), a range error naming the objective, then `check()` (rules across fields)."""
     loss: ClassVar[str] = ""
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value, choices, rule = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("rule")
-            if choices is not None and value not in choices:
-                raise TrainError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
-            if rule is not None and not rule.test(value):
-                raise TrainError(f"{flag(f.name)} {rule.says} for --loss {self.loss}, got {value}")
-        self.check()
-
-    def check(self) -> None:
-        """Rules that involve several options; raise TrainError."""
+    def scope(self) -> str:
+        return f" for --loss {self.loss}"
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from xclr_train.losses.moco import moco_loss
-from xclr_train.objectives.base import FRACTION, POSITIVE, Objective, Options, Views, option, tau_option
+from xclr_train.objectives.base import Objective, Options, Views, tau_option
 from xclr_train.objectives.state import Queue, gathered_units, random_queue
+from xclr_train.options import FRACTION, POSITIVE, option
 
 
 class MoCo(Objective):

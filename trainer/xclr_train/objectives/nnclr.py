@@ -11,8 +11,9 @@ from torch import Tensor
 
 from xclr_train.distributed import gather_with_grad
 from xclr_train.losses.nnclr import nnclr_rows
-from xclr_train.objectives.base import POSITIVE, Objective, Options, Views, option, tau_option
+from xclr_train.objectives.base import Objective, Options, Views, tau_option
 from xclr_train.objectives.state import Queue, gathered_units, random_queue
+from xclr_train.options import POSITIVE, option
 
 
 class NNCLR(Objective):

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from xclr_train.data import Needs
 from xclr_train.distributed import gather
-from xclr_train.objectives.base import Columns, Objective, Options, Views, columns, option
+from xclr_train.objectives.base import Columns, Objective, Options, Views, columns
+from xclr_train.options import option
 from xclr_train.targets import graph_positive_rows
 
 POSITIVES = ("caption", "label", "graph")

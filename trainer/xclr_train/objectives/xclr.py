@@ -17,20 +17,9 @@ from xclr_train.distributed import gather
 from xclr_train.errors import TrainError
 from xclr_train.losses.soft import soft_contrastive
 from xclr_train.losses.xclr import xclr_weights
-from xclr_train.objectives.base import (
-    NON_NEGATIVE,
-    POSITIVE,
-    Columns,
-    Graph,
-    Objective,
-    Options,
-    Views,
-    columns,
-    option,
-    target_stats,
-    tau_option,
-)
+from xclr_train.objectives.base import Columns, Graph, Objective, Options, Views, columns, target_stats, tau_option
 from xclr_train.objectives.state import Queue, gathered_units
+from xclr_train.options import NON_NEGATIVE, POSITIVE, option
 from xclr_train.targets import calibrate, dense_similarity_rows, floor_similarity, sparse_similarity_rows
 
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from xclr_train.data import Needs
-from xclr_train.objectives.base import POSITIVE, Views, columns, option
+from xclr_train.objectives.base import Views, columns
 from xclr_train.objectives.clip import CLIP, text_rows
 from xclr_train.objectives.xclr import XCLR
+from xclr_train.options import POSITIVE, option
 
 
 class XCLRClip(XCLR):

@@ -1,0 +1,86 @@
+"""The options of an `xclr-train` run (`TrainConfig`): each field's default, help, choices and valid range are
+written once here; the command line is made from them (`xclr_train.cli`), and building a TrainConfig checks them,
+the objective's options included, so a bad value is one line (TrainError) before anything is read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from xclr_train.augment import RECIPES
+from xclr_train.models import CONVNET, SMALL_IMAGE_MAX, TORCHVISION
+from xclr_train.objectives import OBJECTIVES, Objective, Options, parse_options
+from xclr_train.optim import PLAIN, default_help
+from xclr_train.options import AT_LEAST_ONE, NON_NEGATIVE, Checked, either, option, required
+
+# Options that do not change what is computed; a resume may change them.
+FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every")
+# the objectives that project to the caption embedding's size instead of --proj-dim, and those with a predictor
+CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
+WITH_PREDICTOR = [n for n, c in OBJECTIVES.items() if c.predictor]
+
+
+@dataclass(frozen=True)
+class TrainConfig(Checked):
+    """A run's options; `loss_options` are the objective's options given (the rest at their defaults)."""
+    data: str = required("Shards: a directory (its sizes.json), a sizes.json or a brace pattern; local or a URL "
+                         "(s3://...).")
+    out: str = required("Run directory, local or a URL (written in a local work directory and uploaded after every "
+                        "checkpoint).")
+    loss: str = option("xclr", "The objective; its own options follow it (docs/train.md).", OBJECTIVES.keys())
+    loss_options: Mapping[str, Any] = field(default_factory=dict)
+    arch: str = option("resnet50", f"Backbone: {', '.join(TORCHVISION)} (torchvision), {CONVNET} (a small CPU CNN) "
+                       "or any timm model name (vit_small_patch16_224, convnext_tiny, timm:resnet50, ...); its family "
+                       "(batchnorm if it has BatchNorm layers, else layernorm) picks the optimisation defaults.")
+    image_size: int = option(224, "Crop size of the training views; torchvision's ResNets use the small-image stem up "
+                             f"to {SMALL_IMAGE_MAX} px; a timm model that takes img_size is built for it.",
+                             rule=AT_LEAST_ONE)
+    patch_size: int | None = option(None, "Patch size of a timm ViT (e.g. 4 for 32 px images). Default: the model's "
+                                    "own.", rule=AT_LEAST_ONE)
+    init: str | None = option(None, "Start a new run from the backbone weights in this local file (.safetensors or a "
+                              "torch state dict, e.g. an xclr-export model.safetensors) instead of random ones; a "
+                              "resumed run takes them from its checkpoint.")
+    augment: str = option("simclr", "Training views: SimCLR's crop, flip, colour jitter, grayscale and blur, or crop "
+                          "and flip only (DataLoader workers cut the crops; the colour ops run batched on the training "
+                          "device).", tuple(RECIPES))
+    proj_hidden: int = option(2048, "Hidden width of the projection head; --loss "
+                              f"{either(WITH_PREDICTOR)} give their predictor the same width.", rule=AT_LEAST_ONE)
+    proj_dim: int = option(128, f"Output size of the projection head; --loss {either(CAPTION_SIZED)} use the caption "
+                           "embedding's size instead.", rule=AT_LEAST_ONE)
+    batch_size: int = option(256, "Samples per rank per step (two views each).", rule=AT_LEAST_ONE)
+    epochs: int = option(1, "Checkpoint intervals of --samples-per-epoch samples; ignored with --steps.",
+                         rule=AT_LEAST_ONE)
+    steps: int | None = option(None, "Total steps. Default: --epochs x the steps of an epoch.", rule=AT_LEAST_ONE)
+    samples_per_epoch: int | None = option(None, "Samples per epoch, in whole global batches. Default: the shards' "
+                                           "sample count (sizes.json).", rule=AT_LEAST_ONE)
+    # None: the default of the backbone family's recipe (`xclr_train.optim`); `set_up` resolves these four
+    optimizer: str | None = option(None, default_help("optimizer"), tuple(PLAIN))
+    lr: float | None = option(None, "Peak learning rate. " + default_help("lr"))
+    weight_decay: float | None = option(None, "Weight decay, not on biases, norms, a ViT's position embedding and "
+                                        "cls token. " + default_help("weight_decay"))
+    clip_grad: float | None = option(None, "Largest global gradient norm, 0 for no clipping. "
+                                     + default_help("clip_grad"))
+    warmup_steps: int | None = option(None, "Steps of linear warm-up before the cosine decay. Default: a tenth of "
+                                      "the steps (at least 1).")
+    precision: str = option("auto", "auto: bf16 autocast on a GPU, fp32 on the CPU; bf16 and fp16 need a GPU, fp16 "
+                            "adds a gradient scaler; the loss is computed in fp32.", ("auto", "fp32", "bf16", "fp16"))
+    workers: int = option(4, "DataLoader worker processes per rank (0: load in the training process).",
+                          rule=NON_NEGATIVE)
+    device: str = option("auto", "auto: cuda when torch sees a GPU, else cpu; under torchrun each rank takes "
+                         "cuda:LOCAL_RANK.", ("auto", "cpu", "cuda"))
+    seed: int = option(0, "Seeds the initial weights, the data stream (with the epoch, rank and worker), the "
+                       "photometric draws (with the rank and step) and a queue's random start.")
+    resume: str | None = option(None, "'latest' (RUN/checkpoints/latest.pt; a new run while there is none yet, so "
+                                "one command line serves the first start and every torchrun restart) or a checkpoint "
+                                "path.")
+    save_every: int = option(1, "Keep epoch-NNNN.pt every this many epochs, and after the last.", rule=AT_LEAST_ONE)
+    log_every: int = option(10, "Steps per metrics line (and one at the last step).", rule=AT_LEAST_ONE)
+    progress: bool = option(True, "A progress bar on the main rank.")
+
+    def check(self) -> None:
+        self.objective_args()  # building them checks them
+
+    def objective_args(self) -> Options:
+        """The objective's Args: `loss_options` over its defaults (`xclr_train.objectives.parse_options`)."""
+        return parse_options(self.loss, self.loss_options)
