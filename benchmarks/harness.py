@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from xclr_prep.options import GraphOptions
+
 ACTORS = ("EmbedWorker", "SearchWorker", "ShardWorker")  # the Ray actor classes a process tree is split into
 ROLES = ("driver", "actors", "rest")
 QUIET = 0.2  # a machine whose CPUs are at most this busy is quiet
 CONTENDED = 0.2  # a run during which others took more of the CPU is measured again (least_contended)
 GEMM_COLUMNS = 65_536
-SEARCH_BLOCK = 16_384  # query rows of one exact-search block: xclr-prep graph's default --block-size
+SEARCH_BLOCK = GraphOptions.block_size  # query rows of one exact-search block: xclr-prep graph's default
 
 
 @dataclass(frozen=True)
