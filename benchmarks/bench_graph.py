@@ -4,9 +4,9 @@
         --shards-n 20000 --out benchmarks/results/graph.json
 
 Search (the caption embeddings of an embed directory, e.g. all WordNet glosses and examples):
-- GEMM: numpy float32 matrix multiply of the search's shape (16384 x dim) @ (dim x 65536): FLOP/s of this machine.
-- exact: `knn.exact_neighbors` over every caption, blocks of 16384 queries; its FLOP/s = 2 N^2 dim / seconds, as a
-  fraction of GEMM.
+- GEMM: numpy float32 matrix multiply of the search's shape (harness.gemm_flops): FLOP/s of this machine.
+- exact: `knn.exact_neighbors` over every caption, blocks of harness.SEARCH_BLOCK queries; its FLOP/s
+  = 2 N^2 dim / seconds, as a fraction of GEMM.
 - ivf, hnsw: build + tune (to recall 0.95) + search every caption; speed-up = exact seconds / seconds; recall@k
   over *all* captions against the exact run.
 - With --queries Q (for corpora where exact search of every caption takes hours): every method searches the same Q
@@ -34,24 +34,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from harness import SEARCH_BLOCK as BLOCK
+from harness import gemm_flops
 
+from xclr_prep.options import DEFAULT_K as K
+from xclr_prep.search_methods import METHODS
 from xclr_schemas.names import MANIFEST
-
-K = 32
-BLOCK = 16_384
-
-
-def _gemm_flops(dim: int) -> float:
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((BLOCK, dim), dtype=np.float32)
-    b = rng.standard_normal((dim, 65_536), dtype=np.float32)
-    a @ b  # warm up
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * BLOCK * dim * 65_536 / best
 
 
 def _one(method: str, embed_dir: str, exact_path: str, queries: int | None) -> dict:
@@ -66,18 +54,18 @@ def _one(method: str, embed_dir: str, exact_path: str, queries: int | None) -> d
     started = time.perf_counter()
     out = {"method": method}
     if method == "gemm":
-        return {"method": method, "flops": _gemm_flops(rows.dim), "dim": rows.dim}
+        return {"method": method, "flops": gemm_flops(rows.dim, BLOCK), "dim": rows.dim}
     if method == "exact":
         found = np.concatenate([knn.exact_neighbors(rows, wanted[s:s + BLOCK], ids, K)[1]
                                 for s in range(0, len(wanted), BLOCK)])
         np.save(exact_path, found)
     else:
-        index = knn.build_index(rows, ids, knn.index_recipe(method, len(ids), rows.dim, "faiss-cpu"), seed=0)
+        index = knn.build_index(rows, ids, METHODS[method].recipe(len(ids), rows.dim, "faiss-cpu"), seed=0)
         out["build_seconds"] = time.perf_counter() - started
         sample = np.sort(np.random.default_rng(0).permutation(rows.n)[:1000])
         search, tuned = knn.tune(index, method, rows, sample, ids, K, 0.95)
         knn.set_search_parameter(index, method, search)
-        out.update(parameter=knn.search_parameter(method), value=search.value, refine=search.refine,
+        out.update(parameter=METHODS[method].parameter, value=search.value, refine=search.refine,
                    tuning_recall=tuned,
                    tune_seconds=time.perf_counter() - started - out["build_seconds"])
         found = np.concatenate([knn.index_neighbors(index, rows, wanted[s:s + BLOCK], ids, K)[1]
