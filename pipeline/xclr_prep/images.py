@@ -4,10 +4,9 @@
 (blob path, offset, size) that a shard writer reads with one ``pread`` (or one ranged GET for a URL, see
 `xclr_schemas.storage`), in any order:
 
-- member of a plain tar: the tar itself, at the member's data offset (headers are read, data is not);
-- member of a compressed tar: the tar is decompressed once into ``stage_dir`` and read from there;
-- bytes column of a table: the rows of one embed part are copied once into a blob file in ``stage_dir``;
-- image file: the file, offset 0.
+- image file: the file, offset 0;
+- member of a tar, or row of a bytes column of a table: where the corpus reader that made the reference says
+  (`xclr_prep.corpus.Reader.locate`; a compressed tar or a table's bytes are staged once in ``stage_dir``).
 
 A sample whose image cannot be found gets size NO_IMAGE (the corpus row had none; skip reason ``no_image``) or
 IMAGE_MISSING (the member, row or file named is not there; ``image_missing``). `check_image` checks that the
@@ -16,21 +15,17 @@ bytes decode and names the format; a failure is reason ``image_undecodable``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
-import shutil
-import tarfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
+from xclr_prep.corpus import IMAGE_READERS
 from xclr_schemas import storage
-from xclr_schemas.atomic import write_atomic
 from xclr_schemas.shards import IMAGE_SUFFIX_OF_FORMAT
 
 LOCATION_SCHEMA = pa.schema([("blob", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
@@ -60,62 +55,19 @@ def locate_rows(samples: pa.Table, stage_dir: Path, part: int) -> pa.Table:
             continue
         digest = hashlib.sha1(source.encode()).hexdigest()[:16]
         for kind, picked in (("column", of_source[rows[of_source] >= 0]),
-                             ("tar", of_source[(rows[of_source] < 0) & (members[of_source] != "")]),
+                             ("member", of_source[(rows[of_source] < 0) & (members[of_source] != "")]),
                              ("file", of_source[(rows[of_source] < 0) & (members[of_source] == "")])):
             if not len(picked):
                 continue
             if kind == "file":
                 found = [(i, source, 0, storage.file_size(source)) for i in picked.tolist() if storage.is_file(source)]
-            elif kind == "tar":
-                found = _locate_in_tar(source, members[picked].tolist(), picked, stage_dir / f"{digest}.tar")
             else:
-                found = _locate_in_column(source, list(zip(members[picked].tolist(), rows[picked].tolist())),
-                                          picked, stage_dir / f"p{part:05d}-{digest}.blob")
+                reader = IMAGE_READERS[kind]
+                refs = list(zip(members[picked].tolist(), rows[picked].tolist()))
+                found = reader.locate(source, refs, picked.tolist(), stage_dir / reader.stage_name(digest, part))
             for i, path, start, length in found:
                 blob[i], offset[i], size[i] = path, start, length
     return pa.table([pa.array(blob, pa.string()), offset, size], schema=LOCATION_SCHEMA)
-
-
-def _locate_in_tar(path: str, members: list[str], samples: np.ndarray, stage_path: Path) -> list[tuple]:
-    if path.lower().endswith((".gz", ".tgz")):
-        if not stage_path.exists():  # staged by an earlier part otherwise
-            write_atomic(stage_path, lambda tmp: _decompress(path, tmp))
-        path = str(stage_path)
-    size = storage.file_size(path)
-    where: dict[str, tuple[int, int]] = {}
-    try:
-        with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-            for m in tar:
-                if m.isfile() and m.offset_data + m.size <= size:
-                    where.setdefault(m.name, (m.offset_data, m.size))
-    except (OSError, tarfile.TarError):
-        pass  # members read before the damage are still located; the rest count as missing
-    return [(s, path, *where[m]) for s, m in zip(samples.tolist(), members) if m in where]
-
-
-def _decompress(path: str, tmp: Path) -> None:
-    with storage.open_input(path) as raw, gzip.open(raw, "rb") as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-
-
-def _locate_in_column(path: str, refs: list[tuple[str, int]], samples: np.ndarray, stage_path: Path) -> list[tuple]:
-    column = refs[0][0]
-    wanted = {row: s for (_, row), s in zip(refs, samples.tolist())}
-    found = []
-
-    def copy(tmp: Path) -> None:
-        offset, row = 0, 0
-        with open(tmp, "wb") as out, storage.open_input(path) as src:
-            for batch in pq.ParquetFile(src).iter_batches(batch_size=1024, columns=[column]):
-                for value in batch.column(0).to_pylist():
-                    if row in wanted and value:
-                        out.write(value)
-                        found.append((wanted[row], str(stage_path), offset, len(value)))
-                        offset += len(value)
-                    row += 1
-
-    write_atomic(stage_path, copy)
-    return found
 
 
 def check_image(data: bytes) -> str | None:
