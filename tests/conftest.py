@@ -37,9 +37,9 @@ def model_path() -> str:
 
 @pytest.fixture(scope="session")
 def encoder(model_path):
-    from xclr_prep.encoder import Encoder
+    from xclr_prep.encoder import CaptionEncoder
 
-    return Encoder(model_path, "cpu", batch_size=64)
+    return CaptionEncoder(model_path, "cpu", batch_size=64)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xclr_prep.dedup import PartIds
-from xclr_prep.encoder import Encoder
+from xclr_prep.encoder import CaptionEncoder
 from xclr_schemas import CAPTIONS_SCHEMA, SAMPLES_SCHEMA, part_paths
 from xclr_schemas.atomic import write_atomic, write_json_atomic
 
@@ -24,7 +24,7 @@ ENCODE_CHUNK = 16_384
 
 
 def write_embed_part(
-    out: Path, index: int, scan_path: Path, ids: PartIds, encoder: Encoder, dtype: str, worker: dict
+    out: Path, index: int, scan_path: Path, ids: PartIds, encoder: CaptionEncoder, dtype: str, worker: dict
 ) -> dict:
     """Embed the captions first seen in scan part `scan_path` and write part `index` of embed directory `out`.
 

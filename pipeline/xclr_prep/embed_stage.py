@@ -73,16 +73,16 @@ class EmbedUnit:
 
 
 class EmbedWorker:
-    """Ray actor: holds one loaded Encoder; scans input files and embeds parts."""
+    """Ray actor: holds one loaded CaptionEncoder; scans input files and embeds parts."""
 
     def __init__(self, model: str, device: str, batch_size: int, threads: int) -> None:
         import torch
 
-        from xclr_prep.encoder import Encoder
+        from xclr_prep.encoder import CaptionEncoder
 
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.encoder = Encoder(model, device, batch_size)
+        self.encoder = CaptionEncoder(model, device, batch_size)
         self.worker = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def info(self) -> dict:

@@ -32,7 +32,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-class Encoder:
+class CaptionEncoder:
     """A sentence-transformers model (trust_remote_code off) on `device`, with the digest of its weights, its
     output `dim` and its token limit `max_seq_length`. Raises PrepError when the model cannot be loaded."""
 
