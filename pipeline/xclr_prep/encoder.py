@@ -3,9 +3,8 @@
 ``encode(texts)`` returns float32 rows normalised to unit L2 norm: e_i = f(t_i) / ||f(t_i)||_2, in input order.
 
 Length-sorted batching: the texts are ordered by *token* count and cut into batches of `batch_size`, so every
-batch pads to nearly one length. (``SentenceTransformer.encode`` orders by character count, which pads far more:
-on WordNet glosses on a 2-core CPU, token order is 1.4x faster at batch 256 and 1.24x at batch 64, with the same
-embeddings.) On CUDA the model runs in fp16 and the rows are normalised again in float32.
+batch pads to nearly one length. (``SentenceTransformer.encode`` orders by character count, which pads far more;
+the gain is measured in docs/prep.md, Batching, with the same embeddings.) On CUDA the model runs in fp16 and the rows are normalised again in float32.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def locate_rows(samples: pa.Table, stage_dir: Path, part: int) -> pa.Table:
 def check_image(data: bytes) -> str | None:
     """The shard suffix of the image (jpg, png, ...) if it decodes, else None.
 
-    PNG: every chunk's CRC and the chunk structure up to IEND are checked (``verify``; 16x faster than inflating,
-    and any damaged or truncated byte fails a CRC). JPEG: decoded at reduced scale (``draft``): every entropy-coded
+    PNG: every chunk's CRC and the chunk structure up to IEND are checked (``verify``: no inflating, and any damaged
+    or truncated byte fails a CRC). JPEG: decoded at reduced scale (``draft``): every entropy-coded
     segment is still read. Other formats: decoded in full.
     """
     try:

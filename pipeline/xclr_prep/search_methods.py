@@ -15,7 +15,7 @@ so the re-ranking is exact); FAISS's GPU indexes have neither, so on faiss-gpu t
 
 `auto_method`: exact on GPUs, and on CPUs up to EXACT_MAX_CPU captions; above, the first approximate method that
 `auto` may pick whose index fits in half the smallest node's memory, else exact (which needs only block-sized memory,
-just more time). HNSW is never picked: at 1M captions it was no faster than exact at the recall target.
+just more time). HNSW is never picked (why: docs/design.md, Choices).
 """
 
 from __future__ import annotations
