@@ -25,11 +25,11 @@ other 3 captions of its group, then random ids of the pool; similarities descend
                  (communication not counted), as under DDP with M / B ranks; against the same for the
                  simclr objective
    Ratios: each against simclr (aim: xclr / simclr <= 1.3 on the CPU). All take turns within each repeat.
-2. Step (--arch, --image-size, --batch-size B): one training step on synthetic uint8 crops: SimCLR's photometric
-   ops on the device (`photometric`), forward of the 2B views through
-   `models.Encoder(ModelConfig(arch, image_size, 2048, 128))`, the X-CLR objective, backward, the optimizer step of
-   the backbone family's recipe (`optim.resolve`: LARS for BatchNorm nets; AdamW with gradient clipping for the
-   rest); on CUDA bf16 autocast and channels_last, as `xclr_train.train` does. The same for each --backbone
+2. Step (--arch, --image-size, --batch-size B): the trainer's own training step (`xclr_train.step.Stepper`) on
+   synthetic uint8 crops: SimCLR's photometric ops on the device (`photometric`), forward of the 2B views through
+   the X-CLR objective's learner over `models.Encoder(ModelConfig(arch, image_size, 2048, 128))`, the objective,
+   backward, the optimizer step of the backbone family's recipe (`optim.resolve`: LARS for BatchNorm nets; AdamW
+   with gradient clipping for the rest); on CUDA bf16 autocast and channels_last. The same for each --backbone
    (NAME or NAME@PATCH, a timm ViT's patch size; default: ViT-S/16 and timm's ResNet-50, at patch 4 on the CPU's
    32 px), reported in the "backbones" list.
    Reported: steps/s, samples/s (a sample = two views), a per-phase breakdown (synchronised after each phase), and
@@ -64,20 +64,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import xclr_train.data as data
-import xclr_train.objectives.base as objectives_base
-import xclr_train.objectives.xclr as objectives_xclr
 from xclr_train.augment import MEAN, RECIPES, STD, draw_photometric
 from xclr_train.data import ShardStream
+from xclr_train.distributed import Gathers
 from xclr_train.losses import nt_xent_loss, xclr_loss
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import Graph, Objective, Views, make_objective
 from xclr_train.optim import make_optimizer, resolve
 from xclr_train.photometric import blur_width, photometric
+from xclr_train.step import Stepper
 from xclr_train.targets import dense_similarity_rows, sparse_similarity
 
 D, K, GROUP, POOL, FLOOR, EMB_DIM = 128, 32, 8, 1_000_000, 0.2, 384
-XCLR = make_objective("xclr", {}, Graph(background=FLOOR, kth_mean=FLOOR))  # the floor: min(background, kth_mean)
+GRAPH = Graph(background=FLOOR, kth_mean=FLOOR)  # the floor: min(background, kth_mean)
+XCLR = make_objective("xclr", {}, GRAPH)
 SIMCLR = make_objective("simclr", {}, Graph())
 DEFAULTS = {"cpu": {"arch": "resnet18", "image_size": 32, "batch_size": 32, "steps": 8, "budget": 30.0,
                     "backbones": ["vit_small_patch16_224@4", "timm:resnet50"]},
@@ -145,22 +145,17 @@ def loss_of(objective: Objective, z1: torch.Tensor, z2: torch.Tensor, batch: dic
     return objective.rows(Views(z1, z2), batch, 0)[0]
 
 
-@contextmanager
-def one_rank_of(global_batch: dict[str, torch.Tensor], m: int, d: int, device: torch.device):
-    """Stand in for the objectives' gathers as rank 0 of a world of M / m ranks: `gather` of a local batch tensor
-    (a slice of the global one, so the same data pointer) returns the global tensor; `gather_with_grad` of m rows
-    appends the other ranks' (fixed, random unit) projections, keeping the gradient of this rank's rows as the
-    real all-gather does. Tensors of the whole batch pass through unchanged, as in a world of one."""
+def one_rank_of(global_batch: dict[str, torch.Tensor], m: int, d: int,
+                device: torch.device) -> tuple[dict[str, torch.Tensor], Gathers]:
+    """Rank 0's batch in a world of M / m ranks, and gathers that stand in for the other ranks: `gather` of a local
+    batch tensor (a slice of the global one, so the same data pointer) returns the global tensor; `with_grad` of m
+    rows appends the other ranks' (fixed, random unit) projections, keeping the gradient of this rank's rows as the
+    real all-gather does."""
     big_m = len(global_batch["caption_id"])
     others = F.normalize(torch.randn(big_m - m, d, device=device), dim=1)
     by_ptr = {t.data_ptr(): t for t in global_batch.values()}
-    saved = objectives_base.gather, objectives_base.gather_with_grad, objectives_xclr.gather
-    objectives_base.gather = objectives_xclr.gather = lambda x: x if len(x) == big_m else by_ptr[x.data_ptr()]
-    objectives_base.gather_with_grad = lambda x: x if len(x) == big_m else torch.cat([x, others.to(x.dtype)])
-    try:
-        yield {key: t[:m] for key, t in global_batch.items()}
-    finally:
-        objectives_base.gather, objectives_base.gather_with_grad, objectives_xclr.gather = saved
+    gathers = Gathers(gather=lambda x: by_ptr[x.data_ptr()], with_grad=lambda x: torch.cat([x, others.to(x.dtype)]))
+    return {key: t[:m] for key, t in global_batch.items()}, gathers
 
 
 def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats: int) -> dict:
@@ -177,11 +172,12 @@ def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats:
         "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, batch), z1, z2),
     }
     l1, l2 = (torch.randn(b, D, device=device, requires_grad=True) for _ in range(2))
-    with one_rank_of(batch, min(b, m), D, device) as local:
-        if b < m:  # one rank's share: its B samples against the global batch of M, and SimCLR's likewise
-            fns["per_rank"] = fwd_bwd(lambda: loss_of(XCLR, l1, l2, local), l1, l2)
-            fns["per_rank_simclr"] = fwd_bwd(lambda: loss_of(SIMCLR, l1, l2, local), l1, l2)
-        seconds, repeats = bench_interleaved(fns, device, budget, max_repeats)
+    if b < m:  # one rank's share: its B samples against the global batch of M, and SimCLR's likewise
+        local, gathers = one_rank_of(batch, b, D, device)
+        xclr, simclr = (make_objective(name, {}, GRAPH, gathers) for name in ("xclr", "simclr"))
+        fns["per_rank"] = fwd_bwd(lambda: loss_of(xclr, l1, l2, local), l1, l2)
+        fns["per_rank_simclr"] = fwd_bwd(lambda: loss_of(simclr, l1, l2, local), l1, l2)
+    seconds, repeats = bench_interleaved(fns, device, budget, max_repeats)
     s = {f"{name}_ms": 1e3 * t for name, t in seconds.items()}
     out = {"m": m, "d": D, "k": K, "repeats": repeats, "local_batch": b if b < m else None, **s}
     for name in ("xclr", "dense", "objective", "targets"):
@@ -197,16 +193,17 @@ def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch
     torch.manual_seed(0)
     cuda = device.type == "cuda"
     arch, _, patch = backbone.partition("@")
-    model = Encoder(ModelConfig(arch, image_size, 2048, D, int(patch) if patch else None)).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    recipe = resolve(family(model.backbone), b, None, None, None, None)
-    optimizer = make_optimizer(recipe.optimizer, model, recipe.lr, recipe.weight_decay)
+    encoder = Encoder(ModelConfig(arch, image_size, 2048, D, int(patch) if patch else None))
+    objective = make_objective("xclr", {}, GRAPH)
+    learner = objective.build(encoder, D, 2048, K, 0, device, 1)
+    recipe = resolve(family(encoder.backbone), b, None, None, None, None)
+    stepper = Stepper(objective, learner, make_optimizer(recipe.optimizer, learner, recipe.lr, recipe.weight_decay),
+                      torch.amp.GradScaler("cuda", enabled=False),
+                      torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext(), RECIPES["simclr"],
+                      recipe.clip_grad, 0)
     crops = torch.randint(0, 256, (2 * b, 3, image_size, image_size), dtype=torch.uint8, device=device)
     params = draw_photometric(2 * b, RECIPES["simclr"], torch.Generator()).to(device)
     batch = synthetic_batch(b, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
     def step(marks: list | None) -> None:
         def mark() -> None:
@@ -214,22 +211,7 @@ def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch
                 sync(device)
                 marks.append(time.perf_counter())
         mark()
-        images = photometric(crops, params, RECIPES["simclr"])
-        if cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        mark()
-        with autocast:
-            z1, z2 = model(images).chunk(2)
-        mark()
-        loss = loss_of(XCLR, z1, z2, batch)
-        mark()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        mark()
-        if recipe.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-        optimizer.step()
-        mark()
+        stepper.step(crops, params, batch, recipe.lr, 0, steps, mark)
 
     for _ in range(3 if cuda else 2):
         step(None)
@@ -256,7 +238,7 @@ def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch
         "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, batch), z1, z2),
         "simclr": fwd_bwd(lambda: nt_xent_loss(z1, z2), z1, z2)}, device, budget / 3, 50)
     return {"arch": backbone, "image_size": image_size, "batch_size": b, "steps": steps,
-            "parameters": sum(p.numel() for p in model.backbone.parameters()), "optimizer": recipe.optimizer,
+            "parameters": sum(p.numel() for p in encoder.backbone.parameters()), "optimizer": recipe.optimizer,
             "clip_grad": recipe.clip_grad, "precision": "bf16" if cuda else "fp32", "step_ms": 1e3 * step_s,
             "steps_per_s": 1 / step_s,
             "samples_per_s": b / step_s, "images_per_s": 2 * b / step_s,
@@ -282,10 +264,12 @@ class OldWorkerPath(ShardStream):
     """The worker path before the photometric half moved to the device: the same stages, but each view made whole
     in the worker by torchvision per image on the PIL image (float32, normalised), as `decode` did then."""
 
-    def __iter__(self):
-        old_view = torchvision_simclr(self.image_size)
-        data.crop_view = lambda image, size, recipe, rng: old_view(image)  # in this DataLoader worker's process only
-        return super().__iter__()
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_view = torchvision_simclr(self.image_size)
+
+    def view(self, image, rng: random.Random) -> torch.Tensor:
+        return self.old_view(image)
 
 
 @contextmanager

@@ -154,7 +154,7 @@ def test_a_new_objective_is_one_class(tmp_path):
     option with help and default, its checks and its one-line errors, with no other file edited."""
     script = textwrap.dedent('''
         from dataclasses import dataclass
-        from xclr_train.objectives.base import Objective, Options, Views, columns
+        from xclr_train.objectives.base import Objective, Options, Views
         from xclr_train.options import POSITIVE, option
         from xclr_train.losses.simclr import nt_xent_rows
 
@@ -166,7 +166,7 @@ def test_a_new_objective_is_one_class(tmp_path):
                 scale: float = option(2.0, "Logit scale of the scaled test objective.", rule=POSITIVE)
 
             def rows(self, views, batch, rank):
-                c = columns(views, batch, rank)
+                c = self.columns(views, batch, rank)
                 return nt_xent_rows(c.anchors, c.columns, c.self_cols, 1 / self.args.scale), {}
 
         from click.testing import CliRunner

@@ -29,6 +29,11 @@ from xclr_train.data import (
 from xclr_train.photometric import photometric
 
 
+def simclr_crops_8px(image, rng):
+    """The decode stage's view: a SimCLR crop of 8 px."""
+    return crop_view(image, 8, RECIPES["simclr"], rng)
+
+
 def png(i: int, size: int = 8) -> bytes:
     buf = io.BytesIO()
     Image.new("RGBA", (size, size), (i % 256, 0, 0, 128)).save(buf, format="PNG")
@@ -97,7 +102,7 @@ def test_decode_skips_and_counts_bad_samples(tmp_path):
     bad_nbr = dict(raw[0], **{"nbr.npy": npy_bytes(np.zeros(5, dtype=NEIGHBOR_DTYPE))})
     no_json = {k: v for k, v in raw[0].items() if k != "json"}
     skipped = Counter()
-    stage = decode(RECIPES["simclr"], 8, Needs(True, False), 3, skipped, random.Random(0))
+    stage = decode(simclr_crops_8px, 8, Needs(True, False), 3, skipped, random.Random(0))
     out = list(stage(iter(raw + [broken_image, bad_nbr, no_json])))
     assert len(out) == 1 and out[0]["caption_id"] == 1
     assert out[0]["view1"].shape == (3, 8, 8) and out[0]["view1"].dtype == torch.uint8
@@ -109,7 +114,7 @@ def test_decode_with_labels_skips_and_counts_a_sample_without_one():
     raw = {"__key__": "a", **{n.split(".", 1)[1]: d for n, d in sample_members("a", 1, 0)}}
     labelled = dict(raw, json=json.dumps({"caption_id": 2, "label": 7}).encode())
     skipped = Counter()
-    stage = decode(RECIPES["simclr"], 8, Needs(False, False, labels=True), 3, skipped, random.Random(0))
+    stage = decode(simclr_crops_8px, 8, Needs(False, False, labels=True), 3, skipped, random.Random(0))
     out = list(stage(iter([raw, labelled])))
     assert [(s["caption_id"], s["label"]) for s in out] == [(2, 7)]
     assert skipped == Counter(bad_member=1)

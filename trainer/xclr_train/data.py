@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
-from xclr_train.augment import RECIPES, Recipe, crop_view, to_rgb
+from xclr_train.augment import RECIPES, crop_view, to_rgb
 from xclr_train.errors import TrainError
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
@@ -196,10 +197,11 @@ class Needs:
     labels: bool = False
 
 
-def decode(recipe: Recipe, image_size: int, needs: Needs, k: int | None, skipped: Counter,
-           rng: random.Random) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """Raw sample -> {"view1", "view2": uint8 crops (3, S, S), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb"
-    as needed}; a sample whose json lacks a needed "label" is skipped as a bad member."""
+def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int, needs: Needs, k: int | None,
+           skipped: Counter, rng: random.Random) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Raw sample -> {"view1", "view2": `view` of the image decoded for `image_size` (`decode_image`), twice,
+    "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as needed}; a sample whose json lacks a needed "label" is
+    skipped as a bad member."""
     def one(raw: dict) -> dict | None:
         image = next((raw[s] for s in IMAGE_SUFFIXES if s in raw), None)
         if image is None or META_SUFFIX not in raw or (needs.neighbors and NEIGHBORS_SUFFIX not in raw) \
@@ -226,7 +228,7 @@ def decode(recipe: Recipe, image_size: int, needs: Needs, k: int | None, skipped
         if rgb is None:
             skipped["undecodable_image"] += 1
             return None
-        out["view1"], out["view2"] = crop_view(rgb, image_size, recipe, rng), crop_view(rgb, image_size, recipe, rng)
+        out["view1"], out["view2"] = view(rgb, rng), view(rgb, rng)
         return out
 
     def stage(samples: Iterator[dict]) -> Iterator[dict]:
@@ -263,6 +265,10 @@ class ShardStream(IterableDataset):
         self.needs, self.k, self.seed, self.rank = needs, k, seed, rank
         self.epoch = 0
 
+    def view(self, image: Image.Image, rng: random.Random) -> Tensor:
+        """One training view of a decoded image, as the worker cuts it: `augment.crop_view` of --augment's recipe."""
+        return crop_view(image, self.image_size, RECIPES[self.augment], rng)
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
@@ -273,7 +279,7 @@ class ShardStream(IterableDataset):
             resampled(self.shards.urls, rng),
             tar_samples(skipped, len(self.shards.urls)),
             group_shuffle(rng),
-            decode(RECIPES[self.augment], self.image_size, self.needs, self.k, skipped, rng),
+            decode(self.view, self.image_size, self.needs, self.k, skipped, rng),
             batches(self.batch_size, skipped, worker),
         ))
 

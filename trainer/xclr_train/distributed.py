@@ -10,6 +10,7 @@ returns tensors without gradient and silently trains on the local columns only).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,18 @@ def gather(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(_world())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class Gathers:
+    """The two gathers an objective sees the global batch through (`xclr_train.objectives.base`): the process
+    group's (`PROCESS_GROUP`), or a stand-in for other ranks (benchmarks/bench_train.py measures one rank's share of
+    a global batch that way)."""
+    gather: Callable[[Tensor], Tensor] = gather
+    with_grad: Callable[[Tensor], Tensor] = gather_with_grad
+
+
+PROCESS_GROUP = Gathers()
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:

@@ -21,12 +21,11 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -43,7 +42,7 @@ from xclr_train.metrics_log import MetricsLog
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options
 from xclr_train.optim import lr_at, make_optimizer, resolve
-from xclr_train.photometric import photometric
+from xclr_train.step import Stepper
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,7 @@ class Session:
     dist: Dist
     run: Path
     schedule: Schedule
-    objective: Objective
-    ddp: nn.Module  # the learner, DDP-wrapped on several ranks
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    autocast: AbstractContextManager
+    stepper: Stepper  # the objective, the (DDP-wrapped) learner, optimizer, scaler, autocast
     loader: torch.utils.data.DataLoader
     stream: ShardStream
     model_config: ModelConfig
@@ -134,8 +129,9 @@ def set_up(cfg: TrainConfig) -> Session:
     loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
         if precision != "fp32" else nullcontext()
-    s = Session(cfg, dist, Path(cfg.out), schedule, objective, ddp, optimizer, scaler, autocast, loader, stream, mconf,
-                0, 0, torch.zeros(len(REASONS), dtype=torch.long))
+    stepper = Stepper(objective, ddp, optimizer, scaler, autocast, RECIPES[cfg.augment], cfg.clip_grad, dist.rank)
+    s = Session(cfg, dist, Path(cfg.out), schedule, stepper, loader, stream, mconf, 0, 0,
+                torch.zeros(len(REASONS), dtype=torch.long))
     _start(s, resume_from)
     return s
 
@@ -143,8 +139,7 @@ def set_up(cfg: TrainConfig) -> Session:
 def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
     """Epoch `s.epoch`: its steps (up to the schedule's total), a metrics line every --log-every steps; returns the
     last line ({} if none) and advances `s.epoch`, `s.step` and `s.skipped`."""
-    cfg, dist, sched, objective, optimizer = s.cfg, s.dist, s.schedule, s.objective, s.optimizer
-    recipe = RECIPES[cfg.augment]
+    cfg, dist, sched = s.cfg, s.dist, s.schedule
     s.stream.epoch = s.epoch
     batches = iter(s.loader)
     skipped: dict[int, torch.Tensor] = {}  # DataLoader worker -> its running counts in this epoch
@@ -157,25 +152,10 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
         skipped[int(batch.pop("worker"))] = batch.pop("skipped")
         batch = {key: value.to(dist.device, non_blocking=True) for key, value in batch.items()}
         lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         images = torch.cat([batch.pop("view1"), batch.pop("view2")])
-        params = draw_photometric(len(images), recipe, step_generator(cfg.seed, dist.rank, s.step))
-        images = photometric(images, params.to(dist.device, non_blocking=True), recipe)
-        if dist.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with s.autocast:
-            views = objective.views(s.ddp, images)
-        loss, stats = objective.rows(views, batch, dist.rank)
-        optimizer.zero_grad(set_to_none=True)
-        s.scaler.scale(loss).backward()
-        if cfg.clip_grad:
-            s.scaler.unscale_(optimizer)
-            stats = {**stats, "grad_norm": nn.utils.clip_grad_norm_(s.ddp.parameters(), cfg.clip_grad)}
-        s.scaler.step(optimizer)
-        s.scaler.update()
+        params = draw_photometric(len(images), s.stepper.recipe, step_generator(cfg.seed, dist.rank, s.step))
+        loss, stats = s.stepper.step(images, params, batch, lr, s.step, sched.total)
         s.step += 1
-        objective.after_step(views, batch, s.step, sched.total)
         window.add(loss, stats)
         bar.update(1)
         if s.step % cfg.log_every == 0 or s.step == sched.total:
@@ -193,10 +173,11 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
 def save(s: Session) -> None:
     """The checkpoint after epoch `s.epoch` (main rank): epoch-NNNN.pt every --save-every epochs and at the end, then
     latest.pt (so latest is never behind)."""
-    state = {"model": s.objective.learner.encoder.state_dict(), "model_config": asdict(s.model_config),
-             "method": s.objective.state_dict(), "optimizer": s.optimizer.state_dict(),
-             "scaler": s.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
-             "config": _options(s.cfg, s.objective, s.dist.world_size)}
+    objective, stepper = s.stepper.objective, s.stepper
+    state = {"model": objective.learner.encoder.state_dict(), "model_config": asdict(s.model_config),
+             "method": objective.state_dict(), "optimizer": stepper.optimizer.state_dict(),
+             "scaler": stepper.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
+             "config": _options(s.cfg, objective, s.dist.world_size)}
     folder = s.run / CHECKPOINTS
     if s.epoch % s.cfg.save_every == 0 or s.epoch == s.schedule.epochs:
         save_checkpoint(folder / f"epoch-{s.epoch:04d}.pt", state)
@@ -260,7 +241,7 @@ def _checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
 def _start(s: Session, path: Path | None) -> None:
     """Where `s` starts: a new run (writes config.json), or the checkpoint `path`."""
     cfg, run = s.cfg, s.run
-    options = _options(cfg, s.objective, s.dist.world_size)
+    options = _options(cfg, s.stepper.objective, s.dist.world_size)
     if path is None:
         if cfg.resume is None and (run / CHECKPOINTS / LATEST).exists():
             raise CheckpointError(f"{run} already holds a run: resume it with --resume latest or choose another --out")
@@ -274,10 +255,10 @@ def _start(s: Session, path: Path | None) -> None:
     if changed:
         raise CheckpointError(f"{path} was trained with other options: "
                               + ", ".join(f"{k}={theirs.get(k)!r} (now {options.get(k)!r})" for k in changed))
-    s.objective.learner.encoder.load_state_dict(state["model"])
-    s.objective.load_state_dict(state["method"])
-    s.optimizer.load_state_dict(state["optimizer"])
-    s.scaler.load_state_dict(state["scaler"])
+    s.stepper.objective.learner.encoder.load_state_dict(state["model"])
+    s.stepper.objective.load_state_dict(state["method"])
+    s.stepper.optimizer.load_state_dict(state["optimizer"])
+    s.stepper.scaler.load_state_dict(state["scaler"])
     s.epoch, s.step, s.skipped = state["epoch"], state["step"], state["skipped"]
 
 

@@ -17,7 +17,8 @@ imports at start-up. It owns:
 
 One rank's loss: rank r holds m samples (global samples r*m .. r*m+m-1 of M = m * world) and their two views'
 outputs (`Views`). Columns are the 2M projections gathered with gradient, views-major ([all view 1; all view 2]);
-caption ids, labels, neighbour rows and caption embeddings are gathered without (`columns`). The rank's loss is the
+caption ids, labels, neighbour rows and caption embeddings are gathered without (`Objective.columns`), through
+`gathers`, the process group's unless a benchmark stands in for the other ranks. The rank's loss is the
 mean over its anchors; DDP's gradient averaging then gives the gradient of the global mean (`xclr_train.distributed`).
 A queue is the same on every rank.
 
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xclr_train.data import Needs
-from xclr_train.distributed import gather, gather_with_grad
+from xclr_train.distributed import PROCESS_GROUP, Gathers
 from xclr_train.errors import TrainError
 from xclr_train.models import Encoder, Learner, use_sync_batchnorm
 from xclr_train.objectives.state import Queue, ema_update, momentum_at
@@ -103,18 +104,6 @@ class Columns:
         return len(self.caption_ids)
 
 
-def columns(views: Views, batch: dict, rank: int, normalize: bool = True) -> Columns:
-    """`Columns` of the online projections, unit-normalised unless `normalize` is False (N-pair)."""
-    z1, z2 = views.z1.float(), views.z2.float()
-    if normalize:
-        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    m = len(z1)
-    own = rank * m + torch.arange(m, device=z1.device)
-    cols = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])
-    big_m = len(cols) // 2
-    return Columns(torch.cat([z1, z2]), cols, torch.cat([own, big_m + own]), own, gather(batch["caption_id"]))
-
-
 def target_stats(weights: Tensor, own: Tensor, row_ids: Tensor, column_ids: Tensor, big_m: int) -> dict[str, Tensor]:
     """Entropy and same-caption mass of t_i = w_{a, b(j)} / Z over the 2M - 1 other views and the queue's entries
     (equal for both views); `weights` (m, M + Q) and `column_ids` (M + Q,) list the M batch samples first."""
@@ -147,11 +136,28 @@ class Objective:
         cls.Args.loss = cls.name
         OBJECTIVES[cls.name] = cls
 
-    def __init__(self, args: Options, graph: Graph) -> None:
+    def __init__(self, args: Options, graph: Graph, gathers: Gathers = PROCESS_GROUP) -> None:
         self.args = args
+        self.gathers = gathers
         self.learner: Learner | None = None
         self.target: Encoder | None = None
         self.queue: Queue | None = None
+
+    def columns(self, views: Views, batch: dict, rank: int, normalize: bool = True) -> Columns:
+        """`Columns` of the online projections, unit-normalised unless `normalize` is False (N-pair)."""
+        z1, z2 = views.z1.float(), views.z2.float()
+        if normalize:
+            z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        m = len(z1)
+        own = rank * m + torch.arange(m, device=z1.device)
+        cols = torch.cat([self.gathers.with_grad(z1), self.gathers.with_grad(z2)])
+        big_m = len(cols) // 2
+        return Columns(torch.cat([z1, z2]), cols, torch.cat([own, big_m + own]), own,
+                       self.gathers.gather(batch["caption_id"]))
+
+    def gathered_units(self, x: Tensor) -> Tensor:
+        """The global batch's rows of x, gathered without gradient and unit-normalised: a queue's "z" entries."""
+        return F.normalize(self.gathers.gather(x.detach().float().contiguous()), dim=1)
 
     @property
     def needs(self) -> Needs:
@@ -246,7 +252,7 @@ def parse_options(name: str, given: Mapping[str, Any]) -> Options:
     return args_class(**given)
 
 
-def make_objective(name: str, given: Mapping[str, Any], graph: Graph) -> Objective:
+def make_objective(name: str, given: Mapping[str, Any], graph: Graph, gathers: Gathers = PROCESS_GROUP) -> Objective:
     """The objective `name` with the options given (`parse_options`) over the shards' caption graph."""
     args = parse_options(name, given)
-    return OBJECTIVES[name](args, graph)
+    return OBJECTIVES[name](args, graph, gathers)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from xclr_train.losses.moco import moco_loss
 from xclr_train.objectives.base import Objective, Options, Views, tau_option
-from xclr_train.objectives.state import Queue, gathered_units, random_queue
+from xclr_train.objectives.state import Queue, random_queue
 from xclr_train.options import FRACTION, POSITIVE, option
 
 
@@ -32,7 +32,7 @@ class MoCo(Objective):
         return random_queue(self.args.queue_size, proj_dim, seed, device)
 
     def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
-        return {"z": gathered_units(views.t1)}
+        return {"z": self.gathered_units(views.t1)}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-sample terms: the rank's rows are the whole-batch formula."""

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xclr_train.distributed import gather_with_grad
 from xclr_train.losses.nnclr import nnclr_rows
 from xclr_train.objectives.base import Objective, Options, Views, tau_option
-from xclr_train.objectives.state import Queue, gathered_units, random_queue
+from xclr_train.objectives.state import Queue, random_queue
 from xclr_train.options import POSITIVE, option
 
 
@@ -29,10 +28,10 @@ class NNCLR(Objective):
         return random_queue(self.args.queue_size, proj_dim, seed, device)
 
     def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
-        return {"z": gathered_units(views.z1)}
+        return {"z": self.gathered_units(views.z1)}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
         n1, n2, p1, p2 = (F.normalize(x.float(), dim=1) for x in (views.z1, views.z2, views.p1, views.p2))
         own = rank * len(n1) + torch.arange(len(n1), device=n1.device)
-        return nnclr_rows(n1, n2, gather_with_grad(p1), gather_with_grad(p2), self.queue.entries()["z"], own,
-                          self.args.tau), {}
+        columns = self.gathers.with_grad(p1), self.gathers.with_grad(p2)
+        return nnclr_rows(n1, n2, *columns, self.queue.entries()["z"], own, self.args.tau), {}

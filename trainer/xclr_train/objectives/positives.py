@@ -14,8 +14,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from xclr_train.data import Needs
-from xclr_train.distributed import gather
-from xclr_train.objectives.base import Columns, Objective, Options, Views, columns
+from xclr_train.objectives.base import Columns, Objective, Options, Views
 from xclr_train.options import option
 from xclr_train.targets import graph_positive_rows
 
@@ -46,15 +45,16 @@ class PairObjective(Objective):
     def positive_rows(self, batch: dict, caption_ids: Tensor, own: Tensor) -> Tensor:
         """P above, (m, M) bool; `caption_ids` are the global batch's, `own` the rank's global sample indices."""
         if self.args.positives == "graph":
+            gather = self.gathers.gather
             return graph_positive_rows(caption_ids, gather(batch["nbr_id"]), gather(batch["nbr_sim"]), own)
         if self.args.positives == "caption":
             return batch["caption_id"][:, None] == caption_ids[None, :]
-        return batch["label"][:, None] == gather(batch["label"])[None, :]
+        return batch["label"][:, None] == self.gathers.gather(batch["label"])[None, :]
 
     def pair_loss(self, c: Columns, positives: Tensor) -> Tensor:
         raise NotImplementedError
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        c = columns(views, batch, rank, self.normalize)
+        c = self.columns(views, batch, rank, self.normalize)
         positives = self.positive_rows(batch, c.caption_ids, c.own)
         return self.pair_loss(c, positives), {"positives": (2 * positives.sum(1) - 1).float().mean()}

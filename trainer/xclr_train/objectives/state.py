@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xclr_train.distributed import gather
 
 
 def momentum_at(step: int, total: int, base: float) -> float:
@@ -68,11 +67,6 @@ class Queue:
         self.filled, self.next = state["filled"], state["next"]
         for name, value in state["data"].items():
             self.data[name].copy_(value)
-
-
-def gathered_units(x: Tensor) -> Tensor:
-    """The global batch's rows of x, gathered without gradient and unit-normalised: a queue's "z" entries."""
-    return F.normalize(gather(x.detach().float().contiguous()), dim=1)
 
 
 def random_queue(size: int, dim: int, seed: int, device: torch.device) -> Queue:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from xclr_train.losses.soft import soft_contrastive
-from xclr_train.objectives.base import Views, columns, target_stats, tau_option
+from xclr_train.objectives.base import Views, target_stats, tau_option
 from xclr_train.objectives.positives import PairObjective, PositivesArgs
 
 
@@ -19,7 +19,7 @@ class SupCon(PairObjective):
         tau: float = tau_option()
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        c = columns(views, batch, rank)
+        c = self.columns(views, batch, rank)
         weights = self.positive_rows(batch, c.caption_ids, c.own).float()
         loss = soft_contrastive(c.anchors, c.columns, c.self_cols, weights, self.args.tau)
         return loss, target_stats(weights, c.own, batch["caption_id"], c.caption_ids, c.big_m)

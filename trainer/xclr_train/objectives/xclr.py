@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from xclr_train.data import Needs
-from xclr_train.distributed import gather
+from xclr_train.distributed import PROCESS_GROUP, Gathers
 from xclr_train.errors import TrainError
 from xclr_train.losses.soft import soft_contrastive
 from xclr_train.losses.xclr import xclr_weights
-from xclr_train.objectives.base import Columns, Graph, Objective, Options, Views, columns, target_stats, tau_option
-from xclr_train.objectives.state import Queue, gathered_units
+from xclr_train.objectives.base import Columns, Graph, Objective, Options, Views, target_stats, tau_option
+from xclr_train.objectives.state import Queue
 from xclr_train.options import NON_NEGATIVE, POSITIVE, option
 from xclr_train.targets import calibrate, dense_similarity_rows, floor_similarity, sparse_similarity_rows
 
@@ -48,8 +48,8 @@ class XCLR(Objective):
                 raise TrainError(f"--queue-size with --loss {self.loss} needs sparse targets (the queue keeps "
                                  "neighbour rows)")
 
-    def __init__(self, args: Args, graph: Graph) -> None:
-        super().__init__(args, graph)
+    def __init__(self, args: Args, graph: Graph, gathers: Gathers = PROCESS_GROUP) -> None:
+        super().__init__(args, graph, gathers)
         if graph.background is None:
             raise TrainError(f"--loss {self.name} needs the shards manifest (the graph's background similarity) "
                              "beside the tars")
@@ -71,11 +71,11 @@ class XCLR(Objective):
                                             "nbr_id": ((k,), torch.long), "nbr_sim": ((k,), torch.float32)}, device)
 
     def queue_entries(self, views: Views, batch: dict) -> dict[str, Tensor]:
-        entries = {"z": gathered_units(views.z1)}
-        return entries | {key: gather(batch[key]) for key in ("caption_id", "nbr_id", "nbr_sim")}
+        entries = {"z": self.gathered_units(views.z1)}
+        return entries | {key: self.gathers.gather(batch[key]) for key in ("caption_id", "nbr_id", "nbr_sim")}
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.soft_rows(columns(views, batch, rank), batch)
+        return self.soft_rows(self.columns(views, batch, rank), batch)
 
     def soft_rows(self, c: Columns, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """The X-CLR loss and statistics of one rank's anchors; the queue's entries are further columns with their
@@ -84,14 +84,14 @@ class XCLR(Objective):
         q = 0 if queue is None else len(queue["z"])
         ids = c.caption_ids
         if self.args.targets == "sparse":
-            nbr_id, nbr_sim = gather(batch["nbr_id"]), gather(batch["nbr_sim"])
+            nbr_id, nbr_sim = self.gathers.gather(batch["nbr_id"]), self.gathers.gather(batch["nbr_sim"])
             if q:
                 ids = torch.cat([ids, queue["caption_id"]])
                 nbr_id, nbr_sim = torch.cat([nbr_id, queue["nbr_id"]]), torch.cat([nbr_sim, queue["nbr_sim"]])
             s = sparse_similarity_rows(ids, nbr_id, nbr_sim, self.floor, c.own)
             threshold = self.floor
         else:
-            s = dense_similarity_rows(batch["emb"], gather(batch["emb"]))
+            s = dense_similarity_rows(batch["emb"], self.gathers.gather(batch["emb"]))
             threshold = self.background
         stats: dict[str, Tensor] = {}
         with torch.no_grad():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from xclr_train.data import Needs
-from xclr_train.objectives.base import Views, columns
+from xclr_train.objectives.base import Views
 from xclr_train.objectives.clip import CLIP, text_rows
 from xclr_train.objectives.xclr import XCLR
 from xclr_train.options import POSITIVE, option
@@ -41,7 +41,7 @@ class XCLRClip(XCLR):
     projection_dim = CLIP.projection_dim
 
     def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        c = columns(views, batch, rank)
+        c = self.columns(views, batch, rank)
         loss, stats = self.soft_rows(c, batch)
-        text = text_rows(c, batch, self.args.tau)
+        text = text_rows(c, batch, self.args.tau, self.gathers.gather)
         return loss + self.args.text_weight * text, stats | {"text_loss": text.detach()}
