@@ -1,4 +1,5 @@
-"""xclr_eval.metrics against loop references written from their definitions, and on data whose answer is known."""
+"""xclr_eval.metrics against loop references written from their definitions, and on data whose answer is known;
+xclr_eval.registry.score, which computes the registered metrics, on data whose answer is known."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from xclr_eval import metrics
+from xclr_eval.registry import Inputs, score
 
 
 def blobs(n_per: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -94,18 +96,18 @@ def test_split_is_stratified_disjoint_and_complete():
         metrics.split(np.array([0, 0, 1]), seed=0)
 
 
-def test_evaluate_tells_separated_classes_from_noise():
+def test_score_tells_separated_classes_from_noise():
     rng = np.random.default_rng(5)
     text = unit(rng.normal(size=(5, 16)))
     x, y = blobs(40, 5, 32, spread=0.05)
-    good = metrics.evaluate(x, y, text, seed=0)
+    good = score(Inputs(features=x, labels=y, text=text, seed=0)).metrics
     for key in ("knn_accuracy", "linear_probe_accuracy", "precision@1", "mAP", "kmeans_ari", "kmeans_nmi"):
         assert good[key] == pytest.approx(1.0), key
     assert good["silhouette"] > 0.9 and good["dunn"] > 1 and good["davies_bouldin"] < 0.2
-    noise = metrics.evaluate(rng.normal(size=x.shape), y, text, seed=0)
+    noise = score(Inputs(features=rng.normal(size=x.shape), labels=y, text=text, seed=0)).metrics
     assert noise["knn_accuracy"] < 0.45 and noise["kmeans_ari"] < 0.1 and noise["silhouette"] < 0.05
     with pytest.raises(ValueError, match="no image"):
-        metrics.evaluate(x, y, unit(rng.normal(size=(6, 16))), seed=0)
+        score(Inputs(features=x, labels=y, text=unit(rng.normal(size=(6, 16))), seed=0))
 
 
 def test_caption_recall_equals_loop_reference():
@@ -139,7 +141,7 @@ def test_caption_alignment_follows_the_caption_geometry():
         metrics.caption_alignment(text[:4], np.array([0, 0, 1, 1]), text, seed=0)
 
 
-def test_evaluate_with_a_query_set_uses_it_for_every_query_metric():
+def test_score_with_a_query_set_uses_it_for_every_query_metric():
     """With `query`, the database is exactly the other rows: moving the query rows' class structure changes the
     query metrics, a further label field gets its own kNN and probe, caption metrics appear with captions."""
     x, y = blobs(20, 4, 16, spread=0.05)
@@ -148,20 +150,21 @@ def test_evaluate_with_a_query_set_uses_it_for_every_query_metric():
     query = np.arange(len(y)) % 2 == 1
     coarse = y // 2
     caption = np.arange(len(y)) // 2  # each database row shares its caption with the next (query) row
-    good = metrics.evaluate(x, y, text, seed=0, query=query, more_labels={"coarse": coarse}, caption=caption,
-                            caption_embeddings=unit(rng.normal(size=(len(y) // 2, 8))))
+    good = score(Inputs(features=x, labels=y, text=text, seed=0, query=query, more_labels={"coarse": coarse},
+                        caption=caption, caption_embeddings=unit(rng.normal(size=(len(y) // 2, 8))))).metrics
     assert good["knn_accuracy"] == 1.0 and good["knn_accuracy@coarse"] == 1.0
     assert good["linear_probe_accuracy@coarse"] == 1.0 and good["caption_R@5"] > 0.2
     shuffled = x.copy()
     shuffled[query] = rng.permutation(x[query])  # queries land on other classes' blobs
-    bad = metrics.evaluate(shuffled, y, text, seed=0, query=query)
+    bad = score(Inputs(features=shuffled, labels=y, text=text, seed=0, query=query)).metrics
     assert bad["knn_accuracy"] < 0.5 and "caption_R@1" not in bad and "knn_accuracy@coarse" not in bad
 
 
-def test_evaluate_without_clustering_leaves_out_exactly_the_clustering_metrics():
+def test_score_without_clustering_leaves_out_exactly_the_clustering_metrics():
     x, y = blobs(10, 3, 8, spread=0.1)
     text = unit(np.random.default_rng(1).normal(size=(3, 8)))
-    full = metrics.evaluate(x, y, text, seed=0)
-    lean = metrics.evaluate(x, y, text, seed=0, with_clustering=False)
-    assert set(full) - set(lean) == {"kmeans_ari", "kmeans_nmi", "silhouette", "davies_bouldin", "dunn"}
-    assert all(lean[k] == full[k] for k in lean if k != "class_similarity")
+    full = score(Inputs(features=x, labels=y, text=text, seed=0))
+    lean = score(Inputs(features=x, labels=y, text=text, seed=0, clustering=False))
+    assert set(full.metrics) - set(lean.metrics) == {"kmeans_ari", "kmeans_nmi", "silhouette", "davies_bouldin", "dunn"}
+    assert all(lean.metrics[k] == full.metrics[k] for k in lean.metrics)
+    assert lean.class_similarity == full.class_similarity

@@ -1,7 +1,8 @@
 """Evaluation metrics on backbone features. Features are L2-normalised first (cosine geometry) except for the linear
 probe, which standardises them. A database part (kNN database, retrieval database, probe training) and a query part
 (kNN queries, retrieval queries, probe test) come either from one labelled set split once, stratified by label, or
-from two sets (a held-out query set, e.g. another image style, against a database)."""
+from two sets (a held-out query set, e.g. another image style, against a database). `xclr_eval.registry` registers
+each with its table column and what it needs, and scores them."""
 
 from __future__ import annotations
 
@@ -172,35 +173,3 @@ def semantic_alignment(learned: np.ndarray, target: np.ndarray) -> float:
     upper = np.triu_indices(len(learned), k=1)
     return float(spearmanr(learned[upper], target[upper]).statistic)
 
-
-def evaluate(features: np.ndarray, labels: np.ndarray, text: np.ndarray, seed: int, query: np.ndarray | None = None,
-             more_labels: dict[str, np.ndarray] | None = None, caption: np.ndarray | None = None,
-             caption_embeddings: np.ndarray | None = None, with_clustering: bool = True) -> dict:
-    """All metrics of one encoder: features (n, d), labels (n,), class-caption embeddings text (C, e).
-
-    `query` (bool (n,)) marks the query rows, the others being the database; None splits the set (`split`).
-    `more_labels` adds kNN and linear-probe accuracy per further label field (``knn_accuracy@FIELD``). Caption ids
-    `caption` (n,) with their embeddings add caption_R@k (queries against the database) and caption_alignment (over
-    the query rows). `with_clustering` False leaves out `clustering` (k-means restarts dominate the cost when there
-    are many classes)."""
-    classes = len(text)
-    missing = sorted(set(range(classes)) - set(np.unique(labels).tolist()))
-    if missing:
-        raise ValueError(f"classes {missing} have no image in the evaluation set")
-    db, q = split(labels, seed) if query is None else (np.flatnonzero(~query), np.flatnonzero(query))
-    learned, target = class_similarities(features, labels, classes), text @ text.T
-    metrics = {
-        "knn_accuracy": knn_accuracy(features[db], labels[db], features[q], labels[q]),
-        "linear_probe_accuracy": linear_probe_accuracy(features[db], labels[db], features[q], labels[q], seed),
-        **retrieval(features[db], labels[db], features[q], labels[q]),
-        **(clustering(features, labels, seed) if with_clustering else {}),
-        "semantic_alignment": semantic_alignment(learned, target),
-    }
-    for name, y in (more_labels or {}).items():
-        metrics[f"knn_accuracy@{name}"] = knn_accuracy(features[db], y[db], features[q], y[q])
-        metrics[f"linear_probe_accuracy@{name}"] = linear_probe_accuracy(features[db], y[db], features[q], y[q], seed)
-    if caption is not None:
-        metrics.update(caption_recall(features[db], caption[db], features[q], caption[q]))
-        metrics["caption_alignment"] = caption_alignment(features[q], caption[q], caption_embeddings, seed)
-    metrics["class_similarity"] = {"learned": learned.round(5).tolist(), "target": target.round(5).tolist()}
-    return metrics

@@ -1,17 +1,11 @@
-"""The Markdown table of an evaluation: one row per run, one column per scalar metric."""
+"""How results read: the Markdown table of an evaluation (one row per run, one column per metric) and the console
+line of one run, both with the headings of `xclr_eval.registry`."""
 
 from __future__ import annotations
 
-COLUMNS = {"knn_accuracy": "kNN", "linear_probe_accuracy": "linear", "precision@1": "P@1", "precision@10": "P@10",
-           "recall@10": "R@10", "mAP": "mAP", "kmeans_ari": "ARI", "kmeans_nmi": "NMI", "silhouette": "silhouette",
-           "davies_bouldin": "DB (lower)", "dunn": "Dunn", "semantic_alignment": "semantic rho",
-           "caption_R@1": "caption R@1", "caption_R@5": "caption R@5", "caption_alignment": "caption rho"}
+from collections.abc import Mapping
 
-
-def column_name(key: str) -> str:
-    """The table heading of a metric: COLUMNS, or "kNN FIELD" / "linear FIELD" for a further label field."""
-    metric, _, field_name = key.partition("@")
-    return COLUMNS.get(key) or f"{COLUMNS[metric]} {field_name}"
+from xclr_eval.registry import column_name, shown
 
 
 def markdown_table(runs: dict[str, dict]) -> str:
@@ -23,3 +17,8 @@ def markdown_table(runs: dict[str, dict]) -> str:
         cells = [f"{run['metrics'][key]:.3f}" for key in keys]
         lines.append(f"| {name} | {run['loss']} | {run['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def console_line(name: str, metrics: Mapping[str, float]) -> str:
+    """`NAME: HEADING value  HEADING value ...` for the registry's shown columns that `metrics` holds."""
+    return f"{name}: " + "  ".join(f"{c.heading} {metrics[c.key]:.3f}" for c in shown(metrics))
