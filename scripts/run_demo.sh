@@ -62,7 +62,7 @@ done
 database="{$(ls "$runs"/emoji-tars/{google,twitter}/*.tar | paste -sd,)}"
 .venv/bin/xclr-eval "$runs"/emoji-{xclr,simclr}/checkpoints/latest.pt --data "$database" \
   --queries "$runs/emoji-tars/openmoji" --label-field subcategory --label-field category --no-clustering --out "$runs/eval"
-$py benchmarks/verdict.py "$runs/eval/results.json"
+$py scripts/verdict.py "$runs/eval/results.json"
 echo
 echo "corpus: $runs/emoji-tars (counts.json)   embed: $runs/emoji-embed   shards: $runs/emoji-groups, $runs/emoji-random"
 echo "training runs: $runs/emoji-xclr, $runs/emoji-simclr (metrics.jsonl, checkpoints/)"

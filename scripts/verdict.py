@@ -8,7 +8,7 @@ them: a method within 2 s of it has not learned that metric at this budget. It e
 (LONGER: 600 steps with either vendor held out, 1200 with OpenMoji, 600 with a small ViT; 3 seeds), which this
 budget cannot reproduce.
 
-    .venv/bin/python benchmarks/verdict.py runs/demo/eval/results.json
+    .venv/bin/python scripts/verdict.py runs/demo/eval/results.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-STUDY = Path(__file__).parent / "results" / "study.json"
+STUDY = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "study.json"
 REGIME = ("emoji", "heldout-openmoji")
 LONGER = {"heldout-openmoji-600": "OpenMoji held out, 600 steps", "heldout-twitter-600": "Twitter held out, 600 steps",
           "heldout-openmoji-1200": "OpenMoji held out, 1200 steps",
