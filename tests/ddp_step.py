@@ -16,11 +16,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from xclr_train.distributed import all_reduce_sum, init_distributed
 from xclr_train.models import Encoder, ModelConfig
-from xclr_train.objectives import Graph, make_objective
+from xclr_train.objectives import OBJECTIVES, Graph, make_objective
 
 M, K, SIZE = 8, 3, 16
 GRAPH = Graph(background=0.2, kth_mean=0.3)  # the sparse floor: min(0.2, 0.3) = 0.2
-SPECS = {  # name: (--loss, its options, the graph)
+SPECS = {  # name: (--loss, its options, the graph); every other registered objective at its defaults (below)
     "xclr_sparse": ("xclr", {}, GRAPH),
     "xclr_sparse_calibrated": ("xclr", {"calibrate": "background", "tau_s": 0.05}, GRAPH),
     "xclr_dense": ("xclr", {"targets": "dense"}, Graph(background=0.1)),
@@ -40,6 +40,7 @@ SPECS = {  # name: (--loss, its options, the graph)
     "xclr_sparse_vit": ("xclr", {}, GRAPH),
     "moco_vit": ("moco", {"queue_size": 10, "momentum": 0.99}, GRAPH),
 }
+SPECS.update({name: (name, {}, GRAPH) for name in OBJECTIVES if name not in {loss for loss, _, _ in SPECS.values()}})
 VIT = {"xclr_sparse_vit", "moco_vit"}
 
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from train_helpers import train_in_process, train_samples_lost
+from train_helpers import takers, train_in_process, train_samples_lost
 from train_helpers import train_metrics as metrics
 
 from xclr_train.cli import main as train_command
@@ -164,10 +164,11 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", no_nbr, "--loss", "triplet", "--positives", "graph"], "--positives graph needs KEY.nbr.npy"),
         (["--data", no_label, "--loss", "supcon", "--positives", "label"], '--positives label needs a "label" in'),
         (["--data", tux_shards, "--loss", "simclr", "--queue-size", "8"],
-         "--queue-size is for --loss moco, nnclr, xclr or xclr-clip, not simclr"),
-        (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], "--margin is for --loss contrastive or triplet"),
-        (["--data", tux_shards, "--loss", "simclr", "--positives", "label"], "--positives is for --loss contrastive, "),
-        (["--data", tux_shards, "--loss", "byol", "--tau", "0.2"], "--tau is for --loss clip, moco, nnclr, simclr, "),
+         f"--queue-size is for --loss {takers('queue_size')}, not simclr"),
+        (["--data", tux_shards, "--loss", "moco", "--margin", "0.3"], f"--margin is for --loss {takers('margin')}"),
+        (["--data", tux_shards, "--loss", "simclr", "--positives", "label"],
+         f"--positives is for --loss {takers('positives')}"),
+        (["--data", tux_shards, "--loss", "byol", "--tau", "0.2"], f"--tau is for --loss {takers('tau')}, not byol"),
         (["--data", tux_shards, "--loss", "moco", "--queue-size", "0"], "--queue-size must be positive for --loss"),
         (["--data", tux_shards, "--queue-size", "-1"], "--queue-size must be 0 or more for --loss xclr, got -1"),
         (["--data", tux_shards, "--loss", "simclr", "--tau", "0"], "--tau must be positive for --loss simclr"),

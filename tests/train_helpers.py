@@ -1,4 +1,4 @@
-"""Running and reading the trainer: torchrun command lines and a run's metrics."""
+"""Running and reading the trainer: torchrun command lines, a run's metrics, and what the objective registry says."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+from dataclasses import fields
+
 from click.testing import CliRunner, Result
 from fault_ledger import samples_lost
+
+from xclr_train.objectives import OBJECTIVES
+from xclr_train.options import either
 
 
 def torchrun_cmd(nproc: int, *args, max_restarts: int = 0) -> list[str]:
@@ -37,3 +42,9 @@ def train_in_process(*args, check: bool = True) -> Result:
     if check and result.exit_code != 0:
         raise AssertionError(f"xclr-train failed ({result.exit_code}):\n{result.output[-4000:]}") from result.exception
     return result
+
+
+def takers(option: str) -> str:
+    """The registered objectives whose Args have the field `option`, in registry order, as an error lists them
+    ("contrastive or triplet"): what a test expects without naming every objective."""
+    return either([name for name, cls in OBJECTIVES.items() if option in {f.name for f in fields(cls.Args)}])
