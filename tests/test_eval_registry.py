@@ -72,12 +72,15 @@ def test_a_new_metric_is_one_registration(own_registry):
 
 
 def test_clashes_are_refused_when_registering(own_registry):
-    with pytest.raises(TypeError, match="taken"):
+    with pytest.raises(TypeError, match="clashes with a registered one: knn_accuracy$"):
         register(Metric("another_knn", (Column("knn_accuracy", "kNN again"),), lambda c: {}))
-    with pytest.raises(TypeError, match="taken"):
+    with pytest.raises(TypeError, match="registered one: kNN$"):
         register(Metric("same_heading", (Column("new_key", "kNN"),), lambda c: {}))
-    with pytest.raises(TypeError, match="taken"):
+    with pytest.raises(TypeError, match="registered one: its name$"):
         register(Metric("retrieval", (Column("other", "other"),), lambda c: {}))
+    with pytest.raises(TypeError, match="registered one: twice$"):
+        register(Metric("twice", (Column("twice", "one"), Column("twice", "two")), lambda c: {}))
+    assert "another_knn" not in registry.METRICS and "twice" not in registry.METRICS
     with pytest.raises(TypeError, match="not captions"):
         Metric("bad", (Column("bad", "bad"),), lambda c: {}, needs=frozenset({Need.CAPTIONS}), per_field=True)
     with pytest.raises(KeyError, match="no registered metric"):

@@ -12,7 +12,7 @@ import click
 
 from xclr_eval.errors import EvalError
 from xclr_eval.evaluation import run
-from xclr_eval.options import EvalOptions, flag
+from xclr_eval.options import EvalOptions, option_flag
 
 
 def eval_options(command: Callable) -> Callable:
@@ -27,7 +27,7 @@ def eval_options(command: Callable) -> Callable:
                 click.IntRange(min=meta["minimum"]) if meta["minimum"] is not None else
                 int if types[f.name] is int else None)
         default = {"required": True} if f.default is MISSING else {"default": f.default}
-        command = click.option(flag(f), f.name, type=kind, multiple=isinstance(f.default, tuple),
+        command = click.option(option_flag(f), f.name, type=kind, multiple=isinstance(f.default, tuple),
                                help=meta["help"] or None, **default)(command)
     return command
 

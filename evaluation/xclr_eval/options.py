@@ -22,7 +22,7 @@ def option(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] |
                                             "argument": argument})
 
 
-def flag(f: Field) -> str:
+def option_flag(f: Field) -> str:
     """The option that sets field `f`: its `option(flag=...)`, else --field-name."""
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
@@ -61,9 +61,9 @@ class EvalOptions:
         for f in fields(self):
             value, choices, minimum = getattr(self, f.name), f.metadata["choices"], f.metadata["minimum"]
             if choices is not None and value not in choices:
-                raise EvalError(f"{flag(f).split('/')[0]} must be one of {', '.join(choices)}, got {value!r}")
+                raise EvalError(f"{option_flag(f).split('/')[0]} must be one of {', '.join(choices)}, got {value!r}")
             if minimum is not None and value is not None and value < minimum:
-                raise EvalError(f"{flag(f).split('/')[0]} must be at least {minimum}, got {value}")
+                raise EvalError(f"{option_flag(f).split('/')[0]} must be at least {minimum}, got {value}")
         if not self.checkpoints:
             raise EvalError("no CHECKPOINT to evaluate")
         if len(set(self.names)) < len(self.names):

@@ -138,11 +138,11 @@ METRICS: dict[str, Metric] = {}  # name -> metric, in registration order
 
 def register(metric: Metric) -> Metric:
     """Add `metric` to the registry; a name, key or heading another metric has is refused here, at import."""
-    taken = [c for m in METRICS.values() for c in m.columns]
-    clash = {c.key for c in metric.columns} & {c.key for c in taken} or \
-        {c.heading for c in metric.columns} & {c.heading for c in taken}
-    if metric.name in METRICS or clash or len({c.key for c in metric.columns}) < len(metric.columns):
-        raise TypeError(f"metric {metric.name!r}: its name or a column ({', '.join(sorted(clash))}) is taken")
+    columns = [c for m in [*METRICS.values(), metric] for c in m.columns]
+    keys, headings = [c.key for c in columns], [c.heading for c in columns]
+    taken = sorted({k for k in keys if keys.count(k) > 1} | {h for h in headings if headings.count(h) > 1})
+    if metric.name in METRICS or taken:
+        raise TypeError(f"metric {metric.name!r} clashes with a registered one: {', '.join(taken) or 'its name'}")
     METRICS[metric.name] = metric
     return metric
 
