@@ -136,7 +136,7 @@ class Scores:
 METRICS: dict[str, Metric] = {}  # name -> metric, in registration order
 
 
-def register(metric: Metric) -> Metric:
+def register(metric: Metric) -> None:
     """Add `metric` to the registry; a name, key or heading another metric has is refused here, at import."""
     columns = [c for m in [*METRICS.values(), metric] for c in m.columns]
     keys, headings = [c.key for c in columns], [c.heading for c in columns]
@@ -144,7 +144,6 @@ def register(metric: Metric) -> Metric:
     if metric.name in METRICS or taken:
         raise TypeError(f"metric {metric.name!r} clashes with a registered one: {', '.join(taken) or 'its name'}")
     METRICS[metric.name] = metric
-    return metric
 
 
 def column_name(key: str) -> str:
