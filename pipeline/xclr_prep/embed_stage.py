@@ -151,6 +151,20 @@ def run_embed(opts: EmbedOptions) -> dict:
     return manifest
 
 
+def _embedded_parts(out: Path, units: list[EmbedUnit], weights_sha256: str) -> dict[int, dict]:
+    """The done markers of the parts whose marker covers the same caption ids (embedded by an earlier run). Raises
+    PrepError when one was embedded with other weights."""
+    done: dict[int, dict] = {}
+    for u in units:
+        marker_path = part_paths(out, u.index)["done"]
+        marker = json.loads(marker_path.read_text()) if marker_path.exists() else None
+        if marker and (marker["caption_start"], marker["caption_end"]) == (u.ids.start, u.ids.end):
+            if marker["weights_sha256"] != weights_sha256:
+                raise PrepError(f"{out} was partly embedded with other model weights; use another --out")
+            done[u.index] = marker
+    return done
+
+
 def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: list, info: dict, device: str,
                 fingerprint: str, model: str) -> dict:
     markers = {i: marker for i in range(len(files)) if (marker := read_scan_marker(out, i))}
@@ -163,14 +177,7 @@ def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: l
 
     units = [EmbedUnit(index, scan_path, ids, out, opts.dtype) for index, (scan_path, ids)
              in enumerate(zip(scan_parts, part_ids))]
-    done: dict[int, dict] = {}  # the parts whose marker covers the same caption ids
-    for u in units:
-        marker_path = part_paths(out, u.index)["done"]
-        marker = json.loads(marker_path.read_text()) if marker_path.exists() else None
-        if marker and (marker["caption_start"], marker["caption_end"]) == (u.ids.start, u.ids.end):
-            if marker["weights_sha256"] != info["weights_sha256"]:
-                raise PrepError(f"{out} was partly embedded with other model weights; use another --out")
-            done[u.index] = marker
+    done = _embedded_parts(out, units, info["weights_sha256"])
     run_stage(actors, "embed", units, done, "embed", "caption", opts.progress)
 
     skipped: Counter[str] = Counter()

@@ -58,7 +58,7 @@ NORM_TOLERANCE = 0.01
 def invalid_captions(rows: EmbeddingRows) -> np.ndarray:
     """Ids of captions whose embedding is not finite or whose norm is off 1 by more than NORM_TOLERANCE. Runs on
     the driver in blocks of VALIDITY_BLOCK rows: at most VALIDITY_BLOCK * D * 9 bytes (the float32 block, its
-    squares for the norm, the finiteness mask), 113 MiB at D = 384."""
+    squares for the norm, the finiteness mask), 113 MB at D = 384."""
     bad = []
     for start in range(0, rows.n, VALIDITY_BLOCK):
         block = rows.block(start, min(rows.n, start + VALIDITY_BLOCK))

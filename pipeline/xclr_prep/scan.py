@@ -20,6 +20,7 @@ import json
 import tarfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -121,69 +122,80 @@ def scan_file(
     `max_tokens` are tokenised: a token covers at least one UTF-8 byte (WordPiece, byte-level BPE and
     SentencePiece with byte fallback alike), so a caption of b bytes has at most b + _SPECIAL_TOKENS tokens.
     """
-    skipped: Counter[str] = Counter()
-    parts: list[dict] = []
-    rows_in = truncated = 0
+    scan = _FileScan(file_index, out, count_tokens, max_tokens, too_long)
+    rows_in, file_error = 0, None
     buffer: list[tuple[RawRow, tuple[str, str, int]]] = []
-
-    def flush() -> None:
-        nonlocal buffer, truncated
-        long = [i for i, (_, (_, caption, _)) in enumerate(buffer)
-                if len(caption.encode("utf-8")) + _SPECIAL_TOKENS > max_tokens]
-        over = {i for i, n in zip(long, count_tokens([buffer[i][1][1] for i in long])) if n > max_tokens}
-        if too_long == "skip":
-            skipped["caption_too_long"] += len(over)
-            buffer = [row for i, row in enumerate(buffer) if i not in over]
-        else:
-            truncated += len(over)
-        if buffer:
-            name = f"f{file_index:05d}-{len(parts):04d}.parquet"
-            table = pa.table(
-                {
-                    "key": [k for _, (k, _, _) in buffer],
-                    "caption": [c for _, (_, c, _) in buffer],
-                    "caption_digest": [digest(c) for _, (_, c, _) in buffer],
-                    "key_digest": [digest(k) for _, (k, _, _) in buffer],
-                    "image_source": [r.image_source for r, _ in buffer],
-                    "image_member": [r.image_member for r, _ in buffer],
-                    "image_row": [r.image_row for r, _ in buffer],
-                    "label": [lab for _, (_, _, lab) in buffer],
-                },
-                schema=SCAN_SCHEMA,
-            )
-            write_atomic(out / SCAN / name, lambda p: pq.write_table(table, p))
-            parts.append({"name": name, "rows": table.num_rows})
-        buffer = []
-
-    file_error = None
     try:
         for raw in read_rows(file, spec):
             rows_in += 1
             reason, row = validate(raw, spec)
             if reason:
-                skipped[reason] += 1
+                scan.skipped[reason] += 1
                 continue
             buffer.append((raw, row))
             if len(buffer) >= part_size:
-                flush()
-        flush()
+                scan.flush(buffer)
+                buffer = []
+        scan.flush(buffer)
     except _READ_ERRORS as e:
         file_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
-        for part in parts:
+        for part in scan.parts:
             (out / SCAN / part["name"]).unlink(missing_ok=True)
-        parts, rows_in, truncated, skipped = [], 0, 0, Counter()
+        scan, rows_in = _FileScan(file_index, out, count_tokens, max_tokens, too_long), 0
     marker = {
         "file_index": file_index,
         "path": file.path,
         "format": file.format,
-        "parts": parts,
+        "parts": scan.parts,
         "rows_in": rows_in,
-        "skipped": dict(sorted(skipped.items())),
-        "truncated": truncated,
+        "skipped": dict(sorted(scan.skipped.items())),
+        "truncated": scan.truncated,
         "file_error": file_error,
     }
     write_json_atomic(scan_marker(out, file_index), marker)
     return marker
+
+
+@dataclass
+class _FileScan:
+    """One file's scan so far: the parts written, skips by reason, captions truncated."""
+    file_index: int
+    out: Path
+    count_tokens: Callable[[list[str]], list[int]]
+    max_tokens: int
+    too_long: str
+    parts: list[dict] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+
+    def flush(self, buffer: list[tuple[RawRow, tuple[str, str, int]]]) -> None:
+        """Count (and with --too-long skip, drop) the captions over the token limit; write the rest as a part."""
+        long = [i for i, (_, (_, caption, _)) in enumerate(buffer)
+                if len(caption.encode("utf-8")) + _SPECIAL_TOKENS > self.max_tokens]
+        over = {i for i, n in zip(long, self.count_tokens([buffer[i][1][1] for i in long])) if n > self.max_tokens}
+        if self.too_long == "skip":
+            self.skipped["caption_too_long"] += len(over)
+            buffer = [row for i, row in enumerate(buffer) if i not in over]
+        else:
+            self.truncated += len(over)
+        if not buffer:
+            return
+        name = f"f{self.file_index:05d}-{len(self.parts):04d}.parquet"
+        table = pa.table(
+            {
+                "key": [k for _, (k, _, _) in buffer],
+                "caption": [c for _, (_, c, _) in buffer],
+                "caption_digest": [digest(c) for _, (_, c, _) in buffer],
+                "key_digest": [digest(k) for _, (k, _, _) in buffer],
+                "image_source": [r.image_source for r, _ in buffer],
+                "image_member": [r.image_member for r, _ in buffer],
+                "image_row": [r.image_row for r, _ in buffer],
+                "label": [lab for _, (_, _, lab) in buffer],
+            },
+            schema=SCAN_SCHEMA,
+        )
+        write_atomic(self.out / SCAN / name, lambda p: pq.write_table(table, p))
+        self.parts.append({"name": name, "rows": table.num_rows})
 
 
 def read_scan_marker(out: Path, file_index: int) -> dict | None:

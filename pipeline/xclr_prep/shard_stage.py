@@ -218,6 +218,18 @@ def _column(paths: list[Path], column: str, read) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
 
 
+def _sample_bytes(out: Path, n_parts: int, caption_of: np.ndarray, size: np.ndarray, k: int, dim: int,
+                  with_embeddings: bool) -> np.ndarray:
+    """Each sample's bytes in a tar: its image, caption, KEY.json, neighbour row (and embedding), each member
+    rounded up to tar blocks with its header."""
+    text_bytes = np.concatenate([pc.binary_length(pc.cast(_read_ipc(_text_path(out, p)).column("text"),
+                                                          pa.binary())).to_numpy() for p in range(n_parts)]
+                                + [np.empty(0, dtype=np.int32)])
+    fixed = int(tar_bytes(np.int64(_META_BYTES)) + tar_bytes(np.int64(_NPY_HEADER + k * NEIGHBOR_DTYPE.itemsize))
+                + (tar_bytes(np.int64(_NPY_HEADER + 2 * dim)) if with_embeddings else 0))
+    return tar_bytes(np.maximum(size, 0)) + tar_bytes(text_bytes[caption_of].astype(np.int64)) + fixed
+
+
 def run_shards(actors: list, out: Path, embed_dir: Path, parts: EmbedParts, caption_ok: np.ndarray,
                neighbor_ids: np.ndarray, k: int, dim: int, opts: ShardOptions, progress: bool) -> dict:
     """Locate, lay out and write the shards of every sample whose caption is `caption_ok` (bool per caption id);
@@ -238,15 +250,10 @@ def run_shards(actors: list, out: Path, embed_dir: Path, parts: EmbedParts, capt
                        "image_missing": int((eligible & (size == IMAGE_MISSING)).sum())})
     layout_path = out / LAYOUT / "layout.parquet"
     if not layout_path.exists():
-        text_bytes = np.concatenate([pc.binary_length(pc.cast(_read_ipc(_text_path(out, p)).column("text"),
-                                                              pa.binary())).to_numpy() for p in range(len(parts))]
-                                    + [np.empty(0, dtype=np.int32)])
-        fixed = int(tar_bytes(np.int64(_META_BYTES)) + tar_bytes(np.int64(_NPY_HEADER + k * NEIGHBOR_DTYPE.itemsize))
-                    + (tar_bytes(np.int64(_NPY_HEADER + 2 * dim)) if opts.with_embeddings else 0))
-        sample_bytes = tar_bytes(np.maximum(size, 0)) + tar_bytes(text_bytes[caption_of].astype(np.int64)) + fixed
+        sample_bytes = _sample_bytes(out, len(parts), caption_of, size, k, dim, opts.with_embeddings)
         plan_layout(np.flatnonzero(eligible & (size >= 0)), caption_of, sample_bytes, neighbor_ids, opts) \
             .save(layout_path)
-        del text_bytes, sample_bytes
+        del sample_bytes
     del caption_of, size, eligible
     layout = Layout.load(layout_path)
     bounds = layout.shard_bounds()
