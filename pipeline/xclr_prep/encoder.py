@@ -4,7 +4,8 @@
 
 Length-sorted batching: the texts are ordered by *token* count and cut into batches of `batch_size`, so every
 batch pads to nearly one length. (``SentenceTransformer.encode`` orders by character count, which pads far more;
-the gain is measured in docs/benchmarks.md, Token-count batching; the embeddings are the same.) On CUDA the model runs in fp16 and the rows are normalised again in float32.
+the gain is measured in docs/benchmarks.md, Token-count batching; the embeddings are the same.) On CUDA the model
+runs in fp16 and the rows are normalised again in float32.
 """
 
 from __future__ import annotations
