@@ -50,7 +50,7 @@ def _help(users: list[tuple[str, Field]]) -> str:
     """The takers' shared help with their defaults, or each taker's own help and default."""
     helps = {f.metadata["help"] for _, f in users}
     if len(helps) > 1:
-        return "; ".join(f"{name}: {f.metadata['help']} (default {f.default})" for name, f in users) + "."
+        return "; ".join(f"{name}: {f.metadata['help'].rstrip('.')} (default {f.default})" for name, f in users) + "."
     defaults = {f.default for _, f in users}
     default = str(users[0][1].default) if len(defaults) == 1 else ", ".join(f"{n} {f.default}" for n, f in users)
     return f"{helps.pop()} For --loss {either([n for n, _ in users])}; default {default}."

@@ -48,15 +48,12 @@ from torch import Tensor, nn
 from xclr_train.data import Needs
 from xclr_train.distributed import PROCESS_GROUP, Gathers
 from xclr_train.errors import TrainError
+from xclr_train.losses.soft import soft_contrastive
 from xclr_train.models import Encoder, Learner, use_sync_batchnorm
 from xclr_train.objectives.state import Queue, ema_update, momentum_at
 from xclr_train.options import POSITIVE, Checked, either, flag, option
 
 OBJECTIVES: dict[str, type[Objective]] = {}  # --loss name -> class, filled as the modules are imported
-
-
-def tau_option() -> Any:
-    return option(0.1, "Temperature of the predicted distribution.", rule=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,12 @@ class Options(Checked):
 
     def scope(self) -> str:
         return f" for --loss {self.loss}"
+
+
+@dataclass(frozen=True)
+class TauArgs(Options):
+    """The base of the Args of objectives whose loss is a softmax over the batch: its temperature --tau."""
+    tau: float = option(0.1, "Temperature of the predicted distribution.", rule=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,24 @@ class Objective:
             self.target.load_state_dict(state["target"])
         if self.queue is not None:
             self.queue.load_state_dict(state["queue"])
+
+
+class SoftTargets(Objective):
+    """An objective whose loss is the cross-entropy against target weights w_ab over the global batch's samples
+    (`losses.soft.soft_contrastive`): a subclass gives `weights` (m, M) and may compute the same loss faster
+    (`loss`); rows() adds the target statistics."""
+
+    def weights(self, batch: dict, c: Columns) -> Tensor:
+        """w (m, M): the rank's samples against the global batch's."""
+        raise NotImplementedError
+
+    def loss(self, c: Columns, weights: Tensor) -> Tensor:
+        return soft_contrastive(c.anchors, c.columns, c.self_cols, weights, self.args.tau)
+
+    def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
+        c = self.columns(views, batch, rank)
+        weights = self.weights(batch, c)
+        return self.loss(c, weights), target_stats(weights, c.own, batch["caption_id"], c.caption_ids, c.big_m)
 
 
 def parse_options(name: str, given: Mapping[str, Any]) -> Options:

@@ -11,15 +11,15 @@ from torch import Tensor
 
 from xclr_train.data import Needs
 from xclr_train.losses.clip import clip_rows
-from xclr_train.objectives.base import Columns, Objective, Options, Views, tau_option
+from xclr_train.objectives.base import Columns, Objective, TauArgs, Views
 
 
 class CLIP(Objective):
     name = "clip"
 
     @dataclass(frozen=True)
-    class Args(Options):
-        tau: float = tau_option()
+    class Args(TauArgs):
+        pass
 
     @property
     def needs(self) -> Needs:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from xclr_train.losses.moco import moco_loss
-from xclr_train.objectives.base import Objective, Options, Views, tau_option
+from xclr_train.objectives.base import Objective, TauArgs, Views
 from xclr_train.objectives.state import Queue, random_queue
 from xclr_train.options import FRACTION, POSITIVE, option
 
@@ -19,9 +19,9 @@ class MoCo(Objective):
     name = "moco"
 
     @dataclass(frozen=True)
-    class Args(Options):
-        tau: float = tau_option()
-        queue_size: int = option(65536, "negatives", rule=POSITIVE)
+    class Args(TauArgs):
+        queue_size: int = option(65536, "Negatives: the momentum network's keys of view 1 of the last queue-size "
+                                 "samples (all ranks); random unit vectors at the start.", rule=POSITIVE)
         momentum: float = option(0.99, "Base EMA of the target network, rising to 1 on a cosine.", rule=FRACTION)
 
     @property

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xclr_train.losses.nnclr import nnclr_rows
-from xclr_train.objectives.base import Objective, Options, Views, tau_option
+from xclr_train.objectives.base import Objective, TauArgs, Views
 from xclr_train.objectives.state import Queue, random_queue
 from xclr_train.options import POSITIVE, option
 
@@ -20,9 +20,10 @@ class NNCLR(Objective):
     predictor = True
 
     @dataclass(frozen=True)
-    class Args(Options):
-        tau: float = tau_option()
-        queue_size: int = option(98304, "support set", rule=POSITIVE)
+    class Args(TauArgs):
+        queue_size: int = option(98304, "Support set, where each view's nearest neighbour is found: the projections of "
+                                 "view 1 of the last queue-size samples (all ranks); random unit vectors at the "
+                                 "start.", rule=POSITIVE)
 
     def make_queue(self, proj_dim: int, k: int | None, seed: int, device: torch.device) -> Queue:
         return random_queue(self.args.queue_size, proj_dim, seed, device)

@@ -8,18 +8,20 @@ import torch
 from torch import Tensor
 
 from xclr_train.losses.simclr import nt_xent_rows
-from xclr_train.objectives.base import Objective, Options, Views, target_stats, tau_option
+from xclr_train.objectives.base import Columns, SoftTargets, TauArgs
 
 
-class SimCLR(Objective):
+class SimCLR(SoftTargets):
     name = "simclr"
 
     @dataclass(frozen=True)
-    class Args(Options):
-        tau: float = tau_option()
+    class Args(TauArgs):
+        pass
 
-    def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        c = self.columns(views, batch, rank)
-        loss = nt_xent_rows(c.anchors, c.columns, c.self_cols, self.args.tau)
-        weights = (c.own[:, None] == torch.arange(c.big_m, device=c.own.device)[None, :]).float()
-        return loss, target_stats(weights, c.own, batch["caption_id"], c.caption_ids, c.big_m)
+    def weights(self, batch: dict, c: Columns) -> Tensor:
+        """1 for the sample itself, else 0."""
+        return (c.own[:, None] == torch.arange(c.big_m, device=c.own.device)[None, :]).float()
+
+    def loss(self, c: Columns, weights: Tensor) -> Tensor:
+        """The soft-target loss of these weights, as NT-Xent computes it."""
+        return nt_xent_rows(c.anchors, c.columns, c.self_cols, self.args.tau)

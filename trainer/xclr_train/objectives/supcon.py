@@ -6,20 +6,16 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from xclr_train.losses.soft import soft_contrastive
-from xclr_train.objectives.base import Views, target_stats, tau_option
+from xclr_train.objectives.base import Columns, SoftTargets, TauArgs
 from xclr_train.objectives.positives import PairObjective, PositivesArgs
 
 
-class SupCon(PairObjective):
+class SupCon(SoftTargets, PairObjective):
     name = "supcon"
 
     @dataclass(frozen=True)
-    class Args(PositivesArgs):
-        tau: float = tau_option()
+    class Args(TauArgs, PositivesArgs):  # fields: positives, tau
+        pass
 
-    def rows(self, views: Views, batch: dict, rank: int) -> tuple[Tensor, dict[str, Tensor]]:
-        c = self.columns(views, batch, rank)
-        weights = self.positive_rows(batch, c.caption_ids, c.own).float()
-        loss = soft_contrastive(c.anchors, c.columns, c.self_cols, weights, self.args.tau)
-        return loss, target_stats(weights, c.own, batch["caption_id"], c.caption_ids, c.big_m)
+    def weights(self, batch: dict, c: Columns) -> Tensor:
+        return self.positive_rows(batch, c.caption_ids, c.own).float()

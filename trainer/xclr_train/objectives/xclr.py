@@ -17,7 +17,7 @@ from xclr_train.distributed import PROCESS_GROUP, Gathers
 from xclr_train.errors import TrainError
 from xclr_train.losses.soft import soft_contrastive
 from xclr_train.losses.xclr import xclr_weights
-from xclr_train.objectives.base import Columns, Graph, Objective, Options, Views, target_stats, tau_option
+from xclr_train.objectives.base import Columns, Graph, Objective, TauArgs, Views, target_stats
 from xclr_train.objectives.state import Queue
 from xclr_train.options import NON_NEGATIVE, POSITIVE, option
 from xclr_train.targets import calibrate, dense_similarity_rows, floor_similarity, sparse_similarity_rows
@@ -27,8 +27,7 @@ class XCLR(Objective):
     name = "xclr"
 
     @dataclass(frozen=True)
-    class Args(Options):
-        tau: float = tau_option()
+    class Args(TauArgs):
         tau_s: float = option(0.1, "Temperature of the X-CLR target distribution.", rule=POSITIVE)
         targets: str = option("sparse", "X-CLR targets: sparse from KEY.nbr.npy, dense from KEY.emb.npy (needs "
                               "--with-embeddings shards).", ("sparse", "dense"))
@@ -37,8 +36,9 @@ class XCLR(Objective):
         floor: str = option("background", "Sparse S for pairs outside the graph: the background similarity (clipped "
                             "at the k-th neighbour mean), or none, which gives them no target weight.",
                             ("background", "none"))
-        queue_size: int = option(0, "past projections with their caption ids and neighbour rows as further columns "
-                                 "(0: none)", rule=NON_NEGATIVE)
+        queue_size: int = option(0, "Further columns: the projections of view 1 of the last queue-size samples (all "
+                                 "ranks) with their caption ids and neighbour rows; empty at the start (0: no queue).",
+                                 rule=NON_NEGATIVE)
 
         def check(self) -> None:
             if self.floor == "none" and (self.targets != "sparse" or self.calibrate != "none"):
