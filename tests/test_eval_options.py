@@ -29,7 +29,7 @@ def test_every_field_is_one_click_parameter_with_its_default_and_help():
             assert (param.help or "") == f.metadata["help"]
     help_text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
     assert "--label-field TEXT" in help_text and "--clustering / --no-clustering" in help_text
-    assert "--limit INTEGER RANGE" in help_text and "[default: a photo of a {}]" in help_text
+    assert "--limit INTEGER" in help_text and "[default: a photo of a {}]" in help_text
 
 
 @pytest.mark.parametrize(("given", "message"), [
