@@ -161,7 +161,7 @@ def test_a_new_objective_is_one_class(tmp_path):
     script = textwrap.dedent('''
         from dataclasses import dataclass
         from xclr_train.objectives.base import Objective, Options, Views
-        from xclr_train.options import POSITIVE, option
+        from xclr_schemas.options import POSITIVE, option
         from xclr_train.losses.simclr import nt_xent_rows
 
         class Scaled(Objective):

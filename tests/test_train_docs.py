@@ -8,9 +8,9 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+from xclr_schemas.options import flag, is_option
 from xclr_train.config import TrainConfig
 from xclr_train.objectives import OBJECTIVES
-from xclr_train.options import flag, is_option
 
 TRAIN_MD = Path(__file__).parent.parent / "docs" / "train.md"
 

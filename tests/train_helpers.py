@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from fault_ledger import samples_lost
 
 from xclr_train.objectives import OBJECTIVES
-from xclr_train.options import either
+from xclr_train.objectives.base import either
 
 
 def torchrun_cmd(nproc: int, *args, max_restarts: int = 0) -> list[str]:

@@ -10,10 +10,11 @@ from typing import get_type_hints
 import click
 
 from xclr_schemas import storage
+from xclr_schemas.options import click_parameter, flag, is_option, value_type
 from xclr_train.config import TrainConfig
 from xclr_train.errors import TrainError
 from xclr_train.objectives import OBJECTIVES
-from xclr_train.options import click_option, either, flag, is_option, value_type
+from xclr_train.objectives.base import either
 from xclr_train.train import train
 
 
@@ -25,7 +26,7 @@ def general_options(command: Callable) -> Callable:
         if f.name == "loss_options":
             command = objective_options(command)
         elif is_option(f):
-            command = click_option(f, value_type(hints[f.name]))(command)
+            command = click_parameter(f, value_type(hints[f.name]))(command)
     return command
 
 
@@ -42,7 +43,9 @@ def objective_options(command: Callable) -> Callable:
         for name, f, t in users:
             if t != kind or f.metadata["choices"] != first.metadata["choices"]:
                 raise TypeError(f"{flag(option_name)}: {name} gives it another type or choices than {users[0][0]}")
-        command = click_option(first, kind, default=None, help=_help([(name, f) for name, f, _ in users]))(command)
+        choices = first.metadata["choices"]
+        command = click.option(flag(option_name), type=click.Choice(choices) if choices else kind, default=None,
+                               help=_help([(name, f) for name, f, _ in users]))(command)
     return command
 
 

@@ -8,22 +8,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from xclr_schemas.options import NON_NEGATIVE, Checked, at_least, option, required
 from xclr_train.augment import RECIPES
+from xclr_train.errors import TrainError
 from xclr_train.models import CONVNET, SMALL_IMAGE_MAX, TORCHVISION
 from xclr_train.objectives import OBJECTIVES, Objective, Options, parse_options
+from xclr_train.objectives.base import either
 from xclr_train.optim import PLAIN, default_help
-from xclr_train.options import AT_LEAST_ONE, NON_NEGATIVE, Checked, either, option, required
 
 # Options that do not change what is computed; a resume may change them.
 FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every")
 # the objectives that project to the caption embedding's size instead of --proj-dim, and those with a predictor
 CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
 WITH_PREDICTOR = [n for n, c in OBJECTIVES.items() if c.predictor]
+AT_LEAST_ONE = at_least(1)
 
 
 @dataclass(frozen=True)
 class TrainConfig(Checked):
     """A run's options; `loss_options` are the objective's options given (the rest at their defaults)."""
+    error = TrainError
+
     data: str = required("Shards: a directory (its sizes.json), a sizes.json or a brace pattern; local or a URL "
                          "(s3://...).")
     out: str = required("Run directory, local or a URL (written in a local work directory and uploaded after every "
@@ -76,7 +81,7 @@ class TrainConfig(Checked):
                                 "path.")
     save_every: int = option(1, "Keep epoch-NNNN.pt every this many epochs, and after the last.", rule=AT_LEAST_ONE)
     log_every: int = option(10, "Steps per metrics line (and one at the last step).", rule=AT_LEAST_ONE)
-    progress: bool = option(True, "A progress bar on the main rank.")
+    progress: bool = option(True, "A progress bar on the main rank (the default), or none.")
 
     def check(self) -> None:
         self.objective_args()  # building them checks them

@@ -5,7 +5,7 @@ imports at start-up. It owns:
 
   name          its --loss name; defining the class registers it
   Args          a frozen dataclass (`Options`) of its own options. Each field is the command-line option --field-name
-                (`xclr_train.options.option()` gives its default, help, choices and valid range); `xclr-train`
+                (`xclr_schemas.options.option()` gives its default, help, choices and valid range); `xclr-train`
                 builds its options from the registry, so the help text is the field's. Values are checked when the
                 dataclass is built, i.e. when the run is configured, not at the first step.
   needs         the sample members it reads beyond the images (`xclr_train.data.Needs`), and `needs_reason`, the
@@ -45,21 +45,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xclr_schemas.options import POSITIVE, Checked, flag, option
 from xclr_train.data import Needs
 from xclr_train.distributed import PROCESS_GROUP, Gathers
 from xclr_train.errors import TrainError
 from xclr_train.losses.soft import soft_contrastive
 from xclr_train.models import Encoder, Learner, use_sync_batchnorm
 from xclr_train.objectives.state import Queue, ema_update, momentum_at
-from xclr_train.options import POSITIVE, Checked, either, flag, option
 
 OBJECTIVES: dict[str, type[Objective]] = {}  # --loss name -> class, filled as the modules are imported
+
+
+def either(names: list[str]) -> str:
+    """"a", "a or b", "a, b or c": the objectives that take an option, as errors and help list them."""
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 @dataclass(frozen=True)
 class Options(Checked):
     """Base of every objective's Args: each field's choices and range are checked when it is built
-    (`xclr_train.options.Checked`), a range error naming the objective, then `check()` (rules across fields)."""
+    (`xclr_schemas.options.Checked`), a range error naming the objective, then `check()` (rules across fields)."""
+    error = TrainError
     loss: ClassVar[str] = ""
 
     def scope(self) -> str:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from xclr_schemas.options import FRACTION, option
 from xclr_train.losses.byol import byol_loss
 from xclr_train.objectives.base import Objective, Options, Views
-from xclr_train.options import FRACTION, option
 
 
 class BYOL(Objective):

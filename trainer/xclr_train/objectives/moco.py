@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from xclr_schemas.options import FRACTION, POSITIVE, option
 from xclr_train.losses.moco import moco_loss
 from xclr_train.objectives.base import Objective, TauArgs, Views
 from xclr_train.objectives.state import Queue, random_queue
-from xclr_train.options import FRACTION, POSITIVE, option
 
 
 class MoCo(Objective):

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xclr_schemas.options import POSITIVE, option
 from xclr_train.losses.nnclr import nnclr_rows
 from xclr_train.objectives.base import Objective, TauArgs, Views
 from xclr_train.objectives.state import Queue, random_queue
-from xclr_train.options import POSITIVE, option
 
 
 class NNCLR(Objective):

@@ -13,9 +13,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from xclr_schemas.options import option
 from xclr_train.data import Needs
 from xclr_train.objectives.base import Columns, Objective, Options, Views
-from xclr_train.options import option
 from xclr_train.targets import graph_positive_rows
 
 POSITIVES = ("caption", "label", "graph")

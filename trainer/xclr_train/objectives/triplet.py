@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from xclr_schemas.options import POSITIVE, option
 from xclr_train.losses.triplet import MINING, triplet_rows
 from xclr_train.objectives.base import Columns
 from xclr_train.objectives.positives import PairObjective, PositivesArgs
-from xclr_train.options import POSITIVE, option
 
 
 class Triplet(PairObjective):

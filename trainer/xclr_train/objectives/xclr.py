@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from xclr_schemas.options import NON_NEGATIVE, POSITIVE, option
 from xclr_train.data import Needs
 from xclr_train.distributed import PROCESS_GROUP, Gathers
 from xclr_train.errors import TrainError
@@ -19,7 +20,6 @@ from xclr_train.losses.soft import soft_contrastive
 from xclr_train.losses.xclr import xclr_weights
 from xclr_train.objectives.base import Columns, Graph, Objective, TauArgs, Views, target_stats
 from xclr_train.objectives.state import Queue
-from xclr_train.options import NON_NEGATIVE, POSITIVE, option
 from xclr_train.targets import calibrate, dense_similarity_rows, floor_similarity, sparse_similarity_rows
 
 

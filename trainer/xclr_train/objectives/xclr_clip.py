@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from xclr_schemas.options import POSITIVE, option
 from xclr_train.data import Needs
 from xclr_train.objectives.base import Views
 from xclr_train.objectives.clip import CLIP, text_rows
 from xclr_train.objectives.xclr import XCLR
-from xclr_train.options import POSITIVE, option
 
 
 class XCLRClip(XCLR):
