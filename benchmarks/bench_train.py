@@ -386,6 +386,68 @@ def bench_photometric(image_size: int, views: int, device: torch.device) -> dict
     return out
 
 
+def print_tables(results: dict) -> None:
+    """The figures of `results` as the markdown tables docs/benchmarks.md quotes."""
+    step, b, steps = results["step"], results["options"]["batch_size"], results["options"]["steps"]
+    print(f"\n### Loss forward + backward ({results['device']}, {results['device_type']}, d = {D}, k = {K}; median ms; "
+          f"per rank: B = {b} local samples of M)\n")
+    print("| M | repeats | SimCLR | targets | targets + X-CLR | X-CLR / SimCLR | dense + X-CLR | dense / SimCLR "
+          "| objective | objective / SimCLR | per rank: objective | per rank: SimCLR objective | per rank ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results["loss"]:
+        per_rank = (f"{r['per_rank_ms']:.2f} | {r['per_rank_simclr_ms']:.2f} | {r['per_rank_vs_simclr']:.2f}"
+                    if "per_rank_ms" in r else "- | - | -")
+        print(f"| {r['m']} | {r['repeats']} | {r['simclr_ms']:.2f} | {r['targets_ms']:.2f} | {r['xclr_ms']:.2f} "
+              f"| {r['xclr_vs_simclr']:.2f} | {r['dense_ms']:.2f} | {r['dense_vs_simclr']:.2f} "
+              f"| {r['objective_ms']:.2f} | {r['objective_vs_simclr']:.2f} | {per_rank} |")
+
+    print(f"\n### Training step ({step['arch']}, {step['image_size']} px, B = {b}, {step['precision']}; "
+          f"median of {steps} steps)\n")
+    print("| steps/s | samples/s | step ms | augment ms | forward ms | objective fwd ms | backward ms | optimizer ms "
+          "| objective fwd+bwd at M=B ms | SimCLR at M=B ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {step['steps_per_s']:.2f} | {step['samples_per_s']:.1f} | {step['step_ms']:.1f} "
+          f"| {step['augment_ms']:.1f} | {step['forward_ms']:.1f} | {step['objective_forward_ms']:.1f} "
+          f"| {step['backward_ms']:.1f} "
+          f"| {step['optimizer_ms']:.1f} | {step['objective_ms_at_b']:.2f} | {step['simclr_ms_at_b']:.2f} |")
+    print("\n| loss + targets at M | whole batch on one rank: % of step | one rank of M / B (B local): % of step |")
+    print("|---:|---:|---:|")
+    for m, frac in step["objective_fraction"].items():
+        per_rank = step["objective_fraction_per_rank"].get(m)
+        print(f"| {m} | {100 * frac:.2f} | {'-' if per_rank is None else f'{100 * per_rank:.2f}'} |")
+
+    print(f"\n### Backbones ({step['image_size']} px, B = {b}, {step['precision']}; median of {steps} steps; each "
+          f"with its family's optimizer)\n")
+    print("| backbone | parameters | optimizer | step ms | samples/s | forward ms | backward ms | optimizer ms "
+          "| objective fwd+bwd at M=B: % of step |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in [step, *results["backbones"]]:
+        print(f"| {r['arch']} | {r['parameters'] / 1e6:.1f}M | {r['optimizer']} | {r['step_ms']:.1f} "
+              f"| {r['samples_per_s']:.1f} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | {r['optimizer_ms']:.1f} "
+              f"| {100 * r['objective_fraction_at_b']:.2f} |")
+
+    if "pipeline" in results:
+        p = results["pipeline"]
+        print(f"\n### Input pipeline ({p['shards']}, B = {p['batch_size']}, {p['image_size']} px; model "
+              f"{step['samples_per_s']:.1f} samples/s)\n")
+        print("| workers | samples | samples/s | per worker | old path per worker | new / old | per worker / model "
+              "| workers needed per rank |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in p["runs"]:
+            print(f"| {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | "
+                  f"{r['samples_per_s_per_worker']:.1f} | {r['old_samples_per_s_per_worker']:.1f} "
+                  f"| **{r['new_vs_old']:.2f}** | {r['per_worker_vs_model']:.2f} | {r['workers_needed']:.2f} |")
+        print(f"\nOne thread, in memory: decode + 2 uint8 crops {p['plain_samples_per_s']:.1f} samples/s, decode + 2 "
+              f"torchvision SimCLR views (the old worker path) {p['old_plain_samples_per_s']:.1f}; 1 worker / crops "
+              f"= {p['one_worker_vs_plain']:.2f}, **1 worker / old path = {p['one_worker_vs_old_plain']:.2f}**")
+    ph = results["photometric"]
+    print(f"\n### Photometric ops ({ph['views']} views, {ph['image_size']} px, {ph['device']}; ms per view)\n")
+    names = [n[:-len("_ms_per_view")] for n in ph if n.endswith("_ms_per_view")]
+    print("| " + " | ".join(names) + " |\n" + "|---:" * len(names) + "|")
+    print("| " + " | ".join(f"{ph[n + '_ms_per_view']:.3f}" for n in names) + " |")
+    print(f"\nTotal {results['seconds']:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -448,63 +510,7 @@ def main() -> None:
     print(json.dumps(results["photometric"]), flush=True)
     results["seconds"] = time.perf_counter() - t0
 
-    print(f"\n### Loss forward + backward ({results['device']}, {device.type}, d = {D}, k = {K}; median ms; "
-          f"per rank: B = {b} local samples of M)\n")
-    print("| M | repeats | SimCLR | targets | targets + X-CLR | X-CLR / SimCLR | dense + X-CLR | dense / SimCLR "
-          "| objective | objective / SimCLR | per rank: objective | per rank: SimCLR objective | per rank ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results["loss"]:
-        per_rank = (f"{r['per_rank_ms']:.2f} | {r['per_rank_simclr_ms']:.2f} | {r['per_rank_vs_simclr']:.2f}"
-                    if "per_rank_ms" in r else "- | - | -")
-        print(f"| {r['m']} | {r['repeats']} | {r['simclr_ms']:.2f} | {r['targets_ms']:.2f} | {r['xclr_ms']:.2f} "
-              f"| {r['xclr_vs_simclr']:.2f} | {r['dense_ms']:.2f} | {r['dense_vs_simclr']:.2f} "
-              f"| {r['objective_ms']:.2f} | {r['objective_vs_simclr']:.2f} | {per_rank} |")
-
-    print(f"\n### Training step ({step['arch']}, {step['image_size']} px, B = {b}, {step['precision']}; "
-          f"median of {steps} steps)\n")
-    print("| steps/s | samples/s | step ms | augment ms | forward ms | objective fwd ms | backward ms | optimizer ms "
-          "| objective fwd+bwd at M=B ms | SimCLR at M=B ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {step['steps_per_s']:.2f} | {step['samples_per_s']:.1f} | {step['step_ms']:.1f} "
-          f"| {step['augment_ms']:.1f} | {step['forward_ms']:.1f} | {step['objective_forward_ms']:.1f} "
-          f"| {step['backward_ms']:.1f} "
-          f"| {step['optimizer_ms']:.1f} | {step['objective_ms_at_b']:.2f} | {step['simclr_ms_at_b']:.2f} |")
-    print("\n| loss + targets at M | whole batch on one rank: % of step | one rank of M / B (B local): % of step |")
-    print("|---:|---:|---:|")
-    for m, frac in step["objective_fraction"].items():
-        per_rank = step["objective_fraction_per_rank"].get(m)
-        print(f"| {m} | {100 * frac:.2f} | {'-' if per_rank is None else f'{100 * per_rank:.2f}'} |")
-
-    print(f"\n### Backbones ({step['image_size']} px, B = {b}, {step['precision']}; median of {steps} steps; each "
-          f"with its family's optimizer)\n")
-    print("| backbone | parameters | optimizer | step ms | samples/s | forward ms | backward ms | optimizer ms "
-          "| objective fwd+bwd at M=B: % of step |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    for r in [step, *results["backbones"]]:
-        print(f"| {r['arch']} | {r['parameters'] / 1e6:.1f}M | {r['optimizer']} | {r['step_ms']:.1f} "
-              f"| {r['samples_per_s']:.1f} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | {r['optimizer_ms']:.1f} "
-              f"| {100 * r['objective_fraction_at_b']:.2f} |")
-
-    if "pipeline" in results:
-        p = results["pipeline"]
-        print(f"\n### Input pipeline ({p['shards']}, B = {p['batch_size']}, {p['image_size']} px; model "
-              f"{step['samples_per_s']:.1f} samples/s)\n")
-        print("| workers | samples | samples/s | per worker | old path per worker | new / old | per worker / model "
-              "| workers needed per rank |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in p["runs"]:
-            print(f"| {r['workers']} | {r['samples']} | {r['samples_per_s']:.1f} | "
-                  f"{r['samples_per_s_per_worker']:.1f} | {r['old_samples_per_s_per_worker']:.1f} "
-                  f"| **{r['new_vs_old']:.2f}** | {r['per_worker_vs_model']:.2f} | {r['workers_needed']:.2f} |")
-        print(f"\nOne thread, in memory: decode + 2 uint8 crops {p['plain_samples_per_s']:.1f} samples/s, decode + 2 "
-              f"torchvision SimCLR views (the old worker path) {p['old_plain_samples_per_s']:.1f}; 1 worker / crops "
-              f"= {p['one_worker_vs_plain']:.2f}, **1 worker / old path = {p['one_worker_vs_old_plain']:.2f}**")
-    ph = results["photometric"]
-    print(f"\n### Photometric ops ({ph['views']} views, {ph['image_size']} px, {ph['device']}; ms per view)\n")
-    names = [n[:-len("_ms_per_view")] for n in ph if n.endswith("_ms_per_view")]
-    print("| " + " | ".join(names) + " |\n" + "|---:" * len(names) + "|")
-    print("| " + " | ".join(f"{ph[n + '_ms_per_view']:.3f}" for n in names) + " |")
-    print(f"\nTotal {results['seconds']:.0f} s")
+    print_tables(results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
