@@ -1,4 +1,5 @@
-"""The training loop of `xclr-train` (one process per rank under torchrun, or a single process).
+"""The training loop of `xclr-train` (one process per rank under torchrun, or a single process): set-up, epochs of
+steps (`xclr_train.step`), checkpoints.
 
 Run directory::
 
