@@ -24,7 +24,7 @@ export and quantisation settings follow sentence-transformers:
   ``export_static_quantized_openvino_model``, but calibrated on the WordNet captions that follow the
   benchmark's instead of GLUE/SST-2 from the Hub, so it runs offline.
 
-Run (about 9 minutes on 2 cores at the default --n; use a small --n while developing)::
+Run (minutes at the default --n; use a small --n while developing)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_backends.py --n 20000 --out benchmarks/results/backends.json
 

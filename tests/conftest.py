@@ -19,7 +19,7 @@ pytest_plugins = ["fault_ledger"]
 @pytest.fixture(scope="session", autouse=True)
 def shared_ray(tmp_path_factory):
     """A single-node Ray of this machine's CPUs that every `xclr-prep` command of the session joins through
-    RAY_ADDRESS (as under `ray job submit`), instead of starting and stopping a local Ray of its own (about 8 s a
+    RAY_ADDRESS (as under `ray job submit`), instead of starting and stopping a local Ray of its own (seconds a
     command). The tests of the local start pass prep_helpers.local_ray_env()."""
     with RayCluster(tmp_path_factory.mktemp("shared-ray")) as ray:
         ray.start_head(cpus=os.cpu_count())

@@ -3,6 +3,8 @@ options, and reading a shards directory back."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -10,6 +12,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+import pytest
 
 
 def local_ray_env() -> dict[str, str]:
@@ -25,6 +29,20 @@ def run_prep(*args, check: bool = True, timeout: float = 900, **popen) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"xclr-prep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def prep_error(*args) -> str:
+    """Run `xclr-prep ARGS` in this process, for a bad input refused before Ray starts (a new interpreter costs
+    seconds of imports): its one-line error, checked to be the last line of stderr, with exit status 2."""
+    from xclr_prep.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    lines = stderr.getvalue().strip().splitlines()
+    assert exit_.value.code == 2 and lines, stderr.getvalue()
+    assert lines[-1].startswith("xclr-prep: error: "), stderr.getvalue()
+    return lines[-1]
 
 
 def start_prep(*args, env=None, **popen) -> subprocess.Popen:

@@ -10,7 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import cosine_rows, write_tar
-from prep_helpers import run_prep
+from prep_helpers import prep_error, run_prep
 from sentence_transformers import SentenceTransformer
 
 from xclr_prep.captions import normalise
@@ -92,26 +92,29 @@ def test_bad_input_is_skipped_and_counted(tmp_path):
     assert "2 files unreadable" in proc.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("corpus", "args", "message"),
     [
-        (["--caption-col", "text"], "has no column 'text'"),
-        (["--model", "/nonexistent/model"], "model path does not exist: /nonexistent/model"),
-        (["--model", "nobody/no-such-model-offline"], "cannot load model 'nobody/no-such-model-offline'"),
+        ("t.parquet", ["--caption-col", "text"], "has no column 'text'"),
+        ("t.parquet", ["--model", "/nonexistent/model"], "model path does not exist: /nonexistent/model"),
+        ("none-*.parquet", [], "no input files match"),
     ],
 )
-def test_clear_one_line_errors(tmp_path, args, message):
+def test_clear_one_line_errors_before_ray(tmp_path, corpus, args, message):
     pq.write_table(pa.table({"key": ["a"], "caption": ["c"]}), tmp_path / "t.parquet")
-    proc = run_prep("embed", tmp_path / "t.parquet", "--out", tmp_path / "out", *args, *FAST, check=False)
-    assert proc.returncode == 2
-    assert message in last_line(proc) and last_line(proc).startswith("xclr-prep: error:")
+    assert message in prep_error("embed", tmp_path / corpus, "--out", tmp_path / "out", *args, *FAST)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-def test_empty_corpus_errors(tmp_path):
-    proc = run_prep("embed", tmp_path / "none-*.parquet", "--out", tmp_path / "o1", *FAST, check=False)
-    assert proc.returncode == 2 and "no input files match" in last_line(proc)
+def test_a_model_that_cannot_load_and_an_empty_corpus_are_one_line_errors(tmp_path):
+    """Both are found once Ray runs (the model loads in the actors; emptiness shows after the scan): real commands."""
+    pq.write_table(pa.table({"key": ["a"], "caption": ["c"]}), tmp_path / "t.parquet")
+    proc = run_prep("embed", tmp_path / "t.parquet", "--out", tmp_path / "out", "--model",
+                    "nobody/no-such-model-offline", *FAST, check=False)
+    assert proc.returncode == 2
+    assert "cannot load model 'nobody/no-such-model-offline'" in last_line(proc)
+    assert last_line(proc).startswith("xclr-prep: error:")
     (tmp_path / "blank.jsonl").write_text('{"key": "a", "caption": " "}\n{"key": "b", "caption": ""}\n')
     proc = run_prep("embed", tmp_path / "blank.jsonl", "--out", tmp_path / "o2", *FAST, check=False)
     assert proc.returncode == 2

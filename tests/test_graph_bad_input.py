@@ -8,13 +8,11 @@ import json
 import numpy as np
 import pytest
 from data_helpers import brute_force_topk, clustered, tiny_png, write_embed_dir, write_tar
-from prep_helpers import run_prep
+from prep_helpers import prep_error, run_prep
 
 from xclr_prep import knn
 from xclr_prep.search_methods import METHODS
 from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
-
-pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "not slow", leaves them out)
 
 FAST = ["--no-progress"]
 
@@ -28,35 +26,34 @@ def error_line(proc) -> str:
 
 def test_single_caption(tmp_path):
     write_embed_dir(tmp_path / "embed", clustered(1, 16, 1, 0.1), parts=1)
-    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
-    assert "needs at least 2 unique captions with valid embeddings, this one has 1" in error_line(proc)
+    error = prep_error("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST)
+    assert "needs at least 2 unique captions with valid embeddings, this one has 1" in error
 
 
 def test_other_schema_version_and_incomplete_embed_dir(tmp_path):
     write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
     manifest = json.loads((tmp_path / "embed" / "manifest.json").read_text())
     (tmp_path / "embed" / "manifest.json").write_text(json.dumps({**manifest, "schema_version": "xclr.embed/0"}))
-    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
-    assert "has schema version 'xclr.embed/0', this xclr reads 'xclr.embed/1'" in error_line(proc)
+    error = prep_error("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST)
+    assert "has schema version 'xclr.embed/0', this xclr reads 'xclr.embed/1'" in error
     (tmp_path / "embed" / "manifest.json").unlink()
-    proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", *FAST, check=False)
-    assert "is not a complete embed directory" in error_line(proc)
+    assert "is not a complete embed directory" in prep_error("graph", tmp_path / "embed", "--out", tmp_path / "out")
     write_embed_dir(tmp_path / "e2", clustered(50, 16, 2, 0.3))
     (tmp_path / "e2" / "embeddings" / "part-00001.npy").unlink()
-    proc = run_prep("graph", tmp_path / "e2", "--out", tmp_path / "out", *FAST, check=False)
-    assert "part 1 is missing" in error_line(proc)
+    assert "part 1 is missing" in prep_error("graph", tmp_path / "e2", "--out", tmp_path / "out", *FAST)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_reused_graph_takes_no_search_options(tmp_path):
     write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
     for option in (["--k", "4"], ["--index", "exact"], ["--search-seed", "1"]):
-        proc = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", "--graph", tmp_path / "embed", *option,
-                        *FAST, check=False)
-        assert "--graph reuses a graph as it is: drop --k, --index and --search-seed" in error_line(proc)
+        error = prep_error("graph", tmp_path / "embed", "--out", tmp_path / "out", "--graph", tmp_path / "embed",
+                           *option, *FAST)
+        assert "--graph reuses a graph as it is: drop --k, --index and --search-seed" in error
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a whole command (the fast lane, -m "not slow", leaves it out)
 def test_out_dir_that_is_not_ours(tmp_path):
     write_embed_dir(tmp_path / "embed", clustered(50, 16, 2, 0.3))
     (tmp_path / "out").mkdir()
@@ -65,6 +62,7 @@ def test_out_dir_that_is_not_ours(tmp_path):
     assert "is not empty and is not an xclr shards directory" in error_line(proc)
 
 
+@pytest.mark.slow  # a whole command (the fast lane, -m "not slow", leaves it out)
 def test_nan_rows_missing_and_undecodable_images_are_skipped_and_counted(tmp_path):
     x = clustered(400, 32, 8, 0.4)
     write_embed_dir(tmp_path / "embed", x)
@@ -90,6 +88,7 @@ def test_nan_rows_missing_and_undecodable_images_are_skipped_and_counted(tmp_pat
     assert sum(json.loads((tmp_path / "out" / "sizes.json").read_text()).values()) == 396
 
 
+@pytest.mark.slow  # a whole command (the fast lane, -m "not slow", leaves it out)
 @pytest.mark.parametrize("method", ["ivf", "hnsw"])
 def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
     x = clustered(10_000, 64, 100, 0.5, seed=3)

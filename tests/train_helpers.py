@@ -34,7 +34,7 @@ def train_samples_lost(lines: list[dict], steps: int, global_batch: int) -> int:
 
 def train_in_process(*args, check: bool = True) -> Result:
     """`xclr-train ARGS` run in this process by click's runner: the whole command, less a new interpreter's imports
-    (about 7 s of torch and torchvision). Runs that must be killed, limited or proven as a real exit status use a
+    (seconds of torch and torchvision). Runs that must be killed, limited or proven as a real exit status use a
     subprocess instead."""
     from xclr_train.cli import main
 

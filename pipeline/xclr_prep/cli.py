@@ -95,9 +95,10 @@ def graph(embed_dir: str, out: str, graph_dir: str | None, **options: Any) -> No
         click.echo("skipped: " + json.dumps(counts["skipped"]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: `cli` on `argv` (default: sys.argv), its errors as one line and an exit status (2)."""
     try:
-        cli(standalone_mode=False)
+        cli(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         raise SystemExit(130)
     except click.ClickException as e:
