@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on real offline data, the whole pipeline on a CPU (its time: docs/benchmarks.md, Suite and main
-# job): set up .venv, write the emoji of three vendors (Google's Noto, Twitter's Twemoji, OpenMoji) as img2dataset-style tars, captioned by the emoji's name,
-# then
+# job): set up .venv, write the emoji of three vendors (Google's Noto, Twitter's Twemoji, OpenMoji) as
+# img2dataset-style tars, captioned by the emoji's name, then
 #   embed  xclr-prep embed: the captions of the google and twitter images (one caption per emoji, shared by both);
 #   graph  xclr-prep graph: their top-k caption graph and WebDataset shards, neighbour-grouped for X-CLR and in random
 #          order for SimCLR (a few groups are printed, read back with the plain webdataset library);
