@@ -5,6 +5,8 @@ per session. Helpers live in *_helpers.py, ray_cluster.py and the fault_ledger p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,39 @@ def tux_shards(tux_embed) -> Path:
     out = tux_embed / "train-shards"
     run_prep("graph", tux_embed / "embed", "--out", out, *TUX_GRAPH_ARGS)
     return out
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished `xclr-train` run: its directory and the options that made it (less --out)."""
+    dir: Path
+    args: tuple[str, ...]
+
+
+# One X-CLR run per backbone family on the tuxpaint shards, shared by the eval, export and resume tests:
+# 2 epochs of 2 steps (latest.pt, epoch-0001.pt, epoch-0002.pt).
+SHARED_RUN = ("--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16", "--batch-size", "16", "--steps", "4",
+              "--samples-per-epoch", "32", "--workers", "1", "--log-every", "1", "--no-progress")
+FAMILIES = {"convnet": ("--arch", "convnet"), "vit": ("--arch", "test_vit", "--patch-size", "8"),
+            "torchvision": ("--arch", "resnet18")}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tux_shards, tmp_path_factory) -> Callable[[str], TrainedRun]:
+    """family -> its shared run (SHARED_RUN), trained the first time a test asks for it. Tests only read it."""
+    from train_helpers import train_in_process
+
+    runs: dict[str, TrainedRun] = {}
+
+    def get(family: str) -> TrainedRun:
+        if family not in runs:
+            args = ("--data", str(tux_shards), *FAMILIES[family], *SHARED_RUN)
+            out = tmp_path_factory.mktemp(f"run-{family}") / "tux-xclr"
+            train_in_process(*args, "--out", out)
+            runs[family] = TrainedRun(out, args)
+        return runs[family]
+
+    return get
 
 
 @pytest.fixture

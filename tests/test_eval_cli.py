@@ -42,13 +42,9 @@ def one_line_error(result: Result) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tux_shards, tmp_path_factory):
-    """A real X-CLR run on the tuxpaint shards: the small CNN, 2 epochs of 2 steps (latest.pt, epoch-000N.pt)."""
-    out = tmp_path_factory.mktemp("eval") / "tux-xclr"
-    train_in_process("--data", tux_shards, "--out", out, "--arch", "convnet", "--image-size", "32", "--proj-hidden",
-                     "64", "--batch-size", "16", "--epochs", "2", "--samples-per-epoch", "32", "--workers", "1",
-                     "--log-every", "1", "--no-progress")
-    return out
+def run(trained_run):
+    """The session's X-CLR run of the small CNN (conftest.trained_run: latest.pt, epoch-000N.pt)."""
+    return trained_run("convnet").dir
 
 
 def test_tuxpaint_tars_all_metrics_plots_and_two_checkpoints(run, tux_embed, tmp_path):

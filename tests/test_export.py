@@ -25,9 +25,6 @@ from xclr_train.export import main as export_command
 
 pytestmark = pytest.mark.slow  # whole commands end to end
 
-ARCHS = {"vit": ["--arch", "test_vit", "--patch-size", "8"], "torchvision": ["--arch", "resnet18"]}
-
-
 def run_export(*args, check: bool = True):
     result = CliRunner().invoke(export_command, [*map(str, args)])
     if check and result.exit_code != 0:
@@ -35,22 +32,20 @@ def run_export(*args, check: bool = True):
     return result
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
-def exported(request, tux_shards, tux_embed, tmp_path_factory):
-    """(the export folder, xclr-eval's features of the tuxpaint stamps, those images) for a run of 2 steps of the
-    architecture."""
+@pytest.fixture(scope="module", params=["vit", "torchvision"])
+def exported(request, trained_run, tux_embed, tmp_path_factory):
+    """(the export folder, xclr-eval's features of the tuxpaint stamps, those images, the run) for the session's
+    run of the backbone family (conftest.trained_run)."""
     root = tmp_path_factory.mktemp(f"export-{request.param}")
-    train_in_process("--data", tux_shards, "--out", root / "run", *ARCHS[request.param], "--image-size", "32",
-                     "--proj-hidden", "32", "--batch-size", "16", "--steps", "2", "--samples-per-epoch", "32",
-                     "--workers", "1", "--no-progress")
-    run_export(root / "run", "--out", root / "export", "--head", "--onnx")
-    result = CliRunner().invoke(eval_command, [str(root / "run" / "checkpoints" / "latest.pt"), "--data",
+    run = trained_run(request.param).dir
+    run_export(run, "--out", root / "export", "--head", "--onnx")
+    result = CliRunner().invoke(eval_command, [str(run / "checkpoints" / "latest.pt"), "--data",
                                                str(tux_embed / "tars"), "--out", str(root / "eval"),
                                                "--no-clustering", "--save-features",
                                                str(root / "features.npz")])
     assert result.exit_code == 0, result.output[-3000:]
     images = [decode(x) for x in load_eval_set(str(tux_embed / "tars"), None, "test", None, ("label",)).images]
-    return root / "export", np.load(root / "features.npz")["features"], images
+    return root / "export", np.load(root / "features.npz")["features"], images, run
 
 
 def preprocess(config: dict, images: list[Image.Image]) -> torch.Tensor:
@@ -79,9 +74,9 @@ def forms(folder, config: dict) -> dict[str, torch.nn.Module]:
 
 
 def test_every_exported_form_gives_xclr_evals_features(exported):
-    folder, expected, images = exported
+    folder, expected, images, _ = exported
     config = json.loads((folder / "config.json").read_text())
-    assert config["feature_dim"] == expected.shape[1] and config["training"]["step"] == 2
+    assert config["feature_dim"] == expected.shape[1] and config["training"]["step"] == 4
     assert config["training"]["objective"] == "xclr" and config["training"]["options"]["arch"] in ("test_vit",
                                                                                                    "resnet18")
     batch = preprocess(config, images)
@@ -100,7 +95,7 @@ def test_every_exported_form_gives_xclr_evals_features(exported):
 def test_an_export_can_start_a_new_run(exported, tux_shards, tmp_path):
     """--init with an export's model.safetensors: at lr 0 the new run's backbone is the exported one; a resume no
     longer needs the file."""
-    folder, _, _ = exported
+    folder, _, _, _ = exported
     config = json.loads((folder / "config.json").read_text())
     options = config["training"]["options"]
     patch = ["--patch-size", str(options["patch_size"])] if options["patch_size"] else []
@@ -119,8 +114,8 @@ def test_an_export_can_start_a_new_run(exported, tux_shards, tmp_path):
 
 
 def test_a_damaged_checkpoint_is_a_one_line_error_and_writes_nothing(exported, tmp_path):
-    folder, _, _ = exported
-    checkpoint = folder.parent / "run" / "checkpoints" / "latest.pt"
+    _, _, _, run = exported
+    checkpoint = run / "checkpoints" / "latest.pt"
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     garbage = tmp_path / "garbage.pt"

@@ -74,19 +74,19 @@ def test_clipping_bounds_the_update(tux_shards, tmp_path):
     assert moved["1e-9"] < moved["3"] / 10, moved
 
 
-def test_a_resumed_vit_run_repeats_the_uninterrupted_one(tux_shards, tmp_path):
+def test_a_resumed_vit_run_repeats_the_uninterrupted_one(trained_run, tmp_path):
     """Resumed from its epoch-1 checkpoint, a ViT run's epoch 2 gives the same losses and weights, bit for bit."""
-    args = ["--data", tux_shards, *VIT, *SMALL, "--steps", "4", "--samples-per-epoch", "32"]
-    train_in_process(*args, "--out", tmp_path / "whole")
-    reference = [x["loss"] for x in metrics(tmp_path / "whole")]
+    whole = trained_run("vit")
+    reference = [x["loss"] for x in metrics(whole.dir)]
+    assert len(reference) == 4
     run = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "whole", run)
+    shutil.copytree(whole.dir, run)
     shutil.copy(run / "checkpoints" / "epoch-0001.pt", run / "checkpoints" / "latest.pt")
     (run / "checkpoints" / "epoch-0002.pt").unlink()
-    train_in_process(*args, "--out", run, "--resume", "latest")
+    train_in_process(*whole.args, "--out", run, "--resume", "latest")
     assert [x["loss"] for x in metrics(run)] == reference
-    whole, resumed = backbone_state(tmp_path / "whole"), backbone_state(run)
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    before, resumed = backbone_state(whole.dir), backbone_state(run)
+    assert all(torch.equal(before[k], resumed[k]) for k in before)
 
 
 def test_another_architecture_or_patch_size_is_refused(tux_shards, tmp_path):
