@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/prep.md", "docs/cluster.md", "docs/design.md"]
+DOCS = ["README.md", "docs/prep.md", "docs/cluster.md", "docs/design.md", "docs/train.md", "docs/eval.md"]
 PACKAGES = ["schemas", "pipeline", "trainer", "evaluation"]
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 
