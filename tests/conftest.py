@@ -74,9 +74,11 @@ def tux_shards(tux_embed) -> Path:
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A finished `xclr-train` run: its directory and the options that made it (less --out)."""
+    """A finished `xclr-train` run: its directory, the options that made it (less --out) and torch's intra-op
+    threads it ran with (a run repeats another bit for bit only with as many: they set the reduction order)."""
     dir: Path
     args: tuple[str, ...]
+    threads: int
 
 
 # One X-CLR run per backbone family on the tuxpaint shards, shared by the eval, export and resume tests:
@@ -90,6 +92,7 @@ FAMILIES = {"convnet": ("--arch", "convnet"), "vit": ("--arch", "test_vit", "--p
 @pytest.fixture(scope="session")
 def trained_run(tux_shards, tmp_path_factory) -> Callable[[str], TrainedRun]:
     """family -> its shared run (SHARED_RUN), trained the first time a test asks for it. Tests only read it."""
+    import torch
     from train_helpers import train_in_process
 
     runs: dict[str, TrainedRun] = {}
@@ -99,7 +102,7 @@ def trained_run(tux_shards, tmp_path_factory) -> Callable[[str], TrainedRun]:
             args = ("--data", str(tux_shards), *FAMILIES[family], *SHARED_RUN)
             out = tmp_path_factory.mktemp(f"run-{family}") / "tux-xclr"
             train_in_process(*args, "--out", out)
-            runs[family] = TrainedRun(out, args)
+            runs[family] = TrainedRun(out, args, torch.get_num_threads())
         return runs[family]
 
     return get

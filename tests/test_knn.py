@@ -131,12 +131,17 @@ def test_a_search_worker_refuses_a_plan_its_engine_would_not_build(tmp_path):
     from xclr_prep.errors import PrepError
     from xclr_prep.search_stage import GraphPlan, SearchWorker
 
+    import faiss
+
     write_embed_dir(tmp_path / "embed", clustered(1_000, 32, 10, 0.5, seed=1))
     invalid = np.array([7], dtype=np.int64)
+    # A worker sets OpenMP's thread count for its whole process, torch's included: in this test process, keep it
+    # as it is, or later in-process training runs would reduce in another order than the runs they are compared to.
+    threads = faiss.omp_get_max_threads()
 
     def worker(recipe: str) -> SearchWorker:
         plan = GraphPlan("xclr.graph/test", "0" * 64, 5, "ivf", 0.95, 512, "cpu", 0, recipe)
-        return SearchWorker(str(tmp_path / "embed"), str(tmp_path / "graph"), plan, invalid, "cpu", 1)
+        return SearchWorker(str(tmp_path / "embed"), str(tmp_path / "graph"), plan, invalid, "cpu", threads)
 
     assert worker(METHODS["ivf"].recipe(999, 32, "faiss-cpu")).engines()["search"] == "faiss-cpu"
     gpu_recipe = METHODS["ivf"].recipe(999, 32, "faiss-gpu")

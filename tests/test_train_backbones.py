@@ -83,7 +83,12 @@ def test_a_resumed_vit_run_repeats_the_uninterrupted_one(trained_run, tmp_path):
     shutil.copytree(whole.dir, run)
     shutil.copy(run / "checkpoints" / "epoch-0001.pt", run / "checkpoints" / "latest.pt")
     (run / "checkpoints" / "epoch-0002.pt").unlink()
-    train_in_process(*whole.args, "--out", run, "--resume", "latest")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(whole.threads)
+    try:
+        train_in_process(*whole.args, "--out", run, "--resume", "latest")
+    finally:
+        torch.set_num_threads(threads)
     assert [x["loss"] for x in metrics(run)] == reference
     before, resumed = backbone_state(whole.dir), backbone_state(run)
     assert all(torch.equal(before[k], resumed[k]) for k in before)
