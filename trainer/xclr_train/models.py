@@ -17,6 +17,7 @@ layers (ResNets), "layernorm" otherwise (ViTs, ConvNeXt).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,15 +226,20 @@ class Encoder(nn.Module):
 
 
 class Learner(nn.Module):
-    """What the optimizer trains and DDP wraps: the encoder and, with `predictor_hidden`, a predictor head
-    Linear-BN-ReLU-Linear (proj_dim -> hidden -> proj_dim). forward(images) -> (projections, predictions or None)."""
+    """What the optimizer trains and DDP wraps: the encoder, with `predictor_hidden` a predictor head
+    Linear-BN-ReLU-Linear (proj_dim -> hidden -> proj_dim), and with `scalars` (name -> initial value) the loss's
+    learned scalars, 0-d parameters that forward() does not use (the objective's loss does; no weight decay).
+    forward(images) -> (projections, predictions or None)."""
 
-    def __init__(self, encoder: Encoder, proj_dim: int, predictor_hidden: int | None) -> None:
+    def __init__(self, encoder: Encoder, proj_dim: int, predictor_hidden: int | None,
+                 scalars: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.predictor = None if predictor_hidden is None else nn.Sequential(
             nn.Linear(proj_dim, predictor_hidden, bias=False), nn.BatchNorm1d(predictor_hidden),
             nn.ReLU(inplace=True), nn.Linear(predictor_hidden, proj_dim))
+        self.scalars = nn.ParameterDict({name: nn.Parameter(torch.tensor(float(value)))
+                                         for name, value in scalars.items()}) if scalars else None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         z = self.encoder(images)

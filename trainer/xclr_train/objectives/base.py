@@ -10,9 +10,11 @@ imports at start-up. It owns:
                 dataclass is built, i.e. when the run is configured, not at the first step.
   needs         the sample members it reads beyond the images (`xclr_train.data.Needs`), and `needs_reason`, the
                 options that ask for them (for the error when the shards lack them)
-  extra state   a predictor head (`predictor = True`), a momentum target network (`momentum`, not None) and a queue
-                (`make_queue`, `queue_entries`); `build` makes them, `after_step` moves them, `state_dict` saves them
-                (the checkpoint's "method": "predictor", "target", "queue")
+  extra state   a predictor head (`predictor = True`), learned scalars of the loss (`scalars`: parameters of the
+                learner, so the optimizer trains them and DDP averages their gradients), a momentum target network
+                (`momentum`, not None) and a queue (`make_queue`, `queue_entries`); `build` makes them, `after_step`
+                moves them, `state_dict` saves them (the checkpoint's "method": "predictor", "scalars", "target",
+                "queue")
   rows()        its loss for one rank's share of the global batch
 
 One rank's loss: rank r holds m samples (global samples r*m .. r*m+m-1 of M = m * world) and their two views'
@@ -32,6 +34,7 @@ rows() also returns statistics, local means over the rank's samples, each a 0-d 
   graph_hits_queue      X-CLR with a queue: the same count over the queue's entries
   positives             triplet, npair, contrastive: mean number of positive views per anchor
   text_loss             xclr-clip: the CLIP term of the loss, before its weight
+  siglip_t, siglip_b    siglip: the current temperature exp(t') and bias b
 """
 
 from __future__ import annotations
@@ -182,6 +185,11 @@ class Objective:
         """Base EMA of a momentum target network; None: no target network."""
         return None
 
+    @property
+    def scalars(self) -> dict[str, float]:
+        """The loss's learned scalars, name -> initial value (`Learner`); rows() reads them from `learner.scalars`."""
+        return {}
+
     def projection_dim(self, proj_dim: int, caption_dim: int | None) -> int:
         """The projection size the objective trains (CLIP: the caption embedding's)."""
         return proj_dim
@@ -200,7 +208,7 @@ class Objective:
     def build(self, encoder: Encoder, proj_dim: int, proj_hidden: int, k: int | None, seed: int,
               device: torch.device, world_size: int) -> Learner:
         """Make the learner (what the optimizer trains and DDP wraps), the target network and the queue."""
-        learner = Learner(encoder, proj_dim, proj_hidden if self.predictor else None)
+        learner = Learner(encoder, proj_dim, proj_hidden if self.predictor else None, self.scalars)
         self.learner = use_sync_batchnorm(learner, device, world_size).to(device)
         if device.type == "cuda":
             self.learner = self.learner.to(memory_format=torch.channels_last)
@@ -232,6 +240,8 @@ class Objective:
         state = {}
         if self.learner.predictor is not None:
             state["predictor"] = self.learner.predictor.state_dict()
+        if self.learner.scalars is not None:
+            state["scalars"] = self.learner.scalars.state_dict()
         if self.target is not None:
             state["target"] = self.target.state_dict()
         if self.queue is not None:
@@ -241,6 +251,8 @@ class Objective:
     def load_state_dict(self, state: dict) -> None:
         if self.learner.predictor is not None:
             self.learner.predictor.load_state_dict(state["predictor"])
+        if self.learner.scalars is not None:
+            self.learner.scalars.load_state_dict(state["scalars"])
         if self.target is not None:
             self.target.load_state_dict(state["target"])
         if self.queue is not None:
