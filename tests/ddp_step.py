@@ -1,11 +1,12 @@
 """One training step of every loss on a fixed global batch, for the 1-vs-2-process test (run under torchrun).
 
 Each rank takes its equal slice of the same 8-sample global batch, runs the trainer's learner (DDP when there are
-two ranks; with the objective's predictor, momentum network and queue), the objective's rows and backward, and
-rank 0 saves the mean loss over ranks and the parameter gradients to the file named by argv[1]. BatchNorm runs in
-eval mode: torch has no CPU SyncBatchNorm, and per-rank batch statistics would differ from whole-batch ones by
-design, not by a bug in the loss. X-CLR's queue gets the same fixed entries on every rank. The backbone is a
-small-stem ResNet-18, and timm's test_vit (6 blocks of width 64; patch 4 on 16 px) for the specs in `VIT`.
+two ranks; with the objective's predictor, learned scalars, momentum network and queue), the objective's rows and
+backward, and rank 0 saves the mean loss over ranks and the parameter gradients (the learned scalars' among them)
+to the file named by argv[1]. BatchNorm runs in eval mode: torch has no CPU SyncBatchNorm, and per-rank batch
+statistics would differ from whole-batch ones by design, not by a bug in the loss. X-CLR's queue gets the same
+fixed entries on every rank. The backbone is a small-stem ResNet-18, and timm's test_vit (6 blocks of width 64;
+patch 4 on 16 px) for the specs in `VIT`.
 """
 
 import sys

@@ -71,14 +71,16 @@ def test_a_short_real_run_decreases_the_loss(tux_shards, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["moco", "byol", "nnclr", "xclr"])
+@pytest.mark.parametrize("loss", ["moco", "byol", "nnclr", "xclr", "siglip"])
 def test_frameworks_and_queued_xclr_learn_on_real_shards(tux_shards, tmp_path, loss):
-    """A short run of each framework (and X-CLR with a queue) on the tuxpaint stamps: once the 64-entry queue
-    holds real entries (after 2 batches), the loss falls; X-CLR's queue adds graph neighbours beyond the batch."""
+    """A short run of each framework (and X-CLR with a queue, and SigLIP) on the tuxpaint stamps: once the 64-entry
+    queue holds real entries (after 2 batches), the loss falls; X-CLR's queue adds graph neighbours beyond the
+    batch; SigLIP's temperature and bias move from their initial 10 and -10."""
     run = tmp_path / "run"
+    queue = [] if loss in ("byol", "siglip") else ["--queue-size", "64"]
     train_in_process("--data", tux_shards, "--out", run, *SMALL, "--arch", "convnet", "--image-size", "32", "--loss",
-                     loss, *([] if loss == "byol" else ["--queue-size", "64"]), "--batch-size", "32", "--steps", "30",
-                     "--workers", "1", "--samples-per-epoch", "320")
+                     loss, *queue, "--batch-size", "32", "--steps", "30", "--workers", "1", "--samples-per-epoch",
+                     "320")
     losses = [x["loss"] for x in metrics(run)]
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
     early, late = sum(losses[2:10]) / 8, sum(losses[-8:]) / 8
@@ -86,6 +88,27 @@ def test_frameworks_and_queued_xclr_learn_on_real_shards(tux_shards, tmp_path, l
     if loss == "xclr":
         hits = [x["graph_hits_queue"] for x in metrics(run)]
         assert hits[0] == 0 and sum(hits[2:]) / 28 > 2, hits  # empty at the first step, then neighbours
+    if loss == "siglip":
+        first, last = metrics(run)[0], metrics(run)[-1]
+        assert (first["siglip_t"], first["siglip_b"]) == pytest.approx((10.0, -10.0))
+        assert last["siglip_t"] != pytest.approx(10.0) and last["siglip_b"] != pytest.approx(-10.0), last
+
+
+@pytest.mark.slow
+def test_a_siglip_resume_restores_its_learned_temperature_and_bias(tux_shards, tmp_path):
+    """2 epochs of 2 steps of SigLIP: resumed from epoch 1's checkpoint, the run starts epoch 2 with the temperature
+    and bias the uninterrupted run had then (bit for bit), and its steps give the same losses."""
+    args = ["--data", tux_shards, *SMALL, "--arch", "convnet", "--loss", "siglip", "--batch-size", "16", "--steps",
+            "4", "--samples-per-epoch", "32", "--workers", "1"]
+    whole, run = tmp_path / "whole", tmp_path / "resumed"
+    train_in_process(*args, "--out", whole)
+    shutil.copytree(whole, run)
+    train_in_process(*args, "--out", run, "--resume", run / "checkpoints" / "epoch-0001.pt")
+    reference, resumed = metrics(whole), metrics(run)
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4]
+    assert reference[2]["siglip_t"] != reference[0]["siglip_t"]  # trained in epoch 1, so the restore shows
+    assert (resumed[2]["siglip_t"], resumed[2]["siglip_b"]) == (reference[2]["siglip_t"], reference[2]["siglip_b"])
+    assert [x["loss"] for x in resumed] == pytest.approx([x["loss"] for x in reference], rel=1e-6)
 
 
 @pytest.mark.slow
