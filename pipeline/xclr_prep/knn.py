@@ -119,7 +119,7 @@ def recall_at_k(rows: EmbeddingRows, query_ids: np.ndarray, found_ids: np.ndarra
 
 def build_index(rows: EmbeddingRows, database_ids: np.ndarray, recipe: str, seed: int,
                 engine: str = "faiss-cpu") -> faiss.Index:
-    """The index `recipe` (a FAISS factory string, `index_recipe`) over `database_ids`, filled in blocks. An IVF
+    """The index `recipe` (a FAISS factory string, `SearchMethod.recipe`) over `database_ids`, filled in blocks. An IVF
     index is trained first (k-means on at most 64 points per list); on the faiss-gpu engine it lives on the GPU
     (`to_cpu` gives the copy to save)."""
     index = faiss.index_factory(rows.dim, recipe, faiss.METRIC_INNER_PRODUCT)
@@ -168,12 +168,12 @@ def nlist(index: faiss.Index) -> int:
 def set_search_parameter(index: faiss.Index, method: str, params: SearchParams) -> None:
     """Set the `method` index's search parameter (and a CPU index's re-ranking factor, which FAISS does not
     save)."""
-    parameter = search_method(method).parameter
+    record = search_method(method)
     if _on_gpu(index):
-        faiss.GpuParameterSpace().set_index_parameter(index, parameter, params.value)
+        faiss.GpuParameterSpace().set_index_parameter(index, record.parameter, params.value)
         return
-    faiss.ParameterSpace().set_index_parameter(index, parameter, params.value)
-    if search_method(method).refine_factors:
+    faiss.ParameterSpace().set_index_parameter(index, record.parameter, params.value)
+    if record.refine_factors:
         faiss.downcast_index(index.index).k_factor = params.refine
 
 
