@@ -123,15 +123,16 @@ def click_options(*classes: type, show_default: bool = True) -> Callable[[Callab
     return decorate
 
 
-def click_parameter(f: Field, kind: Any, show_default: bool = True,
-                    default: Any = MISSING) -> Callable[[Callable], Callable]:
-    """The click parameter of field `f`, whose values are of type `kind`; `default` replaces the field's."""
+def click_parameter(f: Field, kind: Any, show_default: bool = True, default: Any = MISSING,
+                    help: str | None = None) -> Callable[[Callable], Callable]:
+    """The click parameter of field `f`, whose values are of type `kind`; `default` and `help` replace the field's
+    (an option several dataclasses share, e.g. one objective option of several objectives)."""
     meta = f.metadata
     if meta["argument"]:
         return click.argument(f.name, nargs=-1, required=True)
     name = option_flag(f)
     default = f.default if default is MISSING else default
-    extra: dict[str, Any] = {"help": meta["help"] or None, "envvar": meta["envvar"]}
+    extra: dict[str, Any] = {"help": help or meta["help"] or None, "envvar": meta["envvar"]}
     if f.default is MISSING and f.default_factory is MISSING:
         extra["required"] = True
     else:

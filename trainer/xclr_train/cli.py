@@ -43,9 +43,7 @@ def objective_options(command: Callable) -> Callable:
         for name, f, t in users:
             if t != kind or f.metadata["choices"] != first.metadata["choices"]:
                 raise TypeError(f"{flag(option_name)}: {name} gives it another type or choices than {users[0][0]}")
-        choices = first.metadata["choices"]
-        command = click.option(flag(option_name), type=click.Choice(choices) if choices else kind, default=None,
-                               help=_help([(name, f) for name, f, _ in users]))(command)
+        command = click_parameter(first, kind, default=None, help=_help([(name, f) for name, f, _ in users]))(command)
     return command
 
 
