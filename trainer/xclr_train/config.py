@@ -17,7 +17,8 @@ from xclr_train.objectives.base import either
 from xclr_train.optim import PLAIN, default_help
 
 # Options that do not change what is computed; a resume may change them.
-FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every")
+FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every", "eval_data",
+                "eval_queries", "eval_every")
 # the objectives that project to the caption embedding's size instead of --proj-dim, and those with a predictor
 CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
 WITH_PREDICTOR = [n for n, c in OBJECTIVES.items() if c.predictor]
@@ -54,6 +55,10 @@ class TrainConfig(Checked):
     proj_dim: int = option(128, f"Output size of the projection head; --loss {either(CAPTION_SIZED)} use the caption "
                            "embedding's size instead.", rule=AT_LEAST_ONE)
     batch_size: int = option(256, "Samples per rank per step (two views each).", rule=AT_LEAST_ONE)
+    micro_batch: int | None = option(None, "Run each rank's batch through the network in chunks of this many samples "
+                                     "(it must divide --batch-size): the loss still sees the whole global batch "
+                                     "(GradCache's two passes), memory scales with the chunk. Default: no chunks.",
+                                     rule=AT_LEAST_ONE)
     epochs: int = option(1, "Checkpoint intervals of --samples-per-epoch samples; ignored with --steps.",
                          rule=AT_LEAST_ONE)
     steps: int | None = option(None, "Total steps. Default: --epochs x the steps of an epoch.", rule=AT_LEAST_ONE)
@@ -82,9 +87,23 @@ class TrainConfig(Checked):
     save_every: int = option(1, "Keep epoch-NNNN.pt every this many epochs, and after the last.", rule=AT_LEAST_ONE)
     log_every: int = option(10, "Steps per metrics line (and one at the last step).", rule=AT_LEAST_ONE)
     progress: bool = option(True, "A progress bar on the main rank (the default), or none.")
+    eval_data: str | None = option(None, "A labelled eval set (any spec xclr-eval reads): every --eval-every steps and "
+                                   "at the end the main rank logs its kNN accuracy (eval/...) with the current "
+                                   "backbone.")
+    eval_queries: str | None = option(None, "Held-out queries for --eval-data, as xclr-eval --queries.")
+    eval_every: int | None = option(None, "Steps between in-run evaluations of --eval-data. Default: at the end only.",
+                                    rule=AT_LEAST_ONE)
+    compile: bool = option(False, "torch.compile the backbone and projection head.")
+    grad_checkpointing: bool = option(False, "Recompute the backbone's activations in the backward pass instead of "
+                                      "keeping them (timm's set_grad_checkpointing; per stage for torchvision's "
+                                      "ResNets): less memory, a second forward's time.")
 
     def check(self) -> None:
         self.objective_args()  # building them checks them
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise TrainError(f"--micro-batch {self.micro_batch} does not divide --batch-size {self.batch_size}")
+        if (self.eval_every is not None or self.eval_queries is not None) and self.eval_data is None:
+            raise TrainError(f"--{'eval-every' if self.eval_every is not None else 'eval-queries'} needs --eval-data")
 
     def objective_args(self) -> Options:
         """The objective's Args: `loss_options` over its defaults (`xclr_train.objectives.parse_options`)."""
