@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from collections import Counter
 
 import numpy as np
@@ -18,11 +19,15 @@ from xclr_schemas import NEIGHBOR_DTYPE, npy_bytes
 from xclr_train.augment import MEAN, RECIPES, STD, crop_view, draw_photometric
 from xclr_train.data import (
     DataError,
+    EpochStart,
     Needs,
+    Position,
     ShardStream,
+    WorkerState,
     decode,
     find_shards,
     group_shuffle,
+    make_loader,
     read_tar,
     tar_samples,
 )
@@ -101,23 +106,24 @@ def test_decode_skips_and_counts_bad_samples(tmp_path):
     broken_image = dict(raw[0], png=b"not a png")
     bad_nbr = dict(raw[0], **{"nbr.npy": npy_bytes(np.zeros(5, dtype=NEIGHBOR_DTYPE))})
     no_json = {k: v for k, v in raw[0].items() if k != "json"}
-    skipped = Counter()
-    stage = decode(simclr_crops_8px, 8, Needs(True, False), 3, skipped, random.Random(0))
+    state = WorkerState("test")
+    stage = decode(simclr_crops_8px, 8, Needs(True, False), 3, state)
     out = list(stage(iter(raw + [broken_image, bad_nbr, no_json])))
     assert len(out) == 1 and out[0]["caption_id"] == 1
     assert out[0]["view1"].shape == (3, 8, 8) and out[0]["view1"].dtype == torch.uint8
     assert out[0]["nbr_id"].tolist() == [2, 3, 4]
-    assert skipped == Counter(undecodable_image=1, bad_member=1, incomplete_sample=1)
+    assert state.skipped == Counter(undecodable_image=1, bad_member=1, incomplete_sample=1)
+    assert state.taken == 4  # used or skipped, every sample the stage took
 
 
 def test_decode_with_labels_skips_and_counts_a_sample_without_one():
     raw = {"__key__": "a", **{n.split(".", 1)[1]: d for n, d in sample_members("a", 1, 0)}}
     labelled = dict(raw, json=json.dumps({"caption_id": 2, "label": 7}).encode())
-    skipped = Counter()
-    stage = decode(simclr_crops_8px, 8, Needs(False, False, labels=True), 3, skipped, random.Random(0))
+    state = WorkerState("test")
+    stage = decode(simclr_crops_8px, 8, Needs(False, False, labels=True), 3, state)
     out = list(stage(iter([raw, labelled])))
     assert [(s["caption_id"], s["label"]) for s in out] == [(2, 7)]
-    assert skipped == Counter(bad_member=1)
+    assert state.skipped == Counter(bad_member=1)
 
 
 def take(stream: ShardStream, epoch: int, n: int) -> list[dict]:
@@ -164,6 +170,36 @@ def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
     ids = [torch.cat([b["caption_id"] for b in batches]).tolist() for batches in (a, other_rank, other_epoch)]
     assert ids[0] != ids[1] and ids[0] != ids[2]
     assert a[0]["skipped"].tolist() == [0, 0, 0, 0]
+
+
+def test_a_stream_started_inside_an_epoch_goes_on_as_the_whole_one(tmp_path):
+    """A rank's stream through a real DataLoader of two workers, started after 5 batches from the positions those
+    batches carried, gives the whole stream's batches 6 to 9: the same samples, crops and skip counts (a bad image
+    in every third sample of one shard makes the skips matter)."""
+    write_shards(tmp_path / "d", shards=2)
+    tar = tmp_path / "d" / "shard-000001.tar"
+    with tarfile.open(tar) as inp:
+        members = [(m.name, inp.extractfile(m).read()) for m in inp]
+    write_tar(tar, [(n, b"not a png" if n.endswith("2.png") else d) for n, d in members])
+    shards = find_shards(str(tmp_path / "d"))
+
+    def batches(start: EpochStart, n: int) -> list[dict]:
+        stream = ShardStream(shards, batch_size=3, image_size=8, augment="simclr", needs=Needs(True, False), k=3,
+                             seed=0, rank=0)
+        stream.epoch, stream.start = 2, start
+        it = iter(make_loader(stream, workers=2, pin_memory=False))
+        return [next(it) for _ in range(n)]
+
+    whole = batches(EpochStart(), 9)
+    assert [int(b["worker"]) for b in whole] == [0, 1] * 4 + [0]
+    positions = {int(b["worker"]): Position(int(b["taken"]), tuple(b["skipped"].tolist())) for b in whole[:5]}
+    assert sum(whole[4]["skipped"].tolist()) + sum(whole[3]["skipped"].tolist()) > 0
+    resumed = batches(EpochStart(5, positions), 4)
+    assert [int(b["worker"]) for b in resumed] == [1, 0, 1, 0]
+    for x, y in zip(whole[5:], resumed):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
 
 
 def test_shards_without_any_sample_raise_instead_of_spinning(tmp_path):

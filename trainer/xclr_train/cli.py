@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import Field, fields, replace
 from typing import get_type_hints
@@ -15,6 +16,7 @@ from xclr_train.config import TrainConfig
 from xclr_train.errors import TrainError
 from xclr_train.objectives import OBJECTIVES
 from xclr_train.objectives.base import either
+from xclr_train.preemption import PREEMPTED_EXIT, Preempted
 from xclr_train.train import train
 
 
@@ -63,6 +65,8 @@ def main(**options) -> None:
     """Train an image encoder with X-CLR (or a baseline) on shards written by `xclr-prep graph`.
 
     Multi-GPU / multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 8 -m xclr_train ...`.
+    SIGTERM or SIGUSR1 (a scheduler's preemption) stops every rank after the step in progress, saves latest.pt at
+    that step and exits with status 75: the same command with --resume latest goes on from there.
     """
     general = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in options.items() if k not in general and v is not None}
@@ -75,5 +79,8 @@ def main(**options) -> None:
             last = train(replace(cfg, out=str(run)), after_save=publish)
     except TrainError as exc:
         raise click.ClickException(str(exc)) from None
+    except Preempted as exc:
+        click.echo(f"xclr-train: {exc}", err=True)
+        sys.exit(PREEMPTED_EXIT)
     if last:
         click.echo(f"done: step {last['step']}, loss {last['loss']:.4f}; run in {cfg.out}")

@@ -1,7 +1,7 @@
 """Streaming training batches from xclr shards (docs/design.md, Data contracts; Resume and fault rules), as small
 webdataset stages:
 
-    resampled shard draws -> tar samples -> group shuffle -> decode + two uint8 crops -> batches
+    resampled shard draws -> tar samples -> group shuffle -> [fast-forward] -> decode + two uint8 crops -> batches
 
 The photometric half of the augmentation runs on the training device (`xclr_train.augment`).
 
@@ -9,10 +9,14 @@ Every (epoch, rank, DataLoader worker) draws shards with replacement from the wh
 (seed, epoch, rank, worker): no rank or worker ever runs dry, however few shards there are, and an epoch (a
 checkpoint interval of a fixed number of batches) replays exactly on resume. Whole neighbour groups are shuffled
 (a buffer of `SHUFFLE_GROUPS` groups), then cut into batches, so an anchor meets its graph neighbours in its batch.
+The shard draws and the shuffle read no image; a sample's crops are drawn from its own generator, seeded by the
+stream's seed and the sample's place in the stream (`WorkerState`). So a stream can resume in the middle of an
+epoch (a preempted run): the fast-forward stage drops the samples the worker had taken, undecoded, and the stream
+goes on exactly as it would have.
 
 Samples that cannot be used are skipped and counted by reason (`REASONS`); every batch carries its worker's
-running counts so the trainer can report them. A worker that reads `max(20, 2 * shards)` shards in a row without
-one usable sample raises `DataError` instead of spinning forever.
+running counts and place (`Position`) so the trainer can report and checkpoint them. A worker that reads
+`max(20, 2 * shards)` shards in a row without one usable sample raises `DataError` instead of spinning forever.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import random
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -37,6 +41,7 @@ from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_n
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import RECIPES, crop_view, to_rgb
 from xclr_train.errors import TrainError
+from xclr_train.preemption import ignore_signals
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
 SHUFFLE_GROUPS = 256
@@ -190,6 +195,26 @@ def decode_image(data: bytes, size: int | None = None) -> Image.Image | None:
 
 
 @dataclass(frozen=True)
+class Position:
+    """Where a DataLoader worker stands in its epoch's stream after a batch: the raw samples its decode stage has
+    taken (used or skipped) and its skip counts, in `REASONS` order."""
+    taken: int = 0
+    skipped: tuple[int, ...] = (0,) * len(REASONS)
+
+
+@dataclass
+class WorkerState:
+    """A worker's running place in its epoch's stream, shared by its stages. Sample number `taken` (counted from 0
+    over the samples the decode stage takes) draws its crops from random.Random(f"{seed}/{taken}")."""
+    seed: str
+    taken: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def position(self) -> Position:
+        return Position(self.taken, tuple(self.skipped[r] for r in REASONS))
+
+
+@dataclass(frozen=True)
 class Needs:
     """Which members every sample must have for the chosen loss, beyond the image and the caption id."""
     neighbors: bool = False
@@ -197,12 +222,28 @@ class Needs:
     labels: bool = False
 
 
+def fast_forward(start: Position, state: WorkerState) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Drop the first `start.taken` raw samples undecoded, then take up the counts at `start`: the stream from
+    there on is the one a worker that had taken them would go on with."""
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        samples = iter(samples)
+        for _ in range(start.taken):
+            next(samples)
+        state.taken = start.taken
+        state.skipped.clear()
+        state.skipped.update(dict(zip(REASONS, start.skipped)))
+        yield from samples
+    return stage
+
+
 def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int, needs: Needs, k: int | None,
-           skipped: Counter, rng: random.Random) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """Raw sample -> {"view1", "view2": `view` of the image decoded for `image_size` (`decode_image`), twice,
-    "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as needed}; a sample whose json lacks a needed "label" is
-    skipped as a bad member."""
-    def one(raw: dict) -> dict | None:
+           state: WorkerState) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Raw sample -> {"view1", "view2": `view` of the image decoded for `image_size` (`decode_image`), twice, with
+    the sample's own generator (`WorkerState`), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as needed}; a
+    sample whose json lacks a needed "label" is skipped as a bad member."""
+    skipped = state.skipped
+
+    def one(raw: dict, rng: random.Random) -> dict | None:
         image = next((raw[s] for s in IMAGE_SUFFIXES if s in raw), None)
         if image is None or META_SUFFIX not in raw or (needs.neighbors and NEIGHBORS_SUFFIX not in raw) \
                 or (needs.embedding and EMBEDDING_SUFFIX not in raw):
@@ -233,30 +274,43 @@ def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int
 
     def stage(samples: Iterator[dict]) -> Iterator[dict]:
         for raw in samples:
-            sample = one(raw)
+            rng = random.Random(f"{state.seed}/{state.taken}")
+            state.taken += 1
+            sample = one(raw, rng)
             if sample is not None:
                 yield sample
     return stage
 
 
-def batches(batch_size: int, skipped: Counter, worker: int) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """Samples -> batches of `batch_size` stacked tensors, plus "skipped" (this worker's running counts, in
-    `REASONS` order) and "worker"."""
+def batches(batch_size: int, state: WorkerState, worker: int) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Samples -> batches of `batch_size` stacked tensors, plus "worker" and the worker's `Position` after the
+    batch: "taken" and "skipped" (its running counts, in `REASONS` order)."""
     def stage(samples: Iterator[dict]) -> Iterator[dict]:
         pending: list[dict] = []
         for sample in samples:
             pending.append(sample)
             if len(pending) == batch_size:
                 batch = {key: torch.stack([torch.as_tensor(s[key]) for s in pending]) for key in pending[0]}
-                batch["skipped"] = torch.tensor([skipped[r] for r in REASONS])
+                batch["skipped"] = torch.tensor([state.skipped[r] for r in REASONS])
+                batch["taken"] = torch.tensor(state.taken)
                 batch["worker"] = torch.tensor(worker)
                 pending = []
                 yield batch
     return stage
 
 
+@dataclass(frozen=True)
+class EpochStart:
+    """Where a rank's stream starts an epoch: at its beginning (the default), or, resuming a preempted run, after
+    `batches` batches with each worker at `positions[worker]`. DataLoader workers take turns in a fixed order, so
+    the next batch is worker ``batches % workers``'s: loader worker w then plays worker (w + batches) % workers."""
+    batches: int = 0
+    positions: dict[int, Position] = field(default_factory=dict)
+
+
 class ShardStream(IterableDataset):
-    """Endless batches for one rank; set `epoch` before each `iter` (see the module docstring for the seeding)."""
+    """Endless batches for one rank; set `epoch` (and `start`) before each `iter` (the module docstring gives the
+    seeding)."""
 
     def __init__(self, shards: ShardSet, batch_size: int, image_size: int, augment: str, needs: Needs,
                  k: int | None, seed: int, rank: int) -> None:
@@ -264,6 +318,7 @@ class ShardStream(IterableDataset):
         self.shards, self.batch_size, self.image_size, self.augment = shards, batch_size, image_size, augment
         self.needs, self.k, self.seed, self.rank = needs, k, seed, rank
         self.epoch = 0
+        self.start = EpochStart()
 
     def view(self, image: Image.Image, rng: random.Random) -> Tensor:
         """One training view of a decoded image, as the worker cuts it: `augment.crop_view` of --augment's recipe."""
@@ -271,16 +326,17 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        stream_seed = f"xclr/{self.seed}/{self.epoch}/{self.rank}/{worker}"
-        rng = random.Random(stream_seed)  # shard draws, shuffle and crops
-        skipped: Counter = Counter()
+        workers = info.num_workers if info is not None else 1
+        worker = ((info.id if info is not None else 0) + self.start.batches) % workers
+        state = WorkerState(f"xclr/{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        rng = random.Random(state.seed)  # shard draws and shuffle
         return iter(wds.DataPipeline(
             resampled(self.shards.urls, rng),
-            tar_samples(skipped, len(self.shards.urls)),
+            tar_samples(state.skipped, len(self.shards.urls)),
             group_shuffle(rng),
-            decode(self.view, self.image_size, self.needs, self.k, skipped, rng),
-            batches(self.batch_size, skipped, worker),
+            fast_forward(self.start.positions.get(worker, Position()), state),
+            decode(self.view, self.image_size, self.needs, self.k, state),
+            batches(self.batch_size, state, worker),
         ))
 
 
@@ -293,6 +349,7 @@ def first_sample(shards: ShardSet) -> dict:
 
 
 def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoader:
-    """Batches come ready from the workers (batch_size=None), in a fixed round-robin order."""
+    """Batches come ready from the workers (batch_size=None), in a fixed round-robin order. The workers ignore a
+    scheduler's stop signals (`preemption.ignore_signals`)."""
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_signals)

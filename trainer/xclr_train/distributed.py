@@ -22,10 +22,13 @@ from xclr_train.errors import TrainError
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place: its rank, the number of ranks, its rank on the node, its device, and a gloo group over
+    all ranks for small CPU-side agreements (`any_rank`; the default group when it is gloo already)."""
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    cpu_group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +53,17 @@ def init_distributed(device: str) -> Dist:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
-    return Dist(rank, world_size, local_rank, dev)
+    cpu_group = dist.new_group(backend="gloo") if world_size > 1 and dev.type == "cuda" else None
+    return Dist(rank, world_size, local_rank, dev, cpu_group)
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """Whether `flag` holds on any rank: a max over ranks of one CPU integer (no device synchronisation)."""
+    if d.world_size == 1:
+        return flag
+    x = torch.tensor([int(flag)])
+    dist.all_reduce(x, op=dist.ReduceOp.MAX, group=d.cpu_group)
+    return bool(x.item())
 
 
 def _world() -> int:

@@ -1,0 +1,164 @@
+"""Preemption (`xclr_train.preemption`): SIGTERM or SIGUSR1 at a random step, to one process or to one torchrun rank,
+saves latest.pt at that step, inside an epoch, and exits with PREEMPTED_EXIT and one line; `--resume latest` then
+ends bit for bit as the uninterrupted run does: weights, optimizer, the objective's queue, metrics lines (less their
+timings) and skip counts."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from fault_ledger import passes, samples_lost
+from train_helpers import torchrun_cmd
+from train_helpers import train_metrics as metrics
+
+from xclr_train.preemption import PREEMPTED_EXIT
+
+STEPS, PER_EPOCH, BATCH = 14, 10, 8  # two checkpoint intervals: 10 steps, then 4
+TIMINGS = ("samples_per_s", "step_time", "data_time")
+
+
+def args(shards, out, batch: int = BATCH) -> list[str]:
+    """X-CLR with a queue (state beyond the weights), two DataLoader workers (their turns must resume), a metrics
+    line every 3 steps (a window open at the signal)."""
+    return ["--data", shards, "--out", out, "--arch", "convnet", "--image-size", "16", "--batch-size", batch,
+            "--steps", STEPS, "--samples-per-epoch", PER_EPOCH * batch, "--workers", "2", "--log-every", "3",
+            "--queue-size", "24", "--no-progress"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_cmd(*a) -> list[str]:
+    return [sys.executable, "-m", "xclr_train", *map(str, a)]
+
+
+def stopped_run(cmd: list[str], run, rng: random.Random, trainers=lambda proc: [proc.pid]) -> subprocess.CompletedProcess:
+    """Start `cmd`, wait for a random one of its first metrics lines and a random moment more, send SIGTERM or
+    SIGUSR1 to the first of its `trainers(proc)` (the training processes), then SIGTERM to every trainer and its
+    DataLoader workers every 50 ms until `cmd` exits (signals during the save, and to the workers, as a scheduler
+    may send them)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            start_new_session=True)
+    wait_for = rng.randint(1, 2)
+    deadline = time.monotonic() + 300
+    while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= wait_for):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 0.3))  # a step or two later: inside a metrics window, mostly
+    pids = trainers(proc)
+    os.kill(pids[0], rng.choice([signal.SIGTERM, signal.SIGUSR1]))
+    while proc.poll() is None:
+        time.sleep(0.05)
+        for pid in pids:
+            try:
+                for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                    p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+    stdout, stderr = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def assert_same_run(resumed, whole) -> None:
+    """The same final checkpoint (every tensor equal) and the same metrics lines, less their timings."""
+    a = torch.load(resumed / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(whole / "checkpoints" / "latest.pt", weights_only=True)
+    for key in ("model", "method", "optimizer", "skipped", "step", "epoch"):
+        assert_equal_state(a[key], b[key], key)
+
+    def untimed(run):
+        return [{k: v for k, v in line.items() if k not in TIMINGS} for line in metrics(run)]
+    assert untimed(resumed) == untimed(whole)
+
+
+def assert_equal_state(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_equal_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_stopped_inside_an_epoch(proc: subprocess.CompletedProcess, run, ranks: int = 1) -> int:
+    """Each rank exited with PREEMPTED_EXIT after one line saying how to resume, and no traceback of xclr's (torchrun
+    prints its own); latest.pt holds a step inside an epoch; returns that step."""
+    assert "/xclr_train/" not in proc.stderr, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if "--resume latest" in line]
+    assert len(said) == ranks and all("xclr-train: stopped by SIG" in line for line in said), proc.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert 0 < state["step"] < STEPS and state["step"] % PER_EPOCH, state["step"]
+    assert f"at step {state['step']} of {STEPS}" in said[0]
+    assert state["inside"] is not None
+    assert not (run / "checkpoints" / "epoch-0002.pt").exists()
+    return state["step"]
+
+
+@pytest.mark.slow
+def test_a_signal_at_a_random_step_then_resume_equals_the_uninterrupted_run(tux_shards, tmp_path, fault_ledger):
+    rng = random.Random(os.environ.get("XCLR_FAULT_SEED", "preempt"))
+    subprocess.run(train_cmd(*args(tux_shards, tmp_path / "whole")), check=True, capture_output=True, env=env())
+    run = tmp_path / "stopped"
+    proc = stopped_run(train_cmd(*args(tux_shards, run)), run, rng)
+    assert proc.returncode == PREEMPTED_EXIT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    step = assert_stopped_inside_an_epoch(proc, run)
+
+    resumed = subprocess.run(train_cmd(*args(tux_shards, run), "--resume", "latest"), capture_output=True, text=True,
+                             env=env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    fault_ledger.record(f"train: a stop signal at step {step} of {STEPS} (1 process), --resume latest",
+                        survived=passes(assert_same_run, run, tmp_path / "whole"),
+                        samples_lost=lost(run, tmp_path / "whole", BATCH))
+    assert_same_run(run, tmp_path / "whole")
+
+
+def lost(run, whole, global_batch: int) -> int:
+    """Training samples lost or repeated: a metrics line (every 3 steps) missing or held twice counts 3 batches."""
+    return samples_lost([x["step"] for x in metrics(whole)], [x["step"] for x in metrics(run)]) * 3 * global_batch
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_of_two_torchrun_ranks_then_resume_equals_the_uninterrupted_run(tux_shards, tmp_path,
+                                                                                        fault_ledger):
+    """Rank 1 alone is signalled: both ranks stop after the same step, rank 0 saves both ranks' stream places."""
+    rng = random.Random(os.environ.get("XCLR_FAULT_SEED", "preempt-ddp"))
+    batch = BATCH // 2
+
+    def torchrun(out, *extra) -> list[str]:
+        return torchrun_cmd(2, "-m", "xclr_train", *args(tux_shards, out, batch), *extra)
+
+    subprocess.run(torchrun(tmp_path / "whole"), check=True, capture_output=True, env=env())
+    run = tmp_path / "stopped"
+
+    def ranks(proc) -> list[int]:
+        """The two ranks' processes (torchrun's children), rank 1 first."""
+        found = sorted(psutil.Process(proc.pid).children(), key=lambda p: -int(p.environ()["RANK"]))
+        assert len(found) == 2
+        return [p.pid for p in found]
+
+    proc = stopped_run(torchrun(run), run, rng, ranks)
+    assert proc.stderr.count(f"exitcode  : {PREEMPTED_EXIT} ") == 2, proc.stderr[-3000:]  # torchrun's summary
+    step = assert_stopped_inside_an_epoch(proc, run, ranks=2)
+    assert len(torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["inside"]) == 2
+
+    resumed = subprocess.run(torchrun(run, "--resume", "latest"), capture_output=True, text=True, env=env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    fault_ledger.record(f"train: a stop signal to rank 1 of 2 at step {step} of {STEPS} (torchrun), --resume latest",
+                        survived=passes(assert_same_run, run, tmp_path / "whole"),
+                        samples_lost=lost(run, tmp_path / "whole", 2 * batch))
+    assert_same_run(run, tmp_path / "whole")
