@@ -217,12 +217,23 @@ class Objective:
         self.queue = self.make_queue(proj_dim, k, seed, device)
         return self.learner
 
-    def views(self, net: nn.Module, images: Tensor) -> Views:
-        """The rank's outputs for images = [view 1; view 2]; `net` is the learner, DDP-wrapped or not."""
+    @staticmethod
+    def online_views(net: nn.Module, images: Tensor) -> Views:
+        """The learner's outputs for images = [view 1; view 2]: z1, z2 (and p1, p2 with a predictor); `net` is the
+        learner, DDP-wrapped or not."""
         z, p = net(images)
         views = Views(*z.chunk(2))
         if p is not None:
             views.p1, views.p2 = p.chunk(2)
+        return views
+
+    def views(self, net: nn.Module, images: Tensor) -> Views:
+        """The rank's outputs for images = [view 1; view 2]: `online_views`, and the target network's t1, t2
+        (without autograd). The two-pass step of --micro-batch (`xclr_train.micro_batch`) relies on this split: it
+        runs views() on each chunk of samples without autograd, then online_views() on it again with autograd, and
+        backpropagates only through the online outputs; so an objective's loss may differentiate z and p alone, and
+        anything else views() adds must need no gradient."""
+        views = self.online_views(net, images)
         if self.target is not None:
             with torch.no_grad():
                 views.t1, views.t2 = self.target(images).chunk(2)
