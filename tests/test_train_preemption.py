@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -162,3 +163,33 @@ def test_a_signal_to_one_of_two_torchrun_ranks_then_resume_equals_the_uninterrup
                         survived=passes(assert_same_run, run, tmp_path / "whole"),
                         samples_lost=lost(run, tmp_path / "whole", 2 * batch))
     assert_same_run(run, tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_exits_before_the_first_step_without_a_checkpoint(tux_shards, tmp_path):
+    """Rank 0 of two, started alone, waits in the rendezvous (its start-up); signalled there, then joined by rank 1,
+    both ranks stop before their first step: PREEMPTED_EXIT, one line each, no traceback, no checkpoint."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = train_cmd(*args(tux_shards, tmp_path / "run"))
+
+    def rank(r: int) -> subprocess.Popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
+            **env(), "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port)})
+
+    first = rank(0)
+    deadline = time.monotonic() + 120
+    while not any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                  for c in psutil.Process(first.pid).net_connections()):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    second = rank(1)
+    for proc in (first, second):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == PREEMPTED_EXIT and "Traceback" not in stderr, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1].startswith("xclr-train: stopped by ")
+        assert "before the first step, with nothing to save" in stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

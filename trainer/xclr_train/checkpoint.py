@@ -1,11 +1,13 @@
-"""Checkpoints: ``RUN/checkpoints/latest.pt`` after every epoch (atomically replaced) and ``epoch-NNNN.pt`` every
-`--save-every` epochs. A checkpoint is a dict of tensors and plain values, saved and loaded with torch's
-``weights_only`` loader (no arbitrary unpickling):
+"""Checkpoints: ``RUN/checkpoints/latest.pt`` after every epoch and at a preemption's step (atomically replaced)
+and ``epoch-NNNN.pt`` every `--save-every` epochs. A checkpoint is a dict of tensors and plain values, saved and
+loaded with torch's ``weights_only`` loader (no arbitrary unpickling):
 
     {"model": state_dict (unwrapped), "model_config": asdict(models.ModelConfig),
      "method": the objective's own state (predictor, momentum network, queue; empty for the others),
      "optimizer": ..., "scaler": ..., "epoch": epochs finished, "step": steps finished,
-     "skipped": skip counts by reason so far, "config": the run's options}
+     "skipped": skip counts by reason in the finished epochs, "config": the run's options,
+     "inside": None at an epoch's end; at a preemption inside an epoch, each rank's place in it
+               (`xclr_train.inside_epoch`)}
 """
 
 from __future__ import annotations
