@@ -20,7 +20,7 @@ import torch
 
 from xclr_eval import gallery, plots
 from xclr_eval.errors import EvalError
-from xclr_eval.evalsets import EvalSet, EvalSetError, align, load_eval_set
+from xclr_eval.evalsets import EvalSet, EvalSetError, caption_ids, combine, load_sets
 from xclr_eval.features import extract_features, load_encoder
 from xclr_eval.naming import run_dir
 from xclr_eval.options import EvalOptions
@@ -51,16 +51,12 @@ class Combined:
     def of(database: EvalSet, queries: EvalSet | None, text_model: str) -> Combined:
         if queries is None:
             return Combined(database, None, database, None, None, None)
-        both = EvalSet(database.images + queries.images, np.concatenate([database.labels, queries.labels]),
-                       database.classnames, database.skipped,
-                       database.captions + queries.captions if database.captions and queries.captions else None,
-                       {f: np.concatenate([v, queries.more_labels[f]]) for f, v in database.more_labels.items()},
-                       database.more_classnames)
-        query = np.arange(len(both.images)) >= len(database.images)
-        if both.captions is None or "" in both.captions:
+        both, query = combine(database, queries)
+        captions = caption_ids(both)
+        if captions is None:
             return Combined(database, queries, both, query, None, None)
-        texts, caption = np.unique(both.captions, return_inverse=True)
-        return Combined(database, queries, both, query, caption, caption_embeddings(texts.tolist(), text_model))
+        texts, caption = captions
+        return Combined(database, queries, both, query, caption, caption_embeddings(texts, text_model))
 
 
 @dataclass(frozen=True)
@@ -102,10 +98,7 @@ def load(options: EvalOptions) -> Evaluation:
     """The sets, checkpoints and caption embeddings `options` names; says what was loaded."""
     o = options
     try:
-        names_file = o.classnames and storage.fetch(o.classnames)
-        database = load_eval_set(str(storage.fetch(o.data)), names_file, o.split, o.limit, o.label_fields)
-        queries = o.queries and align(load_eval_set(str(storage.fetch(o.queries)), names_file, o.split, o.limit,
-                                                    o.label_fields), database)
+        database, queries = load_sets(o.data, o.queries, o.classnames, o.split, o.limit, o.label_fields)
         models = [load_encoder(storage.fetch(c)) for c in o.checkpoints]
     except (EvalSetError, CheckpointError, FileNotFoundError) as exc:
         raise EvalError(str(exc)) from None

@@ -2,11 +2,16 @@
 probe, which standardises them. A database part (kNN database, retrieval database, probe training) and a query part
 (kNN queries, retrieval queries, probe test) come either from one labelled set split once, stratified by label, or
 from two sets (a held-out query set, e.g. another image style, against a database). `xclr_eval.registry` registers
-each with its table column and what it needs, and scores them."""
+each with its table column and what it needs, and scores them.
+
+The split, kNN accuracy and caption recall are defined in `xclr_train.eval_metrics` (torch), which the trainer's
+in-run evaluation uses too; here they take numpy arrays.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
@@ -16,14 +21,15 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
     silhouette_score,
 )
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-KNN_K = 20
-BLOCK = 1024  # query rows per block of the n x n similarity work
+from xclr_train import eval_metrics
+from xclr_train.eval_metrics import BLOCK, KNN_K, split
+
+__all__ = ["caption_alignment", "caption_recall", "class_similarities", "clustering", "dunn_index", "knn_accuracy",
+           "linear_probe_accuracy", "normalise", "retrieval", "semantic_alignment", "split"]
 SILHOUETTE_SAMPLES = 5000
-CAPTION_RECALL_AT = (1, 5)
 ALIGNMENT_PAIRS = 20_000
 
 
@@ -31,33 +37,10 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def split(labels: np.ndarray, seed: int, test_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, test indices), stratified by label; every class needs at least two samples."""
-    counts = np.bincount(labels)
-    present = counts > 0
-    if (counts[present] < 2).any():
-        small = np.flatnonzero(present & (counts < 2)).tolist()
-        raise ValueError(f"classes {small} have a single sample: a stratified train/test split needs two per class")
-    idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(test)
-
-
 def knn_accuracy(db: np.ndarray, db_y: np.ndarray, queries: np.ndarray, query_y: np.ndarray,
                  k: int = KNN_K) -> float:
-    """Weighted kNN: predict argmax_c sum_{j in top-k by cosine} cos(q, x_j) [y_j = c] (Wu et al. 2018 with
-    weight = similarity)."""
-    db, queries = normalise(db), normalise(queries)
-    k = min(k, len(db))
-    classes = int(max(db_y.max(), query_y.max())) + 1
-    correct = 0
-    for start in range(0, len(queries), BLOCK):
-        sims = queries[start:start + BLOCK] @ db.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        votes = np.zeros((len(sims), classes))
-        np.add.at(votes, (np.arange(len(sims))[:, None], db_y[top]), np.take_along_axis(sims, top, axis=1))
-        correct += int((votes.argmax(1) == query_y[start:start + BLOCK]).sum())
-    return correct / len(queries)
+    """`xclr_train.eval_metrics.knn_accuracy` (similarity-weighted kNN votes) of numpy features and labels."""
+    return eval_metrics.knn_accuracy(*map(torch.as_tensor, (db, db_y, queries, query_y)), k)
 
 
 def linear_probe_accuracy(train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_y: np.ndarray,
@@ -93,23 +76,9 @@ def retrieval(db: np.ndarray, db_y: np.ndarray, queries: np.ndarray, query_y: np
 
 def caption_recall(db: np.ndarray, db_caption: np.ndarray, queries: np.ndarray,
                    query_caption: np.ndarray) -> dict[str, float]:
-    """Instance retrieval: caption_R@k = the fraction of queries with an image of their own caption (caption ids)
-    among their k nearest database images by cosine, for k in CAPTION_RECALL_AT. Queries whose caption has no
-    database image are left out."""
-    db, queries = normalise(db), normalise(queries)
-    has_match = np.isin(query_caption, db_caption)
-    queries, query_caption = queries[has_match], query_caption[has_match]
-    if not len(queries):
-        raise ValueError("no query caption has an image in the database")
-    kmax = min(max(CAPTION_RECALL_AT), len(db))
-    hits = np.zeros(len(CAPTION_RECALL_AT))
-    for start in range(0, len(queries), BLOCK):
-        sims = queries[start:start + BLOCK] @ db.T
-        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
-        same = db_caption[top] == query_caption[start:start + BLOCK, None]
-        hits += [same[:, :min(k, kmax)].any(1).sum() for k in CAPTION_RECALL_AT]
-    return {f"caption_R@{k}": float(h / len(queries)) for k, h in zip(CAPTION_RECALL_AT, hits)}
+    """`xclr_train.eval_metrics.caption_recall` (caption_R@k, instance retrieval by caption id) of numpy features
+    and caption ids."""
+    return eval_metrics.caption_recall(*map(torch.as_tensor, (db, db_caption, queries, query_caption)))
 
 
 def caption_alignment(features: np.ndarray, caption: np.ndarray, caption_embeddings: np.ndarray, seed: int) -> float:

@@ -11,6 +11,8 @@ from xclr_eval.errors import EvalError
 from xclr_eval.naming import run_name
 from xclr_schemas.names import CAPTION_MODEL
 from xclr_schemas.options import Checked, argument, at_least, option, required
+from xclr_train.eval_features import EVAL_BATCH
+from xclr_train.eval_metrics import DEFAULT_SEED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,8 +44,8 @@ class EvalOptions(Checked):
                               "slowest metrics when there are many classes).")
     device: str = option("auto", "Where the backbones run (auto: cuda when torch sees a GPU, else cpu).",
                          ("auto", "cpu", "cuda"))
-    batch_size: int = option(256, "Images per forward pass.", rule=at_least(1))
-    seed: int = option(0, "Train/test split, k-means and probe seed.")
+    batch_size: int = option(EVAL_BATCH, "Images per forward pass.", rule=at_least(1))
+    seed: int = option(DEFAULT_SEED, "Train/test split, k-means and probe seed.")
 
     def check(self) -> None:
         if not self.checkpoints:

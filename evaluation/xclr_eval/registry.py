@@ -35,8 +35,8 @@ from xclr_eval.metrics import (
     linear_probe_accuracy,
     retrieval,
     semantic_alignment,
-    split,
 )
+from xclr_train.eval_metrics import halves
 
 
 class Need(enum.Enum):
@@ -65,8 +65,9 @@ class Inputs:
     unit-norm embeddings `text` (C, e) and the seed of the split, k-means, probe and sampling.
 
     `query` (bool (n,)) marks the query rows, the others being the database; None splits the set once
-    (`metrics.split`). `more_labels` are further label fields (n,) each. Caption ids `caption` (n,) index the unit-norm
-    rows of `caption_embeddings`; both or neither. `clustering` False leaves out the metrics that need it."""
+    (`xclr_train.eval_metrics.halves`). `more_labels` are further label fields (n,) each. Caption ids `caption` (n,)
+    index the unit-norm rows of `caption_embeddings`; both or neither. `clustering` False leaves out the metrics that
+    need it."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -172,8 +173,8 @@ def score(inputs: Inputs) -> Scores:
     missing = sorted(set(range(classes)) - set(np.unique(inputs.labels).tolist()))
     if missing:
         raise ValueError(f"classes {missing} have no image in the evaluation set")
-    labels, query = inputs.labels, inputs.query
-    db, q = split(labels, inputs.seed) if query is None else (np.flatnonzero(~query), np.flatnonzero(query))
+    labels = inputs.labels
+    db, q = halves(labels, inputs.query, inputs.seed)
     learned, target = class_similarities(inputs.features, labels, classes), inputs.text @ inputs.text.T
     case = Case(inputs, labels, db, q, learned, target)
     results: dict[str, float] = {}
