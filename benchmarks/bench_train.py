@@ -58,19 +58,20 @@ import random
 import statistics
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xclr_train.augment import MEAN, RECIPES, STD, draw_photometric
+from xclr_train.augment import MEAN, RECIPES, STD, Photometric, draw_photometric
 from xclr_train.data import ShardStream
 from xclr_train.distributed import Gathers
 from xclr_train.losses import nt_xent_loss, xclr_loss
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import Graph, Objective, Views, make_objective
-from xclr_train.optim import make_optimizer, resolve
+from xclr_train.optim import Settings, make_optimizer, resolve
 from xclr_train.photometric import blur_width, photometric
 from xclr_train.step import Stepper
 from xclr_train.targets import dense_similarity_rows, sparse_similarity
@@ -187,45 +188,63 @@ def bench_loss(m: int, b: int, device: torch.device, budget: float, max_repeats:
     return out
 
 
-def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch.device, budget: float,
-               max_repeats: int) -> dict:
-    """Section 2 for `backbone` (ARCH or ARCH@PATCH)."""
+@dataclass(frozen=True)
+class StepSetup:
+    """Section 2's step on synthetic input (module docstring): the trainer's Stepper, the family's optimisation
+    settings, B samples' uint8 crops [view 1; view 2], their photometric parameters and the X-CLR batch members."""
+    stepper: Stepper
+    recipe: Settings
+    crops: torch.Tensor
+    params: Photometric
+    batch: dict[str, torch.Tensor]
+
+    def step(self, total: int, marks: list[float] | None = None) -> None:
+        """One step (of `total`, at the peak learning rate); with `marks`, the time after each phase, synchronised."""
+        def mark() -> None:
+            if marks is not None:
+                sync(self.crops.device)
+                marks.append(time.perf_counter())
+        mark()
+        self.stepper.step(self.crops, self.params, self.batch, self.recipe.lr, 0, total, mark)
+
+
+def step_setup(model: ModelConfig, b: int, device: torch.device, micro_batch: int | None = None) -> StepSetup:
+    """The X-CLR objective's learner over `Encoder(model)` (projection `model.proj_dim`, K neighbours), the backbone
+    family's optimizer for a batch of b, bf16 autocast on CUDA, --micro-batch `micro_batch`; seeded by 0."""
     torch.manual_seed(0)
-    cuda = device.type == "cuda"
-    arch, _, patch = backbone.partition("@")
-    encoder = Encoder(ModelConfig(arch, image_size, 2048, D, int(patch) if patch else None))
+    encoder = Encoder(model)
     objective = make_objective("xclr", {}, GRAPH)
-    learner = objective.build(encoder, D, 2048, K, 0, device, 1)
+    learner = objective.build(encoder, model.proj_dim, model.proj_hidden, K, 0, device, 1)
     recipe = resolve(family(encoder.backbone), b, None, None, None, None)
     stepper = Stepper(objective, learner, make_optimizer(recipe.optimizer, learner, recipe.lr, recipe.weight_decay),
                       torch.amp.GradScaler("cuda", enabled=False),
-                      torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext(), RECIPES["simclr"],
-                      recipe.clip_grad, 0)
-    crops = torch.randint(0, 256, (2 * b, 3, image_size, image_size), dtype=torch.uint8, device=device)
+                      torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext(),
+                      RECIPES["simclr"], recipe.clip_grad, 0, micro_batch)
+    crops = torch.randint(0, 256, (2 * b, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
     params = draw_photometric(2 * b, RECIPES["simclr"], torch.Generator()).to(device)
-    batch = synthetic_batch(b, device)
+    return StepSetup(stepper, recipe, crops, params, synthetic_batch(b, device))
 
-    def step(marks: list | None) -> None:
-        def mark() -> None:
-            if marks is not None:
-                sync(device)
-                marks.append(time.perf_counter())
-        mark()
-        stepper.step(crops, params, batch, recipe.lr, 0, steps, mark)
 
+def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch.device, budget: float,
+               max_repeats: int) -> dict:
+    """Section 2 for `backbone` (ARCH or ARCH@PATCH)."""
+    cuda = device.type == "cuda"
+    arch, _, patch = backbone.partition("@")
+    setup = step_setup(ModelConfig(arch, image_size, 2048, D, int(patch) if patch else None), b, device)
+    recipe, encoder = setup.recipe, setup.stepper.objective.learner.encoder
     for _ in range(3 if cuda else 2):
-        step(None)
+        setup.step(steps)
     phases = []
     for _ in range(steps):  # synchronised after every phase
         marks: list[float] = []
-        step(marks)
+        setup.step(steps, marks)
         phases.append(np.diff(marks))
     breakdown = np.median(np.array(phases), axis=0)
     if cuda:  # the headline without the phase synchronisations, which would expose launch overheads
         sync(device)
         t = time.perf_counter()
         for _ in range(steps):
-            step(None)
+            setup.step(steps)
         sync(device)
         step_s = (time.perf_counter() - t) / steps
     else:
@@ -235,7 +254,7 @@ def bench_step(backbone: str, image_size: int, b: int, steps: int, device: torch
     dtype = torch.bfloat16 if cuda else torch.float32
     z1, z2 = (torch.randn(b, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
     seconds, _ = bench_interleaved({
-        "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, batch), z1, z2),
+        "objective": fwd_bwd(lambda: loss_of(XCLR, z1, z2, setup.batch), z1, z2),
         "simclr": fwd_bwd(lambda: nt_xent_loss(z1, z2), z1, z2)}, device, budget / 3, 50)
     return {"arch": backbone, "image_size": image_size, "batch_size": b, "steps": steps,
             "parameters": sum(p.numel() for p in encoder.backbone.parameters()), "optimizer": recipe.optimizer,
