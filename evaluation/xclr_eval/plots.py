@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from xclr_schemas.atomic import write_atomic  # noqa: E402
 
 CURVES = {"loss": "loss", "graph_hits": "graph hits per anchor", "target_same_caption": "target mass on same caption",
-          "samples_per_s": "samples / s"}
+          "samples_per_s": "samples / s", "eval/knn_accuracy": "in-run kNN accuracy (xclr-train --eval-data)"}
 BARS = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "kmeans_nmi", "caption_R@1",
         "semantic_alignment", "caption_alignment")
 

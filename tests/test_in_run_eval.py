@@ -1,0 +1,210 @@
+"""In-run evaluation (`xclr-train --eval-data --eval-queries --eval-every`, `xclr_train.in_run_eval`) on real shards
+and real eval sets (the tuxpaint stamps): its lines come at the asked steps and equal what `xclr-eval` computes on the
+checkpoint of that step; a run with it trains bit for bit as one without; two torchrun ranks finish with it, the
+other rank waiting out an evaluation longer than its process group's timeout; a set it cannot use is a one-line
+error before any step."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from data_helpers import write_tar
+from PIL import Image, ImageOps
+from train_helpers import torchrun_cmd, train_in_process, train_metrics
+
+from xclr_eval.cli import main as eval_command
+from xclr_train.eval_metrics import split
+
+RUN = ["--arch", "convnet", "--image-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--batch-size", "16",
+       "--samples-per-epoch", "32", "--workers", "0", "--log-every", "1", "--no-progress"]
+TIMING = {"samples_per_s", "step_time", "data_time", "eval/seconds"}
+
+
+def xclr_eval(out, *args) -> dict:
+    """results.json's runs of `xclr-eval ARGS --out OUT --no-clustering`, run in this process."""
+    result = CliRunner().invoke(eval_command, [*map(str, args), "--out", str(out), "--no-clustering"])
+    assert result.exit_code == 0, result.output[-3000:]
+    return json.loads((out / "results.json").read_text())["runs"]
+
+
+def eval_lines(run) -> list[dict]:
+    return [line for line in train_metrics(run) if "eval/knn_accuracy" in line]
+
+
+def untimed(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Checkpoint contents equal bit for bit (tensors by torch.equal, the rest by ==)."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def captioned(tux_embed, tmp_path_factory) -> tuple:
+    """(a database, its held-out queries): every third tuxpaint stamp with a caption, as 32 px PNGs labelled by
+    category, and the same stamps mirrored; classnames.txt lists the categories present."""
+    tars, out = tux_embed / "tars", tmp_path_factory.mktemp("captioned")
+    samples = []
+    for path in sorted(tars.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}
+        samples += [(members[f"{k}.png"], members[f"{k}.txt"], json.loads(members[f"{k}.json"])["category"])
+                    for k in sorted({name.split(".")[0] for name in members if name.endswith(".txt")})]
+    samples = samples[::3]
+    names = sorted({category for _, _, category in samples})
+    sets = []
+    for name, mirror in (("db", False), ("queries", True)):
+        members = []
+        for i, (png, caption, category) in enumerate(samples):
+            image = Image.open(io.BytesIO(png)).convert("RGBA")
+            image.thumbnail((32, 32))
+            buf = io.BytesIO()
+            (ImageOps.mirror(image) if mirror else image).save(buf, format="PNG")
+            members += [(f"{i:05d}.png", buf.getvalue()), (f"{i:05d}.txt", caption),
+                        (f"{i:05d}.json", json.dumps({"label": names.index(category)}).encode())]
+        (out / name).mkdir(parents=True)
+        (out / name / "classnames.txt").write_text("\n".join(names) + "\n")
+        write_tar(out / name / "00000.tar", members)
+        sets.append(out / name)
+    return tuple(sets)
+
+
+def test_the_split_is_scikit_learns_stratified_split():
+    """xclr_train.eval_metrics.split draws what scikit-learn's train_test_split(stratify=...) draws, so that the
+    trainer splits as xclr-eval always has without importing scikit-learn."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    for seed in range(40):
+        classes = int(rng.integers(2, 12))
+        labels = rng.permutation(np.repeat(np.arange(classes), rng.integers(2, 25, size=classes)))
+        db, q = train_test_split(np.arange(len(labels)), test_size=0.5, random_state=seed, stratify=labels)
+        got = split(labels, seed)
+        np.testing.assert_array_equal(got[0], np.sort(db))
+        np.testing.assert_array_equal(got[1], np.sort(q))
+
+
+@pytest.mark.slow
+def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards, tux_embed, tmp_path):
+    """--eval-every 2 over 5 steps: lines at steps 2, 4 and the end (5); each kNN accuracy is xclr-eval's on the
+    checkpoint of that step; the weights, optimizer and training lines equal a run without evaluation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tars = tux_embed / "tars"
+    plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
+    train_in_process("--data", tux_shards, "--out", plain, *RUN, "--steps", "5")
+    train_in_process("--data", tux_shards, "--out", evaluated, *RUN, "--steps", "5", "--eval-data", tars,
+                     "--eval-every", "2")
+
+    lines = eval_lines(evaluated)
+    assert [line["step"] for line in lines] == [2, 4, 5]
+    training = [line for line in train_metrics(evaluated) if "loss" in line]
+    assert untimed(training) == untimed(train_metrics(plain))
+    assert_same_state(torch.load(plain / "checkpoints" / "latest.pt", weights_only=True),
+                      torch.load(evaluated / "checkpoints" / "latest.pt", weights_only=True))
+
+    runs = xclr_eval(tmp_path / "ev", evaluated / "checkpoints" / "epoch-0001.pt",
+                     evaluated / "checkpoints" / "latest.pt", "--data", tars)
+    by_step = {r["step"]: r for r in runs.values()}
+    assert {step: by_step[step]["metrics"]["knn_accuracy"] for step in (2, 5)} == \
+        {line["step"]: line["eval/knn_accuracy"] for line in lines if line["step"] in (2, 5)}
+    assert all(line["eval/images"] == by_step[5]["images"] > 700 for line in lines)
+    assert "eval/caption_R@1" not in lines[0]  # one set, split: no caption retrieval, as in xclr-eval
+
+    events = EventAccumulator(str(evaluated / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("eval/knn_accuracy")] == [2, 4, 5]
+    assert [e.value for e in events.Scalars("eval/knn_accuracy")] == pytest.approx(
+        [line["eval/knn_accuracy"] for line in lines])
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_with_held_out_queries(tux_shards, captioned, tmp_path):
+    """Two CPU ranks, evaluating after every step against held-out (mirrored) queries: the run finishes, the main
+    rank logs kNN accuracy and caption R@1 at each step, and they are xclr-eval --queries' on the last checkpoint."""
+    db, queries = captioned
+    run = tmp_path / "run"
+    proc = subprocess.run(torchrun_cmd(2, "-m", "xclr_train", "--data", tux_shards, "--out", run, *RUN,
+                                       "--batch-size", "8", "--steps", "2", "--eval-data", db, "--eval-queries",
+                                       queries, "--eval-every", "1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = eval_lines(run)
+    assert [line["step"] for line in lines] == [1, 2]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank ran: the same reduction order, the same features
+    try:
+        last = xclr_eval(tmp_path / "ev", run / "checkpoints" / "latest.pt", "--data", db, "--queries", queries)
+    finally:
+        torch.set_num_threads(threads)
+    (metrics,) = [r["metrics"] for r in last.values()]
+    assert (lines[-1]["eval/knn_accuracy"], lines[-1]["eval/caption_R@1"]) == \
+        (metrics["knn_accuracy"], metrics["caption_R@1"])
+
+
+WAIT_SCRIPT = """
+import sys, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+from xclr_train.config import TrainConfig
+from xclr_train.distributed import Dist
+from xclr_train.in_run_eval import InRunEval
+from xclr_train.models import Encoder, ModelConfig
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=3))
+rank = dist.get_rank()
+cfg = TrainConfig(data="unused", out="unused", arch="convnet", image_size=16, eval_data=sys.argv[1],
+                  eval_queries=sys.argv[2])
+evaluator = InRunEval(cfg, Dist(rank, 2, rank, torch.device("cpu")))
+if rank == 0:
+    time.sleep(5)  # an evaluation longer than the process group's timeout
+evaluator.evaluate(1, Encoder(ModelConfig("convnet", 16, 32, 16, None)), None)
+dist.all_reduce(torch.ones(1))  # the training group still works
+print(f"rank {rank} waited", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_other_ranks_wait_out_an_evaluation_longer_than_the_process_group_timeout(captioned, tmp_path):
+    """Under a process group with a 3 s timeout, the main rank's evaluation takes over 5 s: the other rank waits for
+    it (a wait in a collective of the training group would fail after 3 s) and the training group works after."""
+    script = tmp_path / "wait.py"
+    script.write_text(WAIT_SCRIPT)
+    proc = subprocess.run(torchrun_cmd(2, script, *captioned), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rank 0 waited" in proc.stdout and "rank 1 waited" in proc.stdout, proc.stdout
+
+
+def test_an_eval_set_it_cannot_use_is_a_one_line_error_before_any_step(tux_shards, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "classnames.txt").write_text("a\nb\n")
+    write_tar(broken / "00000.tar", [m for i in range(6) for m in (
+        (f"{i:04d}.png", b"not a png"), (f"{i:04d}.json", json.dumps({"label": i % 2}).encode()))])
+    cases = {broken: f"--eval-data: none of the 6 images of {broken} decodes",
+             tmp_path / "missing": f"--eval-data: {tmp_path / 'missing'} is not an evaluation set"}
+    for data, message in cases.items():
+        run = tmp_path / f"run-{data.name}"
+        result = train_in_process("--data", tux_shards, "--out", run, *RUN, "--steps", "2", "--eval-data", data,
+                                  check=False)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith(f"Error: {message}"), \
+            result.output[-2000:]
+        assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
