@@ -7,12 +7,15 @@ Run directory::
     RUN/metrics.jsonl            rank 0, every --log-every steps: loss, lr, samples/s, data vs step time, target
                                  statistics (see `xclr_train.objectives.base`), skipped samples by reason, the
                                  gradient norm before clipping (when --clip-grad clips)
-    RUN/checkpoints/latest.pt    after every epoch; epoch-NNNN.pt every --save-every epochs (`xclr_train.checkpoint`)
+    RUN/checkpoints/latest.pt    after every epoch, and at the step a scheduler's signal stopped the run;
+                                 epoch-NNNN.pt every --save-every epochs (`xclr_train.checkpoint`)
 
 An epoch is a checkpoint interval of ``samples_per_epoch // (batch_size * world_size)`` steps over resampled shards
-(`xclr_train.data`). `latest.pt` is written only at epoch ends, and each epoch's data stream is seeded by
-(seed, epoch, rank, worker), so a run killed at any moment and resumed with ``--resume latest`` repeats the
-interrupted epoch exactly and ends as an uninterrupted run would (bit for bit on CPU).
+(`xclr_train.data`); each epoch's data stream is seeded by (seed, epoch, rank, worker). A run killed at any moment
+and resumed with ``--resume latest`` repeats the interrupted epoch exactly; a run stopped by SIGTERM or SIGUSR1
+(`xclr_train.preemption`) saves at that step, with each rank's place in its stream and its open metrics window
+(`xclr_train.inside_epoch`), and resumes there. Either way it ends as an uninterrupted run would (bit for bit on
+the CPU).
 """
 
 from __future__ import annotations
@@ -35,14 +38,20 @@ from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import RECIPES, draw_photometric, step_generator
 from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xclr_train.compiling import compile_encoder
 from xclr_train.config import FREE_OPTIONS, TrainConfig
-from xclr_train.data import REASONS, DataError, ShardSet, ShardStream, find_shards, first_sample, make_loader
-from xclr_train.distributed import Dist, all_reduce_sum, init_distributed
+from xclr_train.data import (REASONS, DataError, EpochStart, Position, ShardSet, ShardStream, find_shards,
+                             first_sample, make_loader)
+from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed
 from xclr_train.errors import TrainError
+from xclr_train.in_run_eval import InRunEval
+from xclr_train.inside_epoch import InsideEpoch, gather_states
 from xclr_train.metrics_log import MetricsLog
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options
 from xclr_train.optim import lr_at, make_optimizer, resolve
+from xclr_train.preemption import Preempted, Preemption
+from xclr_train.recompute import recompute_in_backward
 from xclr_train.step import Stepper
 
 
@@ -61,7 +70,8 @@ class Schedule:
 @dataclass
 class Session:
     """Everything `set_up` builds for a run, and where the run stands (`epoch`, `step`, `skipped`: the skip counts
-    of all ranks in the finished epochs)."""
+    of all ranks in the finished epochs; `inside`: this rank's place inside epoch `epoch` when the run resumes, or
+    stops, there; `inside_states`: every rank's, for the main rank's checkpoint; `preempted`: a signal stopped it)."""
     cfg: TrainConfig
     dist: Dist
     run: Path
@@ -73,31 +83,46 @@ class Session:
     epoch: int
     step: int
     skipped: torch.Tensor
+    inside: InsideEpoch | None = None
+    inside_states: list[dict] | None = None
+    preempted: bool = False
+    evaluator: InRunEval | None = None  # --eval-data
 
 
 def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dict:
     """Train; returns the last logged metrics. Raises TrainError (DataError, CheckpointError) on bad input.
 
     `after_save` is called on the main rank after every checkpoint (the command line publishes a URL run there).
+    Raises Preempted when SIGTERM or SIGUSR1 stopped the run (`xclr_train.preemption`), after the checkpoint at
+    that step.
     """
-    s = set_up(cfg)
-    log = MetricsLog(s.run, s.step) if s.dist.is_main else None
-    bar = tqdm(total=s.schedule.total, initial=s.step, unit="step", disable=not (s.dist.is_main and cfg.progress),
-               dynamic_ncols=True)
-    last: dict = {}
-    try:
-        while s.step < s.schedule.total:
-            last = train_epoch(s, log, bar) or last
-            if s.dist.is_main:
-                save(s)
-                if after_save is not None:
-                    after_save()
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-        if s.dist.world_size > 1:
-            torch.distributed.destroy_process_group()
+    with Preemption() as preemption:
+        s = set_up(cfg)
+        log = MetricsLog(s.run, s.step) if s.dist.is_main else None
+        bar = tqdm(total=s.schedule.total, initial=s.step, unit="step",
+                   disable=not (s.dist.is_main and cfg.progress), dynamic_ncols=True)
+        last: dict = {}
+        try:
+            if any_rank(preemption.signal is not None, s.dist):
+                raise Preempted(f"stopped by {preemption.name} before the first step, with nothing to save: run the "
+                                "same command with --resume latest to go on")
+            while s.step < s.schedule.total and not s.preempted:
+                last = train_epoch(s, log, bar, preemption) or last
+                if s.dist.is_main:
+                    save(s)
+                    if after_save is not None:
+                        after_save()
+            if s.evaluator is not None and not s.preempted:
+                s.evaluator.at_end(s.step, s.stepper.objective.learner.encoder, log)
+            if s.preempted and s.step < s.schedule.total:
+                raise Preempted(f"stopped by {preemption.name} at step {s.step} of {s.schedule.total}, saved in "
+                                f"{CHECKPOINTS}/{LATEST}: run the same command with --resume latest to go on")
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+            if s.dist.world_size > 1:
+                torch.distributed.destroy_process_group()
     return last
 
 
@@ -110,6 +135,7 @@ def set_up(cfg: TrainConfig) -> Session:
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
     if precision != "fp32" and dist.device.type != "cuda":
         raise TrainError(f"--precision {precision} needs a GPU; use fp32 on the CPU")
+    evaluator = InRunEval.build(cfg, dist)  # reads and decodes the eval set once, before any step
 
     torch.manual_seed(cfg.seed)
     mconf = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim),
@@ -122,6 +148,10 @@ def set_up(cfg: TrainConfig) -> Session:
     cfg = replace(cfg, **asdict(settings))  # config.json and every resume see the resolved values
     schedule = _schedule(cfg, shards, dist.world_size)
     learner = objective.build(encoder, mconf.proj_dim, cfg.proj_hidden, k, cfg.seed, dist.device, dist.world_size)
+    if cfg.grad_checkpointing:
+        recompute_in_backward(encoder)
+    if cfg.compile:
+        compile_encoder(encoder, dist.device)
     optimizer = make_optimizer(cfg.optimizer, learner, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ddp = DistributedDataParallel(learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
@@ -130,27 +160,33 @@ def set_up(cfg: TrainConfig) -> Session:
     loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
         if precision != "fp32" else nullcontext()
-    stepper = Stepper(objective, ddp, optimizer, scaler, autocast, RECIPES[cfg.augment], cfg.clip_grad, dist.rank)
+    stepper = Stepper(objective, ddp, optimizer, scaler, autocast, RECIPES[cfg.augment], cfg.clip_grad, dist.rank,
+                      cfg.micro_batch)
     s = Session(cfg, dist, Path(cfg.out), schedule, stepper, loader, stream, mconf, 0, 0,
-                torch.zeros(len(REASONS), dtype=torch.long))
+                torch.zeros(len(REASONS), dtype=torch.long), evaluator=evaluator)
     _start(s, resume_from)
     return s
 
 
-def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
-    """Epoch `s.epoch`: its steps (up to the schedule's total), a metrics line every --log-every steps; returns the
-    last line ({} if none) and advances `s.epoch`, `s.step` and `s.skipped`."""
+def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preemption) -> dict:
+    """The rest of epoch `s.epoch` (from `s.inside` when the run resumed inside it): its steps up to the schedule's
+    total, a metrics line every --log-every steps; returns the last line ({} if none) and advances `s.epoch`,
+    `s.step` and `s.skipped`. After a step that any rank was signalled in, it stops: `s.preempted`, and, inside the
+    epoch, `s.inside` and `s.inside_states` hold where each rank stands."""
     cfg, dist, sched = s.cfg, s.dist, s.schedule
+    end = min((s.epoch + 1) * sched.steps_per_epoch, sched.total)
+    inside, s.inside, s.inside_states = s.inside, None, None
     s.stream.epoch = s.epoch
+    s.stream.start = inside.start if inside is not None else EpochStart()
     batches = iter(s.loader)
-    skipped: dict[int, torch.Tensor] = {}  # DataLoader worker -> its running counts in this epoch
-    window = _Window(dist.device)
+    positions = dict(s.stream.start.positions)  # DataLoader worker -> its place and running counts in this epoch
+    window = _Window(dist.device, inside)
     last: dict = {}
-    for _ in range(min(sched.steps_per_epoch, sched.total - s.step)):
+    while s.step < end and not s.preempted:
         t0 = time.perf_counter()
         batch = next(batches)
         window.data_time += time.perf_counter() - t0
-        skipped[int(batch.pop("worker"))] = batch.pop("skipped")
+        positions[int(batch.pop("worker"))] = Position(int(batch.pop("taken")), tuple(batch.pop("skipped").tolist()))
         batch = {key: value.to(dist.device, non_blocking=True) for key, value in batch.items()}
         lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
         images = torch.cat([batch.pop("view1"), batch.pop("view2")])
@@ -160,27 +196,35 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm) -> dict:
         window.add(loss, stats)
         bar.update(1)
         if s.step % cfg.log_every == 0 or s.step == sched.total:
-            last = window.summary(s.step, s.epoch, lr, sched.global_batch, s.skipped, _total(skipped))
+            last = window.summary(s.step, s.epoch, lr, sched.global_batch, s.skipped, _total(positions))
             if log is not None:
                 log.write(last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             window = _Window(dist.device)
+        s.preempted = any_rank(preemption.signal is not None, dist)
+        if s.evaluator is not None and not s.preempted:  # the window's clock leaves the evaluation out
+            window.t0 += s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
     del batches
-    s.skipped = s.skipped + all_reduce_sum(_total(skipped).to(dist.device)).cpu()
+    if s.step < end:  # stopped inside the epoch
+        s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), window.steps,
+                               dict(window.sums))
+        s.inside_states = gather_states(s.inside, dist)
+        return last
+    s.skipped = s.skipped + all_reduce_sum(_total(positions).to(dist.device)).cpu()
     s.epoch += 1
     return last
 
 
 def save(s: Session) -> None:
     """The checkpoint after epoch `s.epoch` (main rank): epoch-NNNN.pt every --save-every epochs and at the end, then
-    latest.pt (so latest is never behind)."""
+    latest.pt (so latest is never behind); inside an epoch (a preempted run) latest.pt only."""
     objective, stepper = s.stepper.objective, s.stepper
     state = {"model": objective.learner.encoder.state_dict(), "model_config": asdict(s.model_config),
              "method": objective.state_dict(), "optimizer": stepper.optimizer.state_dict(),
              "scaler": stepper.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
-             "config": _options(s.cfg, objective, s.dist.world_size)}
+             "config": _options(s.cfg, objective, s.dist.world_size), "inside": s.inside_states}
     folder = s.run / CHECKPOINTS
-    if s.epoch % s.cfg.save_every == 0 or s.epoch == s.schedule.epochs:
+    if s.inside is None and (s.epoch % s.cfg.save_every == 0 or s.epoch == s.schedule.epochs):
         save_checkpoint(folder / f"epoch-{s.epoch:04d}.pt", state)
     save_checkpoint(folder / LATEST, state)
 
@@ -261,18 +305,25 @@ def _start(s: Session, path: Path | None) -> None:
     s.stepper.optimizer.load_state_dict(state["optimizer"])
     s.stepper.scaler.load_state_dict(state["scaler"])
     s.epoch, s.step, s.skipped = state["epoch"], state["step"], state["skipped"]
+    if state.get("inside") is not None:
+        s.inside = InsideEpoch.from_state(state["inside"][s.dist.rank], s.dist.device)
 
 
-def _total(skipped: dict[int, torch.Tensor]) -> torch.Tensor:
-    return sum(skipped.values(), torch.zeros(len(REASONS), dtype=torch.long))
+def _total(positions: dict[int, Position]) -> torch.Tensor:
+    """The skip counts of a rank's workers, summed."""
+    return sum((torch.tensor(p.skipped) for p in positions.values()), torch.zeros(len(REASONS), dtype=torch.long))
 
 
 class _Window:
     """Sums over the steps since the last log line."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, inside: InsideEpoch | None = None) -> None:
+        """An empty window, or the one open when a checkpoint inside the epoch was written."""
         self.device, self.steps, self.data_time, self.t0 = device, 0, 0.0, time.perf_counter()
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+        if inside is not None:
+            self.steps = inside.window_steps
+            self.sums.update(inside.window_sums)
 
     def add(self, loss: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
         self.steps += 1
