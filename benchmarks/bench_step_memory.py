@@ -49,12 +49,15 @@ from bench_train import StepSetup, step_setup
 from harness import run_measured
 
 from xclr_train.cli import main as train_command
+from xclr_train.compiling import compile_encoder
 from xclr_train.config import TrainConfig
 from xclr_train.models import ModelConfig
+from xclr_train.recompute import recompute_in_backward
 
 PHASES = ("photometric", "forward", "loss", "backward", "optimizer")
 PERIOD = 0.01  # seconds between RSS samples
-APPLIED = ("arch", "image_size", "patch_size", "proj_hidden", "proj_dim", "batch_size", "micro_batch")
+APPLIED = ("arch", "image_size", "patch_size", "proj_hidden", "proj_dim", "batch_size", "micro_batch",
+           "grad_checkpointing", "compile")
 IGNORED = ("data", "out")  # given as placeholders to the parser
 DEFAULTS = {"cpu": ["--arch resnet18 --image-size 32 --batch-size 64",
                     "--arch test_vit --image-size 16 --patch-size 4 --batch-size 64"],
@@ -79,8 +82,8 @@ def train_config(options: str) -> TrainConfig:
 def options_of(cfg: TrainConfig) -> str:
     """The options of APPLIED that differ from their defaults, as xclr-train takes them."""
     default = TrainConfig("-", "-")
-    return " ".join(f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in APPLIED
-                    if getattr(cfg, name) != getattr(default, name))
+    return " ".join(f"--{name.replace('_', '-')}" + ("" if getattr(cfg, name) is True else f" {getattr(cfg, name)}")
+                    for name in APPLIED if getattr(cfg, name) != getattr(default, name))
 
 
 def with_chunks(cfg: TrainConfig, halvings: int) -> list[TrainConfig]:
@@ -94,7 +97,13 @@ def with_chunks(cfg: TrainConfig, halvings: int) -> list[TrainConfig]:
 def setup_of(cfg: TrainConfig, device: torch.device) -> StepSetup:
     """bench_train's step built from the options of APPLIED."""
     model = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, cfg.proj_dim, cfg.patch_size)
-    return step_setup(model, cfg.batch_size, device, cfg.micro_batch)
+    setup = step_setup(model, cfg.batch_size, device, cfg.micro_batch)
+    encoder = setup.stepper.objective.learner.encoder
+    if cfg.grad_checkpointing:
+        recompute_in_backward(encoder)
+    if cfg.compile:
+        compile_encoder(encoder, device)
+    return setup
 
 
 def child(options: str, marker: Path, device: torch.device, warmup: int, steps: int) -> None:
