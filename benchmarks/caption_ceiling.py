@@ -17,9 +17,9 @@ import sys
 
 import numpy as np
 
-from xclr_eval.evalsets import load_eval_set
 from xclr_eval.metrics import knn_accuracy
 from xclr_schemas.embed_dir import load_embed_dir
+from xclr_train.evalsets import load_eval_set
 
 
 def main(embed_dir: str, heldout_tars: str) -> None:

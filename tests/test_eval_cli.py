@@ -200,7 +200,7 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path):
 def test_string_label_fields_name_their_classes_and_align_by_name(tmp_path):
     """In-process: a string field's classes are its sorted values; a query set is re-expressed in the database's
     class names; --classnames on a string field and a field mixing integers and strings are one-line errors."""
-    from xclr_eval.evalsets import EvalSetError, align, load_eval_set
+    from xclr_train.evalsets import EvalSetError, align, load_eval_set
 
     def tars(folder, kinds):
         folder.mkdir()

@@ -19,8 +19,8 @@ from torchvision import transforms as T
 from train_helpers import train_in_process
 
 from xclr_eval.cli import main as eval_command
-from xclr_eval.evalsets import load_eval_set
-from xclr_eval.features import decode
+from xclr_train.eval_features import decode
+from xclr_train.evalsets import load_eval_set
 from xclr_train.export import main as export_command
 
 pytestmark = pytest.mark.slow  # whole commands end to end

@@ -105,8 +105,9 @@ def test_the_split_is_scikit_learns_stratified_split():
 
 @pytest.mark.slow
 def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards, tux_embed, tmp_path):
-    """--eval-every 2 over 5 steps: lines at steps 2, 4 and the end (5); each kNN accuracy is xclr-eval's on the
-    checkpoint of that step; the weights, optimizer and training lines equal a run without evaluation."""
+    """--eval-every 2 over 5 steps: lines at steps 2, 4 and the end (5), once each, a rerun of the finished run
+    included; each kNN accuracy is xclr-eval's on the checkpoint of that step; the weights, optimizer and training
+    lines equal a run without evaluation."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tars = tux_embed / "tars"
@@ -117,6 +118,9 @@ def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards,
 
     lines = eval_lines(evaluated)
     assert [line["step"] for line in lines] == [2, 4, 5]
+    train_in_process("--data", tux_shards, "--out", evaluated, *RUN, "--steps", "5", "--eval-data", tars,
+                     "--eval-every", "2", "--resume", "latest")  # a rerun of the finished run adds no line
+    assert eval_lines(evaluated) == lines
     training = [line for line in train_metrics(evaluated) if "loss" in line]
     assert untimed(training) == untimed(train_metrics(plain))
     assert_same_state(torch.load(plain / "checkpoints" / "latest.pt", weights_only=True),
@@ -162,10 +166,12 @@ def test_two_torchrun_ranks_with_held_out_queries(tux_shards, captioned, tmp_pat
 WAIT_SCRIPT = """
 import sys, time
 from datetime import timedelta
+from pathlib import Path
 import torch, torch.distributed as dist
 from xclr_train.config import TrainConfig
 from xclr_train.distributed import Dist
 from xclr_train.in_run_eval import InRunEval
+from xclr_train.metrics_log import MetricsLog
 from xclr_train.models import Encoder, ModelConfig
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=3))
@@ -175,7 +181,8 @@ cfg = TrainConfig(data="unused", out="unused", arch="convnet", image_size=16, ev
 evaluator = InRunEval(cfg, Dist(rank, 2, rank, torch.device("cpu")))
 if rank == 0:
     time.sleep(5)  # an evaluation longer than the process group's timeout
-evaluator.evaluate(1, Encoder(ModelConfig("convnet", 16, 32, 16, None)), None)
+log = MetricsLog(Path(sys.argv[3]), 0) if rank == 0 else None
+evaluator.evaluate(1, Encoder(ModelConfig("convnet", 16, 32, 16, None)), log)
 dist.all_reduce(torch.ones(1))  # the training group still works
 print(f"rank {rank} waited", flush=True)
 """
@@ -187,9 +194,11 @@ def test_other_ranks_wait_out_an_evaluation_longer_than_the_process_group_timeou
     it (a wait in a collective of the training group would fail after 3 s) and the training group works after."""
     script = tmp_path / "wait.py"
     script.write_text(WAIT_SCRIPT)
-    proc = subprocess.run(torchrun_cmd(2, script, *captioned), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(torchrun_cmd(2, script, *captioned, tmp_path), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rank 0 waited" in proc.stdout and "rank 1 waited" in proc.stdout, proc.stdout
+    assert "eval/knn_accuracy" in (tmp_path / "metrics.jsonl").read_text()
 
 
 def test_an_eval_set_it_cannot_use_is_a_one_line_error_before_any_step(tux_shards, tmp_path):

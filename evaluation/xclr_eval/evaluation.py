@@ -20,7 +20,6 @@ import torch
 
 from xclr_eval import gallery, plots
 from xclr_eval.errors import EvalError
-from xclr_eval.evalsets import EvalSet, EvalSetError, caption_ids, combine, load_sets
 from xclr_eval.features import extract_features, load_encoder
 from xclr_eval.naming import run_dir
 from xclr_eval.options import EvalOptions
@@ -31,6 +30,7 @@ from xclr_schemas import storage
 from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.names import CAPTION_MODEL, METRICS, default_caption_model
 from xclr_train.checkpoint import CheckpointError
+from xclr_train.evalsets import EvalSet, EvalSetError, caption_ids, combine, load_sets
 from xclr_train.models import Encoder
 
 

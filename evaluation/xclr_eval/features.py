@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from xclr_train.checkpoint import read_checkpoint, read_encoder
-from xclr_train.eval_features import EVAL_BATCH, decode, features, view_batches
+from xclr_train.eval_features import EVAL_BATCH, features, view_batches
 from xclr_train.models import Encoder
-
-__all__ = ["decode", "extract_features", "load_encoder"]
 
 
 def load_encoder(path: Path) -> tuple[Encoder, dict]:

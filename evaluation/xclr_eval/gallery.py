@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from xclr_eval import plots
-from xclr_eval.features import decode
 from xclr_eval.metrics import normalise
+from xclr_train.eval_features import decode
 
 NEAREST_QUERIES = 6  # rows of plots/nearest.png
 NEAREST_SHOWN = 5  # database images per query and run

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision import transforms as T
 
 # ImageNet statistics, as torchvision's ResNets expect.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -117,16 +116,6 @@ def crop_view(image: Image.Image, size: int, recipe: Recipe, rng: random.Random)
     if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.array(view)).permute(2, 0, 1)
-
-
-def eval_transform(image_size: int) -> T.Compose:
-    """Evaluation view: resize the shorter side to `image_size` -> centre crop -> tensor -> normalise."""
-    return T.Compose([
-        T.Resize(image_size, antialias=True),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -24,7 +24,6 @@ see the same stream; the training window's clock leaves out the evaluation's tim
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -127,20 +126,22 @@ class InRunEval:
         return self.evaluate(step, encoder, log)
 
     def at_end(self, step: int, encoder: Encoder, log: MetricsLog | None) -> None:
-        """Evaluate after the last step, unless `after_step` just did."""
+        """Evaluate after the last step, unless `after_step` just did (or a rerun of the finished run finds the
+        line in the log: `evaluate`)."""
         if self.done_at != step:
             self.evaluate(step, encoder, log)
 
     def evaluate(self, step: int, encoder: Encoder, log: MetricsLog | None) -> float:
-        """The main rank's evaluation line for `step` (other ranks wait for it); the seconds it took."""
+        """The main rank's evaluation line for `step`, unless the log holds it already (other ranks wait for it);
+        the seconds it took."""
         t0 = time.perf_counter()
         if not self.is_main:
             self._wait()
         else:
-            record = {"step": step, **self.measure(encoder)}
-            record["eval/seconds"] = time.perf_counter() - t0
-            if log is not None:
-                _write(log, record)
+            if not log.holds(step, "eval/knn_accuracy"):
+                record = {"step": step, **self.measure(encoder)}
+                record["eval/seconds"] = time.perf_counter() - t0
+                log.write(record)
             self._release()
         self.done_at = step
         return time.perf_counter() - t0
@@ -174,12 +175,3 @@ class InRunEval:
         dist.broadcast(flag, src=0, group=self.group)
         if not flag.item():
             raise TrainError("the main rank could not use --eval-data (its error says why)")
-
-
-def _write(log: MetricsLog, record: dict) -> None:
-    """`record` as a line of RUN/metrics.jsonl, and its numbers in TensorBoard under their own names (eval/...)."""
-    log.file.write(json.dumps(record, sort_keys=True) + "\n")
-    log.file.flush()
-    for name, value in record.items():
-        if name != "step":
-            log.tensorboard.add_scalar(name, value, record["step"])

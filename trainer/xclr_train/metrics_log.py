@@ -1,5 +1,5 @@
 """Rank 0's metrics: one JSON object per line in ``RUN/metrics.jsonl``, mirrored to TensorBoard in ``RUN/tensorboard``
-(``tensorboard --logdir RUN``) as train/<name>."""
+(``tensorboard --logdir RUN``) as train/<name>, or under its own name where it has a group (eval/knn_accuracy)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ class MetricsLog:
         """Append to the run's log, first dropping lines (and TensorBoard events) past `resumed_step`: the steps a
         resumed run repeats."""
         path = run_dir / METRICS
+        self.kept: list[dict] = []  # the lines kept from before the resume
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = "".join(line for line in lines if 0 < _step(line) <= resumed_step)
-            write_atomic(path, lambda tmp: tmp.write_text(kept, encoding="utf-8"))
+            kept = [line for line in lines if 0 < _step(line) <= resumed_step]
+            write_atomic(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
+            self.kept = [json.loads(line) for line in kept]
         self.file = open(path, "a", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step + 1)
 
@@ -30,7 +32,11 @@ class MetricsLog:
         self.file.flush()
         for name, value in record.items():
             if isinstance(value, (int, float)) and name != "step":
-                self.tensorboard.add_scalar(f"train/{name}", value, record["step"])
+                self.tensorboard.add_scalar(name if "/" in name else f"train/{name}", value, record["step"])
+
+    def holds(self, step: int, name: str) -> bool:
+        """Whether a line kept from before the resume has `name` at `step`."""
+        return any(line["step"] == step and name in line for line in self.kept)
 
     def close(self) -> None:
         self.file.close()
