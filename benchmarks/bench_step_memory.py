@@ -48,6 +48,7 @@ import torch
 from bench_train import StepSetup, step_setup
 from harness import run_measured
 
+from xclr_train.cli import config_of
 from xclr_train.cli import main as train_command
 from xclr_train.compiling import compile_encoder
 from xclr_train.config import TrainConfig
@@ -68,9 +69,7 @@ DEFAULTS = {"cpu": ["--arch resnet18 --image-size 32 --batch-size 64",
 def train_config(options: str) -> TrainConfig:
     """The TrainConfig of xclr-train OPTIONS (a string); SystemExit for an option the step here does not apply."""
     ctx = train_command.make_context("xclr-train", [*shlex.split(options), "--data", "-", "--out", "-"])
-    general = {f.name for f in fields(TrainConfig)}
-    given = {k: v for k, v in ctx.params.items() if k not in general and v is not None}
-    cfg = TrainConfig(**{k: v for k, v in ctx.params.items() if k in general}, loss_options=given)
+    cfg = config_of(ctx.params)
     default = TrainConfig("-", "-")
     foreign = [f.name for f in fields(TrainConfig)
                if f.name not in APPLIED + IGNORED and getattr(cfg, f.name) != getattr(default, f.name)]

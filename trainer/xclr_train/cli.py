@@ -59,6 +59,14 @@ def _help(users: list[tuple[str, Field]]) -> str:
     return f"{helps.pop()} For --loss {either([n for n, _ in users])}; default {default}."
 
 
+def config_of(options: dict) -> TrainConfig:
+    """The TrainConfig of the command's parsed options: the general ones by name, the objective's given ones
+    (not None) as its `loss_options`. TrainError for a bad value."""
+    general = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in options.items() if k not in general and v is not None}
+    return TrainConfig(**{k: v for k, v in options.items() if k in general}, loss_options=given)
+
+
 @click.command(context_settings={"show_default": True, "max_content_width": 120})
 @general_options
 def main(**options) -> None:
@@ -68,10 +76,8 @@ def main(**options) -> None:
     SIGTERM or SIGUSR1 (a scheduler's preemption) stops every rank after the step in progress, saves latest.pt at
     that step and exits with status 75: the same command with --resume latest goes on from there.
     """
-    general = {f.name for f in fields(TrainConfig)}
-    given = {k: v for k, v in options.items() if k not in general and v is not None}
     try:
-        cfg = TrainConfig(**{k: v for k, v in options.items() if k in general}, loss_options=given)
+        cfg = config_of(options)
         if cfg.resume not in (None, "latest"):
             cfg = replace(cfg, resume=str(storage.fetch(cfg.resume)))
         with storage.local_dir(cfg.out, publish=os.environ.get("RANK", "0") == "0") as run:

@@ -18,7 +18,7 @@ from xclr_train.optim import PLAIN, default_help
 
 # Options that do not change what is computed; a resume may change them.
 FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every", "eval_data",
-                "eval_queries", "eval_every")
+                "eval_queries", "eval_every", "grad_checkpointing")
 # the objectives that project to the caption embedding's size instead of --proj-dim, and those with a predictor
 CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
 WITH_PREDICTOR = [n for n, c in OBJECTIVES.items() if c.predictor]
