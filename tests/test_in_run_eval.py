@@ -17,14 +17,13 @@ import torch
 from click.testing import CliRunner
 from data_helpers import write_tar
 from PIL import Image, ImageOps
-from train_helpers import torchrun_cmd, train_in_process, train_metrics
+from train_helpers import assert_same_state, torchrun_cmd, train_in_process, train_metrics, untimed
 
 from xclr_eval.cli import main as eval_command
 from xclr_train.eval_metrics import split
 
 RUN = ["--arch", "convnet", "--image-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--batch-size", "16",
        "--samples-per-epoch", "32", "--workers", "0", "--log-every", "1", "--no-progress"]
-TIMING = {"samples_per_s", "step_time", "data_time", "eval/seconds"}
 
 
 def xclr_eval(out, *args) -> dict:
@@ -36,26 +35,6 @@ def xclr_eval(out, *args) -> dict:
 
 def eval_lines(run) -> list[dict]:
     return [line for line in train_metrics(run) if "eval/knn_accuracy" in line]
-
-
-def untimed(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
-
-
-def assert_same_state(a, b, where: str = "") -> None:
-    """Checkpoint contents equal bit for bit (tensors by torch.equal, the rest by ==)."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same_state(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}/{i}")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")

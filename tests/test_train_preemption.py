@@ -17,13 +17,12 @@ import psutil
 import pytest
 import torch
 from fault_ledger import passes, samples_lost
-from train_helpers import torchrun_cmd
+from train_helpers import assert_same_state, torchrun_cmd, untimed
 from train_helpers import train_metrics as metrics
 
 from xclr_train.preemption import PREEMPTED_EXIT
 
 STEPS, PER_EPOCH, BATCH = 14, 10, 8  # two checkpoint intervals: 10 steps, then 4
-TIMINGS = ("samples_per_s", "step_time", "data_time")
 
 
 def args(shards, out, batch: int = BATCH) -> list[str]:
@@ -74,26 +73,8 @@ def assert_same_run(resumed, whole) -> None:
     a = torch.load(resumed / "checkpoints" / "latest.pt", weights_only=True)
     b = torch.load(whole / "checkpoints" / "latest.pt", weights_only=True)
     for key in ("model", "method", "optimizer", "skipped", "step", "epoch"):
-        assert_equal_state(a[key], b[key], key)
-
-    def untimed(run):
-        return [{k: v for k, v in line.items() if k not in TIMINGS} for line in metrics(run)]
-    assert untimed(resumed) == untimed(whole)
-
-
-def assert_equal_state(a, b, where: str) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_equal_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_equal_state(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
+        assert_same_state(a[key], b[key], key)
+    assert untimed(metrics(resumed)) == untimed(metrics(whole))
 
 
 def assert_stopped_inside_an_epoch(proc: subprocess.CompletedProcess, run, ranks: int = 1) -> int:

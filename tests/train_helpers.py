@@ -48,3 +48,29 @@ def takers(option: str) -> str:
     """The registered objectives whose Args have the field `option`, in registry order, as an error lists them
     ("contrastive or triplet"): what a test expects without naming every objective."""
     return either([name for name, cls in OBJECTIVES.items() if option in {f.name for f in fields(cls.Args)}])
+
+
+TIMINGS = {"samples_per_s", "step_time", "data_time", "eval/seconds"}  # metrics that vary from run to run
+
+
+def untimed(lines: list[dict]) -> list[dict]:
+    """Metrics lines less their TIMINGS: what two runs of the same computation must log alike."""
+    return [{k: v for k, v in line.items() if k not in TIMINGS} for line in lines]
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Checkpoint contents equal bit for bit (tensors by torch.equal, the rest by ==)."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
