@@ -27,6 +27,7 @@ import torch
 
 from xclr_train.config import TrainConfig
 from xclr_train.in_run_eval import load_eval_data
+from xclr_train.preemption import Preemption
 from xclr_train.train import train
 
 
@@ -38,7 +39,8 @@ def measure(args: argparse.Namespace, arch: str, out: Path) -> dict:
     cfg = TrainConfig(data=args.shards, out=str(out), arch=arch, image_size=args.image_size,
                       batch_size=args.batch_size, steps=args.steps, workers=args.workers, device=args.device,
                       log_every=1, progress=False, eval_data=args.eval_data, eval_every=args.eval_every)
-    train(cfg)
+    with Preemption() as preemption:
+        train(cfg, preemption)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [line["step_time"] for line in lines if "loss" in line][1:]  # the first step warms up
     evals = [line["eval/seconds"] for line in lines if "eval/seconds" in line]

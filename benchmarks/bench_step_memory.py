@@ -50,10 +50,9 @@ from harness import run_measured
 
 from xclr_train.cli import config_of
 from xclr_train.cli import main as train_command
-from xclr_train.compiling import compile_encoder
 from xclr_train.config import TrainConfig
 from xclr_train.models import ModelConfig
-from xclr_train.recompute import recompute_in_backward
+from xclr_train.train import prepare_encoder
 
 PHASES = ("photometric", "forward", "loss", "backward", "optimizer")
 PERIOD = 0.01  # seconds between RSS samples
@@ -97,11 +96,7 @@ def setup_of(cfg: TrainConfig, device: torch.device) -> StepSetup:
     """bench_train's step built from the options of APPLIED."""
     model = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, cfg.proj_dim, cfg.patch_size)
     setup = step_setup(model, cfg.batch_size, device, cfg.micro_batch)
-    encoder = setup.stepper.objective.learner.encoder
-    if cfg.grad_checkpointing:
-        recompute_in_backward(encoder)
-    if cfg.compile:
-        compile_encoder(encoder, device)
+    prepare_encoder(setup.stepper.objective.learner.encoder, cfg, device)
     return setup
 
 
@@ -149,39 +144,44 @@ def measure(cfg: TrainConfig, device: torch.device, warmup: int, steps: int, thr
     peak = got.pop("cuda_peak_above_baseline", None)
     if peak is None:
         peak = run.peak("after", "driver_anon") - got["baseline_bytes"]
-    return {"options": options, "whole": options_of(replace(cfg, micro_batch=None)),
+    return {"options": options, "plain": options_of(plain(cfg)),
             **{k: getattr(cfg, k) for k in APPLIED}, **got, "peak_above_baseline_bytes": peak,
             "others_cpu": run.others_cpu, "wall_seconds": run.wall_seconds}
 
 
+def plain(cfg: TrainConfig) -> TrainConfig:
+    """`cfg`'s plain step: without --micro-batch, --grad-checkpointing and --compile."""
+    return replace(cfg, micro_batch=None, grad_checkpointing=False, compile=False)
+
+
 def ratios(rows: list[dict]) -> None:
-    """Each row's step time and peak memory against the row of the same options without --micro-batch (None when
-    that was not measured)."""
-    whole = {r["options"]: r for r in rows if r["micro_batch"] is None}
+    """Each row's step time and peak memory against its plain step's row (`plain`; None when that was not
+    measured)."""
+    measured = {r["options"]: r for r in rows}
     for r in rows:
-        base = whole.get(r["whole"])
-        r["step_vs_whole"] = r["step_ms"] / base["step_ms"] if base else None
-        r["peak_vs_whole"] = r["peak_above_baseline_bytes"] / base["peak_above_baseline_bytes"] if base else None
+        base = measured.get(r["plain"])
+        r["step_vs_plain"] = r["step_ms"] / base["step_ms"] if base else None
+        r["peak_vs_plain"] = r["peak_above_baseline_bytes"] / base["peak_above_baseline_bytes"] if base else None
 
 
 def table(rows: list[dict]) -> str:
     def ratio(x: float | None) -> str:
         return "" if x is None else f"{x:.2f}"
 
-    lines = ["| options | --micro-batch | step ms | x whole | forward (pass 1) ms | backward (pass 2) ms "
-             "| peak MiB above set-up | x whole |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| options | --micro-batch | step ms | x plain | forward (pass 1) ms | backward (pass 2) ms "
+             "| peak MiB above set-up | x plain |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['whole']}` | {r['micro_batch'] or 'none'} | {r['step_ms']:.0f} | "
-                     f"{ratio(r['step_vs_whole'])} | "
+        lines.append(f"| `{r['options']}` | {r['micro_batch'] or 'none'} | {r['step_ms']:.0f} | "
+                     f"{ratio(r['step_vs_plain'])} | "
                      f"{r['forward_ms']:.0f} | {r['backward_ms']:.0f} | {r['peak_above_baseline_bytes'] / 2**20:.0f} "
-                     f"| {ratio(r['peak_vs_whole'])} |")
+                     f"| {ratio(r['peak_vs_plain'])} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", help="xclr-train options of one configuration (repeatable)")
-    ap.add_argument("--halvings", type=int, default=2, help="also --micro-batch B, B/2, ... B/2^halvings")
+    ap.add_argument("--halvings", type=int, default=2, help="also --micro-batch B, B/2, ... B/2^halvings; -1: no chunked configurations")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration")

@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score
 
 from xclr_eval import metrics
 from xclr_eval.registry import Inputs, score
+from xclr_train.eval_metrics import split
 
 
 def blobs(n_per: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +90,11 @@ def test_semantic_alignment_is_the_rank_correlation_of_class_pairs():
 
 def test_split_is_stratified_disjoint_and_complete():
     y = np.repeat(np.arange(4), [10, 20, 6, 2])
-    train, test = metrics.split(y, seed=0)
+    train, test = split(y, seed=0)
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(y)))
     assert np.bincount(y[train]).tolist() == np.bincount(y[test]).tolist() == [5, 10, 3, 1]
     with pytest.raises(ValueError, match="single sample"):
-        metrics.split(np.array([0, 0, 1]), seed=0)
+        split(np.array([0, 0, 1]), seed=0)
 
 
 def test_score_tells_separated_classes_from_noise():

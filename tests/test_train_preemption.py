@@ -17,12 +17,12 @@ import psutil
 import pytest
 import torch
 from fault_ledger import passes, samples_lost
-from train_helpers import assert_same_state, torchrun_cmd, untimed
+from train_helpers import assert_same_state, torchrun_cmd, train_in_process, untimed
 from train_helpers import train_metrics as metrics
 
 from xclr_train.preemption import PREEMPTED_EXIT
 
-STEPS, PER_EPOCH, BATCH = 14, 10, 8  # two checkpoint intervals: 10 steps, then 4
+STEPS, PER_EPOCH, BATCH = 16, 12, 8  # two checkpoint intervals: 12 steps, then 4
 
 
 def args(shards, out, batch: int = BATCH) -> list[str]:
@@ -42,10 +42,10 @@ def train_cmd(*a) -> list[str]:
 
 
 def stopped_run(cmd: list[str], run, rng: random.Random, trainers=lambda proc: [proc.pid]) -> subprocess.CompletedProcess:
-    """Start `cmd`, wait for a random one of its first metrics lines and a random moment more, send SIGTERM or
-    SIGUSR1 to the first of its `trainers(proc)` (the training processes), then SIGTERM to every trainer and its
-    DataLoader workers every 50 ms until `cmd` exits (signals during the save, and to the workers, as a scheduler
-    may send them)."""
+    """Start `cmd`, wait for its metrics line of step 3 or 6 (at random), send SIGTERM or SIGUSR1 to the first of
+    its `trainers(proc)` (the training processes), which then stop a step or so later, inside the first epoch and
+    mostly inside a metrics window; then SIGTERM to every trainer and its DataLoader workers every 50 ms until `cmd`
+    exits (signals during the save, and to the workers, as a scheduler may send them)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
                             start_new_session=True)
     wait_for = rng.randint(1, 2)
@@ -53,7 +53,6 @@ def stopped_run(cmd: list[str], run, rng: random.Random, trainers=lambda proc: [
     while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= wait_for):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
-    time.sleep(rng.uniform(0, 0.3))  # a step or two later: inside a metrics window, mostly
     pids = trainers(proc)
     os.kill(pids[0], rng.choice([signal.SIGTERM, signal.SIGUSR1]))
     while proc.poll() is None:
@@ -100,6 +99,8 @@ def test_a_signal_at_a_random_step_then_resume_equals_the_uninterrupted_run(tux_
     assert proc.returncode == PREEMPTED_EXIT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     step = assert_stopped_inside_an_epoch(proc, run)
 
+    refused = train_in_process(*args(tux_shards, run), "--resume", "latest", "--workers", "1", check=False)
+    assert refused.exit_code == 1 and "resume it with --workers 2" in refused.stderr.splitlines()[-1]
     resumed = subprocess.run(train_cmd(*args(tux_shards, run), "--resume", "latest"), capture_output=True, text=True,
                              env=env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]

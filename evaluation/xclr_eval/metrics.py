@@ -25,10 +25,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xclr_train import eval_metrics
-from xclr_train.eval_metrics import BLOCK, KNN_K, split
+from xclr_train.eval_metrics import BLOCK, KNN_K
 
 __all__ = ["caption_alignment", "caption_recall", "class_similarities", "clustering", "dunn_index", "knn_accuracy",
-           "linear_probe_accuracy", "normalise", "retrieval", "semantic_alignment", "split"]
+           "linear_probe_accuracy", "normalise", "retrieval", "semantic_alignment"]
 SILHOUETTE_SAMPLES = 5000
 ALIGNMENT_PAIRS = 20_000
 

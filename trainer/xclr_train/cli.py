@@ -16,7 +16,7 @@ from xclr_train.config import TrainConfig
 from xclr_train.errors import TrainError
 from xclr_train.objectives import OBJECTIVES
 from xclr_train.objectives.base import either
-from xclr_train.preemption import PREEMPTED_EXIT, Preempted
+from xclr_train.preemption import PREEMPTED_EXIT, Preempted, Preemption
 from xclr_train.train import train
 
 
@@ -77,12 +77,13 @@ def main(**options) -> None:
     that step and exits with status 75: the same command with --resume latest goes on from there.
     """
     try:
-        cfg = config_of(options)
-        if cfg.resume not in (None, "latest"):
-            cfg = replace(cfg, resume=str(storage.fetch(cfg.resume)))
-        with storage.local_dir(cfg.out, publish=os.environ.get("RANK", "0") == "0") as run:
-            publish = (lambda: storage.push(run, cfg.out)) if storage.is_url(cfg.out) else None
-            last = train(replace(cfg, out=str(run)), after_save=publish)
+        with Preemption() as preemption:  # from here on a stop signal is recorded (a URL's pull included)
+            cfg = config_of(options)
+            if cfg.resume not in (None, "latest"):
+                cfg = replace(cfg, resume=str(storage.fetch(cfg.resume)))
+            with storage.local_dir(cfg.out, publish=os.environ.get("RANK", "0") == "0") as run:
+                publish = (lambda: storage.push(run, cfg.out)) if storage.is_url(cfg.out) else None
+                last = train(replace(cfg, out=str(run)), preemption, after_save=publish)
     except TrainError as exc:
         raise click.ClickException(str(exc)) from None
     except Preempted as exc:

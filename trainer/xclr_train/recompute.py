@@ -41,6 +41,8 @@ class Segments(nn.Sequential):
     backward pass runs it again. Without autograd (evaluation, export) it is the plain nn.Sequential."""
 
     def __init__(self, modules: nn.Sequential, starts: tuple[int, ...]) -> None:
+        if not starts or starts[0] != 0:
+            raise ValueError(f"segments must start at module 0, not at {starts}")
         super().__init__(OrderedDict(modules.named_children()))
         self.starts = starts
 

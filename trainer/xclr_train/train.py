@@ -89,41 +89,57 @@ class Session:
     evaluator: InRunEval | None = None  # --eval-data
 
 
-def train(cfg: TrainConfig, after_save: Callable[[], None] | None = None) -> dict:
+def train(cfg: TrainConfig, preemption: Preemption, after_save: Callable[[], None] | None = None) -> dict:
     """Train; returns the last logged metrics. Raises TrainError (DataError, CheckpointError) on bad input.
 
-    `after_save` is called on the main rank after every checkpoint (the command line publishes a URL run there).
-    Raises Preempted when SIGTERM or SIGUSR1 stopped the run (`xclr_train.preemption`), after the checkpoint at
-    that step.
+    `preemption` (entered) records SIGTERM and SIGUSR1; when one stopped the run (`xclr_train.preemption`) it raises
+    Preempted, after the checkpoint at that step. `after_save` is called on the main rank after every checkpoint
+    (the command line publishes a URL run there).
     """
-    with Preemption() as preemption:
-        s = set_up(cfg)
-        log = MetricsLog(s.run, s.step) if s.dist.is_main else None
-        bar = tqdm(total=s.schedule.total, initial=s.step, unit="step",
-                   disable=not (s.dist.is_main and cfg.progress), dynamic_ncols=True)
-        last: dict = {}
-        try:
-            if any_rank(preemption.signal is not None, s.dist):
-                raise Preempted(f"stopped by {preemption.name} before the first step, with nothing to save: run the "
-                                "same command with --resume latest to go on")
-            while s.step < s.schedule.total and not s.preempted:
-                last = train_epoch(s, log, bar, preemption) or last
-                if s.dist.is_main:
-                    save(s)
-                    if after_save is not None:
-                        after_save()
-            if s.evaluator is not None and not s.preempted:
-                s.evaluator.at_end(s.step, s.stepper.objective.learner.encoder, log)
-            if s.preempted and s.step < s.schedule.total:
-                raise Preempted(f"stopped by {preemption.name} at step {s.step} of {s.schedule.total}, saved in "
-                                f"{CHECKPOINTS}/{LATEST}: run the same command with --resume latest to go on")
-        finally:
-            bar.close()
-            if log is not None:
-                log.close()
-            if s.dist.world_size > 1:
-                torch.distributed.destroy_process_group()
+    s = set_up(cfg)
+    log = MetricsLog(s.run, s.step) if s.dist.is_main else None
+    bar = tqdm(total=s.schedule.total, initial=s.step, unit="step", disable=not (s.dist.is_main and cfg.progress),
+               dynamic_ncols=True)
+    last: dict = {}
+    try:
+        if any_rank(preemption.signal is not None, s.dist):
+            raise Preempted(f"stopped by {preemption.name} before the first step, with nothing to save: run the same "
+                            "command with --resume latest to go on")
+        if s.evaluator is not None and s.step > 0:  # a resume at a step whose evaluation a stop left out
+            s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
+        while s.step < s.schedule.total and not s.preempted:
+            last = train_epoch(s, log, bar, preemption) or last
+            checkpoint(s, after_save)
+        if s.evaluator is not None and s.step == s.schedule.total:
+            s.evaluator.at_end(s.step, s.stepper.objective.learner.encoder, log)
+        if s.preempted and s.step < s.schedule.total:
+            raise Preempted(f"stopped by {preemption.name} at step {s.step} of {s.schedule.total}, saved in "
+                            f"{CHECKPOINTS}/{LATEST}: run the same command with --resume latest to go on")
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+        if s.dist.world_size > 1:
+            torch.distributed.destroy_process_group()
     return last
+
+
+def checkpoint(s: Session, after_save: Callable[[], None] | None) -> None:
+    """The main rank saves (`save`) and publishes. After a stop every rank waits for that before it exits: torchrun
+    ends the whole group once one rank has exited, which would kill the main rank in the middle of its save. A save
+    that fails is then a CheckpointError on every rank."""
+    failed: CheckpointError | None = None
+    if s.dist.is_main:
+        try:
+            save(s)
+            if after_save is not None:
+                after_save()
+        except CheckpointError as exc:
+            failed = exc
+    if s.preempted and any_rank(failed is not None, s.dist) and failed is None:
+        raise CheckpointError("the main rank could not write the checkpoint at the stop (its error says why)")
+    if failed is not None:
+        raise failed
 
 
 def set_up(cfg: TrainConfig) -> Session:
@@ -148,10 +164,7 @@ def set_up(cfg: TrainConfig) -> Session:
     cfg = replace(cfg, **asdict(settings))  # config.json and every resume see the resolved values
     schedule = _schedule(cfg, shards, dist.world_size)
     learner = objective.build(encoder, mconf.proj_dim, cfg.proj_hidden, k, cfg.seed, dist.device, dist.world_size)
-    if cfg.grad_checkpointing:
-        recompute_in_backward(encoder)
-    if cfg.compile:
-        compile_encoder(encoder, dist.device)
+    prepare_encoder(encoder, cfg, dist.device)
     optimizer = make_optimizer(cfg.optimizer, learner, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ddp = DistributedDataParallel(learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
@@ -166,6 +179,15 @@ def set_up(cfg: TrainConfig) -> Session:
                 torch.zeros(len(REASONS), dtype=torch.long), evaluator=evaluator)
     _start(s, resume_from)
     return s
+
+
+def prepare_encoder(encoder: Encoder, cfg: TrainConfig, device: torch.device) -> None:
+    """--grad-checkpointing (`xclr_train.recompute`) and --compile (`xclr_train.compiling`, checked on `device`)
+    applied to a built encoder, in place."""
+    if cfg.grad_checkpointing:
+        recompute_in_backward(encoder)
+    if cfg.compile:
+        compile_encoder(encoder, device)
 
 
 def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preemption) -> dict:
@@ -202,12 +224,12 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             window = _Window(dist.device)
         s.preempted = any_rank(preemption.signal is not None, dist)
-        if s.evaluator is not None and not s.preempted:  # the window's clock leaves the evaluation out
+        if s.evaluator is not None and not s.preempted:  # at a stop, the resume evaluates (`train`)
             window.t0 += s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
     del batches
     if s.step < end:  # stopped inside the epoch
-        s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), window.steps,
-                               dict(window.sums))
+        s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), max(1, cfg.workers),
+                               window.steps, dict(window.sums), time.perf_counter() - window.t0, window.data_time)
         s.inside_states = gather_states(s.inside, dist)
         return last
     s.skipped = s.skipped + all_reduce_sum(_total(positions).to(dist.device)).cpu()
@@ -307,6 +329,10 @@ def _start(s: Session, path: Path | None) -> None:
     s.epoch, s.step, s.skipped = state["epoch"], state["step"], state["skipped"]
     if state.get("inside") is not None:
         s.inside = InsideEpoch.from_state(state["inside"][s.dist.rank], s.dist.device)
+        if s.inside.workers != max(1, cfg.workers):
+            raise CheckpointError(f"{path} was saved inside an epoch by {s.inside.workers} DataLoader worker(s) a "
+                                  f"rank, whose streams it goes on with: resume it with --workers "
+                                  f"{s.inside.workers}")
 
 
 def _total(positions: dict[int, Position]) -> torch.Tensor:
@@ -322,7 +348,8 @@ class _Window:
         self.device, self.steps, self.data_time, self.t0 = device, 0, 0.0, time.perf_counter()
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         if inside is not None:
-            self.steps = inside.window_steps
+            self.steps, self.data_time = inside.window_steps, inside.window_data_time
+            self.t0 -= inside.window_seconds
             self.sums.update(inside.window_sums)
 
     def add(self, loss: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
