@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -20,7 +21,8 @@ from fault_ledger import passes, samples_lost
 from train_helpers import assert_same_state, torchrun_cmd, train_in_process, untimed
 from train_helpers import train_metrics as metrics
 
-from xclr_train.preemption import PREEMPTED_EXIT
+from xclr_train.data import Needs, ShardStream, find_shards, make_loader
+from xclr_train.preemption import PREEMPTED_EXIT, Preemption, blocked
 
 STEPS, PER_EPOCH, BATCH = 16, 12, 8  # two checkpoint intervals: 12 steps, then 4
 
@@ -175,3 +177,43 @@ def test_a_signal_during_start_up_exits_before_the_first_step_without_a_checkpoi
         assert stderr.strip().splitlines()[-1].startswith("xclr-train: stopped by ")
         assert "before the first step, with nothing to save" in stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_dataloader_workers_started_amid_stop_signals_live_on(tux_shards):
+    """SIGTERM every few milliseconds to this process and its DataLoader workers while ten loaders start their two
+    workers each (as every epoch does): no worker dies (torch's own worker handler would die of one that came
+    before the worker ignores it), and this process records the signal."""
+    me = psutil.Process()
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            for p in [me, *me.children()]:
+                try:
+                    if p.pid == me.pid or p.cmdline() == me.cmdline():  # this process and its forks, not Ray's
+                        p.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:  # a worker that has just ended
+                    pass
+            time.sleep(0.002)
+
+    def hung(signum, frame) -> None:  # a loader whose worker died may wait for it forever
+        raise TimeoutError("the DataLoader stopped amid the signals")
+
+    stream = ShardStream(find_shards(str(tux_shards)), 4, 16, "crop", Needs(), None, seed=0, rank=0)
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    with Preemption() as preemption:
+        sender = threading.Thread(target=storm)
+        sender.start()
+        try:
+            for _ in range(10):
+                with blocked():
+                    batches = iter(make_loader(stream, workers=2, pin_memory=False))
+                assert [len(next(batches)["caption_id"]) for _ in range(2)] == [4, 4]
+                del batches
+        finally:
+            stop.set()
+            sender.join()
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, before)
+    assert preemption.signal == signal.SIGTERM

@@ -13,6 +13,8 @@ first step stops the run there, with nothing to save.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 
 PREEMPTED_EXIT = 75  # sysexits' EX_TEMPFAIL: a temporary failure, the same command may be run again
@@ -20,10 +22,23 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def ignore_signals(worker: int | None = None) -> None:
-    """Ignore SIGTERM and SIGUSR1 from now on: a DataLoader worker's start (a scheduler may signal the whole process
-    group; the training process decides when to stop, and ends its workers itself)."""
+    """Ignore SIGTERM and SIGUSR1 from now on, then let them through: a DataLoader worker's start (a scheduler may
+    signal the whole process group; the training process decides when to stop, and ends its workers itself). The
+    worker was forked with them blocked (`blocked`), so none arrived under torch's worker handler, which dies of one."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextmanager
+def blocked() -> Iterator[None]:
+    """SIGTERM and SIGUSR1 held back in this thread (and in the processes it forks) while inside; a signal that came
+    meanwhile is delivered (recorded) on leaving. Around the start of DataLoader workers (`ignore_signals`)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 class Preempted(Exception):

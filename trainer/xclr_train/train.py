@@ -50,7 +50,7 @@ from xclr_train.metrics_log import MetricsLog
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options
 from xclr_train.optim import lr_at, make_optimizer, resolve
-from xclr_train.preemption import Preempted, Preemption
+from xclr_train.preemption import Preempted, Preemption, blocked
 from xclr_train.recompute import recompute_in_backward
 from xclr_train.step import Stepper
 
@@ -200,7 +200,8 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
     inside, s.inside, s.inside_states = s.inside, None, None
     s.stream.epoch = s.epoch
     s.stream.start = inside.start if inside is not None else EpochStart()
-    batches = iter(s.loader)
+    with blocked():  # the workers start with the stop signals held back, until they ignore them
+        batches = iter(s.loader)
     positions = dict(s.stream.start.positions)  # DataLoader worker -> its place and running counts in this epoch
     window = _Window(dist.device, inside)
     last: dict = {}
