@@ -71,7 +71,7 @@ class Schedule:
 class Session:
     """Everything `set_up` builds for a run, and where the run stands (`epoch`, `step`, `skipped`: the skip counts
     of all ranks in the finished epochs; `inside`: this rank's place inside epoch `epoch` when the run resumes, or
-    stops, there; `inside_states`: every rank's, for the main rank's checkpoint; `preempted`: a signal stopped it)."""
+    stops, there; `preempted`: a signal stopped it)."""
     cfg: TrainConfig
     dist: Dist
     run: Path
@@ -84,7 +84,6 @@ class Session:
     step: int
     skipped: torch.Tensor
     inside: InsideEpoch | None = None
-    inside_states: list[dict] | None = None
     preempted: bool = False
     evaluator: InRunEval | None = None  # --eval-data
 
@@ -129,9 +128,10 @@ def checkpoint(s: Session, after_save: Callable[[], None] | None) -> None:
     ends the whole group once one rank has exited, which would kill the main rank in the middle of its save. A save
     that fails is then a CheckpointError on every rank."""
     failed: CheckpointError | None = None
+    inside = gather_states(s.inside, s.dist) if s.inside is not None else None  # every rank's place, for rank 0
     if s.dist.is_main:
         try:
-            save(s)
+            save(s, inside)
             if after_save is not None:
                 after_save()
         except CheckpointError as exc:
@@ -151,7 +151,6 @@ def set_up(cfg: TrainConfig) -> Session:
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
     if precision != "fp32" and dist.device.type != "cuda":
         raise TrainError(f"--precision {precision} needs a GPU; use fp32 on the CPU")
-    evaluator = InRunEval.build(cfg, dist)  # reads and decodes the eval set once, before any step
 
     torch.manual_seed(cfg.seed)
     mconf = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim),
@@ -176,8 +175,9 @@ def set_up(cfg: TrainConfig) -> Session:
     stepper = Stepper(objective, ddp, optimizer, scaler, autocast, RECIPES[cfg.augment], cfg.clip_grad, dist.rank,
                       cfg.micro_batch)
     s = Session(cfg, dist, Path(cfg.out), schedule, stepper, loader, stream, mconf, 0, 0,
-                torch.zeros(len(REASONS), dtype=torch.long), evaluator=evaluator)
+                torch.zeros(len(REASONS), dtype=torch.long))
     _start(s, resume_from)
+    s.evaluator = InRunEval.build(cfg, dist)  # reads and decodes the eval set once, before any step
     return s
 
 
@@ -194,10 +194,10 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
     """The rest of epoch `s.epoch` (from `s.inside` when the run resumed inside it): its steps up to the schedule's
     total, a metrics line every --log-every steps; returns the last line ({} if none) and advances `s.epoch`,
     `s.step` and `s.skipped`. After a step that any rank was signalled in, it stops: `s.preempted`, and, inside the
-    epoch, `s.inside` and `s.inside_states` hold where each rank stands."""
+    epoch, `s.inside` holds where this rank stands."""
     cfg, dist, sched = s.cfg, s.dist, s.schedule
     end = min((s.epoch + 1) * sched.steps_per_epoch, sched.total)
-    inside, s.inside, s.inside_states = s.inside, None, None
+    inside, s.inside = s.inside, None
     s.stream.epoch = s.epoch
     s.stream.start = inside.start if inside is not None else EpochStart()
     with blocked():  # the workers start with the stop signals held back, until they ignore them
@@ -231,21 +231,21 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
     if s.step < end:  # stopped inside the epoch
         s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), max(1, cfg.workers),
                                window.steps, dict(window.sums), time.perf_counter() - window.t0, window.data_time)
-        s.inside_states = gather_states(s.inside, dist)
         return last
     s.skipped = s.skipped + all_reduce_sum(_total(positions).to(dist.device)).cpu()
     s.epoch += 1
     return last
 
 
-def save(s: Session) -> None:
+def save(s: Session, inside: list[dict] | None) -> None:
     """The checkpoint after epoch `s.epoch` (main rank): epoch-NNNN.pt every --save-every epochs and at the end, then
-    latest.pt (so latest is never behind); inside an epoch (a preempted run) latest.pt only."""
+    latest.pt (so latest is never behind); inside an epoch (a preempted run) latest.pt only, with `inside`, every
+    rank's place (`inside_epoch.gather_states`)."""
     objective, stepper = s.stepper.objective, s.stepper
     state = {"model": objective.learner.encoder.state_dict(), "model_config": asdict(s.model_config),
              "method": objective.state_dict(), "optimizer": stepper.optimizer.state_dict(),
              "scaler": stepper.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
-             "config": _options(s.cfg, objective, s.dist.world_size), "inside": s.inside_states}
+             "config": _options(s.cfg, objective, s.dist.world_size), "inside": inside}
     folder = s.run / CHECKPOINTS
     if s.inside is None and (s.epoch % s.cfg.save_every == 0 or s.epoch == s.schedule.epochs):
         save_checkpoint(folder / f"epoch-{s.epoch:04d}.pt", state)
