@@ -1,13 +1,43 @@
-"""A pytest plugin (conftest.py loads it): the ledger of what the fault tests injected and survived, printed at the
-end of the run and written as JSON to $XCLR_FAULT_REPORT when it is set."""
+"""A pytest plugin (conftest.py loads it): the ledger of what the fault tests injected and survived, and the tally
+of the fuzzers' cases, printed at the end of the run and written as JSON to $XCLR_FAULT_REPORT when it is set.
+
+A fault test records each fault under one of `KINDS` (docs/cluster.md, "Fault injection", lists them with how each
+is injected). "Survived" means the fault ended as the docs specify: the documented recovery ended equal to an
+uninterrupted run, or the documented refusal came (a one-line error, nothing written that a rerun would trust).
+A fuzzer adds each generated case to the tally under one of `OUTCOMES`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+KINDS = (
+    "kill -9",  # of a command, an actor or a rank
+    "lost node",  # a Ray worker node stopped
+    "stop signal",  # SIGTERM/SIGUSR1, a scheduler's preemption
+    "transient storage error",  # an object store failing a fraction of calls
+    "short read",  # an object store returning fewer bytes than asked
+    "store down",  # an object store failing every call
+    "disk full",
+    "truncated file",
+    "flipped bits",
+    "non-finite loss",
+    "hung rank",  # SIGSTOP of one torchrun rank
+    "two writers",  # two commands on one output directory at once
+    "input changed",  # between a kill and the rerun, or under a running command
+)
+
+OUTCOMES = (
+    "read",  # a valid case, read as such
+    "skipped",  # counted as a skip with its reason
+    "refused",  # a one-line error (exit status 2 for a command)
+    "failed",  # anything else: a traceback, a hang, a file outside the output, too much memory
+)
 
 
 def passes(check, *args) -> bool:
@@ -28,14 +58,25 @@ def samples_lost(expected, got) -> int:
 class FaultLedger:
     def __init__(self) -> None:
         self.faults: list[dict] = []
+        self.fuzz: Counter[str] = Counter()
 
-    def record(self, name: str, injected: int = 1, survived: bool = False, samples_lost: int = 0) -> None:
-        """One test's fault(s): survived = the documented recovery ended equal to an uninterrupted run."""
-        self.faults.append({"name": name, "injected": injected, "survived": injected if survived else 0,
-                            "samples_lost": int(samples_lost)})
+    def record(self, kind: str, name: str, injected: int = 1, survived: bool = False, samples_lost: int = 0) -> None:
+        """One test's fault(s) of `kind` (one of KINDS), described by `name`."""
+        if kind not in KINDS:
+            raise ValueError(f"fault kind {kind!r} is not one of {KINDS}")
+        self.faults.append({"kind": kind, "name": name, "injected": injected,
+                            "survived": injected if survived else 0, "samples_lost": int(samples_lost)})
+
+    def fuzzed(self, outcome: str) -> None:
+        """One fuzzed case that ended in `outcome` (one of OUTCOMES)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"fuzz outcome {outcome!r} is not one of {OUTCOMES}")
+        self.fuzz[outcome] += 1
 
     def totals(self) -> dict:
-        return {key: sum(f[key] for f in self.faults) for key in ("injected", "survived", "samples_lost")}
+        totals = {key: sum(f[key] for f in self.faults) for key in ("injected", "survived", "samples_lost")}
+        fuzz = {outcome: self.fuzz[outcome] for outcome in OUTCOMES}
+        return {**totals, "kinds": len({f["kind"] for f in self.faults}), "fuzz": {"tried": self.fuzz.total(), **fuzz}}
 
 
 _LEDGER = pytest.StashKey[FaultLedger]()
@@ -51,17 +92,20 @@ def fault_ledger(pytestconfig) -> FaultLedger:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Print the ledger's totals when a fault test ran; write them as JSON to $XCLR_FAULT_REPORT when it is set."""
+    """Print the ledger when a fault test or a fuzzer ran; write it as JSON to $XCLR_FAULT_REPORT when it is set."""
     ledger = config.stash.get(_LEDGER, None)
     report = os.environ.get("XCLR_FAULT_REPORT")
-    if ledger is None or not (ledger.faults or report):
+    if ledger is None or not (ledger.faults or ledger.fuzz or report):
         return
     totals = ledger.totals()
-    line = f"faults injected {totals['injected']}, survived {totals['survived']}, samples lost {totals['samples_lost']}"
     terminalreporter.write_sep("=", "fault injection")
     for f in ledger.faults:
-        terminalreporter.write_line(f"{f['name']}: injected {f['injected']}, survived {f['survived']}, "
+        terminalreporter.write_line(f"[{f['kind']}] {f['name']}: injected {f['injected']}, survived {f['survived']}, "
                                     f"samples lost {f['samples_lost']}")
-    terminalreporter.write_line(line)
+    terminalreporter.write_line(f"faults injected {totals['injected']} of {totals['kinds']} kinds, survived "
+                                f"{totals['survived']}, samples lost {totals['samples_lost']}")
+    fuzz = totals["fuzz"]
+    terminalreporter.write_line(f"fuzzed cases tried {fuzz['tried']}: read {fuzz['read']}, skipped {fuzz['skipped']}, "
+                                f"refused {fuzz['refused']}, failed {fuzz['failed']}")
     if report:
         Path(report).write_text(json.dumps({**totals, "faults": ledger.faults}, indent=2) + "\n")

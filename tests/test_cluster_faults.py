@@ -137,7 +137,7 @@ def test_one_training_rank_killed_torchrun_restarts_the_group_from_latest(tux_sh
     lines = train_metrics(run)
     survived = [x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6)
     lost = train_samples_lost(lines, steps, 2 * batch)
-    fault_ledger.record("train on 2 torchrun ranks: kill -9 of rank 1, elastic restart, --resume latest",
+    fault_ledger.record("kill -9", "train on 2 torchrun ranks: kill -9 of rank 1, elastic restart, --resume latest",
                         survived=survived, samples_lost=lost)
     assert [x["step"] for x in lines] == list(range(1, steps + 1)) and lost == 0
     assert [x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6)
@@ -165,8 +165,9 @@ def test_embed_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluste
     keys = pq.read_table(embed_corpus, columns=["key"]).column("key").to_pylist()
     lost = samples_lost(keys, d.samples.column("key").to_pylist())
     survived = passes(assert_identical_embed, d, embed_reference)
-    fault_ledger.record("embed on 2 Ray nodes: kill -9 of the driver, rerun", survived=survived, samples_lost=lost)
-    fault_ledger.record("embed on 2 Ray nodes: worker node lost, finished on the head", survived=survived,
+    fault_ledger.record("kill -9", "embed on 2 Ray nodes: kill -9 of the driver, rerun", survived=survived,
+                        samples_lost=lost)
+    fault_ledger.record("lost node", "embed on 2 Ray nodes: worker node lost, finished on the head", survived=survived,
                         samples_lost=lost)
     assert_identical_embed(d, embed_reference)
     assert lost == 0 and d.samples.num_rows == len(keys)
@@ -196,9 +197,9 @@ def test_graph_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluste
     got = shard_keys(out)
     lost = samples_lost(keys, got)
     survived = shard_snapshot(out) == shard_snapshot(graph_reference)
-    fault_ledger.record("graph on 2 Ray nodes: kill -9 of the driver while searching, rerun", survived=survived,
-                        samples_lost=lost)
-    fault_ledger.record("graph on 2 Ray nodes: worker node lost while writing, finished on the head",
+    fault_ledger.record("kill -9", "graph on 2 Ray nodes: kill -9 of the driver while searching, rerun",
+                        survived=survived, samples_lost=lost)
+    fault_ledger.record("lost node", "graph on 2 Ray nodes: worker node lost while writing, finished on the head",
                         survived=survived, samples_lost=lost)
     assert survived
     assert lost == 0 and len(got) == len(keys)

@@ -65,8 +65,9 @@ def test_an_actor_killed_then_the_command_killed_then_rerun(corpus, reference, t
     run_prep("embed", corpus, "--out", out, *ARGS, env=local_ray_env())
     d = load_embed_dir(out)
     survived, lost = passes(assert_same_result, d, reference), keys_lost(corpus, d)
-    fault_ledger.record("embed: kill -9 of an actor, Ray restart", survived=survived, samples_lost=lost)
-    fault_ledger.record("embed: kill -9 of the command (local Ray), rerun", survived=survived, samples_lost=lost)
+    fault_ledger.record("kill -9", "embed: kill -9 of an actor, Ray restart", survived=survived, samples_lost=lost)
+    fault_ledger.record("kill -9", "embed: kill -9 of the command (local Ray), rerun", survived=survived,
+                        samples_lost=lost)
     assert_same_result(d, reference)
     assert {n: (out / "done" / n).stat().st_mtime_ns for n in survivors} == survivors  # done parts not redone
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

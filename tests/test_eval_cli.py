@@ -35,7 +35,7 @@ def run_eval(*args, check: bool = True) -> Result:
 
 
 def one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, (result.output[-2000:], result.exception)
+    assert result.exit_code == 2, (result.output[-2000:], result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.stderr
     return errors[0]
@@ -192,7 +192,7 @@ def test_bad_inputs_give_one_line_errors(run, tmp_path):
     message, args = next(iter(cases.items()))
     proc = subprocess.run([sys.executable, "-m", "xclr_eval", *map(str, args), "--out", str(tmp_path / "ev")],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
 

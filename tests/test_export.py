@@ -125,5 +125,5 @@ def test_a_damaged_checkpoint_is_a_one_line_error_and_writes_nothing(exported, t
                          (tmp_path, f"Error: no checkpoint at {tmp_path / 'checkpoints' / 'latest.pt'}")]:
         result = run_export(bad, "--out", tmp_path / "out", check=False)
         lines = result.stderr.strip().splitlines()
-        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(message), result.stderr
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), result.stderr
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

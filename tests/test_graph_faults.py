@@ -47,7 +47,8 @@ def test_kill_9_while_searching_and_while_writing_then_rerun(wordnet_embed_dir, 
     assert not (out / "manifest.json").exists()
 
     run_prep("graph", embed_dir, "--out", out, *ARGS, env=local_ray_env())
-    fault_ledger.record("graph: kill -9 of the command (local Ray) while searching and while writing, reruns",
+    fault_ledger.record("kill -9",
+                        "graph: kill -9 of the command (local Ray) while searching and while writing, reruns",
                         injected=2, survived=shard_snapshot(out) == shard_snapshot(reference),
                         samples_lost=samples_lost(load_embed_dir(embed_dir).samples.column("key").to_pylist(),
                                                   shard_keys(out)))

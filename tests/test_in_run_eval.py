@@ -193,6 +193,6 @@ def test_an_eval_set_it_cannot_use_is_a_one_line_error_before_any_step(tux_shard
         result = train_in_process("--data", tux_shards, "--out", run, *RUN, "--steps", "2", "--eval-data", data,
                                   check=False)
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith(f"Error: {message}"), \
+        assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith(f"Error: {message}"), \
             result.output[-2000:]
         assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()

@@ -104,6 +104,6 @@ def test_a_real_run_trains_with_micro_batches(tux_shards, tmp_path):
 def test_a_micro_batch_that_does_not_divide_the_batch_is_a_one_line_error(tmp_path):
     result = train_in_process("--data", tmp_path, "--out", tmp_path / "run", *SMALL, "--batch-size", "16",
                               "--micro-batch", "6", check=False)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert errors == ["Error: --micro-batch 6 does not divide --batch-size 16"], result.output

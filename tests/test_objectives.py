@@ -181,7 +181,7 @@ def test_a_new_objective_is_one_class(tmp_path):
         assert "scaled" in help.split("--loss", 1)[1].split("\\n")[0], help
         assert "Logit scale of the scaled test objective. For --loss scaled; default 2.0." in " ".join(help.split())
         bad = CliRunner().invoke(main, ["--data", ".", "--out", "run", "--loss", "scaled", "--scale", "0"])
-        assert bad.exit_code == 1, bad.output
+        assert bad.exit_code == 2, bad.output
         assert "Error: --scale must be positive for --loss scaled, got 0.0" in bad.stderr, bad.output
         other = CliRunner().invoke(main, ["--data", ".", "--out", "run", "--loss", "simclr", "--scale", "3"])
         assert "Error: --scale is for --loss scaled, not simclr" in other.stderr, other.output

@@ -140,13 +140,13 @@ def test_a_compiled_run_gives_the_plain_run_and_its_checkpoints_resume_and_expor
 
 @pytest.mark.slow
 def test_compile_without_a_working_backend_is_a_one_line_error(tux_shards, tmp_path):
-    """A CPU without a C++ compiler for inductor ($CXX naming none): exit 1 with one "Error:" line giving torch's
+    """A CPU without a C++ compiler for inductor ($CXX naming none): exit 2 with one "Error:" line giving torch's
     reason, before any step (no metrics, no checkpoint) and without a traceback."""
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "xclr_train", "--data", str(tux_shards), "--out", str(run),
                            *COMPILED, "--compile"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CXX": str(tmp_path / "no-such-compiler")})
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith(
         "Error: --compile: torch.compile cannot run on the cpu here (InvalidCxxCompiler: No working C++ compiler"), \

@@ -107,7 +107,7 @@ def test_another_architecture_or_patch_size_is_refused(tux_shards, tmp_path):
                         (["--arch", "test_vit", "--patch-size", "4"], "patch_size=8 (this run: 4)")]:
         refused = train_in_process(*args, *other, "--out", tmp_path / "other", "--resume", checkpoint, check=False)
         errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
-        assert refused.exit_code == 1 and errors == [f"Error: {checkpoint} holds another model: {diff}"], \
+        assert refused.exit_code == 2 and errors == [f"Error: {checkpoint} holds another model: {diff}"], \
             refused.stderr
 
 
@@ -122,5 +122,5 @@ def test_unknown_arch_and_bad_init_are_one_line_errors(tux_shards, tmp_path):
                          ([*VIT, "--init", tmp_path / "missing.safetensors"], "Error: cannot read weights from"),
                          (["--arch", "resnet18", "--patch-size", "4"], "Error: --patch-size: resnet18 has no patches")]:
         result = train_in_process(*args, *extra, check=False)
-        assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith(start), result.stderr

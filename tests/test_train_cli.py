@@ -156,10 +156,10 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, 
     assert not (run / "checkpoints" / "epoch-0004.pt").exists()
 
     refused = train_in_process(*args, "--out", run, check=False)
-    assert refused.exit_code == 1 and "--resume latest" in refused.stderr
+    assert refused.exit_code == 2 and "--resume latest" in refused.stderr
     run_train(*args, "--out", run, "--resume", "latest")
     lines = metrics(run)
-    fault_ledger.record(f"train {loss[1]}: kill -9 of the command, --resume latest",
+    fault_ledger.record("kill -9", f"train {loss[1]}: kill -9 of the command, --resume latest",
                         survived=[x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6),
                         samples_lost=train_samples_lost(lines, 8, 16))
     assert [x["step"] for x in lines] == list(range(1, 9))
@@ -167,7 +167,7 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, 
 
 
 def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
-    """Each bad option or data set: exit status 1 and one "Error:" line naming it. The cases run in-process
+    """Each bad option or data set: exit status 2 and one "Error:" line naming it. The cases run in-process
     (click's runner); the first also as a real command, which proves the status and that no traceback is printed."""
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -205,11 +205,11 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
     ]
     for args, message in cases:
         result = CliRunner().invoke(train_command, [*map(str, args), "--out", str(tmp_path / "run"), *SMALL])
-        assert result.exit_code == 1, (args, result.output[-2000:], result.exception)
+        assert result.exit_code == 2, (args, result.output[-2000:], result.exception)
         error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(error) == 1 and message in error[0], (args, result.output[-2000:])
     proc = run_train(*cases[0][0], "--out", tmp_path / "run", *SMALL, check=False, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("Error:")] == [f"Error: {cases[0][1]}"]
 
 
@@ -267,7 +267,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tux_shards, tmp
     limit = 2**20
     proc = subprocess.run([sys.executable, "-m", "xclr_train", *options], capture_output=True, text=True, timeout=600,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: could not write checkpoint {run / 'checkpoints'}"), lines
     assert list((run / "checkpoints").iterdir()) == []
@@ -283,7 +283,7 @@ def test_checkpoint_of_another_architecture_is_refused(tux_shards, tmp_path):
     train_in_process(*common, "--out", run, "--arch", "resnet18")
     proc = train_in_process(*common, "--out", tmp_path / "other", "--arch", "resnet50", "--resume",
                             run / "checkpoints" / "latest.pt", check=False)
-    assert proc.exit_code == 1
+    assert proc.exit_code == 2
     assert "holds another model: arch=resnet18 (this run: resnet50)" in proc.stderr
     changed = train_in_process(*common, "--out", run, "--arch", "resnet18", "--resume", "latest", "--tau", "0.2",
                                "--augment", "crop", check=False)

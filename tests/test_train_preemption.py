@@ -102,11 +102,11 @@ def test_a_signal_at_a_random_step_then_resume_equals_the_uninterrupted_run(tux_
     step = assert_stopped_inside_an_epoch(proc, run)
 
     refused = train_in_process(*args(tux_shards, run), "--resume", "latest", "--workers", "1", check=False)
-    assert refused.exit_code == 1 and "resume it with --workers 2" in refused.stderr.splitlines()[-1]
+    assert refused.exit_code == 2 and "resume it with --workers 2" in refused.stderr.splitlines()[-1]
     resumed = subprocess.run(train_cmd(*args(tux_shards, run), "--resume", "latest"), capture_output=True, text=True,
                              env=env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fault_ledger.record(f"train: a stop signal at step {step} of {STEPS} (1 process), --resume latest",
+    fault_ledger.record("stop signal", f"train: a stop signal at step {step} of {STEPS} (1 process), --resume latest",
                         survived=passes(assert_same_run, run, tmp_path / "whole"),
                         samples_lost=lost(run, tmp_path / "whole", BATCH))
     assert_same_run(run, tmp_path / "whole")
@@ -143,7 +143,8 @@ def test_a_signal_to_one_of_two_torchrun_ranks_then_resume_equals_the_uninterrup
 
     resumed = subprocess.run(torchrun(run, "--resume", "latest"), capture_output=True, text=True, env=env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fault_ledger.record(f"train: a stop signal to rank 1 of 2 at step {step} of {STEPS} (torchrun), --resume latest",
+    fault_ledger.record("stop signal",
+                        f"train: a stop signal to rank 1 of 2 at step {step} of {STEPS} (torchrun), --resume latest",
                         survived=passes(assert_same_run, run, tmp_path / "whole"),
                         samples_lost=lost(run, tmp_path / "whole", 2 * batch))
     assert_same_run(run, tmp_path / "whole")

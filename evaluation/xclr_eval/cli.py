@@ -9,7 +9,7 @@ import click
 from xclr_eval.errors import EvalError
 from xclr_eval.evaluation import run
 from xclr_eval.options import EvalOptions
-from xclr_schemas.options import click_options
+from xclr_schemas.options import UserError, click_options
 
 
 @click.command(context_settings={"show_default": True})
@@ -20,4 +20,4 @@ def main(**given) -> None:
     try:
         run(EvalOptions(**given))
     except EvalError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UserError(str(exc)) from None

@@ -144,3 +144,10 @@ def click_parameter(f: Field, kind: Any, show_default: bool = True, default: Any
     choices = meta["choices"]
     return click.option(name, f.name, type=click.Choice(choices) if choices else kind,
                         multiple=isinstance(default, tuple), **extra)
+
+
+class UserError(click.ClickException):
+    """A command's one-line error for bad input (an option, a data set, a checkpoint): printed as one "Error:" line,
+    exit status 2 like click's own usage errors, for every xclr command."""
+
+    exit_code = 2

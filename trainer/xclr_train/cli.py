@@ -11,7 +11,7 @@ from typing import get_type_hints
 import click
 
 from xclr_schemas import storage
-from xclr_schemas.options import click_parameter, flag, is_option, value_type
+from xclr_schemas.options import UserError, click_parameter, flag, is_option, value_type
 from xclr_train.config import TrainConfig
 from xclr_train.errors import TrainError
 from xclr_train.objectives import OBJECTIVES
@@ -85,7 +85,7 @@ def main(**options) -> None:
                 publish = (lambda: storage.push(run, cfg.out)) if storage.is_url(cfg.out) else None
                 last = train(replace(cfg, out=str(run)), preemption, after_save=publish)
     except TrainError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UserError(str(exc)) from None
     except Preempted as exc:
         click.echo(f"xclr-train: {exc}", err=True)
         sys.exit(PREEMPTED_EXIT)

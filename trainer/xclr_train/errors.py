@@ -2,7 +2,7 @@
 
 
 class TrainError(Exception):
-    """A bad option, data set or checkpoint: `xclr-train` prints its message as one line and exits 1. Anything else
+    """A bad option, data set or checkpoint: `xclr-train` prints its message as one line and exits 2. Anything else
     (a bug here, in torch or in numpy) keeps its traceback."""
 
 

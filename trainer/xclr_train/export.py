@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
+from xclr_schemas.options import UserError
 from xclr_train.augment import MEAN, STD
 from xclr_train.checkpoint import read_checkpoint, read_encoder
 from xclr_train.errors import TrainError, first_line
@@ -138,7 +139,7 @@ def main(run_or_checkpoint: Path, out: Path, head: bool, onnx: bool) -> None:
     try:
         config = export(run_or_checkpoint, out, head, onnx)
     except TrainError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UserError(str(exc)) from None
     click.echo(f"exported {config['library']} {config['architecture']} ({config['feature_dim']} features, "
                f"{config['image_size']} px, step {config['training']['step']}) to {out}: "
                + ", ".join(sorted(p.name for p in out.iterdir())))
