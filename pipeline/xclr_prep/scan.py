@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,19 +66,28 @@ def _label_index(value: object, classnames: tuple[str, ...] | None) -> int | Non
     return value if classnames is None or value < len(classnames) else None
 
 
+def _utf8(value: object) -> str | None:
+    """`value` (bytes, str or another scalar) as a str that is valid UTF-8, or None: bytes that are not UTF-8, or
+    a str holding lone surrogates (JSON's "\\ud800" escapes), which no file can store."""
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        text.encode("utf-8")
+    except UnicodeError:
+        return None
+    return text
+
+
 def validate(raw: RawRow, spec: CorpusSpec) -> tuple[str | None, tuple[str, str, int] | None]:
     """(skip reason, None) for a bad row, else (None, (key, normalised caption, label or -1))."""
     if raw.error:
         return raw.error, None
-    key = raw.key
-    if isinstance(key, bytes):
-        try:
-            key = key.decode("utf-8")
-        except UnicodeDecodeError:
-            return "key_not_utf8", None
-    if key is None or not str(key).strip():
+    if raw.key is None:
         return "key_missing", None
-    key = str(key)
+    key = _utf8(raw.key)
+    if key is None:
+        return "key_not_utf8", None
+    if not key.strip():
+        return "key_missing", None
     if "." in key:
         return "key_has_dot", None
     if "/" in key:
@@ -95,11 +104,9 @@ def validate(raw: RawRow, spec: CorpusSpec) -> tuple[str | None, tuple[str, str,
         caption = raw.caption
         if caption is None:
             return "caption_missing", None
-        if isinstance(caption, bytes):
-            try:
-                caption = caption.decode("utf-8")
-            except UnicodeDecodeError:
-                return "caption_not_utf8", None
+        caption = _utf8(caption)
+        if caption is None:
+            return "caption_not_utf8", None
     caption = normalise(str(caption))
     if not caption:
         return "caption_empty", None
@@ -126,7 +133,7 @@ def scan_file(
     rows_in, file_error = 0, None
     buffer: list[tuple[RawRow, tuple[str, str, int]]] = []
     try:
-        for raw in read_rows(file, spec):
+        for raw in _readable_rows(file, spec):
             rows_in += 1
             reason, row = validate(raw, spec)
             if reason:
@@ -137,8 +144,8 @@ def scan_file(
                 scan.flush(buffer)
                 buffer = []
         scan.flush(buffer)
-    except _READ_ERRORS as e:
-        file_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+    except _Unreadable as e:
+        file_error = str(e)
         for part in scan.parts:
             (out / SCAN / part["name"]).unlink(missing_ok=True)
         scan, rows_in = _FileScan(file_index, out, count_tokens, max_tokens, too_long), 0
@@ -154,6 +161,19 @@ def scan_file(
     }
     write_json_atomic(scan_marker(out, file_index), marker)
     return marker
+
+
+class _Unreadable(Exception):
+    """The input file could not be read to its end (the message: the read error's type and first line)."""
+
+
+def _readable_rows(file: InputFile, spec: CorpusSpec) -> Iterator[RawRow]:
+    """The rows of `file`; a read error becomes _Unreadable. Errors of the scan's own writes (a full disk) pass
+    through the loop over these rows untouched: they are not the input's fault."""
+    try:
+        yield from read_rows(file, spec)
+    except _READ_ERRORS as e:
+        raise _Unreadable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}") from e
 
 
 @dataclass
