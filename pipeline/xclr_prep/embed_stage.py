@@ -3,19 +3,22 @@
 Driver flow:
 
 1. Find the inputs, check table columns and the model path: bad input fails before Ray starts.
-2. ``OUT/plan.json`` holds a fingerprint of the inputs (path, size, mtime or object version) and of every option
-   that changes the output. An --out holding another plan is refused; one with the same plan is resumed; a complete one
-   (``manifest.json`` present) is left as it is.
+2. The command holds OUT's lock (`xclr_prep.fsutil.writing`): a second command on OUT is refused at once.
+   ``OUT/plan.json`` holds a fingerprint of the inputs (path, size, mtime or object version) and of every option
+   that changes the output. An --out holding another plan is refused, naming the inputs or options that changed;
+   one with the same plan is resumed; a complete one (``manifest.json`` present) is left as it is.
 3. Ray: a local instance started in-process and sized to the machine, or an existing cluster (``ray_address``).
    An actor pool of `EmbedWorker` (model loaded once per actor). An actor that dies is restarted by Ray and its
    unit retried; a unit is given up after `xclr_prep.raypool.MAX_ATTEMPTS`.
 4. Scan: one unit per input file without a scan marker (`xclr_prep.scan`).
 5. Dedup on the driver (`xclr_prep.dedup`).
 6. Embed: one unit per scan part without a valid done marker (`xclr_prep.embed_part`).
-7. ``manifest.json`` is written last; the intermediate ``scan/`` folder is then removed.
+7. ``manifest.json`` is written last, once the inputs are seen unchanged (a file modified while the command ran
+   is refused: no manifest over mixed inputs); the intermediate ``scan/`` folder is then removed.
 
 A kill -9 at any point leaves only complete files under final names plus temporaries that the rerun deletes;
-the rerun redoes exactly the units without markers and ends with the same directory.
+the rerun redoes exactly the units without markers and ends with the same directory. So does a full disk, which
+stops the command with one line (`xclr_prep.fsutil.writing`), even when a worker's write met it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import ray
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir
+from xclr_prep.fsutil import claim_dir, require_unchanged, writing
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
 from xclr_prep.options import EmbedOptions
 from xclr_prep.scan import read_digests, read_scan_marker, scan_file
@@ -118,7 +121,8 @@ def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tupl
 
 
 def run_embed(opts: EmbedOptions) -> dict:
-    """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options."""
+    """Run (or resume) the embed stage as OUT's one writer; return the manifest. Raises PrepError on bad input or
+    options, another command writing OUT, or a full disk."""
     t0 = time.perf_counter()
     model = opts.model or default_caption_model()
     files = find_inputs(list(opts.inputs), opts.input_format)
@@ -126,28 +130,30 @@ def run_embed(opts: EmbedOptions) -> dict:
         check_columns(f, opts.spec)
     fingerprint, plan = _fingerprint(files, opts, model)
     out = opts.out
-    if claim_dir(out, fingerprint, plan, "embed", "an embed run", "use another --out or delete it"):
-        print(f"{out} is already complete")
-        return json.loads((out / MANIFEST).read_text())
-    remove_temporaries(out)
+    with writing(out):
+        if claim_dir(out, fingerprint, plan, "embed", "an embed run", "use another --out or delete it"):
+            print(f"{out} is already complete")
+            return json.loads((out / MANIFEST).read_text())
+        remove_temporaries(out)
 
-    start_ray(opts.ray_address)
-    try:
-        require_shared([str(out / PLAN)] + [f.path for f in files if not storage.is_url(f.path)])
-        device = cluster_device(opts.device)
-        # CPU: one actor per 8 CPUs (torch scales poorly past that); GPU: one per GPU.
-        n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, 8)
-        actors = start_pool(EmbedWorker, n, cpus, gpus, model, device, opts.batch_size, cpus)
-        infos = ray.get([a.info.remote() for a in actors])
-        t_ready = time.perf_counter()
-        manifest = _run_stages(opts, out, files, actors, infos[0], device, fingerprint, model)
-    finally:
-        ray.shutdown()
-    manifest["run"] = {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
-                       "startup_seconds": round(t_ready - t0, 2), "seconds": round(time.perf_counter() - t0, 2)}
-    remove_temporaries(out)  # of writers that died with their node while others finished their units
-    write_json_atomic(out / MANIFEST, manifest)
-    shutil.rmtree(out / SCAN, ignore_errors=True)
+        start_ray(opts.ray_address)
+        try:
+            require_shared([str(out / PLAN)] + [f.path for f in files if not storage.is_url(f.path)])
+            device = cluster_device(opts.device)
+            # CPU: one actor per 8 CPUs (torch scales poorly past that); GPU: one per GPU.
+            n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, 8)
+            actors = start_pool(EmbedWorker, n, cpus, gpus, model, device, opts.batch_size, cpus)
+            infos = ray.get([a.info.remote() for a in actors])
+            t_ready = time.perf_counter()
+            manifest = _run_stages(opts, out, files, actors, infos[0], device, fingerprint, model)
+        finally:
+            ray.shutdown()
+        manifest["run"] = {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
+                           "startup_seconds": round(t_ready - t0, 2), "seconds": round(time.perf_counter() - t0, 2)}
+        remove_temporaries(out)  # of writers that died with their node while others finished their units
+        require_unchanged(out, plan, _fingerprint(files, opts, model)[1])
+        write_json_atomic(out / MANIFEST, manifest)
+        shutil.rmtree(out / SCAN, ignore_errors=True)
     return manifest
 
 

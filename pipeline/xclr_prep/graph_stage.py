@@ -6,13 +6,17 @@ Driver flow:
    embedding is invalid (not finite, or norm off 1 by more than 0.01): they are no one's neighbour and their
    samples are skipped (``caption_embedding_invalid``). Resolve k (default 32, capped at U - 1; an explicit
    k >= U is an error) and the method.
-2. ``OUT/plan.json``: a fingerprint of the embed manifest, every option and the index recipe
-   (`SearchMethod.recipe`: a graph half searched by a version that built another index is not resumed). An OUT
-   holding another plan is refused; the same plan is resumed; a complete OUT is left as it is.
+2. From here on the command holds OUT's lock (`xclr_prep.fsutil.writing`): a second command on OUT is refused at
+   once, and a full disk ends it with one line. ``OUT/plan.json``: a fingerprint of the embed manifest, every
+   option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that built another index
+   is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten embed directory, or
+   the options); the same plan is resumed; a complete OUT is left as it is.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
    (`xclr_prep.search_stage`) unless ``--graph`` names an existing graph of the same embed directory. Below the
    recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
 4. Shards by a pool of `ShardWorker` (`xclr_prep.shard_stage`), then ``sizes.json`` and ``manifest.json`` last.
+   Each manifest (the graph's, the shards') is written only if the embed manifest is still the one the run
+   started from: an embed directory rewritten under a running command is refused, not mixed into its output.
 
 Method ``auto``: `xclr_prep.search_methods.auto_method`, given the smallest live Ray node's memory.
 """
@@ -31,7 +35,7 @@ import ray
 
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir
+from xclr_prep.fsutil import claim_dir, refuse_changed_inputs, require_unchanged, writing
 from xclr_prep.options import DEFAULT_K, GraphOptions
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
 from xclr_prep.search_methods import METHODS, auto_method
@@ -90,52 +94,77 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def _embed_input(embed_dir: Path) -> dict:
+    """The embed directory as a plan record's input (`xclr_prep.fsutil`): its path and the SHA-256 of its manifest
+    (None when it has none), which a rewritten directory changes."""
+    manifest = embed_dir / MANIFEST
+    return {"path": str(embed_dir),
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None}
+
+
 def run_graph(opts: GraphOptions) -> dict:
-    """Run (or resume) the graph stage; return the shards manifest. Raises PrepError on bad input or options."""
+    """Run (or resume) the graph stage as OUT's one writer; return the shards manifest. Raises PrepError on bad
+    input or options, another command writing OUT, or a full disk."""
     t0 = time.perf_counter()
     try:
         embed_manifest = read_manifest(opts.embed_dir)
         rows = EmbeddingRows(opts.embed_dir, embed_manifest)
     except EmbedDirError as e:
         raise PrepError(str(e)) from e
-    embed_sha = hashlib.sha256((opts.embed_dir / MANIFEST).read_bytes()).hexdigest()
-    invalid = invalid_captions(rows)
-    k = _resolve_k(opts.k, rows.n - len(invalid))
-
-    start_ray(opts.ray_address)
-    try:
-        device = cluster_device(opts.device)
-        if opts.graph is None:
-            method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
-            record = METHODS[method]
-            recipe = record.recipe(rows.n - len(invalid), rows.dim, record.engine(device, knn.faiss_gpu_build()))
-            graph_plan = GraphPlan(GRAPH_SCHEMA_VERSION, embed_sha, k, method, opts.recall_target, opts.block_size,
-                                   device, opts.search_seed or 0, recipe)
-            graph_dir = opts.out / GRAPH
-        else:
-            graph_dir = opts.graph
-            graph_plan = _reused_graph_plan(graph_dir, embed_sha)
-        plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(asdict(graph_plan)),
-                "graph_dir": str(graph_dir), "shards": asdict(opts.shards)}
-        hint = (f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)")
-        if claim_dir(opts.out, _digest(plan), {}, "shards", "shards", hint):
-            print(f"{opts.out} is already complete")
-            return json.loads((opts.out / MANIFEST).read_text())
-        remove_temporaries(opts.out)
-        require_shared([str(opts.out / PLAN), str(opts.embed_dir / MANIFEST)]
-                       + ([str(graph_dir / MANIFEST)] if opts.graph else []))
-        if opts.graph is None:
-            graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed_manifest, rows, invalid, device)
-        else:
-            graph_manifest = load_graph(graph_dir).manifest
-        manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed_sha, rows, invalid, device)
-    finally:
-        ray.shutdown()
-    manifest["seconds"] = round(time.perf_counter() - t0, 2)
-    remove_temporaries(opts.out)  # of writers that died with their node while others finished their units
-    write_json_atomic(opts.out / SIZES, {s["name"]: s["samples"] for s in manifest["shards"]})
-    write_json_atomic(opts.out / MANIFEST, manifest)
+    embed = _embed_input(opts.embed_dir)
+    embed_sha = embed["manifest_sha256"]
+    with writing(opts.out):
+        refuse_changed_inputs(opts.out, {"inputs": [embed]})  # at once, before the embeddings are read
+        invalid = invalid_captions(rows)
+        k = _resolve_k(opts.k, rows.n - len(invalid))
+        start_ray(opts.ray_address)
+        try:
+            graph_dir, graph_plan = _graph_plan(opts, k, embed_sha, rows, invalid)
+            plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(asdict(graph_plan)),
+                    "graph_dir": str(graph_dir), "shards": asdict(opts.shards)}
+            record = _record(opts.embed_dir, graph_plan, graph_dir=str(graph_dir), shards=asdict(opts.shards))
+            hint = f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)"
+            if claim_dir(opts.out, _digest(plan), record, "shards", "shards", hint):
+                print(f"{opts.out} is already complete")
+                return json.loads((opts.out / MANIFEST).read_text())
+            remove_temporaries(opts.out)
+            require_shared([str(opts.out / PLAN), str(opts.embed_dir / MANIFEST)]
+                           + ([str(graph_dir / MANIFEST)] if opts.graph else []))
+            if opts.graph is None:
+                graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed_manifest, rows, invalid)
+            else:
+                graph_manifest = load_graph(graph_dir).manifest
+            manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed_sha, rows, invalid)
+        finally:
+            ray.shutdown()
+        manifest["seconds"] = round(time.perf_counter() - t0, 2)
+        remove_temporaries(opts.out)  # of writers that died with their node while others finished their units
+        require_unchanged(opts.out, record, {"inputs": [_embed_input(opts.embed_dir)]})
+        write_json_atomic(opts.out / SIZES, {s["name"]: s["samples"] for s in manifest["shards"]})
+        write_json_atomic(opts.out / MANIFEST, manifest)
     return manifest
+
+
+def _record(embed_dir: Path, plan: GraphPlan, **options: object) -> dict:
+    """The plan record (`xclr_prep.fsutil`) of a directory made from `embed_dir` by a graph of `plan`, with further
+    `options`: the embed directory is the input (its manifest's digest the plan holds), the rest are options."""
+    graph = {k: v for k, v in asdict(plan).items() if k != "embed_manifest_sha256"}
+    return {"inputs": [{"path": str(embed_dir), "manifest_sha256": plan.embed_manifest_sha256}],
+            "options": {"graph": graph, **options}}
+
+
+def _graph_plan(opts: GraphOptions, k: int, embed_sha: str, rows: EmbeddingRows,
+                invalid: np.ndarray) -> tuple[Path, GraphPlan]:
+    """Where the graph is and its plan: OUT/graph searched with the options' method (auto resolved on the running
+    Ray), or the complete graph ``--graph`` reuses."""
+    if opts.graph is not None:
+        return opts.graph, _reused_graph_plan(opts.graph, embed_sha)
+    device = cluster_device(opts.device)
+    method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
+    record = METHODS[method]
+    recipe = record.recipe(rows.n - len(invalid), rows.dim, record.engine(device, knn.faiss_gpu_build()))
+    return opts.out / GRAPH, GraphPlan(GRAPH_SCHEMA_VERSION, embed_sha, k, method, opts.recall_target,
+                                       opts.block_size, device, opts.search_seed or 0, recipe)
 
 
 def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> GraphPlan:
@@ -149,12 +178,14 @@ def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> GraphPlan:
 
 
 def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_manifest: dict, rows: EmbeddingRows,
-                 invalid: np.ndarray, device: str) -> dict:
+                 invalid: np.ndarray) -> dict:
     fingerprint = _digest(asdict(plan))
-    if claim_dir(graph_dir, fingerprint, {}, "graph", "a graph", "use another --out"):
+    record = _record(opts.embed_dir, plan)
+    if claim_dir(graph_dir, fingerprint, record, "graph", "a graph", "use another --out"):
         return load_graph(graph_dir).manifest
     started = time.perf_counter()
     create_neighbors_file(graph_dir, rows.n, plan.k)
+    device = plan.device
     n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, None)
     actors = start_pool(SearchWorker, n, cpus, gpus, str(opts.embed_dir), str(graph_dir), plan, invalid, device, cpus)
     result = search_graph(actors, graph_dir, rows.n, opts.block_size, plan.method, plan.seed,
@@ -182,12 +213,13 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_man
         "run": {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                 "seconds": round(time.perf_counter() - started, 2)},
     }
+    require_unchanged(graph_dir, record, {"inputs": [_embed_input(opts.embed_dir)]})
     write_json_atomic(graph_dir / MANIFEST, manifest)
     return manifest
 
 
 def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, embed_manifest: dict, embed_sha: str,
-                  rows: EmbeddingRows, invalid: np.ndarray, device: str) -> dict:
+                  rows: EmbeddingRows, invalid: np.ndarray) -> dict:
     caption_ok = np.ones(rows.n, dtype=bool)
     caption_ok[invalid] = False
     n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, 1)  # one shard writer per CPU

@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from xclr_prep.errors import PrepError
+from xclr_prep.fsutil import is_no_space
 
 MAX_ATTEMPTS = 3
 RESTART_TIMEOUT = 600  # seconds a dead worker has to come back before it leaves the pool
@@ -110,6 +111,22 @@ def user_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
+def task_error(e: ray.exceptions.RayTaskError, what: str) -> Exception:
+    """The error the driver raises for task `what` that failed with `e`: the unit's own OSError when a write
+    failed for want of space (`fsutil.writing` names OUT and the space left), else a PrepError."""
+    if is_no_space(e.cause):
+        return e.cause
+    return PrepError(f"{what} failed: {user_error(e)}")
+
+
+def get(ref: ray.ObjectRef, what: str) -> object:
+    """``ray.get(ref)`` of one task outside `run_stage` (named `what`), its failure raised as `task_error`."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        raise task_error(e, what) from e
+
+
 class Unit(Protocol):
     """One unit of work of a stage: `index` names its done marker; `weight` is what it adds to the progress bar
     (files, captions, samples)."""
@@ -147,7 +164,8 @@ def _run_units(actors: list, method: str, units: list[Unit], on_result: Callable
     A unit whose actor died is resubmitted to a live actor, up to MAX_ATTEMPTS in all. The dead actor (which Ray
     restarts) gets work again once it answers; one that has not answered within RESTART_TIMEOUT seconds (its node
     is gone and no other has room) leaves the pool, and a pool with no actor left stops the run with a PrepError.
-    An exception raised by the unit's own code stops the run with that error.
+    An exception raised by the unit's own code stops the run with that error: a PrepError, or a write that failed
+    for want of space (an OSError, for `fsutil.writing`) as it is.
     """
     pending = deque((unit, 1) for unit in units)
     free = [a for a in actors for _ in range(2)]
@@ -182,6 +200,6 @@ def _run_units(actors: list, method: str, units: list[Unit], on_result: Callable
             restarting[actor.__ray_ready__.remote()] = (actor, time.monotonic())
             continue
         except ray.exceptions.RayTaskError as e:
-            raise PrepError(f"{method} of unit {unit.index} failed: {user_error(e)}") from e
+            raise task_error(e, f"{method} of unit {unit.index}") from e
         free.append(actor)
         on_result(unit, result)

@@ -22,7 +22,7 @@ import ray
 
 from xclr_prep.errors import PrepError
 from xclr_prep.search_methods import METHODS
-from xclr_prep.raypool import run_stage
+from xclr_prep.raypool import get, run_stage
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.graph_dir import block_marker
@@ -161,9 +161,12 @@ class SearchWorker:
 def _write_rows(path: Path, start: int, rows: np.ndarray) -> None:
     """Write `rows` over rows [start, start + len) of the .npy at `path`, in place, and fsync."""
     offset = np.load(path, mmap_mode="r", allow_pickle=False).offset + start * rows.shape[1] * NEIGHBOR_DTYPE.itemsize
+    data = memoryview(rows.tobytes())
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.pwrite(fd, rows.tobytes(), offset)
+        while data:  # pwrite may write less than asked (a nearly full disk): write the rest, or fail with ENOSPC
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -185,12 +188,12 @@ def search_graph(actors: list, graph: Path, n: int, block_size: int, method: str
         if params_path.exists() and (graph / INDEX).exists():
             params = json.loads(params_path.read_text())
         else:
-            params = ray.get(actors[0].prepare_index.remote(seed, target))
+            params = get(actors[0].prepare_index.remote(seed, target), "building the index")
     blocks = [SearchBlock(i, s, min(n, s + block_size)) for i, s in enumerate(range(0, n, block_size))]
     markers = {b.index: json.loads(block_marker(graph, b.index).read_text()) for b in blocks
                if block_marker(graph, b.index).exists()}
     run_stage(actors, "search", blocks, markers, "search", "caption", progress)
-    measured = ray.get(actors[0].measure.remote(seed))
+    measured = get(actors[0].measure.remote(seed), "measuring the graph")
     engines = sorted({tuple(e.items()) for e in ray.get([a.engines.remote() for a in actors])})
     return {"index": params, "exact_fallback_queries": sum(m["exact_fallback"] for m in markers.values()),
             "blocks": len(blocks), "engines": [dict(e) for e in engines], **measured}
