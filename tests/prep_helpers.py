@@ -102,3 +102,48 @@ EMBED_PARTS = 20
 
 
 GRAPH_ARGS = ["--block-size", "200", "--shard-samples", "60", "--k", "8", "--no-progress"]
+
+
+class Tmpfs:
+    """A real tmpfs of `size` (mount(8) sizes: "4m") mounted at `path` for the body (a small disk to fill); `grow`
+    remounts it larger, keeping its files (space freed on the same device). The test is skipped when this process
+    may not mount (root or CAP_SYS_ADMIN is needed)."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path, self.size = path, size
+
+    def __enter__(self) -> Tmpfs:
+        self.path.mkdir(parents=True, exist_ok=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        return self
+
+    def grow(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["umount", "--lazy", str(self.path)], check=True)  # lazy: a failed test's command may live on
+
+
+def lock_holders(path: Path) -> set[int]:
+    """The pids holding a flock(2) on file `path` (from /proc/locks), without touching the lock."""
+    if not path.exists():
+        return set()
+    st = path.stat()
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as locks:
+        return {int(fields[4]) for fields in map(str.split, locks) if fields[1] == "FLOCK" and fields[5] == inode}
+
+
+def wait_for_lock(proc: subprocess.Popen, out: Path, timeout: float = 120) -> None:
+    """Wait until the command `proc` holds OUT's lock (xclr_schemas.out_lock), i.e. has begun writing OUT."""
+    from xclr_schemas.out_lock import LOCK
+
+    deadline = time.monotonic() + timeout
+    while proc.pid not in lock_holders(out / LOCK):
+        if proc.poll() is not None:
+            raise AssertionError(f"ended ({proc.returncode}) before it held {out / LOCK}:\n{proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"{out / LOCK} not locked within {timeout} s"
+        time.sleep(0.01)

@@ -1,0 +1,223 @@
+"""Faults of `xclr-prep embed` and `xclr-prep graph` beyond kill -9 (issue 34): a full disk (a real tmpfs as OUT),
+two commands on one OUT, and inputs changed between a killed run and its rerun or under a running command.
+
+Each test drives one stage through all three on the tuxpaint stamps: the first run fills the disk while a second
+command asks for the same OUT; the disk is remounted larger (the same OUT with more room); a rerun is killed -9
+while it holds OUT's lock; the inputs change and the next rerun is refused (for graph, also a rerun during which
+they change); they are put back, and the last rerun ends equal to the session's clean run. The commands join the
+session's Ray (conftest.shared_ray); the refused ones run in this process (prep_helpers.prep_error).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fault_ledger import samples_lost
+from prep_helpers import (
+    TUX_GRAPH_ARGS,
+    Tmpfs,
+    kill_session,
+    lock_holders,
+    prep_error,
+    run_prep,
+    shard_keys,
+    shard_snapshot,
+    start_prep,
+    wait_for_lock,
+)
+
+from xclr_schemas import load_embed_dir, part_paths
+from xclr_schemas.atomic import TMP_MARK, write_json_atomic
+from xclr_schemas.out_lock import LOCK, exclusive
+
+pytestmark = pytest.mark.slow
+TUX_EMBED_ARGS = ["--label-col", "label", "--no-progress"]  # as conftest.tux_embed
+BUSY = "is being written by another command"
+
+
+def ended(proc) -> tuple[int, str]:
+    """The exit status of `proc` once it ends, and its stderr."""
+    _, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr
+
+
+def one_line_error(returncode: int, stderr: str) -> str:
+    """The command's one-line error (exit 2, the last stderr line, no traceback anywhere), or '' when it is not."""
+    lines = stderr.strip().splitlines()
+    if returncode != 2 or "Traceback" in stderr or not lines or not lines[-1].startswith("xclr-prep: error: "):
+        return ""
+    return lines[-1]
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root`: its size and mtime."""
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused_writing_nothing(out: Path, *command) -> str:
+    """Run `xclr-prep COMMAND` in this process while this process holds OUT's lock: its one-line error, after
+    checking that OUT's files are untouched."""
+    before = tree(out)
+    with exclusive(out):
+        error = prep_error(*command)
+    assert tree(out) == before
+    return error
+
+
+def without_source_dir(table):
+    """A samples table with each image_source reduced to its file name (the corpus copy lives elsewhere)."""
+    names = pa.array([Path(s).name for s in table.column("image_source").to_pylist()], pa.string())
+    return table.set_column(table.schema.get_field_index("image_source"), "image_source", names)
+
+
+def same_parts(out: Path, reference: Path, parts: list[int]) -> bool:
+    """Embed parts `parts` of `out` hold what the reference's hold (embeddings up to fp16 rounding)."""
+    for p in parts:
+        got, ref = part_paths(out, p), part_paths(reference, p)
+        if not (np.allclose(np.load(got["embeddings"]).astype(np.float32),
+                            np.load(ref["embeddings"]).astype(np.float32), atol=2e-3)
+                and pq.read_table(got["captions"]).equals(pq.read_table(ref["captions"]))
+                and without_source_dir(pq.read_table(got["samples"])).equals(
+                    without_source_dir(pq.read_table(ref["samples"])))):
+            return False
+    return True
+
+
+def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, fault_ledger):
+    """Two tars of the stamps (two parts) into a tmpfs with room for about one part and a half."""
+    tars = sorted((tux_embed / "tars").glob("*.tar"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for tar in tars[:2]:
+        shutil.copy2(tar, corpus / tar.name)
+    reference = tux_embed / "embed"
+    command = ("embed", corpus, "--out")
+    with Tmpfs(tmp_path / "disk", "160k") as disk:
+        out = disk.path / "embed"
+        first = start_prep(*command, out, *TUX_EMBED_ARGS)
+        wait_for_lock(first, out)
+        busy = prep_error(*command, out, *TUX_EMBED_ARGS)
+        full = one_line_error(*ended(first))
+        done = sorted(int(p.stem.split("-")[1]) for p in (out / "done").glob("*.json"))
+        kept_whole = done == [0] and same_parts(out, reference, done)
+        no_partial = all(np.load(p).shape[1] == 384 for p in (out / "embeddings").glob("*.npy")) and all(
+            pq.read_table(p).num_rows > 0 for d in ("captions", "samples") for p in (out / d).glob("*.parquet"))
+        no_manifest = not (out / "manifest.json").exists()
+        writes_nothing = refused_writing_nothing(out, *command, out, *TUX_EMBED_ARGS)
+
+        disk.grow("64m")
+        killed = start_prep(*command, out, *TUX_EMBED_ARGS)
+        wait_for_lock(killed, out)
+        kill_session(killed)
+        lock_dropped = lock_holders(out / LOCK) == set()
+        shutil.copy2(tars[2], corpus / tars[2].name)  # a tar appended to the corpus
+        appended = prep_error(*command, out, *TUX_EMBED_ARGS)
+        (corpus / tars[2].name).unlink()
+        shutil.copyfile(tars[2], corpus / tars[1].name)  # a tar replaced
+        replaced = prep_error(*command, out, *TUX_EMBED_ARGS)
+        shutil.copy2(tars[1], corpus / tars[1].name)  # put back as it was (content and mtime)
+
+        run_prep(*command, out, *TUX_EMBED_ARGS)
+        d, ref = load_embed_dir(out), load_embed_dir(reference)
+        parts = [p["index"] for p in d.manifest["parts"]]
+        same = parts == [0, 1] and d.manifest["parts"] == ref.manifest["parts"][:2] and same_parts(out, reference,
+                                                                                                    parts)
+        expected = ref.samples.slice(0, sum(p["samples"] for p in d.manifest["parts"])).column("key").to_pylist()
+        lost = samples_lost(expected, d.samples.column("key").to_pylist())
+        clean = not [p for p in out.rglob(f"*{TMP_MARK}*")] and not (out / "scan").exists()
+    checks = {
+        "one-line disk-full error naming OUT and its free space": f"no space left on the device of {out}" in full
+        and "MB free" in full,
+        "the done part intact, nothing partial under a final name": kept_whole and no_partial and no_manifest,
+        "rerun equals the clean run": same and clean and lost == 0,
+    }
+    fault_ledger.record("disk full", "embed: OUT a full tmpfs while writing parts; rerun once remounted larger",
+                        survived=all(checks.values()), samples_lost=lost)
+    writers = {
+        "second embed refused at once while the first ran": BUSY in busy,
+        "and wrote nothing": BUSY in writes_nothing,
+        "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same,
+    }
+    fault_ledger.record("two writers", "embed: a second command on a running OUT, then the lock of a kill -9'd one",
+                        injected=2, survived=all(writers.values()), samples_lost=lost)
+    changed = {
+        "a tar appended after a kill: refused, named": f"{corpus / tars[2].name} is new" in appended,
+        "a tar replaced: refused, named": f"{corpus / tars[1].name} was modified (size" in replaced,
+        "put back: the rerun equals the clean run": same,
+    }
+    fault_ledger.record("input changed", "embed: a corpus tar appended, then one replaced, between a kill -9 and "
+                        "the rerun", injected=2, survived=all(changed.values()), samples_lost=lost)
+    assert checks | writers | changed == dict.fromkeys(checks | writers | changed, True), (full, busy, appended,
+                                                                                          replaced)
+
+
+def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_shards, tmp_path, fault_ledger):
+    """The stamps' shards (four of 6-8 MB, two writers) into a tmpfs with room for about two."""
+    embed = tmp_path / "embed"
+    shutil.copytree(tux_embed / "embed", embed)
+    original = json.loads((embed / "manifest.json").read_text())
+    command = ("graph", embed, "--out")
+    with Tmpfs(tmp_path / "disk", "16m") as disk:
+        out = disk.path / "shards"
+        first = start_prep(*command, out, *TUX_GRAPH_ARGS)
+        wait_for_lock(first, out)
+        busy = prep_error(*command, out, *TUX_GRAPH_ARGS)
+        full = one_line_error(*ended(first))
+        done = [json.loads(p.read_text())["name"] for p in (out / "done").glob("*.json")]
+        present = [p.name for p in out.glob("shard-*.tar")]
+        kept_whole = 0 < len(done) < 4 and set(done) <= set(present) and all(
+            (out / name).read_bytes() == (tux_shards / name).read_bytes() for name in present)
+        graph_kept = (out / "graph" / "neighbors.npy").read_bytes() == (tux_shards / "graph" / "neighbors.npy") \
+            .read_bytes() and (out / "graph" / "manifest.json").exists() and not (out / "manifest.json").exists()
+
+        disk.grow("64m")
+        killed = start_prep(*command, out, *TUX_GRAPH_ARGS)
+        wait_for_lock(killed, out)
+        kill_session(killed)
+        lock_dropped = lock_holders(out / LOCK) == set()
+        write_json_atomic(embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"})  # re-embedded
+        rewritten = prep_error(*command, out, *TUX_GRAPH_ARGS)
+        write_json_atomic(embed / "manifest.json", original)  # put back
+
+        running = start_prep(*command, out, *TUX_GRAPH_ARGS)
+        wait_for_lock(running, out)
+        write_json_atomic(embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"})
+        under = one_line_error(*ended(running))
+        no_manifest = not (out / "manifest.json").exists()
+        write_json_atomic(embed / "manifest.json", original)
+
+        run_prep(*command, out, *TUX_GRAPH_ARGS)
+        same = shard_snapshot(out) == shard_snapshot(tux_shards)
+        lost = samples_lost(shard_keys(tux_shards), shard_keys(out))
+        clean = not [p for p in out.rglob(f"*{TMP_MARK}*")]
+    checks = {
+        "one-line disk-full error naming OUT and its free space": f"no space left on the device of {out}" in full
+        and "MB free" in full,
+        "done shards and the graph intact, no partial shard": kept_whole and graph_kept,
+        "rerun equals the clean run": same and clean and lost == 0,
+    }
+    fault_ledger.record("disk full", "graph: OUT a full tmpfs while writing shards; rerun once remounted larger",
+                        survived=all(checks.values()), samples_lost=lost)
+    writers = {
+        "second graph refused at once while the first ran": BUSY in busy,
+        "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same,
+    }
+    fault_ledger.record("two writers", "graph: a second command on a running OUT, then the lock of a kill -9'd one",
+                        injected=2, survived=all(writers.values()), samples_lost=lost)
+    changed = {
+        "embed dir rewritten after a kill: refused, named": f"{embed} was modified" in rewritten,
+        "rewritten under a running graph: refused, no manifest": "inputs changed while the command ran" in under
+        and no_manifest,
+        "put back: the rerun equals the clean run": same,
+    }
+    fault_ledger.record("input changed", "graph: the embed directory rewritten between a kill -9 and the rerun, "
+                        "and under a running command", injected=2, survived=all(changed.values()), samples_lost=lost)
+    assert checks | writers | changed == dict.fromkeys(checks | writers | changed, True), (full, busy, rewritten,
+                                                                                          under)
