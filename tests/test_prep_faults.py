@@ -55,13 +55,43 @@ def one_line_error(returncode: int, stderr: str) -> str:
     return lines[-1]
 
 
+def fill_while_a_second_asks(command: tuple, out: Path) -> tuple[str, str]:
+    """Run `xclr-prep COMMAND` (writing OUT, on a disk too small) and, once it holds OUT's lock, the same command
+    again in this process: the first's one-line error when it ends ('' if it is not one) and the second's."""
+    first = start_prep(*command)
+    wait_for_lock(first, out)
+    second = prep_error(*command)
+    return one_line_error(*ended(first)), second
+
+
+def killed_holding_the_lock(command: tuple, out: Path) -> bool:
+    """Start `xclr-prep COMMAND`, kill -9 it once it holds OUT's lock: whether the kernel dropped the lock."""
+    holder = start_prep(*command)
+    wait_for_lock(holder, out)
+    kill_session(holder)
+    return lock_holders(out / LOCK) == set()
+
+
+def disk_full(error: str, out: Path) -> bool:
+    """Whether `error` is the one-line disk-full error, naming OUT and the space left there."""
+    return f"no space left on the device of {out}" in error and "MB free there" in error
+
+
+def record(fault_ledger, lost: int, *faults: tuple[str, str, int, dict[str, bool]]) -> list[str]:
+    """Record each fault (kind, what, injected, its checks by name) in the ledger, survived when every check of it
+    holds; returns the names of the checks that failed."""
+    for kind, name, injected, checks in faults:
+        fault_ledger.record(kind, name, injected=injected, survived=all(checks.values()), samples_lost=lost)
+    return [check for *_, checks in faults for check, ok in checks.items() if not ok]
+
+
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under `root`: its size and mtime."""
     return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def refused_writing_nothing(out: Path, *command) -> str:
+def refused_writing_nothing(command: tuple, out: Path) -> str:
     """Run `xclr-prep COMMAND` in this process while this process holds OUT's lock: its one-line error, after
     checking that OUT's files are untouched."""
     before = tree(out)
@@ -98,33 +128,27 @@ def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, f
     for tar in tars[:2]:
         shutil.copy2(tar, corpus / tar.name)
     reference = tux_embed / "embed"
-    command = ("embed", corpus, "--out")
     with Tmpfs(tmp_path / "disk", "160k") as disk:
         out = disk.path / "embed"
-        first = start_prep(*command, out, *TUX_EMBED_ARGS)
-        wait_for_lock(first, out)
-        busy = prep_error(*command, out, *TUX_EMBED_ARGS)
-        full = one_line_error(*ended(first))
+        command = ("embed", corpus, "--out", out, *TUX_EMBED_ARGS)
+        full, busy = fill_while_a_second_asks(command, out)
         done = sorted(int(p.stem.split("-")[1]) for p in (out / "done").glob("*.json"))
         kept_whole = done == [0] and same_parts(out, reference, done)
         no_partial = all(np.load(p).shape[1] == 384 for p in (out / "embeddings").glob("*.npy")) and all(
             pq.read_table(p).num_rows > 0 for d in ("captions", "samples") for p in (out / d).glob("*.parquet"))
         no_manifest = not (out / "manifest.json").exists()
-        writes_nothing = refused_writing_nothing(out, *command, out, *TUX_EMBED_ARGS)
+        writes_nothing = refused_writing_nothing(command, out)
 
         disk.grow("64m")
-        killed = start_prep(*command, out, *TUX_EMBED_ARGS)
-        wait_for_lock(killed, out)
-        kill_session(killed)
-        lock_dropped = lock_holders(out / LOCK) == set()
+        lock_dropped = killed_holding_the_lock(command, out)
         shutil.copy2(tars[2], corpus / tars[2].name)  # a tar appended to the corpus
-        appended = prep_error(*command, out, *TUX_EMBED_ARGS)
+        appended = prep_error(*command)
         (corpus / tars[2].name).unlink()
         shutil.copyfile(tars[2], corpus / tars[1].name)  # a tar replaced
-        replaced = prep_error(*command, out, *TUX_EMBED_ARGS)
+        replaced = prep_error(*command)
         shutil.copy2(tars[1], corpus / tars[1].name)  # put back as it was (content and mtime)
 
-        run_prep(*command, out, *TUX_EMBED_ARGS)
+        run_prep(*command)
         d, ref = load_embed_dir(out), load_embed_dir(reference)
         parts = [p["index"] for p in d.manifest["parts"]]
         same = parts == [0, 1] and d.manifest["parts"] == ref.manifest["parts"][:2] and same_parts(out, reference,
@@ -132,30 +156,20 @@ def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, f
         expected = ref.samples.slice(0, sum(p["samples"] for p in d.manifest["parts"])).column("key").to_pylist()
         lost = samples_lost(expected, d.samples.column("key").to_pylist())
         clean = not [p for p in out.rglob(f"*{TMP_MARK}*")] and not (out / "scan").exists()
-    checks = {
-        "one-line disk-full error naming OUT and its free space": f"no space left on the device of {out}" in full
-        and "MB free" in full,
-        "the done part intact, nothing partial under a final name": kept_whole and no_partial and no_manifest,
-        "rerun equals the clean run": same and clean and lost == 0,
-    }
-    fault_ledger.record("disk full", "embed: OUT a full tmpfs while writing parts; rerun once remounted larger",
-                        survived=all(checks.values()), samples_lost=lost)
-    writers = {
-        "second embed refused at once while the first ran": BUSY in busy,
-        "and wrote nothing": BUSY in writes_nothing,
-        "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same,
-    }
-    fault_ledger.record("two writers", "embed: a second command on a running OUT, then the lock of a kill -9'd one",
-                        injected=2, survived=all(writers.values()), samples_lost=lost)
-    changed = {
-        "a tar appended after a kill: refused, named": f"{corpus / tars[2].name} is new" in appended,
-        "a tar replaced: refused, named": f"{corpus / tars[1].name} was modified (size" in replaced,
-        "put back: the rerun equals the clean run": same,
-    }
-    fault_ledger.record("input changed", "embed: a corpus tar appended, then one replaced, between a kill -9 and "
-                        "the rerun", injected=2, survived=all(changed.values()), samples_lost=lost)
-    assert checks | writers | changed == dict.fromkeys(checks | writers | changed, True), (full, busy, appended,
-                                                                                          replaced)
+    failed = record(fault_ledger, lost, (
+        "disk full", "embed: OUT a full tmpfs while writing parts; rerun once remounted larger", 1, {
+            "one-line disk-full error naming OUT and its free space": disk_full(full, out),
+            "the done part intact, nothing partial under a final name": kept_whole and no_partial and no_manifest,
+            "rerun equals the clean run": same and clean and lost == 0}), (
+        "two writers", "embed: a second command on a running OUT, then the lock of a kill -9'd one", 2, {
+            "second embed refused at once while the first ran": BUSY in busy,
+            "and wrote nothing": BUSY in writes_nothing,
+            "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same}), (
+        "input changed", "embed: a corpus tar appended, then one replaced, between a kill -9 and the rerun", 2, {
+            "a tar appended after a kill: refused, named": f"{corpus / tars[2].name} is new" in appended,
+            "a tar replaced: refused, named": f"{corpus / tars[1].name} was modified (size" in replaced,
+            "put back: the rerun equals the clean run": same}))
+    assert not failed, (failed, full, busy, appended, replaced)
 
 
 def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_shards, tmp_path, fault_ledger):
@@ -163,13 +177,10 @@ def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_sh
     embed = tmp_path / "embed"
     shutil.copytree(tux_embed / "embed", embed)
     original = json.loads((embed / "manifest.json").read_text())
-    command = ("graph", embed, "--out")
     with Tmpfs(tmp_path / "disk", "16m") as disk:
         out = disk.path / "shards"
-        first = start_prep(*command, out, *TUX_GRAPH_ARGS)
-        wait_for_lock(first, out)
-        busy = prep_error(*command, out, *TUX_GRAPH_ARGS)
-        full = one_line_error(*ended(first))
+        command = ("graph", embed, "--out", out, *TUX_GRAPH_ARGS)
+        full, busy = fill_while_a_second_asks(command, out)
         done = [json.loads(p.read_text())["name"] for p in (out / "done").glob("*.json")]
         present = [p.name for p in out.glob("shard-*.tar")]
         kept_whole = 0 < len(done) < 4 and set(done) <= set(present) and all(
@@ -178,46 +189,34 @@ def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_sh
             .read_bytes() and (out / "graph" / "manifest.json").exists() and not (out / "manifest.json").exists()
 
         disk.grow("64m")
-        killed = start_prep(*command, out, *TUX_GRAPH_ARGS)
-        wait_for_lock(killed, out)
-        kill_session(killed)
-        lock_dropped = lock_holders(out / LOCK) == set()
+        lock_dropped = killed_holding_the_lock(command, out)
         write_json_atomic(embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"})  # re-embedded
-        rewritten = prep_error(*command, out, *TUX_GRAPH_ARGS)
+        rewritten = prep_error(*command)
         write_json_atomic(embed / "manifest.json", original)  # put back
 
-        running = start_prep(*command, out, *TUX_GRAPH_ARGS)
+        running = start_prep(*command)
         wait_for_lock(running, out)
         write_json_atomic(embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"})
         under = one_line_error(*ended(running))
         no_manifest = not (out / "manifest.json").exists()
         write_json_atomic(embed / "manifest.json", original)
 
-        run_prep(*command, out, *TUX_GRAPH_ARGS)
+        run_prep(*command)
         same = shard_snapshot(out) == shard_snapshot(tux_shards)
         lost = samples_lost(shard_keys(tux_shards), shard_keys(out))
         clean = not [p for p in out.rglob(f"*{TMP_MARK}*")]
-    checks = {
-        "one-line disk-full error naming OUT and its free space": f"no space left on the device of {out}" in full
-        and "MB free" in full,
-        "done shards and the graph intact, no partial shard": kept_whole and graph_kept,
-        "rerun equals the clean run": same and clean and lost == 0,
-    }
-    fault_ledger.record("disk full", "graph: OUT a full tmpfs while writing shards; rerun once remounted larger",
-                        survived=all(checks.values()), samples_lost=lost)
-    writers = {
-        "second graph refused at once while the first ran": BUSY in busy,
-        "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same,
-    }
-    fault_ledger.record("two writers", "graph: a second command on a running OUT, then the lock of a kill -9'd one",
-                        injected=2, survived=all(writers.values()), samples_lost=lost)
-    changed = {
-        "embed dir rewritten after a kill: refused, named": f"{embed} was modified" in rewritten,
-        "rewritten under a running graph: refused, no manifest": "inputs changed while the command ran" in under
-        and no_manifest,
-        "put back: the rerun equals the clean run": same,
-    }
-    fault_ledger.record("input changed", "graph: the embed directory rewritten between a kill -9 and the rerun, "
-                        "and under a running command", injected=2, survived=all(changed.values()), samples_lost=lost)
-    assert checks | writers | changed == dict.fromkeys(checks | writers | changed, True), (full, busy, rewritten,
-                                                                                          under)
+    failed = record(fault_ledger, lost, (
+        "disk full", "graph: OUT a full tmpfs while writing shards; rerun once remounted larger", 1, {
+            "one-line disk-full error naming OUT and its free space": disk_full(full, out),
+            "done shards and the graph intact, no partial shard": kept_whole and graph_kept,
+            "rerun equals the clean run": same and clean and lost == 0}), (
+        "two writers", "graph: a second command on a running OUT, then the lock of a kill -9'd one", 2, {
+            "second graph refused at once while the first ran": BUSY in busy,
+            "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same}), (
+        "input changed", "graph: the embed directory rewritten between a kill -9 and the rerun, and under a running "
+        "command", 2, {
+            "embed dir rewritten after a kill: refused, named": f"{embed} was modified" in rewritten,
+            "rewritten under a running graph: refused, no manifest": "inputs changed while the command ran" in under
+            and no_manifest,
+            "put back: the rerun equals the clean run": same}))
+    assert not failed, (failed, full, busy, rewritten, under)
