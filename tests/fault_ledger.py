@@ -92,20 +92,23 @@ def fault_ledger(pytestconfig) -> FaultLedger:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Print the ledger when a fault test or a fuzzer ran; write it as JSON to $XCLR_FAULT_REPORT when it is set."""
+    """Print the faults when a fault test ran and the fuzz tally when a fuzzer ran; write both as JSON to
+    $XCLR_FAULT_REPORT when it is set."""
     ledger = config.stash.get(_LEDGER, None)
-    report = os.environ.get("XCLR_FAULT_REPORT")
-    if ledger is None or not (ledger.faults or ledger.fuzz or report):
+    if ledger is None:
         return
     totals = ledger.totals()
-    terminalreporter.write_sep("=", "fault injection")
+    if ledger.faults or ledger.fuzz:
+        terminalreporter.write_sep("=", "fault injection and fuzzing")
     for f in ledger.faults:
         terminalreporter.write_line(f"[{f['kind']}] {f['name']}: injected {f['injected']}, survived {f['survived']}, "
                                     f"samples lost {f['samples_lost']}")
-    terminalreporter.write_line(f"faults injected {totals['injected']} of {totals['kinds']} kinds, survived "
-                                f"{totals['survived']}, samples lost {totals['samples_lost']}")
+    if ledger.faults:
+        terminalreporter.write_line(f"faults injected {totals['injected']} of {totals['kinds']} kinds, survived "
+                                    f"{totals['survived']}, samples lost {totals['samples_lost']}")
     fuzz = totals["fuzz"]
-    terminalreporter.write_line(f"fuzzed cases tried {fuzz['tried']}: read {fuzz['read']}, skipped {fuzz['skipped']}, "
-                                f"refused {fuzz['refused']}, failed {fuzz['failed']}")
-    if report:
+    if ledger.fuzz:
+        terminalreporter.write_line(f"fuzzed cases tried {fuzz['tried']}: read {fuzz['read']}, skipped "
+                                    f"{fuzz['skipped']}, refused {fuzz['refused']}, failed {fuzz['failed']}")
+    if report := os.environ.get("XCLR_FAULT_REPORT"):
         Path(report).write_text(json.dumps({**totals, "faults": ledger.faults}, indent=2) + "\n")
