@@ -3,15 +3,18 @@ two commands on one OUT, and inputs changed between a killed run and its rerun o
 
 Each test drives one stage through all three on the tuxpaint stamps: the first run fills the disk while a second
 command asks for the same OUT; the disk is remounted larger (the same OUT with more room); a rerun is killed -9
-while it holds OUT's lock; the inputs change and the next rerun is refused (for graph, also a rerun during which
-they change); they are put back, and the last rerun ends equal to the session's clean run. The commands join the
-session's Ray (conftest.shared_ray); the refused ones run in this process (prep_helpers.prep_error).
+while it holds OUT's lock; the inputs change and the next rerun is refused; they are put back and change again
+under a running rerun, which writes no manifest; put back once more, the last rerun ends equal to the session's
+clean run. The commands join the session's Ray (conftest.shared_ray); the ones refused before Ray starts run in
+this process (prep_helpers.prep_error).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +73,15 @@ def killed_holding_the_lock(command: tuple, out: Path) -> bool:
     wait_for_lock(holder, out)
     kill_session(holder)
     return lock_holders(out / LOCK) == set()
+
+
+def changed_under_a_run(command: tuple, out: Path, change: Callable[[], None]) -> str:
+    """Start `xclr-prep COMMAND`, call `change` (of its inputs) once it holds OUT's lock: its one-line error when it
+    ends ('' if it is not one)."""
+    running = start_prep(*command)
+    wait_for_lock(running, out)
+    change()
+    return one_line_error(*ended(running))
 
 
 def disk_full(error: str, out: Path) -> bool:
@@ -147,6 +159,10 @@ def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, f
         shutil.copyfile(tars[2], corpus / tars[1].name)  # a tar replaced
         replaced = prep_error(*command)
         shutil.copy2(tars[1], corpus / tars[1].name)  # put back as it was (content and mtime)
+        touched, mtime = corpus / tars[0].name, (corpus / tars[0].name).stat().st_mtime_ns
+        under = changed_under_a_run(command, out, lambda: os.utime(touched, ns=(mtime + 10**9, mtime + 10**9)))
+        no_manifest_under = not (out / "manifest.json").exists()
+        os.utime(touched, ns=(mtime, mtime))
 
         run_prep(*command)
         d, ref = load_embed_dir(out), load_embed_dir(reference)
@@ -165,11 +181,14 @@ def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, f
             "second embed refused at once while the first ran": BUSY in busy,
             "and wrote nothing": BUSY in writes_nothing,
             "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same}), (
-        "input changed", "embed: a corpus tar appended, then one replaced, between a kill -9 and the rerun", 2, {
+        "input changed", "embed: a corpus tar appended, then one replaced, between a kill -9 and the rerun; one "
+        "rewritten under a running command", 3, {
             "a tar appended after a kill: refused, named": f"{corpus / tars[2].name} is new" in appended,
             "a tar replaced: refused, named": f"{corpus / tars[1].name} was modified (size" in replaced,
+            "rewritten under a running embed: refused, no manifest": f"inputs changed while the command ran: "
+            f"{touched} was modified" in under and no_manifest_under,
             "put back: the rerun equals the clean run": same}))
-    assert not failed, (failed, full, busy, appended, replaced)
+    assert not failed, (failed, full, busy, appended, replaced, under)
 
 
 def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_shards, tmp_path, fault_ledger):
@@ -194,10 +213,8 @@ def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_sh
         rewritten = prep_error(*command)
         write_json_atomic(embed / "manifest.json", original)  # put back
 
-        running = start_prep(*command)
-        wait_for_lock(running, out)
-        write_json_atomic(embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"})
-        under = one_line_error(*ended(running))
+        under = changed_under_a_run(command, out, lambda: write_json_atomic(
+            embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"}))
         no_manifest = not (out / "manifest.json").exists()
         write_json_atomic(embed / "manifest.json", original)
 
