@@ -104,13 +104,12 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def refused_writing_nothing(command: tuple, out: Path) -> str:
-    """Run `xclr-prep COMMAND` in this process while this process holds OUT's lock: its one-line error, after
-    checking that OUT's files are untouched."""
+    """Run `xclr-prep COMMAND` in this process while this process holds OUT's lock: its one-line error if OUT's
+    files are untouched, else ''."""
     before = tree(out)
     with exclusive(out):
         error = prep_error(*command)
-    assert tree(out) == before
-    return error
+    return error if tree(out) == before else ""
 
 
 def without_source_dir(table):
@@ -133,7 +132,8 @@ def same_parts(out: Path, reference: Path, parts: list[int]) -> bool:
 
 
 def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, fault_ledger):
-    """Two tars of the stamps (two parts) into a tmpfs with room for about one part and a half."""
+    """Two tars of the stamps (two parts) into a tmpfs with room for the plan, the scan and part 0 (about 130 KB
+    of tmpfs pages), not for part 1's 67 KB of embeddings as well."""
     tars = sorted((tux_embed / "tars").glob("*.tar"))
     corpus = tmp_path / "corpus"
     corpus.mkdir()
