@@ -105,7 +105,10 @@ class EmbedWorker:
 def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tuple[str, dict]:
     inputs = []
     for f in files:
-        size, version = storage.stat_key(f.path)
+        try:
+            size, version = storage.stat_key(f.path)
+        except FileNotFoundError:
+            continue  # deleted since it was found: `fsutil.input_changes` names it gone
         inputs.append({"path": f.path, "format": f.format, "size": size, "version": version})
     options = {
         "spec": asdict(opts.spec),

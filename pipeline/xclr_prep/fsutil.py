@@ -59,8 +59,10 @@ def claim_dir(path: Path, fingerprint: str, record: dict, kind: str, contents: s
         before = json.loads(plan.read_text())
         if before.get("fingerprint") != fingerprint:
             refuse_changed_inputs(path, record)
-            options = option_changes(before, record)
-            detail = f" ({'; '.join(options)})" if options else ""
+            changed = option_changes(before, record)
+            if not changed and "inputs" in before:
+                changed = ["the inputs' paths or order"]
+            detail = f" ({'; '.join(changed)})" if changed else ""
             raise PrepError(f"{path} holds {contents} from other inputs or options{detail}; {hint}")
         return (path / MANIFEST).exists()
     if path.exists() and any(p.name != LOCK for p in path.iterdir()):
@@ -88,12 +90,14 @@ def require_unchanged(out: Path, before: dict, now: dict) -> None:
 
 def input_changes(before: dict, now: dict) -> list[str]:
     """Each input of plan record `now` that is new or was modified since `before`, and each input of `before` that
-    is gone (an input at another path with the same identity moved: not a change); [] when neither record lists
-    inputs (a plan written before records were kept)."""
+    is gone (an input at another path with the same identity moved: not a change); [] when `before` lists no inputs
+    (a plan written before plans kept them)."""
     def identity(i: dict) -> dict:
         return {k: v for k, v in i.items() if k != "path"}
 
-    old = {i["path"]: i for i in before.get("inputs", [])}
+    if "inputs" not in before:
+        return []
+    old = {i["path"]: i for i in before["inputs"]}
     new = {i["path"]: i for i in now.get("inputs", [])}
     gone = [identity(old[p]) for p in old if p not in new]
     added = [identity(new[p]) for p in new if p not in old]
@@ -110,12 +114,14 @@ def input_changes(before: dict, now: dict) -> list[str]:
 
 def option_changes(before: dict, now: dict) -> list[str]:
     """Each option of plan record `now` whose value differs from `before`'s, as ``name old -> new`` (nested
-    options by their dotted name)."""
+    options by their dotted name); [] when `before` lists no options (a plan written before plans kept them)."""
     def leaves(value: object, name: str) -> dict[str, object]:
         if isinstance(value, dict):
             return {k: v for key, item in value.items() for k, v in leaves(item, f"{name}.{key}" if name else key)
                     .items()}
         return {name: value}
 
-    old, new = leaves(before.get("options", {}), ""), leaves(now.get("options", {}), "")
+    if "options" not in before:
+        return []
+    old, new = leaves(before["options"], ""), leaves(now.get("options", {}), "")
     return [f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
