@@ -39,6 +39,7 @@ from ray_cluster import RayCluster
 from train_helpers import torchrun_cmd, train_metrics, train_samples_lost
 
 from xclr_schemas import load_embed_dir, read_shards_manifest
+from xclr_schemas.out_lock import LOCK
 
 pytestmark = pytest.mark.slow
 
@@ -226,4 +227,4 @@ def test_an_output_directory_that_a_node_cannot_see_is_refused(cluster, embed_co
         node.kill()
         cluster.workers.remove(node)
     assert proc.returncode == 2 and "is not visible on Ray node" in proc.stderr.strip().splitlines()[-1]
-    assert sorted(p.name for p in (hidden / "out").iterdir()) == ["plan.json"]  # no work was done
+    assert sorted(p.name for p in (hidden / "out").iterdir()) == [LOCK, "plan.json"]  # no work was done
