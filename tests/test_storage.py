@@ -16,6 +16,7 @@ import pytest
 from prep_helpers import run_prep
 
 from xclr_schemas import storage
+from xclr_schemas.out_lock import LOCK as OUT_LOCK
 
 
 def tree(root) -> dict[str, bytes]:
@@ -33,11 +34,12 @@ def test_push_publishes_data_before_markers_before_the_manifest_and_pull_restore
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
         (local / rel).write_bytes(data)
     (local / "part-1.parquet.tmp-0123").write_bytes(b"half")  # a killed writer's leftover
+    (local / OUT_LOCK).write_bytes(b"")  # this machine's output lock (xclr_schemas.out_lock)
     url = (tmp_path / "remote").as_uri()
 
     assert storage.push(local, url) == len(files)
     remote = tmp_path / "remote"
-    assert tree(remote) == files  # no temporaries, no push record
+    assert tree(remote) == files  # no temporaries, no push record, no lock
     order = sorted(files, key=lambda rel: (remote / rel).stat().st_mtime_ns)
     assert {*order[:len(data_files)]} == {*data_files}
     assert order[-2:] == ["checkpoints/latest.pt", "manifest.json"]
@@ -47,7 +49,10 @@ def test_push_publishes_data_before_markers_before_the_manifest_and_pull_restore
     assert storage.push(local, url) == 1 and (remote / "part-0.parquet").read_bytes() == b"more rows"
 
     elsewhere = tmp_path / "elsewhere"
+    (remote / OUT_LOCK).write_bytes(b"")  # as an older xclr pushed it
     storage.pull(url, elsewhere)
+    assert not (elsewhere / OUT_LOCK).exists()
+    (remote / OUT_LOCK).unlink()
     assert {k: v for k, v in tree(elsewhere).items() if k != storage.PUSHED} == tree(remote)
     assert storage.push(elsewhere, url) == 0  # what was pulled is not pushed back
 

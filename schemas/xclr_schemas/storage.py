@@ -20,15 +20,24 @@ inside `local_dir(url)`, which
 
 Work directories live under ``$XCLR_WORK_DIR`` (default ``~/.cache/xclr/work``), one per URL. On a multi-node
 Ray cluster, the actors write into the work directory, so it must be on a filesystem every node mounts (as a
-local output directory must).
+local output directory must). The files that belong to one machine's work directory (`LOCAL_ONLY`: the push record,
+the output lock of `xclr_schemas.out_lock`) are never pushed or pulled.
+
+Every call on a URL follows `xclr_schemas.retry`: a transient error or a short read is retried with backoff, and a
+store that keeps failing ends the command with one line naming the URL (StorageError) after a bounded time. A file
+exists, or is a directory, only when the store says so, and a listing holds every file: an error is never taken
+for "no such file" (as fsspec's generic ``exists``, ``isdir`` and ``find`` take it).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,11 +45,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 import fsspec
+from fsspec.utils import glob_translate
 
+from xclr_schemas import retry
 from xclr_schemas.atomic import TMP_MARK, atomic_path, write_json_atomic
 from xclr_schemas.names import CHECKPOINTS, MANIFEST
+from xclr_schemas.out_lock import LOCK
 
 PUSHED = ".pushed.json"  # in a work directory: size and mtime of each file as last pushed or pulled
+LOCAL_ONLY = (PUSHED, LOCK)  # top-level files of a work directory that are never pushed or pulled
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -67,32 +80,54 @@ def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def open_input(path: str | os.PathLike) -> BinaryIO:
-    """`path` opened for binary reading (a local file, or a seekable fsspec file for a URL)."""
-    return _ask(path, lambda p: open(p, "rb"), "open")
+    """`path` opened for binary reading: a local file, or a URL's file read under `xclr_schemas.retry` (seekable;
+    a transient error or a read cut short reopens it where it was). FileNotFoundError when there is none."""
+    if not is_url(path):
+        return open(path, "rb")
+    url = str(path)
+    fs, p = _fs(url)
+    return io.BufferedReader(retry.Reader(url, lambda: fs.open(p, "rb"), int(_existing(url)["size"])))
 
 
-def _ask(path: str | os.PathLike, local: Callable, method: str):
-    """``local(path)`` for a local path, else the fsspec filesystem's `method` on the URL's path."""
-    if is_url(path):
-        fs, p = _fs(str(path))
-        return getattr(fs, method)(p)
-    return local(path)
+def _info(url: str) -> dict | None:
+    """The store's description of `url` (fsspec ``info``: "type", "size" ...), None when there is none."""
+    fs, p = _fs(url)
+    try:
+        return retry.call(url, lambda: fs.info(p))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _existing(url: str) -> dict:
+    """`_info` of a URL that must exist: FileNotFoundError when it does not."""
+    info = _info(url)
+    if info is None:
+        raise FileNotFoundError(url)
+    return info
+
+
+def _is(path: str | os.PathLike, local: Callable[[str | os.PathLike], bool], kind: str | None) -> bool:
+    """``local(path)`` for a local path; for a URL, whether it exists and (unless `kind` is None) is of `kind`."""
+    if not is_url(path):
+        return local(path)
+    info = _info(str(path))
+    return info is not None and (kind is None or info["type"] == kind)
 
 
 def exists(path: str | os.PathLike) -> bool:
-    return _ask(path, os.path.exists, "exists")
+    return _is(path, os.path.exists, None)
 
 
 def is_dir(path: str | os.PathLike) -> bool:
-    return _ask(path, os.path.isdir, "isdir")
+    return _is(path, os.path.isdir, "directory")
 
 
 def is_file(path: str | os.PathLike) -> bool:
-    return _ask(path, os.path.isfile, "isfile")
+    return _is(path, os.path.isfile, "file")
 
 
 def file_size(path: str | os.PathLike) -> int:
-    return _ask(path, os.path.getsize, "size")
+    return int(_existing(str(path))["size"]) if is_url(path) else os.path.getsize(path)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -101,12 +136,20 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def read_range(path: str, offset: int, size: int) -> bytes:
-    """`size` bytes of `path` from `offset` (one ``pread``, or one ranged GET)."""
-    if is_url(path):
-        fs, p = _fs(path)
-        return fs.cat_file(p, start=offset, end=offset + size)
-    with open(path, "rb") as f:
-        return os.pread(f.fileno(), size, offset)
+    """`size` bytes of `path` from `offset` (one ``pread``, or one ranged GET for a URL, retried when it fails or
+    returns fewer bytes than asked before the end of the file)."""
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return os.pread(f.fileno(), size, offset)
+    fs, p = _fs(path)
+
+    def get() -> bytes:
+        data = fs.cat_file(p, start=offset, end=offset + size)
+        if len(data) < size and offset + len(data) < fs.size(p):
+            raise retry.ShortRead(f"{len(data)} of {size} bytes at byte {offset} of {path}")
+        return data
+
+    return retry.call(path, get)
 
 
 def stat_key(path: str) -> tuple[int, str]:
@@ -115,8 +158,7 @@ def stat_key(path: str) -> tuple[int, str]:
     if not is_url(path):
         st = os.stat(path)
         return st.st_size, str(st.st_mtime_ns)
-    fs, p = _fs(path)
-    info = fs.info(p)
+    info = _existing(path)
     tag = next((str(info[k]) for k in ("ETag", "etag", "generation", "mtime", "LastModified", "created")
                 if info.get(k) is not None), "")
     return int(info["size"]), tag
@@ -125,13 +167,56 @@ def stat_key(path: str) -> tuple[int, str]:
 def find_files(pattern: str) -> list[str]:
     """Files of a URL that is a directory (recursively), a file, or a glob, sorted, as URLs."""
     fs, p = _fs(pattern)
-    if fs.isdir(p):
-        found = fs.find(p)
-    elif fs.isfile(p):
+    info = _info(pattern)
+    if info is not None and info["type"] == "directory":
+        found = _files_under(fs, p)
+    elif info is not None:
         found = [p]
     else:
-        found = [f for f in fs.glob(p) if fs.isfile(f)]
+        found = _glob(fs, p)
     return sorted(fs.unstrip_protocol(f) for f in found)
+
+
+def _files_under(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Every file under directory `root` of `fs`, each directory listed under `xclr_schemas.retry` (fsspec's generic
+    ``find`` leaves out a subdirectory whose listing failed)."""
+    files, todo = [], [root]
+    while todo:
+        folder = todo.pop()
+        for info in retry.call(fs.unstrip_protocol(folder), functools.partial(fs.ls, folder, detail=True)):
+            name = info["name"].rstrip("/")
+            if info["type"] != "directory":
+                files.append(name)
+            elif name != folder:
+                todo.append(name)
+    return files
+
+
+def _glob(fs: fsspec.AbstractFileSystem, pattern: str) -> list[str]:
+    """The files of `fs` that glob `pattern` matches (fsspec's glob rules; none when it has no wildcard)."""
+    magic = [i for i in (pattern.find(c) for c in "*?[") if i >= 0]
+    if not magic:
+        return []
+    root = pattern[:min(magic)].rsplit("/", 1)[0]
+    info = _info(fs.unstrip_protocol(root))
+    if info is None or info["type"] != "directory":
+        return []
+    match = re.compile(glob_translate(pattern)).match
+    return [f for f in _files_under(fs, root) if match(f)]
+
+
+def _download(fs: fsspec.AbstractFileSystem, remote: str, target: Path) -> None:
+    """Copy file `remote` of `fs` to local `target` atomically, retried; a copy shorter than the remote file is a
+    short read."""
+    url = fs.unstrip_protocol(remote)
+
+    def get() -> None:
+        with atomic_path(target) as tmp:
+            fs.get_file(remote, str(tmp))
+            if tmp.stat().st_size < fs.size(remote):
+                raise retry.ShortRead(f"{tmp.stat().st_size} bytes of {url}")
+
+    retry.call(url, get)
 
 
 def work_dir(url: str) -> Path:
@@ -153,7 +238,7 @@ def _local_files(local: Path) -> dict[str, tuple[int, int]]:
     files = {}
     for p in local.rglob("*"):
         rel = p.relative_to(local).as_posix()
-        if p.is_file() and TMP_MARK not in p.name and rel != PUSHED:
+        if p.is_file() and TMP_MARK not in p.name and rel not in LOCAL_ONLY:
             st = p.stat()
             files[rel] = (st.st_size, st.st_mtime_ns)
     return files
@@ -167,16 +252,15 @@ def _record(local: Path) -> dict:
 def pull(url: str, local: Path) -> None:
     """Copy the files of directory `url` that `local` lacks into `local`, in push order (see the module)."""
     fs, root = _fs(url)
-    if not fs.isdir(root):
+    if not is_dir(url):
         return
     record = _record(local)
-    remote = [posixpath.relpath(f, root) for f in fs.find(root)]
-    for rel in sorted((r for r in remote if TMP_MARK not in r), key=_push_order):
+    remote = [posixpath.relpath(f, root) for f in _files_under(fs, root)]
+    for rel in sorted((r for r in remote if TMP_MARK not in r and r not in LOCAL_ONLY), key=_push_order):
         target = local / rel
         if target.exists():
             continue
-        with atomic_path(target) as tmp:
-            fs.get_file(posixpath.join(root, rel), str(tmp))
+        _download(fs, posixpath.join(root, rel), target)
         st = target.stat()
         record[rel] = [st.st_size, st.st_mtime_ns]
     local.mkdir(parents=True, exist_ok=True)
@@ -198,12 +282,17 @@ def push(local: Path, url: str) -> int:
 
 
 def upload(local: Path, url: str) -> None:
-    """Copy file `local` to `url`: to a temporary name, then moved into place (a file under `url` is whole)."""
+    """Copy file `local` to `url`: to a temporary name, then moved into place (a file under `url` is whole). The
+    three calls are retried together: a move whose answer was lost is done again from a new upload."""
     fs, final = _fs(url)
     tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex[:12]}"
-    fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    fs.put_file(str(local), tmp)
-    fs.mv(tmp, final)
+
+    def put() -> None:
+        fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        fs.put_file(str(local), tmp)
+        fs.mv(tmp, final)
+
+    retry.call(url, put)
 
 
 def fetch(url: str | os.PathLike) -> Path:
@@ -216,12 +305,11 @@ def fetch(url: str | os.PathLike) -> Path:
     url = str(url)
     local = work_dir(url)
     fs, p = _fs(url)
-    if fs.isdir(p):
+    if is_dir(url):
         pull(url, local)
         return local
     target = local / basename(p)
-    with atomic_path(target) as tmp:
-        fs.get_file(p, str(tmp))
+    _download(fs, p, target)
     return target
 
 
