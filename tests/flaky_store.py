@@ -28,6 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 PROTOCOL = "flaky"
 CONFIG_VAR = "FSSPEC_FLAKY"
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+BLOCK = 1 << 18  # bytes of an open file that one request serves
 FLAKY_CALLS = ("info", "ls", "cat_file", "get_file", "put_file", "mv", "makedirs", "_open")
 
 
@@ -143,18 +144,24 @@ for _name in FLAKY_CALLS:
 
 
 class FlakyFile:
-    """An open file of the store: its reads fail like its calls, and a short read ends the file."""
+    """An open file of the store, read as an object store's reader reads, one ranged request per BLOCK bytes: a read
+    that enters a block another request serves may fail like a call, or be cut short, and a short read ends the
+    file."""
 
     def __init__(self, fs: FlakyFileSystem, path: str, file) -> None:
         self.fs, self.path, self.file = fs, path, file
+        self.block: int | None = None
         self.ended = False
 
     def read(self, size: int = -1) -> bytes:
-        self.fs.fault("read", self.path)
+        block = self.file.tell() // BLOCK
+        request, self.block = block != self.block, block
+        if request:
+            self.fs.fault("read", self.path)
         if self.ended:
             return b""
         data = self.file.read(size)
-        cut = self.fs.cut("read", self.path, data)
+        cut = self.fs.cut("read", self.path, data) if request else data
         self.ended = len(cut) < len(data)
         return cut
 
