@@ -1,7 +1,7 @@
 """A test object store: the fsspec filesystem ``flaky://``, a local directory (``flaky:///abs/path`` is /abs/path)
 that fails a seeded fraction of its calls with a transient error, cuts a fraction of its reads short (the read
 returns part of what was asked and the file then ends, as when a connection drops mid-body), or is down (fails
-every call). Every fault it injects is appended to a log file, so that a test counts those of every process that
+every call, or every call on some files). Every fault it injects is appended to a log file, so that a test counts those of every process that
 used the store: the command, its Ray actors, its DataLoader workers.
 
 The store's settings are the filesystem's keyword arguments (`Settings`), which fsspec reads from the environment
@@ -35,12 +35,12 @@ FLAKY_CALLS = ("info", "ls", "cat_file", "get_file", "put_file", "mv", "makedirs
 @dataclass(frozen=True)
 class Settings:
     """`fail`: the fraction of calls (and of reads of an open file) that raise a transient error; `short`: the
-    fraction of reads cut short; `down`: every call fails; `seed`: the faults' seed; `log`: the file each injected
+    fraction of reads cut short; `down`: every call on a path that ends with it fails ("": every call; None: none); `seed`: the faults' seed; `log`: the file each injected
     fault is appended to (one line: kind, call, path)."""
     log: str
     fail: float = 0.0
     short: float = 0.0
-    down: bool = False
+    down: str | None = None
     seed: str = "0"
 
 
@@ -78,10 +78,10 @@ def injected(settings: Settings) -> Counter[str]:
 class FlakyFileSystem(LocalFileSystem):
     protocol = PROTOCOL
 
-    def __init__(self, log: str = "", fail: float = 0.0, short: float = 0.0, down: bool = False, seed: str = "0",
+    def __init__(self, log: str = "", fail: float = 0.0, short: float = 0.0, down: str | None = None, seed: str = "0",
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.settings = Settings(log, float(fail), float(short), bool(down), str(seed))
+        self.settings = Settings(log, float(fail), float(short), down, str(seed))
         self._calls: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
 
@@ -99,7 +99,7 @@ class FlakyFileSystem(LocalFileSystem):
     def fault(self, call: str, path: str) -> None:
         """Raise this call's injected transient error, if any."""
         s = self.settings
-        if s.down:
+        if s.down is not None and path.rstrip("/").endswith(s.down):
             self.record("down", call, path)
             raise ConnectionRefusedError(f"flaky: the store is down ({call} {path})")
         roll = self.roll(call, path)

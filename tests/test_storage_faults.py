@@ -209,6 +209,7 @@ def test_training_on_a_flaky_store_equals_the_clean_run(trained_run, tux_shards,
 BOUND = 0.3  # seconds, XCLR_STORAGE_RETRY_SECONDS of the test
 
 
+@pytest.mark.slow  # over 3 s alone: four retry bounds, and the imports of the three command lines
 def test_a_store_that_is_down_stops_each_command_with_one_line(tmp_path, use_store, monkeypatch, fault_ledger,
                                                                capsys):
     """Each command, in this process, on a store that fails every call: exit status 2 and one "Error:" line that
@@ -218,7 +219,7 @@ def test_a_store_that_is_down_stops_each_command_with_one_line(tmp_path, use_sto
     from xclr_train.cli import main as xclr_train
 
     monkeypatch.setenv(retry.RETRY_SECONDS_VAR, str(BOUND))
-    settings = use_store(Settings(str(tmp_path / "faults.log"), down=True))
+    settings = use_store(Settings(str(tmp_path / "faults.log"), down=""))
     url = flaky_store.url(tmp_path / "bucket")
     prep = lambda args: _prep(xclr_prep, args, capsys)  # noqa: E731
     commands = {  # name: (run, arguments, the URL its error names: the first the command uses)
@@ -260,3 +261,30 @@ def _click(main, args: list[str]) -> tuple[int, list[str]]:
 
     result = CliRunner().invoke(main, args)
     return result.exit_code, result.stderr.strip().splitlines()
+
+
+def test_a_shard_store_that_goes_down_under_a_dataloader_worker_stops_training_with_one_line(tmp_path, use_store,
+                                                                                            monkeypatch, fault_ledger):
+    """The store answers for the shard set but no longer serves its tars when the DataLoader worker streams them:
+    the worker's error comes back to the command as the same one line, naming the shard."""
+    monkeypatch.setenv(retry.RETRY_SECONDS_VAR, str(BOUND))
+    settings = use_store(Settings(str(tmp_path / "faults.log"), down=".tar"))
+    shards = tmp_path / "bucket" / "shards"
+    shards.mkdir(parents=True)
+    with tarfile.open(shards / "shard-000000.tar", "w"):
+        pass
+    (shards / "sizes.json").write_text(json.dumps({"shard-000000.tar": 16}))
+    url = flaky_store.url(shards)
+    result = train_in_process("--data", url, "--out", tmp_path / "run", "--loss", "simclr", "--arch", "convnet",
+                              "--image-size", "16", "--batch-size", "8", "--steps", "1", "--workers", "1",
+                              "--no-progress", check=False)
+    lines = result.stderr.strip().splitlines()
+
+    def one_line() -> None:
+        assert result.exit_code == 2 and len(lines) == 1, result.stderr[-3000:]
+        assert lines[0].startswith(f"Error: {url}/shard-000000.tar: the store failed"), lines
+
+    fault_ledger.record("store down", f"train: the shards' store down under a DataLoader worker "
+                                      f"({flaky_store.injected(settings)['down']} calls refused): one line naming the "
+                                      "shard", survived=passes(one_line))
+    one_line()
