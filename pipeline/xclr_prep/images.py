@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +75,53 @@ def locate_rows(samples: pa.Table, stage_dir: Path, part: int) -> pa.Table:
 def check_image(data: bytes) -> str | None:
     """The shard suffix of the image (jpg, png, ...) if it decodes, else None.
 
-    PNG: every chunk's CRC and the chunk structure up to IEND are checked (``verify``: no inflating, and any damaged
-    or truncated byte fails a CRC). JPEG: decoded at reduced scale (``draft``): every entropy-coded
-    segment is still read. Other formats: decoded in full.
+    PNG: every chunk's CRC and the chunk structure up to IEND are checked (``verify``: any damaged or truncated
+    byte fails a CRC), and the image data is inflated, in pieces and discarded, to the exact size the header
+    declares (`_png_data_complete`: a crafted PNG can carry valid CRCs over too little data). JPEG: decoded at
+    reduced scale (``draft``): every entropy-coded segment is still read. Other formats: decoded in full.
+    An image of more than PIL's ``MAX_IMAGE_PIXELS`` (PIL's decompression-bomb warning) is refused, as a bomb.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 suffix = IMAGE_SUFFIX_OF_FORMAT.get(img.format)
                 if img.format == "PNG":
                     img.verify()
-                else:
-                    img.draft("RGB", (64, 64))
-                    img.load()
+                    return suffix if _png_data_complete(data) else None
+                img.draft("RGB", (64, 64))
+                img.load()
         return suffix
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError):
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PIECE = 1 << 16
+
+
+def _png_data_complete(data: bytes) -> bool:
+    """Whether the IDAT chunks of a PNG (whose chunk structure `verify` has checked) hold one whole zlib stream of
+    exactly the bytes its header needs: per row of each pass (one pass, or Adam7's seven), a filter byte and
+    ceil(width * bit depth * channels / 8) bytes. Inflated `_PIECE` bytes at a time, so memory stays small whatever
+    size the header declares."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    bits = depth * _PNG_CHANNELS.get(colour, 0)
+    need = 0
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        need += h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
+    inflate, got, pos = zlib.decompressobj(), 0, 8
+    while pos + 8 <= len(data) and got <= need:
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            piece = data[pos + 8:pos + 8 + length]
+            while got <= need:
+                out = inflate.decompress(piece, _PIECE)
+                got, piece = got + len(out), inflate.unconsumed_tail
+                if not piece and len(out) < _PIECE:
+                    break
+        pos += 12 + length
+    return inflate.eof and got == need

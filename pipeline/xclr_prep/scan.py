@@ -57,11 +57,11 @@ def _label_index(value: object, classnames: tuple[str, ...] | None) -> int | Non
     """Class index of a raw label (an index, or a class name when classnames are given), None if invalid."""
     if isinstance(value, str) and classnames is not None and value in classnames:
         return classnames.index(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():  # what int() reads ("²" is a digit, not decimal)
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:  # labels are int64
         return None
     return value if classnames is None or value < len(classnames) else None
 

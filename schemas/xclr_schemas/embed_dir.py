@@ -30,9 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xclr_schemas.names import DONE
-from xclr_schemas.versioned import read_versioned_manifest
+from xclr_schemas.versioned import read_versioned_manifest, unreadable_as
 
 EMBED_SCHEMA_VERSION = "xclr.embed/1"
+WHAT = "embed directory"
+DTYPES = ("float16", "float32")
 
 CAPTIONS_SCHEMA = pa.schema([("caption_id", pa.int64()), ("text", pa.string())])
 SAMPLES_SCHEMA = pa.schema(
@@ -80,8 +82,7 @@ class EmbedDir:
 
 def read_manifest(path: str | Path) -> dict:
     """The manifest of a complete embed directory; EmbedDirError if absent or of another schema version."""
-    return read_versioned_manifest(Path(path), EMBED_SCHEMA_VERSION, EmbedDirError, "embed directory",
-                                   "xclr-prep embed")
+    return read_versioned_manifest(Path(path), EMBED_SCHEMA_VERSION, EmbedDirError, WHAT, "xclr-prep embed")
 
 
 def _check_parts(root: Path, manifest: dict) -> list[dict]:
@@ -101,16 +102,20 @@ class EmbeddingRows:
     def __init__(self, path: str | Path, manifest: dict | None = None) -> None:
         root = Path(path)
         manifest = manifest or read_manifest(root)
-        self.n = manifest["counts"]["unique_captions"]
-        self.dim = manifest["model"]["dim"]
-        self.starts = np.array([p["caption_start"] for p in manifest["parts"]], dtype=np.int64)
-        self.parts = []
-        for part in _check_parts(root, manifest):
-            emb = np.load(part_paths(root, part["index"])["embeddings"], mmap_mode="r", allow_pickle=False)
-            if emb.shape != (part["caption_end"] - part["caption_start"], self.dim):
-                raise EmbedDirError(f"{root}: part {part['index']} does not hold captions "
-                                    f"[{part['caption_start']}, {part['caption_end']})")
-            self.parts.append(emb)
+        with unreadable_as(EmbedDirError, root, WHAT):
+            self.n, self.dim = int(manifest["counts"]["unique_captions"]), int(manifest["model"]["dim"])
+            ends = [int(p["caption_end"]) for p in manifest["parts"]]
+            self.starts = np.array([p["caption_start"] for p in manifest["parts"]], dtype=np.int64)
+            if self.starts.tolist() != [0, *ends[:-1]][:len(ends)] or (ends[-1] if ends else 0) != self.n:
+                raise EmbedDirError(f"{root}: its parts do not hold the caption ids 0..{self.n - 1} in order")
+            self.parts = [self._part(root, part) for part in _check_parts(root, manifest)]
+
+    def _part(self, root: Path, part: dict) -> np.ndarray:
+        emb = np.load(part_paths(root, part["index"])["embeddings"], mmap_mode="r", allow_pickle=False)
+        if emb.shape != (part["caption_end"] - part["caption_start"], self.dim) or emb.dtype.name not in DTYPES:
+            raise EmbedDirError(f"{root}: part {part['index']} does not hold captions "
+                                f"[{part['caption_start']}, {part['caption_end']}) as {' or '.join(DTYPES)}")
+        return emb
 
     def block(self, start: int, end: int) -> np.ndarray:
         """Rows [start, end) as a (end - start, dim) float32 array."""
@@ -144,10 +149,11 @@ def read_captions(path: str | Path, manifest: dict | None = None) -> pa.ChunkedA
     """The caption texts, element i = caption id i (Arrow strings: about 1 GB at 12M captions)."""
     root = Path(path)
     manifest = manifest or read_manifest(root)
-    table = _read_part_tables(root, manifest, "captions", CAPTIONS_SCHEMA)
-    n = manifest["counts"]["unique_captions"]
-    if not np.array_equal(table.column("caption_id").to_numpy(), np.arange(n)):
-        raise EmbedDirError(f"{root}: caption ids are not 0..{n - 1} in part order")
+    with unreadable_as(EmbedDirError, root, WHAT):
+        table = _read_part_tables(root, manifest, "captions", CAPTIONS_SCHEMA)
+        n = int(manifest["counts"]["unique_captions"])
+        if not np.array_equal(table.column("caption_id").to_numpy(), np.arange(n)):
+            raise EmbedDirError(f"{root}: caption ids are not 0..{n - 1} in part order")
     return table.column("text")
 
 
@@ -155,9 +161,11 @@ def read_samples(path: str | Path, manifest: dict | None = None) -> pa.Table:
     """The sample table (SAMPLES_SCHEMA), rows in input order."""
     root = Path(path)
     manifest = manifest or read_manifest(root)
-    table = _read_part_tables(root, manifest, "samples", SAMPLES_SCHEMA)
-    if table.num_rows != manifest["counts"]["kept"]:
-        raise EmbedDirError(f"{root}: {table.num_rows} samples on disk, manifest says {manifest['counts']['kept']}")
+    with unreadable_as(EmbedDirError, root, WHAT):
+        table = _read_part_tables(root, manifest, "samples", SAMPLES_SCHEMA)
+        if table.num_rows != manifest["counts"]["kept"]:
+            raise EmbedDirError(f"{root}: {table.num_rows} samples on disk, manifest says "
+                                f"{manifest['counts']['kept']}")
     return table
 
 
@@ -171,7 +179,9 @@ def load_embed_dir(path: str | Path) -> EmbedDir:
     root = Path(path)
     manifest = read_manifest(root)
     rows = EmbeddingRows(root, manifest)
-    embeddings = np.empty((rows.n, rows.dim), dtype=np.dtype(manifest["dtype"]))
+    if manifest.get("dtype") not in DTYPES:
+        raise EmbedDirError(f"{root}: its manifest's dtype {manifest.get('dtype')!r} is not {' or '.join(DTYPES)}")
+    embeddings = np.empty((rows.n, rows.dim), dtype=manifest["dtype"])
     for start, part in zip(rows.starts, rows.parts):
         embeddings[start:start + len(part)] = part
     captions = read_captions(root, manifest)

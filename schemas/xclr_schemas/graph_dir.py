@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xclr_schemas.names import DONE, NEIGHBORS
-from xclr_schemas.versioned import read_versioned_manifest
+from xclr_schemas.versioned import read_versioned_manifest, unreadable_as
 
 GRAPH_SCHEMA_VERSION = "xclr.graph/1"
 NEIGHBOR_DTYPE = np.dtype([("id", "<i8"), ("sim", "<f4")])
@@ -49,8 +49,9 @@ def load_graph(path: str | Path) -> Graph:
     root = Path(path)
     manifest = read_versioned_manifest(root, GRAPH_SCHEMA_VERSION, GraphDirError, "graph directory",
                                        "xclr-prep graph")
-    neighbors = np.load(root / NEIGHBORS, mmap_mode="r", allow_pickle=False)
-    if neighbors.dtype != NEIGHBOR_DTYPE or neighbors.shape != (manifest["captions"], manifest["k"]):
-        raise GraphDirError(f"{root}/{NEIGHBORS} is {neighbors.dtype} {neighbors.shape}, the manifest says "
-                            f"({manifest['captions']}, {manifest['k']})")
+    with unreadable_as(GraphDirError, root, "graph directory"):
+        neighbors = np.load(root / NEIGHBORS, mmap_mode="r", allow_pickle=False)
+        if neighbors.dtype != NEIGHBOR_DTYPE or neighbors.shape != (manifest["captions"], manifest["k"]):
+            raise GraphDirError(f"{root}/{NEIGHBORS} is {neighbors.dtype} {neighbors.shape}, the manifest says "
+                                f"({manifest['captions']}, {manifest['k']})")
     return Graph(manifest=manifest, neighbors=neighbors)

@@ -91,7 +91,7 @@ def check_columns(file: InputFile, spec: CorpusSpec) -> None:
         return
     for col in spec.table_columns():
         if col not in have:
-            raise PrepError(f"{file.path} has no column {col!r} (columns: {', '.join(have)})")
+            raise PrepError(f"{file.path} has no column {col!r} (columns: {', '.join(map(repr, have))})")
 
 
 def read_rows(file: InputFile, spec: CorpusSpec) -> Iterator[RawRow]:

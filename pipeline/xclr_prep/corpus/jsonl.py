@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from xclr_prep.corpus.reader import CorpusSpec, RawRow, Reader
+from xclr_prep.corpus.reader import JSON_ERRORS, CorpusSpec, RawRow, Reader
 from xclr_schemas import storage
 
 
@@ -15,10 +15,14 @@ class JsonlReader(Reader):
     name = "jsonl"
     suffixes = (".jsonl",)
 
-    def columns(self, path: str) -> list[str]:
-        """The keys of the first object."""
+    def columns(self, path: str) -> list[str] | None:
+        """The keys of the first object; None when the first line is not one (the scan counts it)."""
         with storage.open_input(path) as f:
-            return list(json.loads(next((line for line in f if line.strip()), b"{}")))
+            try:
+                first = json.loads(next((line for line in f if line.strip()), b"{}"))
+            except JSON_ERRORS:
+                return None
+        return list(first) if isinstance(first, dict) else None
 
     def rows(self, path: str, spec: CorpusSpec) -> Iterator[RawRow]:
         image_dir = storage.parent(path)
@@ -33,7 +37,7 @@ def _row(line: bytes, spec: CorpusSpec, image_dir: str) -> RawRow:
         obj = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         return RawRow(error="line_not_utf8")
-    except ValueError:
+    except JSON_ERRORS:
         return RawRow(error="line_invalid")
     if not isinstance(obj, dict):
         return RawRow(error="line_invalid")

@@ -13,6 +13,8 @@ from xclr_schemas.options import Checked, option
 
 # A located image: (sample index, blob path, byte offset, byte size).
 Location = tuple[int, str, int, int]
+# What json.loads raises on hostile bytes: invalid JSON, or nesting deeper than Python's recursion limit.
+JSON_ERRORS = (ValueError, RecursionError)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """img2dataset-style WebDataset tars (``.tar``, ``.tar.gz``, ``.tgz``). Members are grouped by key = member name
 up to its *last* dot; ``KEY.txt`` is the caption, ``KEY.jpg|jpeg|png|webp`` the image, ``KEY.json`` optional
 metadata (the label is read from its field ``--label-col``). One row per key; a second caption of a key is a
-duplicate sample. Images are members: located at their data offset in the tar (a compressed tar is decompressed once
+duplicate sample. A ``KEY.txt`` or ``KEY.json`` over MAX_TEXT_BYTES is not read (a compressed tar could make it
+gigabytes from a few kB): its row is skipped as ``member_too_large``. Images are members: located at their data offset in the tar (a compressed tar is decompressed once
 into the stage directory; headers are read, data is not)."""
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from xclr_prep.corpus.reader import CorpusSpec, Location, RawRow, Reader
+from xclr_prep.corpus.reader import JSON_ERRORS, CorpusSpec, Location, RawRow, Reader
 from xclr_schemas import storage
 from xclr_schemas.atomic import write_atomic
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 COMPRESSED = (".gz", ".tgz")
+MAX_TEXT_BYTES = 1 << 20
 
 
 class TarReader(Reader):
@@ -41,7 +43,9 @@ class TarReader(Reader):
                 if size is not None and member.offset_data + member.size > size:
                     raise tarfile.ReadError(f"member {member.name} runs past the end of the file (truncated)")
                 row = rows.setdefault(key, RawRow(key=key, image_source=path))
-                if ext == "txt":
+                if ext in ("txt", "json") and member.size > MAX_TEXT_BYTES:
+                    row.error = "member_too_large"
+                elif ext == "txt":
                     data = tar.extractfile(member).read()
                     if row.caption is not None:
                         extra.append(RawRow(key=key, caption=data))
@@ -84,7 +88,7 @@ def _read_label(row: RawRow, meta: bytes, spec: CorpusSpec) -> None:
     if spec.label_col:
         try:
             row.label = json.loads(meta).get(spec.label_col)
-        except (ValueError, AttributeError):
+        except (*JSON_ERRORS, AttributeError):
             row.error = "json_invalid"
 
 

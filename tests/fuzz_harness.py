@@ -1,0 +1,218 @@
+"""The loop the fuzzers (tests/test_fuzz_*.py) run their hostile cases in, and what counts as a failure.
+
+A fuzz family is a hypothesis strategy of cases and a function `feed(case, work)` that writes the case under
+``work/in``, hands it to a reader (whose outputs go to ``work/out``) and returns how it ended: "read" or
+"skipped" (counted with its reason). The reader's one-line error (an instance of the family's `refusals`, whose
+message is one line) is "refused". Anything else is "failed": another exception type (a traceback), an error of more
+than one line, a broken invariant (AssertionError), a hang, too much memory, or a file written outside
+``work/out`` (or ``work/in``, which the case wrote).
+
+`fuzz` runs a family's cases in ONE forked child (no new interpreter: the readers are already imported), which
+- bounds memory: RLIMIT_AS at the child's size at the fork plus CASE_MEMORY, and a case whose peak RSS rises more
+  than CASE_MEMORY above the child's start fails;
+- bounds time: SIGALRM after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
+  reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on;
+- stops taking new cases after `budget_s` of wall time (hypothesis' max_examples is the count; the budget is a cap);
+- works in its own empty directory (its cwd), which must stay empty, as must the fuzz root besides each case's
+  ``in`` and ``out``.
+Cases are drawn with a fixed seed (hypothesis.seed) and nothing is shrunk: a case never raises, it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+CASE_MEMORY = 1 << 30  # bytes a case may take above the child's size at the fork
+CASE_SECONDS = 20
+OUTCOMES_OF_FEED = ("read", "skipped")
+
+
+class Hang(Exception):
+    """Raised in the child by SIGALRM: a case ran past CASE_SECONDS."""
+
+
+@dataclass
+class FamilyResult:
+    """What one family's cases came to: outcomes by name, and each failed case's reproducer and why it failed."""
+    name: str
+    outcomes: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    capped: bool = False  # the wall-clock cap stopped the loop before max_examples
+
+    @property
+    def cases(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def _one_line(exc: BaseException) -> bool:
+    return len(str(exc).strip().splitlines()) == 1
+
+
+def _vm_size() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _raise_hang(signum, frame) -> None:
+    raise Hang()
+
+
+def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: int) -> tuple[str, str]:
+    """(outcome, detail) of one case run in `work`."""
+    for sub in ("in", "out"):
+        (work / sub).mkdir(parents=True)
+    signal.alarm(CASE_SECONDS)
+    try:
+        outcome, detail = feed(case, work), ""
+        if outcome not in OUTCOMES_OF_FEED:
+            outcome, detail = "failed", f"feed returned {outcome!r}"
+    except refusals as exc:
+        outcome, detail = ("refused", str(exc)) if _one_line(exc) else ("failed", f"error of many lines: {exc!r}")
+    except Hang:
+        outcome, detail = "failed", f"hang: over {CASE_SECONDS} s"
+    except MemoryError:
+        outcome, detail = "failed", "memory: an allocation over the case's bound"
+    except BaseException as exc:  # noqa: BLE001 - every other exception is what the fuzzer looks for
+        outcome, detail = "failed", "".join(traceback.format_exception(exc)[-3:]).strip()
+    finally:
+        signal.alarm(0)
+    stray = [p for p in _listing(work) if p.split("/", 1)[0] not in ("in", "out")]
+    stray += [f"cwd/{p}" for p in _listing(Path.cwd())]
+    if stray and outcome != "failed":
+        outcome, detail = "failed", f"files outside the output directory: {stray[:5]}"
+    if _peak_rss() - rss0 > CASE_MEMORY and outcome != "failed":
+        outcome, detail = "failed", f"memory: peak RSS {(_peak_rss() - rss0) >> 20} MiB above the start"
+    return outcome, detail
+
+
+def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...], examples: int, seed_: int,
+           budget_s: float, root: Path) -> None:
+    """The fuzz loop, in the forked child: one JSON line per case on `conn` ("start" first, then its outcome)."""
+    cwd = root / "cwd"
+    cwd.mkdir(parents=True)
+    os.chdir(cwd)
+    signal.signal(signal.SIGALRM, _raise_hang)
+    if "torch" in sys.modules:  # the parent's OpenMP pool does not survive the fork: run torch's ops inline
+        sys.modules["torch"].set_num_threads(1)
+    pa.allocate_buffer(1)  # pyarrow's allocator (mimalloc) reserves its arena now, not inside a case
+    limit = _vm_size() + CASE_MEMORY
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    rss0, start, n = _peak_rss(), time.monotonic(), 0
+
+    @seed(seed_)
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck), derandomize=False)
+    @given(case=strategy)
+    def loop(case) -> None:
+        nonlocal n
+        if time.monotonic() - start > budget_s:
+            conn.send(json.dumps({"capped": True}))
+            return
+        text = repr(case)
+        conn.send(json.dumps({"start": text[:600]}))
+        work = root / f"case-{n:05d}"
+        outcome, detail = _judge(feed, case, work, refusals, rss0)
+        if outcome == "failed":
+            keep = root.parent / f"{name}-failed-{n:05d}"
+            shutil.copytree(work / "in", keep, dirs_exist_ok=True)
+            detail += f" (inputs kept in {keep})"
+        shutil.rmtree(work, ignore_errors=True)
+        n += 1
+        conn.send(json.dumps({"outcome": outcome, "case": text[:600], "detail": detail[:1500]}))
+
+    try:
+        loop()
+    except BaseException:  # noqa: BLE001 - the harness itself broke: the parent reports it
+        conn.send(json.dumps({"harness": traceback.format_exc()[-3000:]}))
+    conn.close()
+
+
+def fuzz(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple[type, ...], examples: int,
+         seed_: int, budget_s: float, root: Path) -> FamilyResult:
+    """Run `examples` cases of `strategy` through `feed` in one forked child (module docstring); their result."""
+    result = FamilyResult(name)
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, name, strategy, feed, refusals, examples, seed_, budget_s,
+                                            root / name))
+    proc.start()
+    child.close()
+    current = None
+    while True:
+        if not parent.poll(CASE_SECONDS + 10):
+            proc.kill()
+            result.outcomes["failed"] += current is not None
+            result.failures.append(f"{name}: no report for {CASE_SECONDS + 10} s (a hang in C code?) in case "
+                                   f"{current}")
+            break
+        try:
+            msg = json.loads(parent.recv())
+        except EOFError:
+            break
+        if "start" in msg:
+            current = msg["start"]
+        elif "capped" in msg:
+            result.capped = True
+        elif "harness" in msg:
+            result.failures.append(f"{name}: the fuzz loop broke:\n{msg['harness']}")
+        else:
+            current = None
+            result.outcomes[msg["outcome"]] += 1
+            if msg["outcome"] == "failed":
+                result.failures.append(f"{name}: {msg['detail']}\n    case: {msg['case']}")
+    proc.join(10)
+    if proc.exitcode not in (0, None) and current is not None:
+        result.outcomes["failed"] += 1
+        result.failures.append(f"{name}: the child died (exit {proc.exitcode}) in case {current}")
+    return result
+
+
+FAST_CASES = 6  # per family in the fast lane
+
+
+def lanes(count: int, cap_s: float) -> list:
+    """A family's two lanes, as pytest parameters (examples, seed, cap): FAST_CASES cases in the fast lane; `count`
+    cases under another seed, with a wall-clock cap of `cap_s`, in the slow lane (CI)."""
+    import pytest
+
+    return [pytest.param(FAST_CASES, 1, 30, id="fast"),
+            pytest.param(count, 2, cap_s, id="slow", marks=pytest.mark.slow)]
+
+
+def fuzz_and_record(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple[type, ...],
+                    examples: int, seed_: int, budget_s: float, root: Path, ledger) -> None:
+    """`fuzz` a family, add its cases to the session's fuzz tally (tests/fault_ledger.py), and fail listing the
+    failed cases' reproducers."""
+    result = fuzz(name, strategy, feed, refusals, examples, seed_, budget_s, root)
+    for outcome, count in result.outcomes.items():
+        for _ in range(count):
+            ledger.fuzzed(outcome)
+    assert not result.failures, f"{len(result.failures)} of {result.cases} cases failed:\n" + \
+        "\n".join(result.failures[:10])
+    assert result.cases == examples or result.capped, result
