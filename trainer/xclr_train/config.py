@@ -18,7 +18,7 @@ from xclr_train.optim import PLAIN, default_help
 
 # Options that do not change what is computed; a resume may change them.
 FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every", "eval_data",
-                "eval_queries", "eval_every", "grad_checkpointing")
+                "eval_queries", "eval_every", "grad_checkpointing", "rank_timeout")
 # the objectives that project to the caption embedding's size instead of --proj-dim, and those with a predictor
 CAPTION_SIZED = [n for n, c in OBJECTIVES.items() if c.projection_dim is not Objective.projection_dim]
 WITH_PREDICTOR = [n for n, c in OBJECTIVES.items() if c.predictor]
@@ -79,6 +79,11 @@ class TrainConfig(Checked):
                           rule=NON_NEGATIVE)
     device: str = option("auto", "auto: cuda when torch sees a GPU, else cpu; under torchrun each rank takes "
                          "cuda:LOCAL_RANK.", ("auto", "cpu", "cuda"))
+    rank_timeout: int = option(1800, "Seconds a rank waits for the others (the rendezvous, any collective) before "
+                               "the run stops with an error, so that torchrun --max-restarts restarts a group with a "
+                               "hung rank from latest.pt; it must exceed the main rank's checkpoint write and upload, "
+                               "which the others wait for (the in-run evaluation does not count).",
+                               rule=AT_LEAST_ONE)
     seed: int = option(0, "Seeds the initial weights, the data stream (with the epoch, rank and worker), the "
                        "photometric draws (with the rank and step) and a queue's random start.")
     resume: str | None = option(None, "'latest' (RUN/checkpoints/latest.pt; a new run while there is none yet, so "
