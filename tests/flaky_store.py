@@ -1,8 +1,8 @@
 """A test object store: the fsspec filesystem ``flaky://``, a local directory (``flaky:///abs/path`` is /abs/path)
 that fails a seeded fraction of its calls with a transient error, cuts a fraction of its reads short (the read
 returns part of what was asked and the file then ends, as when a connection drops mid-body), or is down (fails
-every call, or every call on some files). Every fault it injects is appended to a log file, so that a test counts those of every process that
-used the store: the command, its Ray actors, its DataLoader workers.
+every call, or every call on some files). Every fault it injects is appended to a log file, so that a test counts
+those of every process that used the store: the command, its Ray actors, its DataLoader workers.
 
 The store's settings are the filesystem's keyword arguments (`Settings`), which fsspec reads from the environment
 variable FSSPEC_FLAKY (fsspec's own configuration). `env()` gives that variable, and what makes the protocol known
@@ -35,8 +35,9 @@ FLAKY_CALLS = ("info", "ls", "cat_file", "get_file", "put_file", "mv", "makedirs
 @dataclass(frozen=True)
 class Settings:
     """`fail`: the fraction of calls (and of reads of an open file) that raise a transient error; `short`: the
-    fraction of reads cut short; `down`: every call on a path that ends with it fails ("": every call; None: none); `seed`: the faults' seed; `log`: the file each injected
-    fault is appended to (one line: kind, call, path)."""
+    fraction of reads cut short; `down`: every call on a path that ends with it fails ("": every call; None: none);
+    `seed`: the faults' seed; `log`: the file each injected fault is appended to (one line: kind, process id, call,
+    path)."""
     log: str
     fail: float = 0.0
     short: float = 0.0
@@ -69,10 +70,12 @@ def write_plugin(folder: Path) -> Path:
     return folder
 
 
-def injected(settings: Settings) -> Counter[str]:
-    """The faults injected so far, by kind ("transient", "short read", "down"), in every process."""
+def injected(settings: Settings, pid: int | None = None) -> Counter[str]:
+    """The faults injected so far, by kind ("transient", "short read", "down"), in every process (or in process
+    `pid`)."""
     log = Path(settings.log)
-    return Counter(line.split("\t", 1)[0] for line in log.read_text().splitlines()) if log.exists() else Counter()
+    lines = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
+    return Counter(kind for kind, by, *_ in lines if pid is None or int(by) == pid)
 
 
 class FlakyFileSystem(LocalFileSystem):
@@ -86,15 +89,16 @@ class FlakyFileSystem(LocalFileSystem):
         self._lock = threading.Lock()
 
     def roll(self, call: str, path: str) -> float:
-        """A number in [0, 1), the same for the n-th `call` on `path` of every run with this seed."""
+        """A number in [0, 1), the same for the n-th `call` on a file of `path`'s name in every run with this seed
+        (wherever the test's temporary directory is)."""
         with self._lock:
             self._calls[call, path] += 1
             n = self._calls[call, path]
-        return random.Random(f"{self.settings.seed}|{call}|{path}|{n}").random()
+        return random.Random(f"{self.settings.seed}|{call}|{path.rstrip('/').rsplit('/', 1)[-1]}|{n}").random()
 
     def record(self, kind: str, call: str, path: str) -> None:
         with open(self.settings.log, "a") as f:
-            f.write(f"{kind}\t{call}\t{path}\n")
+            f.write(f"{kind}\t{os.getpid()}\t{call}\t{path}\n")
 
     def fault(self, call: str, path: str) -> None:
         """Raise this call's injected transient error, if any."""

@@ -58,7 +58,7 @@ def test_reads_and_copies_through_a_flaky_store_are_whole(tmp_path, use_store):
     data = os.urandom(5 * flaky_store.BLOCK)
     (tmp_path / "d" / "e").mkdir(parents=True)
     (tmp_path / "d" / "e" / "blob").write_bytes(data)
-    settings = use_store(Settings(str(tmp_path / "faults.log"), fail=0.1, short=0.3, seed=SEED))
+    settings = use_store(Settings(str(tmp_path / "faults.log"), fail=0.07, short=0.2, seed=SEED))
     url = flaky_store.url(tmp_path / "d")
     before = retry.counts()
 
@@ -68,7 +68,7 @@ def test_reads_and_copies_through_a_flaky_store_are_whole(tmp_path, use_store):
         f.seek(-5, os.SEEK_END)
         assert f.read() == data[-5:]
     assert all(storage.read_range(f"{url}/e/blob", i * 9_000, 10_000) == data[i * 9_000:i * 9_000 + 10_000]
-               for i in range(12))
+               for i in range(40))
     storage.pull(url, tmp_path / "copy")
     assert (tmp_path / "copy" / "e" / "blob").read_bytes() == data
 
@@ -189,6 +189,7 @@ def test_training_on_a_flaky_store_equals_the_clean_run(trained_run, tux_shards,
     finally:
         torch.set_num_threads(threads)
     faults, after = flaky_store.injected(settings), retry.counts()
+    here = flaky_store.injected(settings, os.getpid())  # the rest: in the DataLoader worker
 
     def same_run() -> None:
         ours = torch.load(tmp_path / "bucket" / "run" / "checkpoints" / "latest.pt", weights_only=True)
@@ -198,7 +199,9 @@ def test_training_on_a_flaky_store_equals_the_clean_run(trained_run, tux_shards,
         assert untimed(train_metrics(tmp_path / "bucket" / "run")) == untimed(train_metrics(whole.dir))
         assert not (tmp_path / "bucket" / "run" / ".lock").exists()  # the output lock stays in the work directory
 
-    survived = passes(same_run) and after.transient > before.transient and faults["transient"] > 0
+    # every transient error injected in this process was retried and counted; the worker's were retried, or the
+    # run would differ
+    survived = passes(same_run) and after.transient - before.transient == here["transient"] and faults["transient"] > 0
     fault_ledger.record("transient storage error",
                         f"train: {faults['transient']} transient errors and {faults['short read']} short reads "
                         "injected (shards streamed, run published), retried; the same weights and metrics as the "
