@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import Field, fields, replace
+from pathlib import Path
 from typing import get_type_hints
 
 import click
 
 from xclr_schemas import storage
 from xclr_schemas.options import UserError, click_parameter, flag, is_option, value_type
+from xclr_schemas.out_lock import OutputBusy, exclusive
 from xclr_train.config import TrainConfig
 from xclr_train.errors import TrainError
 from xclr_train.objectives import OBJECTIVES
@@ -81,13 +84,22 @@ def main(**options) -> None:
             cfg = config_of(options)
             if cfg.resume not in (None, "latest"):
                 cfg = replace(cfg, resume=str(storage.fetch(cfg.resume)))
-            with storage.local_dir(cfg.out, publish=os.environ.get("RANK", "0") == "0") as run:
+            writer = os.environ.get("RANK", "0") == "0"  # the main rank writes the run (torchrun sets RANK)
+            with _one_writer(cfg.out) if writer else nullcontext(), \
+                    storage.local_dir(cfg.out, publish=writer) as run:
                 publish = (lambda: storage.push(run, cfg.out)) if storage.is_url(cfg.out) else None
                 last = train(replace(cfg, out=str(run)), preemption, after_save=publish)
-    except TrainError as exc:
+    except (TrainError, OutputBusy) as exc:
         raise UserError(str(exc)) from None
     except Preempted as exc:
         click.echo(f"xclr-train: {exc}", err=True)
         sys.exit(PREEMPTED_EXIT)
     if last:
         click.echo(f"done: step {last['step']}, loss {last['loss']:.4f}; run in {cfg.out}")
+
+
+def _one_writer(out: str):
+    """The run directory's lock (`xclr_schemas.out_lock`), held by the main rank from before a URL's work directory
+    is pulled until its last push: a second xclr-train on the same --out is refused at once (OutputBusy). Other
+    ranks of the same job do not take it."""
+    return exclusive(storage.work_dir(out) if storage.is_url(out) else Path(out))

@@ -1,7 +1,8 @@
 """Streaming training batches from xclr shards (docs/design.md, Data contracts; Resume and fault rules), as small
 webdataset stages:
 
-    resampled shard draws -> tar samples -> group shuffle -> [fast-forward] -> decode + two uint8 crops -> batches
+    resampled shard draws -> unchanged? -> tar samples -> group shuffle -> [fast-forward] -> decode + two uint8 crops
+        -> batches
 
 The photometric half of the augmentation runs on the training device (`xclr_train.augment`).
 
@@ -17,13 +18,18 @@ goes on exactly as it would have.
 Samples that cannot be used are skipped and counted by reason (`REASONS`); every batch carries its worker's
 running counts and place (`Position`) so the trainer can report and checkpoint them. A worker that reads
 `max(20, 2 * shards)` shards in a row without one usable sample raises `DataError` instead of spinning forever.
+A shard whose size or version tag (`xclr_schemas.storage.stat_key`) is not the one it had when the run listed the
+shards is never read: `InputChanged` (a run trains on one set of shards, not a mix of old and new).
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import random
+import signal
+import sys
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +54,20 @@ SHUFFLE_GROUPS = 256
 
 
 class DataError(TrainError):
-    """Training data that cannot be used (the message is one line, for the user)."""
+    """Training data that cannot be used (the message is one line, for the user).
+
+    One raised in a DataLoader worker reaches the trainer as torch re-raises it: this type built from "Caught
+    DataError in DataLoader worker process N. Original Traceback ... xclr_train.data.DataError: MESSAGE"; it keeps
+    MESSAGE, the traceback's last line less the type's name."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+class InputChanged(DataError):
+    """A shard that is not the one the run started with (or its checkpoint recorded)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,13 @@ class ShardSet:
     urls: list[str]
     samples: int | None  # from sizes.json, when every shard is listed there
     manifest: dict | None  # the xclr shards manifest beside the tars, when there is one
+    stamps: dict[str, tuple[int, str]]  # url -> (size, version tag: the mtime, or a store's ETag), when listed
+
+    def changed(self, recorded: dict[str, tuple[int, str]]) -> list[str]:
+        """The shards whose stamp differs from `recorded` (another run's or checkpoint's `stamps`): "NAME: then
+        (size, tag), now (size, tag)", a shard that is in one list only included."""
+        return [f"{storage.basename(url)}: then {recorded.get(url)}, now {self.stamps.get(url)}"
+                for url in sorted(set(recorded) | set(self.stamps)) if recorded.get(url) != self.stamps.get(url)]
 
 
 def find_shards(spec: str) -> ShardSet:
@@ -78,6 +104,7 @@ def find_shards(spec: str) -> ShardSet:
     missing = [u for u in urls if not storage.is_file(u)]
     if missing:
         raise DataError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}")
+    stamps = {u: storage.stat_key(u) for u in urls}
     sizes_file = storage.join(root, SIZES)
     sizes = json.loads(storage.read_text(sizes_file)) if storage.exists(sizes_file) else {}
     names = [storage.basename(u) for u in urls]
@@ -88,7 +115,7 @@ def find_shards(spec: str) -> ShardSet:
             manifest = read_shards_manifest(root)
         except ShardsDirError as exc:
             raise DataError(str(exc)) from None
-    return ShardSet(urls, samples, manifest)
+    return ShardSet(urls, samples, manifest, stamps)
 
 
 def read_tar(url: str, skipped: Counter) -> Iterator[dict]:
@@ -130,6 +157,20 @@ def resampled(urls: list[str], rng: random.Random) -> Callable[[], Iterator[str]
         while True:
             yield rng.choice(urls)
     return draw
+
+
+def unchanged(stamps: dict[str, tuple[int, str]]) -> Callable[[Iterator[str]], Iterator[str]]:
+    """Shard urls, each checked as it is opened against its stamp when the run started (`ShardSet.stamps`):
+    InputChanged for a shard rewritten, replaced or appended to since, so a run never trains on a mix."""
+    def stage(urls: Iterator[str]) -> Iterator[str]:
+        for url in urls:
+            now = storage.stat_key(url)
+            if now != stamps[url]:
+                raise InputChanged(f"{url} changed while the run read it (size and version then {stamps[url]}, now "
+                                   f"{now}): a run reads the shards it started with; put them back, or start a new "
+                                   "run in another --out")
+            yield url
+    return stage
 
 
 def tar_samples(skipped: Counter, shards: int) -> Callable[[Iterator[str]], Iterator[dict]]:
@@ -332,6 +373,7 @@ class ShardStream(IterableDataset):
         rng = random.Random(state.seed)  # shard draws and shuffle
         return iter(wds.DataPipeline(
             resampled(self.shards.urls, rng),
+            unchanged(self.shards.stamps),
             tar_samples(state.skipped, len(self.shards.urls)),
             group_shuffle(rng),
             fast_forward(self.start.positions.get(worker, Position()), state),
@@ -350,6 +392,17 @@ def first_sample(shards: ShardSet) -> dict:
 
 def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoader:
     """Batches come ready from the workers (batch_size=None), in a fixed round-robin order. The workers ignore a
-    scheduler's stop signals (`preemption.ignore_signals`)."""
+    scheduler's stop signals (`preemption.ignore_signals`) and die with the training process (`worker_start`)."""
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_signals)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=worker_start)
+
+
+def worker_start(worker: int) -> None:
+    """A DataLoader worker's start: it ignores the stop signals, and on Linux the kernel kills it when the training
+    process dies (prctl PR_SET_PDEATHSIG). A forked worker shares the run directory's lock (`xclr_schemas.out_lock`,
+    an flock) with the main rank; torch's own watchdog would end an orphaned worker only seconds later, which kept
+    the lock from a restarted rank (torchrun --max-restarts) after a kill -9 (a parent that dies before the prctl is
+    left to that watchdog)."""
+    ignore_signals(worker)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG

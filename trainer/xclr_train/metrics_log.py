@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from xclr_schemas.atomic import write_atomic
 from xclr_schemas.names import METRICS
+from xclr_train.errors import TrainError, first_line
 
 
 class MetricsLog:
@@ -27,9 +28,13 @@ class MetricsLog:
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step + 1)
 
     def write(self, record: dict) -> None:
-        """Append `record` (it must hold "step"); its numbers also go to TensorBoard."""
-        self.file.write(json.dumps(record, sort_keys=True) + "\n")
-        self.file.flush()
+        """Append `record` (it must hold "step"); its numbers also go to TensorBoard. TrainError when the line cannot
+        be written (a full disk)."""
+        try:
+            self.file.write(json.dumps(record, sort_keys=True) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            raise TrainError(f"could not write {self.file.name}: {first_line(exc)}") from None
         for name, value in record.items():
             if isinstance(value, (int, float)) and name != "step":
                 self.tensorboard.add_scalar(name if "/" in name else f"train/{name}", value, record["step"])
@@ -39,8 +44,18 @@ class MetricsLog:
         return any(line["step"] == step and name in line for line in self.kept)
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the line it could not flush: `write` raised for it already
+            pass
         self.tensorboard.close()
+
+
+def last_step(run_dir: Path) -> int:
+    """The last step the run's log holds (0 for none)."""
+    path = run_dir / METRICS
+    return max((_step(line) for line in path.read_text(encoding="utf-8").splitlines()), default=0) \
+        if path.exists() else 0
 
 
 def _step(line: str) -> int:

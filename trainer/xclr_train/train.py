@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,16 +38,17 @@ from xclr_schemas import load_npy
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import RECIPES, draw_photometric, step_generator
-from xclr_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xclr_train.checkpoint import (CheckpointError, Found, epoch_name, load_checkpoint, non_finite, read_checkpoint,
+                                   read_latest, save_checkpoint)
 from xclr_train.compiling import compile_encoder
 from xclr_train.config import FREE_OPTIONS, TrainConfig
-from xclr_train.data import (REASONS, DataError, EpochStart, Position, ShardSet, ShardStream, find_shards,
-                             first_sample, make_loader)
+from xclr_train.data import (REASONS, DataError, EpochStart, InputChanged, Position, ShardSet, ShardStream,
+                             find_shards, first_sample, make_loader)
 from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed
 from xclr_train.errors import TrainError
 from xclr_train.in_run_eval import InRunEval
 from xclr_train.inside_epoch import InsideEpoch, gather_states
-from xclr_train.metrics_log import MetricsLog
+from xclr_train.metrics_log import MetricsLog, last_step
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options
 from xclr_train.optim import lr_at, make_optimizer, resolve
@@ -71,7 +73,8 @@ class Schedule:
 class Session:
     """Everything `set_up` builds for a run, and where the run stands (`epoch`, `step`, `skipped`: the skip counts
     of all ranks in the finished epochs; `inside`: this rank's place inside epoch `epoch` when the run resumes, or
-    stops, there; `preempted`: a signal stopped it)."""
+    stops, there; `preempted`: a signal stopped it; `saved`: the last checkpoint written or resumed from, with its
+    step, as an error names it)."""
     cfg: TrainConfig
     dist: Dist
     run: Path
@@ -86,6 +89,7 @@ class Session:
     inside: InsideEpoch | None = None
     preempted: bool = False
     evaluator: InRunEval | None = None  # --eval-data
+    saved: str = "none: no checkpoint was written before it"
 
 
 def train(cfg: TrainConfig, preemption: Preemption, after_save: Callable[[], None] | None = None) -> dict:
@@ -124,22 +128,24 @@ def train(cfg: TrainConfig, preemption: Preemption, after_save: Callable[[], Non
 
 
 def checkpoint(s: Session, after_save: Callable[[], None] | None) -> None:
-    """The main rank saves (`save`) and publishes. After a stop every rank waits for that before it exits: torchrun
-    ends the whole group once one rank has exited, which would kill the main rank in the middle of its save. A save
-    that fails is then a CheckpointError on every rank."""
-    failed: CheckpointError | None = None
+    """The main rank saves (`save`) and publishes; every rank waits for that and learns whether it failed (a full
+    disk, non-finite weights), so that all stop together with a TrainError. After a stop the wait matters too:
+    torchrun ends the whole group once one rank has exited, which would kill the main rank in the middle of its
+    save."""
+    failed: TrainError | None = None
     inside = gather_states(s.inside, s.dist) if s.inside is not None else None  # every rank's place, for rank 0
     if s.dist.is_main:
         try:
             save(s, inside)
             if after_save is not None:
                 after_save()
-        except CheckpointError as exc:
+        except TrainError as exc:
             failed = exc
-    if s.preempted and any_rank(failed is not None, s.dist) and failed is None:
-        raise CheckpointError("the main rank could not write the checkpoint at the stop (its error says why)")
+    if any_rank(failed is not None, s.dist) and failed is None:
+        raise CheckpointError(f"the main rank could not write the checkpoint at step {s.step} (its error says why)")
     if failed is not None:
         raise failed
+    s.saved = f"{s.run / CHECKPOINTS / LATEST} (step {s.step})"
 
 
 def set_up(cfg: TrainConfig) -> Session:
@@ -155,7 +161,7 @@ def set_up(cfg: TrainConfig) -> Session:
     torch.manual_seed(cfg.seed)
     mconf = ModelConfig(cfg.arch, cfg.image_size, cfg.proj_hidden, objective.projection_dim(cfg.proj_dim, caption_dim),
                         cfg.patch_size)
-    resume_from = _checkpoint_to_resume(cfg)
+    resume_from = _checkpoint_to_resume(cfg)  # read, and its digest checked, before anything is built
     # --init only starts a new run: a resumed one takes every weight from its checkpoint
     encoder = Encoder(mconf, Path(cfg.init) if cfg.init and resume_from is None else None)
     settings = resolve(family(encoder.backbone), cfg.batch_size * dist.world_size, cfg.optimizer, cfg.lr,
@@ -216,9 +222,10 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
         params = draw_photometric(len(images), s.stepper.recipe, step_generator(cfg.seed, dist.rank, s.step))
         loss, stats = s.stepper.step(images, params, batch, lr, s.step, sched.total)
         s.step += 1
-        window.add(loss, stats)
+        window.add(loss, stats, s.step)
         bar.update(1)
         if s.step % cfg.log_every == 0 or s.step == sched.total:
+            _stop_if_not_finite(s, window)
             last = window.summary(s.step, s.epoch, lr, sched.global_batch, s.skipped, _total(positions))
             if log is not None:
                 log.write(last)
@@ -228,6 +235,7 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
         if s.evaluator is not None and not s.preempted:  # at a stop, the resume evaluates (`train`)
             window.t0 += s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
     del batches
+    _stop_if_not_finite(s, window)  # before any checkpoint of these steps
     if s.step < end:  # stopped inside the epoch
         s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), max(1, cfg.workers),
                                window.steps, dict(window.sums), time.perf_counter() - window.t0, window.data_time)
@@ -240,16 +248,33 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
 def save(s: Session, inside: list[dict] | None) -> None:
     """The checkpoint after epoch `s.epoch` (main rank): epoch-NNNN.pt every --save-every epochs and at the end, then
     latest.pt (so latest is never behind); inside an epoch (a preempted run) latest.pt only, with `inside`, every
-    rank's place (`inside_epoch.gather_states`)."""
+    rank's place (`inside_epoch.gather_states`). A state with a non-finite tensor is never written: TrainError."""
     objective, stepper = s.stepper.objective, s.stepper
     state = {"model": objective.learner.encoder.state_dict(), "model_config": asdict(s.model_config),
              "method": objective.state_dict(), "optimizer": stepper.optimizer.state_dict(),
              "scaler": stepper.scaler.state_dict(), "epoch": s.epoch, "step": s.step, "skipped": s.skipped,
-             "config": _options(s.cfg, objective, s.dist.world_size), "inside": inside}
+             "config": _options(s.cfg, objective, s.dist.world_size), "inputs": s.stream.shards.stamps,
+             "inside": inside}
+    bad = non_finite(state)
+    if bad is not None:
+        raise TrainError(f"{bad} is not finite after step {s.step} (every loss was): stopped without saving; the "
+                         f"last good checkpoint is {s.saved}")
     folder = s.run / CHECKPOINTS
     if s.inside is None and (s.epoch % s.cfg.save_every == 0 or s.epoch == s.schedule.epochs):
-        save_checkpoint(folder / f"epoch-{s.epoch:04d}.pt", state)
+        save_checkpoint(folder / epoch_name(s.epoch), state)
     save_checkpoint(folder / LATEST, state)
+
+
+def _stop_if_not_finite(s: Session, window: _Window) -> None:
+    """A TrainError on every rank when any rank's loss was not finite at a step of `window` (one all-reduce of the
+    first such step), so that no checkpoint is written after it."""
+    first = window.first_bad.reshape(1).cpu()
+    if s.dist.world_size > 1:
+        torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN, group=s.dist.cpu_group)
+    if int(first) != _Window.NONE:
+        raise TrainError(f"the loss was not finite (NaN or infinite) at step {int(first)} of {s.schedule.total}: "
+                         f"stopped without saving; the last good checkpoint is {s.saved} (the usual causes: a "
+                         "learning rate too high for this model and batch, or bad input)")
 
 
 def _schedule(cfg: TrainConfig, shards: ShardSet, world_size: int) -> Schedule:
@@ -296,38 +321,50 @@ def _options(cfg: TrainConfig, objective: Objective, world_size: int) -> dict:
     return {**options, **own, "world_size": world_size}
 
 
-def _checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint --resume names, or None for a new run: ``--resume latest`` with no latest.pt yet starts a new
-    run (as open_clip does), so one command line serves the first start and every restart (torchrun
-    --max-restarts)."""
-    latest = Path(cfg.out) / CHECKPOINTS / LATEST
+def _checkpoint_to_resume(cfg: TrainConfig) -> Found | None:
+    """The checkpoint --resume names, read, or None for a new run: ``--resume latest`` with no latest.pt yet starts a
+    new run (as open_clip does), so one command line serves the first start and every restart (torchrun
+    --max-restarts); with a damaged latest.pt it takes the newest intact epoch-NNNN.pt (`checkpoint.read_latest`)."""
     if cfg.resume == "latest":
-        return latest if latest.exists() else None
-    return None if cfg.resume is None else Path(cfg.resume)
+        return read_latest(Path(cfg.out) / CHECKPOINTS)
+    return None if cfg.resume is None else Found(Path(cfg.resume), read_checkpoint(Path(cfg.resume)))
 
 
-def _start(s: Session, path: Path | None) -> None:
-    """Where `s` starts: a new run (writes config.json), or the checkpoint `path`."""
+def _start(s: Session, found: Found | None) -> None:
+    """Where `s` starts: a new run (writes config.json), or the checkpoint `found`, which must hold this run's model
+    and options and have read the shards this run reads."""
     cfg, run = s.cfg, s.run
     options = _options(cfg, s.stepper.objective, s.dist.world_size)
-    if path is None:
+    if found is None:
         if cfg.resume is None and (run / CHECKPOINTS / LATEST).exists():
             raise CheckpointError(f"{run} already holds a run: resume it with --resume latest or choose another --out")
         if s.dist.is_main:
             run.mkdir(parents=True, exist_ok=True)
             (run / CONFIG).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n")
         return
-    state = load_checkpoint(path, asdict(s.model_config))
+    path, state = found.path, load_checkpoint(found.path, asdict(s.model_config), found.state)
     theirs = state["config"]
     changed = sorted(k for k in set(options) | set(theirs) if options.get(k) != theirs.get(k))
     if changed:
         raise CheckpointError(f"{path} was trained with other options: "
                               + ", ".join(f"{k}={theirs.get(k)!r} (now {options.get(k)!r})" for k in changed))
+    moved = s.stream.shards.changed(state["inputs"]) if "inputs" in state else []
+    if moved:
+        raise InputChanged(f"the shards changed since {path} was written ({moved[0]}"
+                           + (f"; and {len(moved) - 1} more" if len(moved) > 1 else "") + "): a resume reads the "
+                           "shards the run started with; put them back, or start a new run in another --out")
     s.stepper.objective.learner.encoder.load_state_dict(state["model"])
     s.stepper.objective.load_state_dict(state["method"])
     s.stepper.optimizer.load_state_dict(state["optimizer"])
     s.stepper.scaler.load_state_dict(state["scaler"])
     s.epoch, s.step, s.skipped = state["epoch"], state["step"], state["skipped"]
+    s.saved = f"{path} (step {s.step})"
+    if found.passed_over is not None and s.dist.is_main:
+        logged = last_step(run)  # the last step the run got to, as far as its log says
+        again = (f"steps {s.step + 1} to {logged} are" if logged > s.step + 1 else f"step {s.step + 1} is"
+                 if logged == s.step + 1 else f"the steps after {s.step} are")
+        print(f"xclr-train: warning: {found.passed_over}; resuming from {path} (step {s.step}) instead: {again} "
+              "trained again", file=sys.stderr, flush=True)
     if state.get("inside") is not None:
         s.inside = InsideEpoch.from_state(state["inside"][s.dist.rank], s.dist.device)
         if s.inside.workers != max(1, cfg.workers):
@@ -342,20 +379,25 @@ def _total(positions: dict[int, Position]) -> torch.Tensor:
 
 
 class _Window:
-    """Sums over the steps since the last log line."""
+    """Sums over the steps since the last log line, and the first of them whose loss was not finite on this rank
+    (`first_bad`, NONE if none; kept on the device, so it costs no synchronisation until it is read)."""
+    NONE = 2**62
 
     def __init__(self, device: torch.device, inside: InsideEpoch | None = None) -> None:
         """An empty window, or the one open when a checkpoint inside the epoch was written."""
         self.device, self.steps, self.data_time, self.t0 = device, 0, 0.0, time.perf_counter()
+        self.first_bad = torch.full((), self.NONE, dtype=torch.long, device=device)
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         if inside is not None:
             self.steps, self.data_time = inside.window_steps, inside.window_data_time
             self.t0 -= inside.window_seconds
             self.sums.update(inside.window_sums)
 
-    def add(self, loss: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
+    def add(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], step: int) -> None:
+        """Step `step` (counted from 1) gave `loss` and `stats`."""
         self.steps += 1
         self.sums["loss"] += loss.detach()
+        self.first_bad = torch.minimum(self.first_bad, torch.where(loss.detach().isfinite(), self.NONE, step))
         for name, value in stats.items():
             self.sums[name] += value
 
