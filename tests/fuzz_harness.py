@@ -196,13 +196,18 @@ def fuzz(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple
 FAST_CASES = 6  # per family in the fast lane
 
 
-def lanes(count: int, cap_s: float) -> list:
+def lanes(count: int, cap_s: float, failing: tuple[str, ...] = (), reason: str = "") -> list:
     """A family's two lanes, as pytest parameters (examples, seed, cap): FAST_CASES cases in the fast lane; `count`
-    cases under another seed, with a wall-clock cap of `cap_s`, in the slow lane (CI)."""
+    cases under another seed, with a wall-clock cap of `cap_s`, in the slow lane (CI). The lanes named in `failing`
+    ("fast", "slow") are known to fail for `reason`, in code a fix is awaited for: xfail(strict), so that the fix
+    shows as an XPASS and the mark is removed."""
     import pytest
 
-    return [pytest.param(FAST_CASES, 1, 30, id="fast"),
-            pytest.param(count, 2, cap_s, id="slow", marks=pytest.mark.slow)]
+    def marks(lane: str) -> list:
+        return [pytest.mark.xfail(strict=True, reason=reason)] if lane in failing else []
+
+    return [pytest.param(FAST_CASES, 1, 30, id="fast", marks=marks("fast")),
+            pytest.param(count, 2, cap_s, id="slow", marks=[pytest.mark.slow, *marks("slow")])]
 
 
 def fuzz_and_record(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple[type, ...],

@@ -391,6 +391,14 @@ def _pickled_npy() -> bytes:
     return buf.getvalue()
 
 
+def _npy_declaring(shape: tuple[int, ...], dtype=NEIGHBOR_DTYPE) -> bytes:
+    """An .npy header declaring `shape` over 24 bytes of data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": shape})
+    return buf.getvalue() + bytes(24)
+
+
 NBR_ROWS = {
     "good": lambda: _nbr([1, 2, 3], [0.9, 0.5, 0.1]),
     "invalid-row": lambda: _nbr([-1, -1, -1], [np.nan] * 3),  # a caption whose embedding was invalid
@@ -405,6 +413,7 @@ NBR_ROWS = {
     "sims-inf": lambda: _nbr([1, 2, 3], [np.inf, -np.inf, 0.1]),
     "sims-over-1": lambda: _nbr([1, 2, 3], [7.0, 0.5, -3.0]),
     "pickled": _pickled_npy,
+    "huge-shape": lambda: _npy_declaring((10**12,)),
     "not-npy": lambda: b"\x93NUMPY garbage",
     "empty": lambda: b"",
 }
@@ -413,6 +422,7 @@ EMB_ROWS = {
     "nan": lambda: npy_bytes(np.full(8, np.nan, np.float16)),
     "other-dim": lambda: npy_bytes(np.full(5, 0.4, np.float16)),
     "2-d": lambda: npy_bytes(np.zeros((2, 8), np.float16)),
+    "huge-shape": lambda: _npy_declaring((10**12,), np.float16),
     "strings": lambda: npy_bytes(np.array(["a", "b"])),
     "pickled": _pickled_npy,
     "not-npy": lambda: b"nope",

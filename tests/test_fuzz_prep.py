@@ -43,7 +43,7 @@ from xclr_schemas.shards import IMAGE_SUFFIXES
 
 REFUSALS = (PrepError, EmbedDirError, GraphDirError, ShardsDirError)
 # per family: (cases in the slow lane, its wall-clock cap in seconds)
-FAMILIES = {"tar": (250, 12), "image": (200, 6), "table": (250, 12), "dirs": (120, 6)}
+FAMILIES = {"tar": (300, 12), "image": (200, 6), "table": (300, 12), "dirs": (120, 6)}
 MAX_TOKENS = 16
 
 

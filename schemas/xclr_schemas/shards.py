@@ -60,5 +60,15 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def load_npy(data: bytes) -> np.ndarray:
-    """Inverse of `npy_bytes` (never unpickles)."""
+    """Inverse of `npy_bytes` (never unpickles). ValueError when `data` is not an ``.npy`` array without objects
+    whose header's shape and dtype account for exactly the bytes after it (cut short, empty, damaged, pickled, or
+    declaring more than it holds: checked before anything is allocated)."""
+    buf = io.BytesIO(data)
+    try:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, _, dtype = read_header[np.lib.format.read_magic(buf)](buf)
+    except (EOFError, OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"not an .npy array ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize != len(data) - buf.tell():
+        raise ValueError(f"an .npy header of shape {shape} and dtype {dtype} over {len(data) - buf.tell()} bytes")
     return np.load(io.BytesIO(data), allow_pickle=False)
