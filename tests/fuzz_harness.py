@@ -83,11 +83,12 @@ def _raise_hang(signum, frame) -> None:
     raise Hang()
 
 
-def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: int) -> tuple[str, str]:
+def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: int,
+           seconds: int) -> tuple[str, str]:
     """(outcome, detail) of one case run in `work`."""
     for sub in ("in", "out"):
         (work / sub).mkdir(parents=True)
-    signal.alarm(CASE_SECONDS)
+    signal.alarm(seconds)
     try:
         outcome, detail = feed(case, work), ""
         if outcome not in OUTCOMES_OF_FEED:
@@ -95,7 +96,7 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: i
     except refusals as exc:
         outcome, detail = ("refused", str(exc)) if _one_line(exc) else ("failed", f"error of many lines: {exc!r}")
     except Hang:
-        outcome, detail = "failed", f"hang: over {CASE_SECONDS} s"
+        outcome, detail = "failed", f"hang: over {seconds} s"
     except MemoryError:
         outcome, detail = "failed", "memory: an allocation over the case's bound"
     except BaseException as exc:  # noqa: BLE001 - every other exception is what the fuzzer looks for
@@ -112,7 +113,7 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: i
 
 
 def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...], examples: int, seed_: int,
-           budget_s: float, root: Path) -> None:
+           budget_s: float, root: Path, seconds: int) -> None:
     """The fuzz loop, in the forked child: one JSON line per case on `conn` ("start" first, then its outcome)."""
     cwd = root / "cwd"
     cwd.mkdir(parents=True)
@@ -137,7 +138,7 @@ def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...]
         text = repr(case)
         conn.send(json.dumps({"start": text[:600]}))
         work = root / f"case-{n:05d}"
-        outcome, detail = _judge(feed, case, work, refusals, rss0)
+        outcome, detail = _judge(feed, case, work, refusals, rss0, seconds)
         if outcome == "failed":
             keep = root.parent / f"{name}-failed-{n:05d}"
             shutil.copytree(work / "in", keep, dirs_exist_ok=True)
@@ -154,21 +155,22 @@ def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...]
 
 
 def fuzz(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple[type, ...], examples: int,
-         seed_: int, budget_s: float, root: Path) -> FamilyResult:
-    """Run `examples` cases of `strategy` through `feed` in one forked child (module docstring); their result."""
+         seed_: int, budget_s: float, root: Path, case_seconds: int = CASE_SECONDS) -> FamilyResult:
+    """Run `examples` cases of `strategy` through `feed` in one forked child (module docstring), each allowed
+    `case_seconds`; their result."""
     result = FamilyResult(name)
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, name, strategy, feed, refusals, examples, seed_, budget_s,
-                                            root / name))
+                                            root / name, case_seconds))
     proc.start()
     child.close()
     current = None
     while True:
-        if not parent.poll(CASE_SECONDS + 10):
+        if not parent.poll(case_seconds + 10):
             proc.kill()
             result.outcomes["failed"] += current is not None
-            result.failures.append(f"{name}: no report for {CASE_SECONDS + 10} s (a hang in C code?) in case "
+            result.failures.append(f"{name}: no report for {case_seconds + 10} s (a hang in C code?) in case "
                                    f"{current}")
             break
         try:

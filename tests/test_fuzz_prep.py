@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import clustered, write_embed_dir
-from fuzz_harness import fuzz_and_record, lanes
+from fuzz_harness import CASE_MEMORY, fuzz, fuzz_and_record, lanes
 from fuzz_inputs import Damage, image_cases, some_damage, table_cases, tar_cases
 from hypothesis import strategies as st
 from PIL import Image
@@ -270,3 +271,31 @@ def test_labels_that_int64_cannot_hold_or_int_cannot_read_are_invalid_rows(tmp_p
                        whitespace_tokens, MAX_TOKENS, "truncate")
     assert marker["file_error"] is None and marker["skipped"] == {"label_invalid": 2, "line_invalid": 1}
     assert pq.read_table(tmp_path / "out" / "scan" / marker["parts"][0]["name"])["label"].to_pylist() == [3]
+
+
+def misbehave(case: str, work) -> str:
+    """A reader that does what the harness must catch, by name."""
+    if case == "traceback":
+        raise KeyError("not one of the refusals")
+    if case == "many-lines":
+        raise PrepError("one\ntwo")
+    if case == "hang":
+        time.sleep(30)
+    if case == "memory":
+        bytearray(2 * CASE_MEMORY)
+    if case == "outside":
+        (work / "stray.txt").write_text("written beside the output directory")
+    if case == "refused":
+        raise PrepError("a one-line error")
+    return "read"
+
+
+def test_the_harness_fails_what_it_should(tmp_path):
+    """A traceback, an error of many lines, a hang, too much memory and a file outside the output directory fail;
+    a one-line error is refused."""
+    kinds = ("traceback", "many-lines", "hang", "memory", "outside", "refused", "read")
+    result = fuzz("self-test", st.sampled_from(kinds), misbehave, REFUSALS, 30, 0, 60, tmp_path, case_seconds=1)
+    assert dict(result.outcomes) == {"failed": 5, "refused": 1, "read": 1}, result
+    reasons = "\n".join(result.failures)
+    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "files outside the output"):
+        assert expected in reasons, reasons

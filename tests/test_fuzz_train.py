@@ -294,7 +294,7 @@ def test_bad_input_through_the_command_line(tmp_path):
 
 
 def test_an_npy_member_that_declares_more_than_it_holds_is_refused_before_allocating():
-    """np.load allocated a member's declared shape first (10.9 TiB for a 24-byte member: a MemoryError), and an empty
+    """np.load allocated a member's declared shape first (terabytes for a 24-byte member: a MemoryError), and an empty
     member raised EOFError, which the decode stage does not count; both are now ValueError, a bad_member."""
     from fuzz_inputs import NBR_ROWS
 
