@@ -473,13 +473,25 @@ def _maybe(keys) -> st.SearchStrategy:
     return st.one_of(st.just("good"), st.sampled_from(sorted(keys)), st.none())
 
 
-sample_cases = st.builds(
+SAMPLE_KEYS = ("s0", "s1", "../s2", "/abs/s3", "d/s4", "s5\udcff", "s0")
+random_samples = st.builds(
     SampleCase,
-    key=st.sampled_from(("s0", "s1", "../s2", "/abs/s3", "d/s4", "s5\udcff", "s0")),
+    key=st.sampled_from(SAMPLE_KEYS),
     image=st.one_of(st.just(ImageCase("png-RGB")), small_images, st.none()),
     meta=_maybe(METAS), nbr=_maybe(NBR_ROWS), emb=_maybe(EMB_ROWS),
     extra=st.lists(members(), max_size=2).map(tuple),
 )
+# a sample whose members are all good but one: what a reader must catch among good neighbours
+one_fault_samples = st.one_of(
+    st.builds(SampleCase, key=st.sampled_from(SAMPLE_KEYS), image=small_images, meta=st.just("good"),
+              nbr=st.just("good"), emb=st.just("good")),
+    *(st.builds(SampleCase, key=st.sampled_from(("s6", "s7", "s9")), image=st.just(ImageCase("png-RGB")),
+                **{field: st.sampled_from(sorted(options)),
+                   **{f: st.just("good") for f in ("meta", "nbr", "emb") if f != field}})
+      for field, options in (("meta", METAS), ("nbr", NBR_ROWS), ("emb", EMB_ROWS))),
+)
+sample_cases = st.one_of(random_samples, one_fault_samples, st.just(SampleCase("s8", ImageCase("png-RGB"), "good",
+                                                                                "good", "good")))
 
 
 @dataclass(frozen=True)
