@@ -7,7 +7,8 @@ Output under ``OUT/scan/`` (intermediate; deleted once the embed directory is co
 
 Skip reasons (a skipped row is counted, never written): key_missing, key_not_utf8, key_has_dot, key_has_slash,
 caption_missing, caption_not_utf8, caption_empty, caption_too_long (only with ``too_long="skip"``),
-label_invalid, json_invalid, line_invalid, line_not_utf8. A file that cannot be read to its end (unreadable,
+label_invalid, json_invalid, line_invalid, line_not_utf8, member_too_large (a tar's KEY.txt or KEY.json over
+`xclr_prep.corpus.tar.MAX_TEXT_BYTES`). A file that cannot be read to its end (unreadable,
 truncated) is skipped whole: its marker records the error and no parts, so no row of it is half-used.
 
 A caption is too long when its token count (special tokens included) exceeds the model's max_seq_length; with
