@@ -121,6 +121,10 @@ def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...]
     signal.signal(signal.SIGALRM, _raise_hang)
     if "torch" in sys.modules:  # the parent's OpenMP pool does not survive the fork: run torch's ops inline
         sys.modules["torch"].set_num_threads(1)
+    # One thread per pool: each thread's stack and malloc arena count against RLIMIT_AS, as many as the machine's
+    # cores, so the limit would otherwise mean less on a bigger machine.
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
     pa.allocate_buffer(1)  # pyarrow's allocator (mimalloc) reserves its arena now, not inside a case
     limit = _vm_size() + CASE_MEMORY
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
