@@ -44,7 +44,7 @@ from xclr_train.compiling import compile_encoder
 from xclr_train.config import FREE_OPTIONS, TrainConfig
 from xclr_train.data import (REASONS, DataError, EpochStart, InputChanged, Position, ShardSet, ShardStream,
                              find_shards, first_sample, make_loader)
-from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed
+from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed, rank_timeouts
 from xclr_train.errors import TrainError
 from xclr_train.in_run_eval import InRunEval
 from xclr_train.inside_epoch import InsideEpoch, gather_states
@@ -99,6 +99,11 @@ def train(cfg: TrainConfig, preemption: Preemption, after_save: Callable[[], Non
     Preempted, after the checkpoint at that step. `after_save` is called on the main rank after every checkpoint
     (the command line publishes a URL run there).
     """
+    with rank_timeouts(cfg.rank_timeout):  # a wait for another rank past --rank-timeout: RankTimeout, one line
+        return _train(cfg, preemption, after_save)
+
+
+def _train(cfg: TrainConfig, preemption: Preemption, after_save: Callable[[], None] | None) -> dict:
     s = set_up(cfg)
     log = MetricsLog(s.run, s.step) if s.dist.is_main else None
     bar = tqdm(total=s.schedule.total, initial=s.step, unit="step", disable=not (s.dist.is_main and cfg.progress),
@@ -151,7 +156,7 @@ def checkpoint(s: Session, after_save: Callable[[], None] | None) -> None:
 def set_up(cfg: TrainConfig) -> Session:
     """The run's schedule, objective, model, optimizer and data stream, resumed from --resume where asked."""
     options = cfg.objective_args()
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.rank_timeout)
     shards = find_shards(cfg.data)
     objective, k, caption_dim = _objective(cfg, options, shards)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dist.device.type == "cuda" else "fp32")
@@ -211,30 +216,33 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
     positions = dict(s.stream.start.positions)  # DataLoader worker -> its place and running counts in this epoch
     window = _Window(dist.device, inside)
     last: dict = {}
-    while s.step < end and not s.preempted:
-        t0 = time.perf_counter()
-        batch = next(batches)
-        window.data_time += time.perf_counter() - t0
-        positions[int(batch.pop("worker"))] = Position(int(batch.pop("taken")), tuple(batch.pop("skipped").tolist()))
-        batch = {key: value.to(dist.device, non_blocking=True) for key, value in batch.items()}
-        lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
-        images = torch.cat([batch.pop("view1"), batch.pop("view2")])
-        params = draw_photometric(len(images), s.stepper.recipe, step_generator(cfg.seed, dist.rank, s.step))
-        loss, stats = s.stepper.step(images, params, batch, lr, s.step, sched.total)
-        s.step += 1
-        window.add(loss, stats, s.step)
-        bar.update(1)
-        if s.step % cfg.log_every == 0 or s.step == sched.total:
-            _stop_if_not_finite(s, window)
-            last = window.summary(s.step, s.epoch, lr, sched.global_batch, s.skipped, _total(positions))
-            if log is not None:
-                log.write(last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
-            window = _Window(dist.device)
-        s.preempted = any_rank(preemption.signal is not None, dist)
-        if s.evaluator is not None and not s.preempted:  # at a stop, the resume evaluates (`train`)
-            window.t0 += s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
-    del batches
+    try:
+        while s.step < end and not s.preempted:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            window.data_time += time.perf_counter() - t0
+            positions[int(batch.pop("worker"))] = Position(int(batch.pop("taken")),
+                                                           tuple(batch.pop("skipped").tolist()))
+            batch = {key: value.to(dist.device, non_blocking=True) for key, value in batch.items()}
+            lr = lr_at(s.step, sched.total, sched.warmup, sched.peak_lr)
+            images = torch.cat([batch.pop("view1"), batch.pop("view2")])
+            params = draw_photometric(len(images), s.stepper.recipe, step_generator(cfg.seed, dist.rank, s.step))
+            loss, stats = s.stepper.step(images, params, batch, lr, s.step, sched.total)
+            s.step += 1
+            window.add(loss, stats, s.step)
+            bar.update(1)
+            if s.step % cfg.log_every == 0 or s.step == sched.total:
+                _stop_if_not_finite(s, window)
+                last = window.summary(s.step, s.epoch, lr, sched.global_batch, s.skipped, _total(positions))
+                if log is not None:
+                    log.write(last)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                window = _Window(dist.device)
+            s.preempted = any_rank(preemption.signal is not None, dist)
+            if s.evaluator is not None and not s.preempted:  # at a stop, the resume evaluates (`train`)
+                window.t0 += s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
+    finally:  # the workers end also when a step raised (they ignore SIGTERM: the exit would wait for them)
+        del batches
     _stop_if_not_finite(s, window)  # before any checkpoint of these steps
     if s.step < end:  # stopped inside the epoch
         s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), max(1, cfg.workers),
