@@ -103,7 +103,7 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise DamagedCheckpoint(f"{path} is not a readable xclr checkpoint: damaged, cut short or another kind of "
                                 f"file ({type(exc).__name__}: {first_line(exc).split('. ')[0]})") from None
-    if not isinstance(state, dict) or "model_config" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
         raise CheckpointError(f"{path} is not an xclr checkpoint")
     saved = state.pop(DIGEST, None)
     if saved is not None and saved != content_digest(state):
@@ -170,5 +170,10 @@ def read_encoder(path: Path, state: dict) -> Encoder:
         raise CheckpointError(f"{path} was written by another xclr version (its model_config has the fields "
                               f"{sorted(state['model_config'])})") from None
     model = Encoder(config)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state.get("model"))
+    except (TypeError, RuntimeError) as exc:  # weights of other keys, shapes or types; not a dict
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{path} does not hold the weights of its model_config: "
+                              f"{lines[1] if len(lines) > 1 else lines[0]}") from None
     return model.eval()

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SIZES, ShardsDirError, load_npy, read_shards_manifest, storage
 from xclr_schemas.shards import EMBEDDING_SUFFIX, IMAGE_SUFFIXES, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import RECIPES, crop_view, to_rgb
-from xclr_train.errors import TrainError
+from xclr_train.errors import TrainError, first_line
 from xclr_train.preemption import ignore_signals
 
 REASONS = ("truncated_shard", "incomplete_sample", "undecodable_image", "bad_member")
@@ -91,7 +91,7 @@ def find_shards(spec: str) -> ShardSet:
     if storage.is_dir(spec) or storage.basename(spec) == SIZES:
         root = spec if storage.basename(spec) != SIZES else storage.parent(spec)
         if storage.exists(storage.join(root, SIZES)):
-            urls = [storage.join(root, name) for name in json.loads(storage.read_text(storage.join(root, SIZES)))]
+            urls = [storage.join(root, name) for name in read_sizes(storage.join(root, SIZES))]
         elif storage.is_url(root):
             urls = storage.find_files(storage.join(root, "*.tar"))
         else:
@@ -106,7 +106,7 @@ def find_shards(spec: str) -> ShardSet:
         raise DataError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}")
     stamps = {u: storage.stat_key(u) for u in urls}
     sizes_file = storage.join(root, SIZES)
-    sizes = json.loads(storage.read_text(sizes_file)) if storage.exists(sizes_file) else {}
+    sizes = read_sizes(sizes_file) if storage.exists(sizes_file) else {}
     names = [storage.basename(u) for u in urls]
     samples = sum(sizes[n] for n in names) if all(n in sizes for n in names) else None
     manifest = None
@@ -116,6 +116,21 @@ def find_shards(spec: str) -> ShardSet:
         except ShardsDirError as exc:
             raise DataError(str(exc)) from None
     return ShardSet(urls, samples, manifest, stamps)
+
+
+def read_sizes(path: str) -> dict[str, int]:
+    """open_clip's sizes.json: a JSON object of shard file names (in the same directory) and their sample counts;
+    DataError for anything else."""
+    try:
+        sizes = json.loads(storage.read_text(path))
+    except ValueError as exc:  # not UTF-8, not JSON
+        raise DataError(f"{path} is not JSON ({first_line(exc)})") from None
+    if not isinstance(sizes, dict) or not all(
+            "/" not in name and name not in ("", ".", "..") and type(count) is int and count >= 0
+            for name, count in sizes.items()):
+        raise DataError(f"{path} is not a sizes.json: a JSON object of shard file names in its directory and their "
+                        "sample counts (whole numbers, 0 or more)")
+    return sizes
 
 
 def read_tar(url: str, skipped: Counter) -> Iterator[dict]:
@@ -196,7 +211,7 @@ def group_shuffle(rng: random.Random,
     def group_of(sample: dict) -> tuple:
         try:
             group = json.loads(sample[META_SUFFIX]).get("group")
-        except (KeyError, ValueError, AttributeError):
+        except (KeyError, ValueError, AttributeError, RecursionError):
             group = None
         return (sample["__read__"], sample["__key__"] if group is None else group)
 
@@ -280,8 +295,10 @@ def fast_forward(start: Position, state: WorkerState) -> Callable[[Iterator[dict
 def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int, needs: Needs, k: int | None,
            state: WorkerState) -> Callable[[Iterator[dict]], Iterator[dict]]:
     """Raw sample -> {"view1", "view2": `view` of the image decoded for `image_size` (`decode_image`), twice, with
-    the sample's own generator (`WorkerState`), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as needed}; a
-    sample whose json lacks a needed "label" is skipped as a bad member."""
+    the sample's own generator (`WorkerState`), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as needed}. A
+    bad member: a json without a needed "label" or whose caption id is not a whole number in [0, 2**63), a neighbour
+    row of another dtype or length, with ids below -1 (-1: none) or similarities of its ids that are not finite, an
+    embedding that is not one finite row: the sample is skipped and counted as such."""
     skipped = state.skipped
 
     def one(raw: dict, rng: random.Random) -> dict | None:
@@ -292,18 +309,23 @@ def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int
             return None
         try:
             meta = json.loads(raw[META_SUFFIX])
-            out = {"caption_id": int(meta["caption_id"])}
+            out = {"caption_id": _in_range(int(meta["caption_id"]), 0)}
             if needs.labels:
-                out["label"] = int(meta["label"])
+                out["label"] = _in_range(int(meta["label"]), -2**63)
             if needs.neighbors:
                 nbr = load_npy(raw[NEIGHBORS_SUFFIX])
                 if nbr.dtype != NEIGHBOR_DTYPE or nbr.shape != (k,):
                     raise ValueError("neighbour row of another dtype or length")
+                if (nbr["id"] < -1).any() or not np.isfinite(nbr["sim"][nbr["id"] >= 0]).all():
+                    raise ValueError("neighbour ids below -1 (none) or similarities that are not finite")
                 out["nbr_id"] = torch.from_numpy(nbr["id"].astype(np.int64))
                 out["nbr_sim"] = torch.from_numpy(nbr["sim"].astype(np.float32))
             if needs.embedding:
-                out["emb"] = torch.from_numpy(load_npy(raw[EMBEDDING_SUFFIX]).astype(np.float32))
-        except (ValueError, KeyError, TypeError, OSError):
+                emb = load_npy(raw[EMBEDDING_SUFFIX]).astype(np.float32)
+                if emb.ndim != 1 or not np.isfinite(emb).all():
+                    raise ValueError("a caption embedding that is not one row of finite numbers")
+                out["emb"] = torch.from_numpy(emb)
+        except (ValueError, KeyError, TypeError, OSError, OverflowError, RecursionError):
             skipped["bad_member"] += 1
             return None
         rgb = decode_image(image, image_size)
@@ -321,6 +343,13 @@ def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int
             if sample is not None:
                 yield sample
     return stage
+
+
+def _in_range(value: int, low: int) -> int:
+    """`value` when low <= value < 2**63 (an int64), else ValueError."""
+    if not low <= value < 2**63:
+        raise ValueError(f"{value} is out of range")
+    return value
 
 
 def batches(batch_size: int, state: WorkerState, worker: int) -> Callable[[Iterator[dict]], Iterator[dict]]:
