@@ -35,13 +35,17 @@ FLAKY_CALLS = ("info", "ls", "cat_file", "get_file", "put_file", "mv", "makedirs
 @dataclass(frozen=True)
 class Settings:
     """`fail`: the fraction of calls (and of reads of an open file) that raise a transient error; `short`: the
-    fraction of reads cut short; `down`: every call on a path that ends with it fails ("": every call; None: none);
+    fraction of reads cut short; `down`: every call on a path that ends with it fails ("": every call; None: none),
+    or only the calls named in `down_calls` when it names any, once `down_after` such calls on the path have been
+    answered in the process (counting those of the process it was forked from);
     `seed`: the faults' seed; `log`: the file each injected fault is appended to (one line: kind, process id, call,
     path)."""
     log: str
     fail: float = 0.0
     short: float = 0.0
     down: str | None = None
+    down_calls: tuple[str, ...] = ()
+    down_after: int = 0
     seed: str = "0"
 
 
@@ -81,19 +85,23 @@ def injected(settings: Settings, pid: int | None = None) -> Counter[str]:
 class FlakyFileSystem(LocalFileSystem):
     protocol = PROTOCOL
 
-    def __init__(self, log: str = "", fail: float = 0.0, short: float = 0.0, down: str | None = None, seed: str = "0",
-                 **kwargs) -> None:
+    def __init__(self, log: str = "", fail: float = 0.0, short: float = 0.0, down: str | None = None,
+                 down_calls: tuple[str, ...] = (), down_after: int = 0, seed: str = "0", **kwargs) -> None:
         super().__init__(**kwargs)
-        self.settings = Settings(log, float(fail), float(short), down, str(seed))
+        self.settings = Settings(log, float(fail), float(short), down, tuple(down_calls), int(down_after), str(seed))
         self._calls: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
+
+    def count(self, call: str, path: str) -> int:
+        """How many times this process has made `call` on `path`, this one included."""
+        with self._lock:
+            self._calls[call, path] += 1
+            return self._calls[call, path]
 
     def roll(self, call: str, path: str) -> float:
         """A number in [0, 1), the same for the n-th `call` on a file of `path`'s name in every run with this seed
         (wherever the test's temporary directory is)."""
-        with self._lock:
-            self._calls[call, path] += 1
-            n = self._calls[call, path]
+        n = self.count(call, path)
         return random.Random(f"{self.settings.seed}|{call}|{path.rstrip('/').rsplit('/', 1)[-1]}|{n}").random()
 
     def record(self, kind: str, call: str, path: str) -> None:
@@ -103,7 +111,8 @@ class FlakyFileSystem(LocalFileSystem):
     def fault(self, call: str, path: str) -> None:
         """Raise this call's injected transient error, if any."""
         s = self.settings
-        if s.down is not None and path.rstrip("/").endswith(s.down):
+        if (s.down is not None and path.rstrip("/").endswith(s.down) and call in (s.down_calls or (call,))
+                and self.count("down " + call, path) > s.down_after):
             self.record("down", call, path)
             raise ConnectionRefusedError(f"flaky: the store is down ({call} {path})")
         roll = self.roll(call, path)

@@ -266,28 +266,31 @@ def _click(main, args: list[str]) -> tuple[int, list[str]]:
     return result.exit_code, result.stderr.strip().splitlines()
 
 
-def test_a_shard_store_that_goes_down_under_a_dataloader_worker_stops_training_with_one_line(tmp_path, use_store,
-                                                                                            monkeypatch, fault_ledger):
-    """The store answers for the shard set but no longer serves its tars when the DataLoader worker streams them:
-    the worker's error comes back to the command as the same one line, naming the shard."""
+def test_a_shard_store_that_goes_down_under_a_dataloader_worker_stops_training_with_one_line(tux_shards, tmp_path,
+                                                                                            use_store, monkeypatch,
+                                                                                            fault_ledger):
+    """The store opens a shard once, for the command's look at its first sample, and no more when the DataLoader
+    worker streams it: the worker's error comes back to the command as the same one line, naming the shard."""
     monkeypatch.setenv(retry.RETRY_SECONDS_VAR, str(BOUND))
-    settings = use_store(Settings(str(tmp_path / "faults.log"), down=".tar"))
+    settings = use_store(Settings(str(tmp_path / "faults.log"), down=".tar", down_calls=("_open",), down_after=1))
     shards = tmp_path / "bucket" / "shards"
     shards.mkdir(parents=True)
-    with tarfile.open(shards / "shard-000000.tar", "w"):
-        pass
-    (shards / "sizes.json").write_text(json.dumps({"shard-000000.tar": 16}))
+    shard = sorted(tux_shards.glob("*.tar"))[0]
+    shutil.copy(shard, shards)
+    (shards / "sizes.json").write_text(json.dumps({shard.name: json.loads((tux_shards / "sizes.json").read_text())[
+        shard.name]}))
     url = flaky_store.url(shards)
     result = train_in_process("--data", url, "--out", tmp_path / "run", "--loss", "simclr", "--arch", "convnet",
                               "--image-size", "16", "--batch-size", "8", "--steps", "1", "--workers", "1",
                               "--no-progress", check=False)
     lines = result.stderr.strip().splitlines()
+    refused, here = flaky_store.injected(settings)["down"], flaky_store.injected(settings, os.getpid())["down"]
 
     def one_line() -> None:
         assert result.exit_code == 2 and len(lines) == 1, result.stderr[-3000:]
-        assert lines[0].startswith(f"Error: {url}/shard-000000.tar: the store failed"), lines
+        assert lines[0].startswith(f"Error: {url}/{shard.name}: the store failed"), lines
+        assert refused > 0 and here == 0, (refused, here)  # refused to the worker only
 
-    fault_ledger.record("store down", f"train: the shards' store down under a DataLoader worker "
-                                      f"({flaky_store.injected(settings)['down']} calls refused): one line naming the "
-                                      "shard", survived=passes(one_line))
+    fault_ledger.record("store down", f"train: the shards' store down under a DataLoader worker ({refused} calls "
+                                      "refused): one line naming the shard", survived=passes(one_line))
     one_line()
