@@ -14,6 +14,7 @@ from xclr_prep.errors import PrepError
 from xclr_prep.options import EmbedOptions, GraphOptions, ShardOptions
 from xclr_schemas import storage
 from xclr_schemas.options import click_options
+from xclr_schemas.out_lock import OutputBusy, exclusive
 
 PATH_HELP = "A local path or an fsspec URL (s3://, gs://, ...)."
 
@@ -53,7 +54,7 @@ def embed(corpus: tuple[str, ...], out: str, classnames: str | None, **options: 
 
     spec = CorpusSpec(**_split(options, CorpusSpec), classnames=_classnames(classnames))
     opts = EmbedOptions(inputs=corpus, out=Path(), spec=spec, **options)
-    with storage.local_dir(out) as local:
+    with exclusive(out), storage.local_dir(out) as local:
         manifest = run_embed(replace(opts, out=local))
     counts = manifest["counts"]
     click.echo(
@@ -82,7 +83,7 @@ def graph(embed_dir: str, out: str, graph_dir: str | None, **options: Any) -> No
     for name, value in (("EMBED_DIR", embed_dir), ("--graph", graph_dir)):
         if value is not None and not storage.is_dir(value):
             raise click.UsageError(f"{name}: no directory {value}")
-    with storage.local_dir(out) as local:
+    with exclusive(out), storage.local_dir(out) as local:
         manifest = run_graph(replace(opts, embed_dir=storage.fetch(embed_dir).resolve(), out=local.resolve(),
                                      graph=storage.fetch(graph_dir).resolve() if graph_dir else None))
     g, counts = manifest["graph"], manifest["counts"]
@@ -104,6 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         raise SystemExit(e.exit_code)
-    except PrepError as e:
+    except (PrepError, OutputBusy) as e:
         click.echo(f"xclr-prep: error: {e}", err=True)
         raise SystemExit(2)

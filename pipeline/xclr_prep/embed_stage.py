@@ -3,7 +3,7 @@
 Driver flow:
 
 1. Find the inputs, check table columns and the model path: bad input fails before Ray starts.
-2. The command holds OUT's lock (`xclr_prep.fsutil.writing`): a second command on OUT is refused at once.
+2. (The command line holds OUT's lock, `xclr_schemas.out_lock`: a second command on OUT is refused at once.)
    ``OUT/plan.json`` holds a fingerprint of the inputs (path, size, mtime or object version) and of every option
    that changes the output. An --out holding another plan is refused, naming the inputs or options that changed;
    one with the same plan is resumed; a complete one (``manifest.json`` present) is left as it is.
@@ -18,7 +18,7 @@ Driver flow:
 
 A kill -9 at any point leaves only complete files under final names plus temporaries that the rerun deletes;
 the rerun redoes exactly the units without markers and ends with the same directory. So does a full disk, which
-stops the command with one line (`xclr_prep.fsutil.writing`), even when a worker's write met it.
+stops the command with one line (`xclr_prep.fsutil.no_space_as_error`), even when a worker's write met it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import ray
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir, require_unchanged, writing
+from xclr_prep.fsutil import claim_dir, no_space_as_error, require_unchanged
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
 from xclr_prep.options import EmbedOptions
 from xclr_prep.scan import read_digests, read_scan_marker, scan_file
@@ -124,8 +124,8 @@ def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tupl
 
 
 def run_embed(opts: EmbedOptions) -> dict:
-    """Run (or resume) the embed stage as OUT's one writer; return the manifest. Raises PrepError on bad input or
-    options, another command writing OUT, or a full disk."""
+    """Run (or resume) the embed stage; return the manifest. Raises PrepError on bad input or options, or a full
+    disk. The caller holds OUT's lock (`xclr_schemas.out_lock`)."""
     t0 = time.perf_counter()
     model = opts.model or default_caption_model()
     files = find_inputs(list(opts.inputs), opts.input_format)
@@ -133,7 +133,7 @@ def run_embed(opts: EmbedOptions) -> dict:
         check_columns(f, opts.spec)
     fingerprint, plan = _fingerprint(files, opts, model)
     out = opts.out
-    with writing(out):
+    with no_space_as_error(out):
         if claim_dir(out, fingerprint, plan, "embed", "an embed run", "use another --out or delete it"):
             print(f"{out} is already complete")
             return json.loads((out / MANIFEST).read_text())

@@ -1,5 +1,5 @@
-"""Output directories of the prep stages: written by one command at a time, claimed for one plan, refused for
-another, and a full disk reported as one line.
+"""Output directories of the prep stages: claimed for one plan, refused for another, and a full disk reported as
+one line (one command at a time writes each: the command line holds `xclr_schemas.out_lock`).
 
 A plan record (what `claim_dir` stores in PLAN beside the fingerprint) is JSON with ``inputs``, a list of
 ``{"path": ..., identity fields...}`` (size and version of an input file, the manifest digest of an input
@@ -18,7 +18,7 @@ from pathlib import Path
 from xclr_prep.errors import PrepError
 from xclr_schemas.atomic import write_json_atomic
 from xclr_schemas.names import MANIFEST, PLAN
-from xclr_schemas.out_lock import LOCK, OutputBusy, exclusive
+from xclr_schemas.out_lock import LOCK
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -29,15 +29,11 @@ def is_no_space(e: BaseException) -> bool:
 
 
 @contextmanager
-def writing(out: Path) -> Iterator[None]:
-    """Run the body as OUT's one writer (`xclr_schemas.out_lock`): a PrepError at once when another command holds
-    OUT. A write that fails for want of space in the body, the driver's or one a unit raised (`raypool` re-raises
+def no_space_as_error(out: Path) -> Iterator[None]:
+    """A write that fails for want of space in the body, the driver's or one a unit raised (`raypool` re-raises
     those as they are), becomes a PrepError naming OUT and the space left there; the finished units stay."""
     try:
-        with exclusive(out):
-            yield
-    except OutputBusy as e:
-        raise PrepError(str(e)) from None
+        yield
     except OSError as e:
         if not is_no_space(e):
             raise

@@ -6,9 +6,9 @@ Driver flow:
    embedding is invalid (not finite, or norm off 1 by more than 0.01): they are no one's neighbour and their
    samples are skipped (``caption_embedding_invalid``). Resolve k (default 32, capped at U - 1; an explicit
    k >= U is an error) and the method.
-2. From here on the command holds OUT's lock (`xclr_prep.fsutil.writing`): a second command on OUT is refused at
-   once, and a full disk ends it with one line. ``OUT/plan.json``: a fingerprint of the embed manifest, every
-   option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that built another index
+2. (The command line holds OUT's lock, `xclr_schemas.out_lock`, from before it reads OUT.) A full disk ends the
+   command with one line (`xclr_prep.fsutil.no_space_as_error`). ``OUT/plan.json``: a fingerprint of the embed
+   manifest, every option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that built another index
    is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten embed directory, or
    the options); the same plan is resumed; a complete OUT is left as it is.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
@@ -35,7 +35,7 @@ import ray
 
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir, refuse_changed_inputs, require_unchanged, writing
+from xclr_prep.fsutil import claim_dir, no_space_as_error, refuse_changed_inputs, require_unchanged
 from xclr_prep.options import DEFAULT_K, GraphOptions
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
 from xclr_prep.search_methods import METHODS, auto_method
@@ -103,8 +103,8 @@ def _embed_input(embed_dir: Path) -> dict:
 
 
 def run_graph(opts: GraphOptions) -> dict:
-    """Run (or resume) the graph stage as OUT's one writer; return the shards manifest. Raises PrepError on bad
-    input or options, another command writing OUT, or a full disk."""
+    """Run (or resume) the graph stage; return the shards manifest. Raises PrepError on bad input or options, or a
+    full disk. The caller holds OUT's lock (`xclr_schemas.out_lock`)."""
     t0 = time.perf_counter()
     try:
         embed_manifest = read_manifest(opts.embed_dir)
@@ -113,7 +113,7 @@ def run_graph(opts: GraphOptions) -> dict:
         raise PrepError(str(e)) from e
     embed = _embed_input(opts.embed_dir)
     embed_sha = embed["manifest_sha256"]
-    with writing(opts.out):
+    with no_space_as_error(opts.out):
         refuse_changed_inputs(opts.out, {"inputs": [embed]})  # at once, before the embeddings are read
         invalid = invalid_captions(rows)
         k = _resolve_k(opts.k, rows.n - len(invalid))

@@ -113,7 +113,7 @@ def user_error(e: Exception) -> str:
 
 def task_error(e: ray.exceptions.RayTaskError, what: str) -> Exception:
     """The error the driver raises for task `what` that failed with `e`: the unit's own OSError when a write
-    failed for want of space (`fsutil.writing` names OUT and the space left), else a PrepError."""
+    failed for want of space (`fsutil.no_space_as_error` names OUT and the space left), else a PrepError."""
     if is_no_space(e.cause):
         return e.cause
     return PrepError(f"{what} failed: {user_error(e)}")
@@ -165,7 +165,7 @@ def _run_units(actors: list, method: str, units: list[Unit], on_result: Callable
     restarts) gets work again once it answers; one that has not answered within RESTART_TIMEOUT seconds (its node
     is gone and no other has room) leaves the pool, and a pool with no actor left stops the run with a PrepError.
     An exception raised by the unit's own code stops the run with that error: a PrepError, or a write that failed
-    for want of space (an OSError, for `fsutil.writing`) as it is.
+    for want of space (an OSError, for `fsutil.no_space_as_error`) as it is.
     """
     pending = deque((unit, 1) for unit in units)
     free = [a for a in actors for _ in range(2)]
