@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +43,9 @@ CASE_SECONDS = 20
 OUTCOMES_OF_FEED = ("read", "skipped")
 
 
-class Hang(Exception):
-    """Raised in the child by SIGALRM: a case ran past CASE_SECONDS."""
+class Hang(BaseException):
+    """Raised in the child by SIGALRM: a case ran past its seconds. A BaseException, so that a reader's
+    `except Exception` lets it through instead of turning it into a refusal."""
 
 
 @dataclass
@@ -62,6 +63,29 @@ class FamilyResult:
 
 def _one_line(exc: BaseException) -> bool:
     return len(str(exc).strip().splitlines()) == 1
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and every exception it was raised from or while handling (__cause__, __context__), each once."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        exc = pending.pop()
+        if exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            yield exc
+            pending += [exc.__cause__, exc.__context__]
+
+
+def _judge_refusal(exc: BaseException, seconds: int) -> tuple[str, str]:
+    """A refusal is "refused" when its message is one line and no hang or MemoryError lies in its chain (a reader
+    that catches Exception turned the case's hang or memory blow-up into a refusal); else "failed"."""
+    for cause in _chain(exc):
+        if isinstance(cause, Hang):
+            return "failed", f"hang: over {seconds} s, then refused as {exc!r}"
+        if isinstance(cause, MemoryError):
+            return "failed", f"memory: an allocation over the case's bound, then refused as {exc!r}"
+    return ("refused", str(exc)) if _one_line(exc) else ("failed", f"error of many lines: {exc!r}")
 
 
 def _vm_size() -> int:
@@ -94,7 +118,7 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: i
         if outcome not in OUTCOMES_OF_FEED:
             outcome, detail = "failed", f"feed returned {outcome!r}"
     except refusals as exc:
-        outcome, detail = ("refused", str(exc)) if _one_line(exc) else ("failed", f"error of many lines: {exc!r}")
+        outcome, detail = _judge_refusal(exc, seconds)
     except Hang:
         outcome, detail = "failed", f"hang: over {seconds} s"
     except MemoryError:

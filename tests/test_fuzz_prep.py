@@ -283,6 +283,11 @@ def misbehave(case: str, work) -> str:
         time.sleep(30)
     if case == "memory":
         bytearray(2 * CASE_MEMORY)
+    if case in ("hang-caught", "memory-caught"):  # as a reader that catches Exception does
+        try:
+            misbehave(case.removesuffix("-caught"), work)
+        except Exception as exc:  # noqa: BLE001
+            raise PrepError(f"could not read: {exc!r}") from exc
     if case == "outside":
         (work / "stray.txt").write_text("written beside the output directory")
     if case == "refused":
@@ -291,11 +296,13 @@ def misbehave(case: str, work) -> str:
 
 
 def test_the_harness_fails_what_it_should(tmp_path):
-    """A traceback, an error of many lines, a hang, too much memory and a file outside the output directory fail;
-    a one-line error is refused."""
-    kinds = ("traceback", "many-lines", "hang", "memory", "outside", "refused", "read")
+    """A traceback, an error of many lines, a hang, too much memory (also when a reader turns the hang or the
+    MemoryError into its one-line error) and a file outside the output directory fail; a one-line error is
+    refused."""
+    kinds = ("traceback", "many-lines", "hang", "memory", "hang-caught", "memory-caught", "outside", "refused", "read")
     result = fuzz("self-test", st.sampled_from(kinds), misbehave, REFUSALS, 30, 0, 60, tmp_path, case_seconds=1)
-    assert dict(result.outcomes) == {"failed": 5, "refused": 1, "read": 1}, result
+    assert dict(result.outcomes) == {"failed": 7, "refused": 1, "read": 1}, result
     reasons = "\n".join(result.failures)
-    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "files outside the output"):
+    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "files outside the output",
+                     "memory: an allocation over the case's bound, then refused as PrepError"):
         assert expected in reasons, reasons
