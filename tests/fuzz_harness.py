@@ -13,8 +13,8 @@ than one line, a broken invariant (AssertionError), a hang, too much memory, or 
 - bounds time: SIGALRM after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
   reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on;
 - stops taking new cases after `budget_s` of wall time (hypothesis' max_examples is the count; the budget is a cap);
-- works in its own empty directory (its cwd), which must stay empty, as must the fuzz root besides each case's
-  ``in`` and ``out``.
+- works in its own empty directory (its cwd) with TMPDIR (and tempfile.tempdir) at an empty folder beside it; after
+  each case the whole family root (cwd and tmp included) must hold nothing but that case's ``in`` and ``out``.
 Cases are drawn with a fixed seed (hypothesis.seed) and nothing is shrunk: a case never raises, it reports.
 """
 
@@ -27,6 +27,7 @@ import resource
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -99,8 +100,24 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+def _strays(family: Path, work: Path) -> list[Path]:
+    """Everything under the family's root but the case's ``in`` and ``out`` and the (empty) cwd and tmp folders:
+    what a case wrote outside its output (``work/out/../../x`` lands here, and so does a temporary file)."""
+    inside = (work / "in", work / "out")
+    found = []
+    for top, dirs, files in os.walk(family):
+        here = Path(top)
+        dirs[:] = [d for d in dirs if here / d not in inside]
+        found += [here / n for n in dirs + files if here / n not in (work, family / "cwd", family / "tmp")]
+    return found
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _raise_hang(signum, frame) -> None:
@@ -127,10 +144,10 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: i
         outcome, detail = "failed", "".join(traceback.format_exception(exc)[-3:]).strip()
     finally:
         signal.alarm(0)
-    stray = [p for p in _listing(work) if p.split("/", 1)[0] not in ("in", "out")]
-    stray += [f"cwd/{p}" for p in _listing(Path.cwd())]
+    stray = _strays(work.parent, work)
     if stray and outcome != "failed":
-        outcome, detail = "failed", f"files outside the output directory: {stray[:5]}"
+        outcome, detail = "failed", f"files outside the output directory: {[str(p) for p in stray[:5]]}"
+    _remove(stray)  # the next case is judged on what it writes
     if _peak_rss() - rss0 > CASE_MEMORY and outcome != "failed":
         outcome, detail = "failed", f"memory: peak RSS {(_peak_rss() - rss0) >> 20} MiB above the start"
     return outcome, detail
@@ -139,9 +156,10 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: i
 def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...], examples: int, seed_: int,
            budget_s: float, root: Path, seconds: int) -> None:
     """The fuzz loop, in the forked child: one JSON line per case on `conn` ("start" first, then its outcome)."""
-    cwd = root / "cwd"
-    cwd.mkdir(parents=True)
-    os.chdir(cwd)
+    for sub in ("cwd", "tmp"):
+        (root / sub).mkdir(parents=True)
+    os.chdir(root / "cwd")
+    os.environ["TMPDIR"] = tempfile.tempdir = str(root / "tmp")  # temporary files land where they are seen
     signal.signal(signal.SIGALRM, _raise_hang)
     if "torch" in sys.modules:  # the parent's OpenMP pool does not survive the fork: run torch's ops inline
         sys.modules["torch"].set_num_threads(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -290,6 +291,10 @@ def misbehave(case: str, work) -> str:
             raise PrepError(f"could not read: {exc!r}") from exc
     if case == "outside":
         (work / "stray.txt").write_text("written beside the output directory")
+    if case == "escape":
+        (work / "out" / ".." / ".." / "escaped.txt").write_text("written through ../../")
+    if case == "temporary":
+        tempfile.mkstemp()
     if case == "refused":
         raise PrepError("a one-line error")
     return "read"
@@ -297,12 +302,13 @@ def misbehave(case: str, work) -> str:
 
 def test_the_harness_fails_what_it_should(tmp_path):
     """A traceback, an error of many lines, a hang, too much memory (also when a reader turns the hang or the
-    MemoryError into its one-line error) and a file outside the output directory fail; a one-line error is
-    refused."""
-    kinds = ("traceback", "many-lines", "hang", "memory", "hang-caught", "memory-caught", "outside", "refused", "read")
+    MemoryError into its one-line error) and a file outside the output directory (beside it, through ../../, or a
+    temporary file left behind) fail; a one-line error is refused."""
+    kinds = ("traceback", "many-lines", "hang", "memory", "hang-caught", "memory-caught", "outside", "escape",
+             "temporary", "refused", "read")
     result = fuzz("self-test", st.sampled_from(kinds), misbehave, REFUSALS, 30, 0, 60, tmp_path, case_seconds=1)
-    assert dict(result.outcomes) == {"failed": 7, "refused": 1, "read": 1}, result
+    assert dict(result.outcomes) == {"failed": 9, "refused": 1, "read": 1}, result
     reasons = "\n".join(result.failures)
-    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "files outside the output",
+    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "stray.txt", "/escaped.txt", "self-test/tmp/tmp",
                      "memory: an allocation over the case's bound, then refused as PrepError"):
         assert expected in reasons, reasons
