@@ -8,8 +8,9 @@ than one line, a broken invariant (AssertionError), a hang, too much memory, or 
 ``work/out`` (or ``work/in``, which the case wrote).
 
 `fuzz` runs a family's cases in ONE forked child (no new interpreter: the readers are already imported), which
-- bounds memory: RLIMIT_AS at the child's size at the fork plus CASE_MEMORY, and a case whose peak RSS rises more
-  than CASE_MEMORY above the child's start fails;
+- bounds each case's memory by what the child holds when the case starts: RLIMIT_AS at its size then plus
+  CASE_MEMORY, and a case whose peak RSS (VmHWM, reset before each case) rises more than CASE_MEMORY above its RSS
+  then fails;
 - bounds time: SIGALRM after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
   reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on;
 - stops taking new cases after `budget_s` of wall time (hypothesis' max_examples is the count; the budget is a cap);
@@ -89,15 +90,22 @@ def _judge_refusal(exc: BaseException, seconds: int) -> tuple[str, str]:
     return ("refused", str(exc)) if _one_line(exc) else ("failed", f"error of many lines: {exc!r}")
 
 
-def _vm_size() -> int:
+def _status(key: str) -> int:
+    """A size in bytes from /proc/self/status: VmSize, VmRSS, or VmHWM (the peak RSS)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _bound_memory() -> int:
+    """Bound the next case by what the child holds now, not at the fork (earlier cases' growth is not the next
+    one's): RLIMIT_AS at the current VmSize + CASE_MEMORY, and the peak RSS reset to the current RSS (clear_refs 5
+    resets VmHWM); the current RSS, from which the case's peak growth is VmHWM - it."""
+    resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + CASE_MEMORY,
+                                            resource.getrlimit(resource.RLIMIT_AS)[1]))
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
 
 
 def _strays(family: Path, work: Path) -> list[Path]:
@@ -124,11 +132,11 @@ def _raise_hang(signum, frame) -> None:
     raise Hang()
 
 
-def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: int,
-           seconds: int) -> tuple[str, str]:
+def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], seconds: int) -> tuple[str, str]:
     """(outcome, detail) of one case run in `work`."""
     for sub in ("in", "out"):
         (work / sub).mkdir(parents=True)
+    rss0 = _bound_memory()
     signal.alarm(seconds)
     try:
         outcome, detail = feed(case, work), ""
@@ -148,8 +156,9 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], rss0: i
     if stray and outcome != "failed":
         outcome, detail = "failed", f"files outside the output directory: {[str(p) for p in stray[:5]]}"
     _remove(stray)  # the next case is judged on what it writes
-    if _peak_rss() - rss0 > CASE_MEMORY and outcome != "failed":
-        outcome, detail = "failed", f"memory: peak RSS {(_peak_rss() - rss0) >> 20} MiB above the start"
+    grown = _status("VmHWM") - rss0
+    if grown > CASE_MEMORY and outcome != "failed":
+        outcome, detail = "failed", f"memory: peak RSS {grown >> 20} MiB above the case's start"
     return outcome, detail
 
 
@@ -168,9 +177,7 @@ def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...]
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     pa.allocate_buffer(1)  # pyarrow's allocator (mimalloc) reserves its arena now, not inside a case
-    limit = _vm_size() + CASE_MEMORY
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    rss0, start, n = _peak_rss(), time.monotonic(), 0
+    start, n = time.monotonic(), 0
 
     @seed(seed_)
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
@@ -184,7 +191,7 @@ def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...]
         text = repr(case)
         conn.send(json.dumps({"start": text[:600]}))
         work = root / f"case-{n:05d}"
-        outcome, detail = _judge(feed, case, work, refusals, rss0, seconds)
+        outcome, detail = _judge(feed, case, work, refusals, seconds)
         if outcome == "failed":
             keep = root.parent / f"{name}-failed-{n:05d}"
             shutil.copytree(work / "in", keep, dirs_exist_ok=True)
