@@ -12,7 +12,8 @@ than one line, a broken invariant (AssertionError), a hang, too much memory, or 
   CASE_MEMORY, and a case whose peak RSS (VmHWM, reset before each case) rises more than CASE_MEMORY above its RSS
   then fails;
 - bounds time: SIGALRM after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
-  reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on;
+  reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on, and kills a child
+  that has not exited CASE_SECONDS after its last case (a thread or process a case left running);
 - stops taking new cases after `budget_s` of wall time (hypothesis' max_examples is the count; the budget is a cap);
 - works in its own empty directory (its cwd) with TMPDIR (and tempfile.tempdir) at an empty folder beside it; after
   each case the whole family root (cwd and tmp included) must hold nothing but that case's ``in`` and ``out``.
@@ -241,7 +242,11 @@ def fuzz(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple
             result.outcomes[msg["outcome"]] += 1
             if msg["outcome"] == "failed":
                 result.failures.append(f"{name}: {msg['detail']}\n    case: {msg['case']}")
-    proc.join(10)
+    proc.join(case_seconds)
+    if proc.is_alive():  # a case left a thread or process running that the child's exit waits for
+        proc.kill()
+        proc.join()
+        result.failures.append(f"{name}: the child did not exit {case_seconds} s after its last case: killed")
     if proc.exitcode not in (0, None) and current is not None:
         result.outcomes["failed"] += 1
         result.failures.append(f"{name}: the child died (exit {proc.exitcode}) in case {current}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -300,6 +302,8 @@ def misbehave(case: str, work) -> str:
         tempfile.mkstemp()
     if case == "refused":
         raise PrepError("a one-line error")
+    if case == "linger":  # a thread the child's exit waits for
+        threading.Thread(target=time.sleep, args=(3600,)).start()
     if case.startswith("keep-"):  # each within the bound, together over it: a case is judged by its own growth
         KEPT.append(b"k" * (CASE_MEMORY * 3 // 5))
     return "read"
@@ -309,12 +313,14 @@ def test_the_harness_fails_what_it_should(tmp_path):
     """A traceback, an error of many lines, a hang, too much memory (also when a reader turns the hang or the
     MemoryError into its one-line error) and a file outside the output directory (beside it, through ../../, or a
     temporary file left behind) fail; a one-line error is refused; cases that each grow within the bound pass,
-    however much earlier cases grew."""
+    however much earlier cases grew; a child that does not exit after its cases is killed."""
     kinds = ("traceback", "many-lines", "hang", "memory", "hang-caught", "memory-caught", "outside", "escape",
-             "temporary", "refused", "read", "keep-1", "keep-2")
+             "temporary", "refused", "read", "keep-1", "keep-2", "linger")
     result = fuzz("self-test", st.sampled_from(kinds), misbehave, REFUSALS, 30, 0, 60, tmp_path, case_seconds=1)
-    assert dict(result.outcomes) == {"failed": 9, "refused": 1, "read": 3}, result
+    assert dict(result.outcomes) == {"failed": 9, "refused": 1, "read": 4}, result
+    assert not multiprocessing.active_children()
     reasons = "\n".join(result.failures)
-    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "stray.txt", "/escaped.txt", "self-test/tmp/tmp",
+    for expected in ("KeyError", "error of many lines", "hang: over 1 s", "memory:", "did not exit", "stray.txt",
+                     "/escaped.txt", "self-test/tmp/tmp",
                      "memory: an allocation over the case's bound, then refused as PrepError"):
         assert expected in reasons, reasons
