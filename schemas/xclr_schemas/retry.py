@@ -1,11 +1,13 @@
 """Retrying calls to a remote store: the one rule for transient storage errors. `xclr_schemas.storage` makes every
 call on an fsspec URL through `call`, and reads a URL's file through `Reader`, so every stage follows it.
 
-- Transient (`is_transient`): an OSError other than those retrying cannot mend (`PERMANENT`: no such file, no
-  permission, a directory, a full disk, a read-only store); a client library's connection error that is no OSError,
-  told by its class name (`CONNECTION_ERRORS`: botocore, aiohttp, urllib3, http.client, so that none of them need be
-  installed); an error carrying an HTTP status 408, 429 or 5xx; and a short read (`ShortRead`: fewer bytes than
-  asked, before the end of the file, as when a connection is cut mid-body).
+- Transient (`is_transient`): a connection error, a timeout or an SSL error; an OSError with an errno other than
+  those retrying cannot mend (`PERMANENT`: no such file, no permission, a directory, a full disk, a read-only
+  store; an OSError without an errno, such as a damaged gzip stream, is not retried); a client library's
+  connection error that is no OSError, told by its class name (`CONNECTION_ERRORS`: botocore, aiohttp, urllib3,
+  http.client, so that none of them need be installed); an error carrying an HTTP status 408, 429 or 5xx; and a
+  short read (`ShortRead`: fewer bytes than asked, before the end of the file, as when a connection is cut
+  mid-body).
 - Retry n (1, 2, ...) of a call waits a time drawn uniformly from [0, min(MAX_PAUSE, FIRST_PAUSE * 2**(n-1))]
   ("full jitter"; s3fs's first pause and cap) while less than `retry_seconds()` have passed since the call's first
   try: the environment variable XCLR_STORAGE_RETRY_SECONDS, default DEFAULT_RETRY_SECONDS (google-api-core's
@@ -24,6 +26,7 @@ import errno
 import io
 import os
 import random
+import ssl
 import sys
 import time
 from collections import Counter
@@ -95,8 +98,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
         return False
+    if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):  # whatever their errno (an SSL code, or none)
+        return True
     if isinstance(exc, OSError):
-        return exc.errno not in PERMANENT
+        return exc.errno is not None and exc.errno not in PERMANENT
     if any(cls.__name__ in CONNECTION_ERRORS for cls in type(exc).__mro__):
         return True
     return getattr(exc, "status", None) in TRANSIENT_STATUS or getattr(exc, "code", None) in TRANSIENT_STATUS
@@ -121,7 +126,7 @@ def call(url: str, attempt: Callable[[], T]) -> T:
                 raise StorageError(f"{url}: the store failed {tries} tries in {time.monotonic() - start:.1f} s "
                                    f"({RETRY_SECONDS_VAR}={bound:g}); last: {type(exc).__name__}: {reason}") from None
             _COUNTS["short read" if isinstance(exc, ShortRead) else "transient"] += 1
-            time.sleep(min(left, random.uniform(0, min(MAX_PAUSE, FIRST_PAUSE * 2 ** (tries - 1)))))
+            time.sleep(min(left, random.uniform(0, min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(tries - 1, 30)))))
 
 
 class Reader(io.RawIOBase):
