@@ -131,7 +131,7 @@ def run(world: int, micro_batch: int | None) -> dict:
 
 
 def main(out: str, micro_batch: int) -> None:
-    d = init_distributed("cpu")
+    d = init_distributed("cpu", rank_timeout=300)
     results = run(d.world_size, micro_batch or None)
     if d.rank == 0:
         torch.save(results, out)

@@ -68,7 +68,7 @@ def global_batch() -> dict:
 
 
 def main(out: str) -> None:
-    d = init_distributed("cpu")
+    d = init_distributed("cpu", rank_timeout=300)
     m = M // d.world_size
     local = {k: v[d.rank * m:(d.rank + 1) * m] for k, v in global_batch().items()}
     results = {}

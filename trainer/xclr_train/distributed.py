@@ -60,13 +60,12 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str, rank_timeout: int | None = None) -> Dist:
+def init_distributed(device: str, rank_timeout: int) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); else a single process.
 
     device: "auto" (CUDA when available), "cpu" or "cuda"; under torchrun each rank takes cuda:LOCAL_RANK.
     rank_timeout: the seconds any wait for another rank may last (module docstring): the rendezvous, every
-    collective of the process group and of `cpu_group`; None leaves torch's defaults (30 minutes for gloo, 10 for
-    NCCL), for callers that are not a run (tests).
+    collective of the process group and of `cpu_group`.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -79,7 +78,7 @@ def init_distributed(device: str, rank_timeout: int | None = None) -> Dist:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    timeout = timedelta(seconds=rank_timeout) if rank_timeout is not None else None
+    timeout = timedelta(seconds=rank_timeout)
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", NCCL_TEAR_DOWN)
@@ -96,14 +95,15 @@ class RankTimeout(TrainError):
 @contextmanager
 def rank_timeouts(rank_timeout: int) -> Iterator[None]:
     """Around a run: torch's error for a wait that ran past `rank_timeout` seconds (a collective, the rendezvous)
-    becomes RankTimeout, one line naming the option; other errors pass unchanged. (NCCL's watchdog ends the process
-    itself, with torch's own message.)"""
+    becomes RankTimeout, one line naming the option; other errors pass unchanged, among them those whose text only
+    quotes a timeout further down (a DataLoader worker's traceback). (NCCL's watchdog ends the process itself, with
+    torch's own message.)"""
     try:
         yield
     except RuntimeError as exc:  # gloo raises RuntimeError; the store, torch.distributed.DistError (a subclass)
-        if not _TIMED_OUT.search(str(exc)):
-            raise
         said = _SOURCE.sub("", first_line(exc))
+        if not _TIMED_OUT.search(said):
+            raise
         raise RankTimeout(f"another rank did not answer within --rank-timeout {rank_timeout} s (hung, stopped or "
                           f"unreachable; torch: {said}): torchrun --max-restarts restarts the group, which resumes "
                           "from latest.pt") from None
