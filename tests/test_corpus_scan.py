@@ -174,3 +174,21 @@ def test_missing_column_is_a_clear_error(tmp_path, fmt):
     check_columns(file, CorpusSpec())
     with pytest.raises(PrepError, match="has no column 'text'"):
         check_columns(file, CorpusSpec(caption_col="text"))
+
+
+def test_tar_locate_leaves_out_what_is_gone_and_raises_a_failed_read(tmp_path):
+    """Locating a tar's images (graph's locate stage): a tar gone, or cut inside a member, leaves those images
+    out (counted image_missing); a read that fails otherwise (here EISDIR, as EIO would) is raised, not counted
+    as missing images under a done marker that a rerun trusts."""
+    from xclr_prep.corpus.tar import TarReader
+
+    write_tar(tmp_path / "a.tar", [("k1.png", b"x" * 600), ("k2.png", b"y" * 600)])
+    refs, stage = [("k1.png", -1), ("k2.png", -1)], tmp_path / "stage.tar"
+    assert TarReader().locate(str(tmp_path / "a.tar"), refs, [0, 1], stage) == [
+        (0, str(tmp_path / "a.tar"), 512, 600), (1, str(tmp_path / "a.tar"), 512 + 1024 + 512, 600)]
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "a.tar").read_bytes()[:2000])
+    assert [s for s, *_ in TarReader().locate(str(tmp_path / "cut.tar"), refs, [0, 1], stage)] == [0]
+    assert TarReader().locate(str(tmp_path / "gone.tar"), refs, [0, 1], stage) == []
+    (tmp_path / "dir.tar").mkdir()
+    with pytest.raises(IsADirectoryError):
+        TarReader().locate(str(tmp_path / "dir.tar"), refs, [0, 1], stage)

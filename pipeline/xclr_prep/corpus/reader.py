@@ -95,5 +95,7 @@ class Reader:
     def locate(self, source: str, refs: list[tuple[str, int]], samples: list[int],
                stage_path: Path) -> list[Location]:
         """Where the images (image_member, image_row) of `source` are, for the samples given; a sample whose image is
-        not there is left out. May stage the data at `stage_path` (a decompressed tar, a blob of bytes)."""
+        not there (nor its source, or past the damage in it) is left out. Any other error (an OSError such as EIO, a
+        store's StorageError) is raised: a read that failed is no missing image. May stage the data at `stage_path` (a
+        decompressed tar, a blob of bytes)."""
         raise NotImplementedError

@@ -72,15 +72,15 @@ class TarReader(Reader):
             if not stage_path.exists():  # staged by an earlier part otherwise
                 write_atomic(stage_path, lambda tmp: _decompress(source, tmp))
             path = str(stage_path)
-        size = storage.file_size(path)
         where: dict[str, tuple[int, int]] = {}
         try:
+            size = storage.file_size(path)
             with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
                 for m in tar:
                     if m.isfile() and m.offset_data + m.size <= size:
                         where.setdefault(m.name, (m.offset_data, m.size))
-        except (OSError, tarfile.TarError):
-            pass  # members read before the damage are still located; the rest count as missing
+        except (FileNotFoundError, tarfile.TarError):
+            pass  # a tar gone, or damaged: members read before the damage are located, the rest count as missing
         return [(s, path, *where[m]) for s, (m, _) in zip(samples, refs) if m in where]
 
 
