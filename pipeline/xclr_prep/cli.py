@@ -13,7 +13,7 @@ from xclr_prep.corpus import CorpusSpec
 from xclr_prep.errors import PrepError
 from xclr_prep.options import EmbedOptions, GraphOptions, ShardOptions
 from xclr_schemas import storage
-from xclr_schemas.options import click_options
+from xclr_schemas.options import UserError, click_options
 from xclr_schemas.out_lock import OutputBusy, exclusive
 
 PATH_HELP = "A local path or an fsspec URL (s3://, gs://, ...)."
@@ -97,14 +97,16 @@ def graph(embed_dir: str, out: str, graph_dir: str | None, **options: Any) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: `cli` on `argv` (default: sys.argv), its errors as one line and an exit status (2)."""
+    """The console script: `cli` on `argv` (default: sys.argv). A bad input (PrepError, a busy OUT, a UserError
+    such as a store's StorageError) is one line "xclr-prep: error: ..." and exit status 2; click's usage errors
+    are click's own lines (status 2); ^C is status 130."""
     try:
         cli(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         raise SystemExit(130)
+    except (PrepError, OutputBusy, UserError) as e:
+        click.echo(f"xclr-prep: error: {e}", err=True)
+        raise SystemExit(2)
     except click.ClickException as e:
         e.show()
         raise SystemExit(e.exit_code)
-    except (PrepError, OutputBusy) as e:
-        click.echo(f"xclr-prep: error: {e}", err=True)
-        raise SystemExit(2)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import is_no_space
+from xclr_schemas.options import UserError
 
 MAX_ATTEMPTS = 3
 RESTART_TIMEOUT = 600  # seconds a dead worker has to come back before it leaves the pool
@@ -104,7 +105,11 @@ def start_pool(cls: type, n: int, cpus: int, gpus: float, *args) -> list:
 
 
 def user_error(e: Exception) -> str:
-    """The PrepError message inside a Ray error, else its first line."""
+    """The one-line message of a Ray error: its cause's when the cause is a PrepError, a UserError (a store's
+    StorageError names the URL) or an OSError (naming the file); else a PrepError's message inside its text (an
+    actor whose constructor raised one); else its first line."""
+    if isinstance(cause := getattr(e, "cause", None), (PrepError, UserError, OSError)):
+        return str(cause).strip().splitlines()[-1]
     for line in reversed(str(e).splitlines()):
         if "PrepError: " in line:
             return line.split("PrepError: ", 1)[1]
