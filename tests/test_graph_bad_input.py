@@ -13,6 +13,7 @@ from prep_helpers import prep_error, run_prep
 from xclr_prep import knn
 from xclr_prep.search_methods import METHODS
 from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
+from xclr_schemas.out_lock import LOCK
 
 FAST = ["--no-progress"]
 
@@ -41,7 +42,7 @@ def test_other_schema_version_and_incomplete_embed_dir(tmp_path):
     write_embed_dir(tmp_path / "e2", clustered(50, 16, 2, 0.3))
     (tmp_path / "e2" / "embeddings" / "part-00001.npy").unlink()
     assert "part 1 is missing" in prep_error("graph", tmp_path / "e2", "--out", tmp_path / "out", *FAST)
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK]  # nothing but the command's lock
 
 
 def test_a_reused_graph_takes_no_search_options(tmp_path):
@@ -109,3 +110,20 @@ def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
     assert recall >= 0.95
     assert graph.manifest["recall"]["measured"] == pytest.approx(recall, abs=0.01)
     assert graph.manifest["recall"]["queries"] == 2000
+
+
+def test_a_store_error_is_prep_s_one_line_also_from_a_ray_worker(tmp_path, monkeypatch):
+    """A StorageError (a UserError) is printed as xclr-prep's own one line, exit 2; raised inside a Ray actor, its
+    message (naming the URL), not the first line of Ray's wrapper, is the error (raypool.user_error)."""
+    import ray
+
+    from xclr_prep.raypool import task_error
+    from xclr_schemas.retry import RETRY_SECONDS_VAR, StorageError
+
+    monkeypatch.setenv(RETRY_SECONDS_VAR, "soon")
+    error = prep_error("embed", "memory://corpus/a.tar", "--out", tmp_path / "out")
+    assert error == f"xclr-prep: error: {RETRY_SECONDS_VAR} must be a number of seconds, 0 or more, got 'soon'"
+    down = StorageError("s3://b/a.tar: the store failed 9 tries in 120.0 s; last: ConnectionError: refused")
+    e = ray.exceptions.RayTaskError("ShardWorker.locate", f"Traceback ...\nxclr_schemas.retry.StorageError: {down}",
+                                    down)
+    assert str(task_error(e, "locate of unit 3")) == f"locate of unit 3 failed: {down}"
