@@ -59,6 +59,7 @@ class FaultLedger:
     def __init__(self) -> None:
         self.faults: list[dict] = []
         self.fuzz: Counter[str] = Counter()
+        self.capped: list[str] = []  # fuzz families whose wall-clock cap cut their cases short
 
     def record(self, kind: str, name: str, injected: int = 1, survived: bool = False, samples_lost: int = 0) -> None:
         """One test's fault(s) of `kind` (one of KINDS), described by `name`."""
@@ -73,10 +74,15 @@ class FaultLedger:
             raise ValueError(f"fuzz outcome {outcome!r} is not one of {OUTCOMES}")
         self.fuzz[outcome] += 1
 
+    def fuzz_capped(self, family: str) -> None:
+        """A fuzz family whose wall-clock cap cut its cases short (tests/fuzz_harness.py)."""
+        self.capped.append(family)
+
     def totals(self) -> dict:
         totals = {key: sum(f[key] for f in self.faults) for key in ("injected", "survived", "samples_lost")}
         fuzz = {outcome: self.fuzz[outcome] for outcome in OUTCOMES}
-        return {**totals, "kinds": len({f["kind"] for f in self.faults}), "fuzz": {"tried": self.fuzz.total(), **fuzz}}
+        return {**totals, "kinds": len({f["kind"] for f in self.faults}), "fuzz": {"tried": self.fuzz.total(), **fuzz,
+                                                                        "capped": self.capped}}
 
 
 _LEDGER = pytest.StashKey[FaultLedger]()
@@ -109,6 +115,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     fuzz = totals["fuzz"]
     if ledger.fuzz:
         terminalreporter.write_line(f"fuzzed cases tried {fuzz['tried']}: read {fuzz['read']}, skipped "
-                                    f"{fuzz['skipped']}, refused {fuzz['refused']}, failed {fuzz['failed']}")
+                                    f"{fuzz['skipped']}, refused {fuzz['refused']}, failed {fuzz['failed']}; cut "
+                                    f"by their time cap: {', '.join(ledger.capped) or 'none'}")
     if report := os.environ.get("XCLR_FAULT_REPORT"):
         Path(report).write_text(json.dumps({**totals, "faults": ledger.faults}, indent=2) + "\n")
