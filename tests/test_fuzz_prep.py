@@ -41,6 +41,7 @@ from xclr_schemas import (
     ShardsDirError,
     load_embed_dir,
     load_graph,
+    out_lock,
     read_shards_manifest,
     storage,
 )
@@ -248,7 +249,7 @@ def test_a_png_with_valid_crcs_over_too_little_data_is_undecodable():
 
 def test_bad_input_through_the_command_line(tmp_path):
     """The readers' errors reach the user as the command's one line with exit status 2 (prep_error checks both),
-    nothing written."""
+    nothing written but the output lock the command takes first."""
     csv = tmp_path / "c.csv"
     csv.write_bytes(b"\x0b,caption\nk1,a caption\n")  # a vertical tab is a line break to str.splitlines
     assert "has no column 'key' (columns: '\\x0b', 'caption')" in prep_error("embed", csv, "--out", tmp_path / "e")
@@ -261,7 +262,8 @@ def test_bad_input_through_the_command_line(tmp_path):
             allow_pickle=True)
     error = prep_error("graph", tmp_path / "d2" / "embed", "--out", tmp_path / "g")
     assert "is not a readable embed directory (ValueError: " in error
-    assert not (tmp_path / "e").exists() and not (tmp_path / "g").exists()
+    for out in (tmp_path / "e", tmp_path / "g"):  # nothing but the command's output lock
+        assert not out.exists() or [p.name for p in out.iterdir()] == [out_lock.LOCK], list(out.iterdir())
 
 
 def test_labels_that_int64_cannot_hold_or_int_cannot_read_are_invalid_rows(tmp_path):
