@@ -11,7 +11,7 @@ than one line, a broken invariant (AssertionError), a hang, too much memory, or 
 - bounds each case's memory by what the child holds when the case starts: RLIMIT_AS at its size then plus
   CASE_MEMORY, and a case whose peak RSS (VmHWM, reset before each case) rises more than CASE_MEMORY above its RSS
   then fails;
-- bounds time: SIGALRM after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
+- bounds time: SIGALRM (a timer) after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
   reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on, and kills a child
   that has not exited CASE_SECONDS after its last case (a thread or process a case left running);
 - runs a `Lane`: its `examples` (hypothesis' max_examples), of which its wall-clock cap may cut only those past its
@@ -106,12 +106,12 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
             pending += [exc.__cause__, exc.__context__]
 
 
-def _judge_refusal(exc: BaseException, seconds: int) -> tuple[str, str]:
+def _judge_refusal(exc: BaseException, seconds: float) -> tuple[str, str]:
     """A refusal is "refused" when its message is one line and no hang or MemoryError lies in its chain (a reader
     that catches Exception turned the case's hang or memory blow-up into a refusal); else "failed"."""
     for cause in _chain(exc):
         if isinstance(cause, Hang):
-            return "failed", f"hang: over {seconds} s, then refused as {exc!r}"
+            return "failed", f"hang: over {seconds:g} s, then refused as {exc!r}"
         if isinstance(cause, MemoryError):
             return "failed", f"memory: an allocation over the case's bound, then refused as {exc!r}"
     return ("refused", str(exc)) if _one_line(exc) else ("failed", f"error of many lines: {exc!r}")
@@ -159,12 +159,12 @@ def _raise_hang(signum, frame) -> None:
     raise Hang()
 
 
-def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], seconds: int) -> tuple[str, str]:
+def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], seconds: float) -> tuple[str, str]:
     """(outcome, detail) of one case run in `work`."""
     for sub in ("in", "out"):
         (work / sub).mkdir(parents=True)
     rss0 = _bound_memory()
-    signal.alarm(seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         outcome, detail = feed(case, work), ""
         if outcome not in OUTCOMES_OF_FEED:
@@ -172,13 +172,13 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], seconds
     except refusals as exc:
         outcome, detail = _judge_refusal(exc, seconds)
     except Hang:
-        outcome, detail = "failed", f"hang: over {seconds} s"
+        outcome, detail = "failed", f"hang: over {seconds:g} s"
     except MemoryError:
         outcome, detail = "failed", "memory: an allocation over the case's bound"
     except BaseException as exc:  # noqa: BLE001 - every other exception is what the fuzzer looks for
         outcome, detail = "failed", "".join(traceback.format_exception(exc)[-3:]).strip()
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
     stray = _strays(work.parent, work)
     if stray and outcome != "failed":
         outcome, detail = "failed", f"files outside the output directory: {[str(p) for p in stray[:5]]}"
@@ -190,7 +190,7 @@ def _judge(feed: Callable, case, work: Path, refusals: tuple[type, ...], seconds
 
 
 def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...], lane: Lane, root: Path,
-           seconds: int) -> None:
+           seconds: float) -> None:
     """The fuzz loop, in the forked child: one JSON line per case on `conn` ("start" first, then its outcome)."""
     for sub in ("cwd", "tmp"):
         (root / sub).mkdir(parents=True)
@@ -235,7 +235,7 @@ def _child(conn, name: str, strategy, feed: Callable, refusals: tuple[type, ...]
 
 
 def fuzz(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple[type, ...], lane: Lane,
-         root: Path, case_seconds: int = CASE_SECONDS) -> FamilyResult:
+         root: Path, case_seconds: float = CASE_SECONDS) -> FamilyResult:
     """Run the `lane`'s cases of `strategy` through `feed` in one forked child (module docstring), each allowed
     `case_seconds`; their result."""
     result = FamilyResult(name)
@@ -272,7 +272,7 @@ def fuzz(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple
     if proc.is_alive():  # a case left a thread or process running that the child's exit waits for
         proc.kill()
         proc.join()
-        result.failures.append(f"{name}: the child did not exit {case_seconds} s after its last case: killed")
+        result.failures.append(f"{name}: the child did not exit {case_seconds:g} s after its last case: killed")
     if proc.exitcode not in (0, None) and current is not None:
         result.outcomes["failed"] += 1
         result.failures.append(f"{name}: the child died (exit {proc.exitcode}) in case {current}")
