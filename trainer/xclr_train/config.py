@@ -8,13 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xclr_schemas.options import NON_NEGATIVE, Checked, at_least, option, required
+from xclr_schemas.options import NON_NEGATIVE, Checked, Rule, at_least, option, required
 from xclr_train.augment import RECIPES
 from xclr_train.errors import TrainError
 from xclr_train.models import CONVNET, SMALL_IMAGE_MAX, TORCHVISION
 from xclr_train.objectives import OBJECTIVES, Objective, Options, parse_options
 from xclr_train.objectives.base import either
 from xclr_train.optim import PLAIN, default_help
+
+# a float32 parameter update must be able to hold it (a larger one crashed inside the optimizer)
+LEARNING_RATE = Rule(lambda v: 0 < v <= 3.4e38, "must be positive and at most 3.4e38 (float32's largest)")
 
 # Options that do not change what is computed; a resume may change them.
 FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every", "eval_data",
@@ -66,7 +69,7 @@ class TrainConfig(Checked):
                                            "sample count (sizes.json).", rule=AT_LEAST_ONE)
     # None: the default of the backbone family's recipe (`xclr_train.optim`); `set_up` resolves these four
     optimizer: str | None = option(None, default_help("optimizer"), tuple(PLAIN))
-    lr: float | None = option(None, "Peak learning rate. " + default_help("lr"))
+    lr: float | None = option(None, "Peak learning rate. " + default_help("lr"), rule=LEARNING_RATE)
     weight_decay: float | None = option(None, "Weight decay, not on biases, norms, a ViT's position embedding and "
                                         "cls token. " + default_help("weight_decay"))
     clip_grad: float | None = option(None, "Largest global gradient norm, 0 for no clipping. "
