@@ -3,17 +3,18 @@
 A fuzz family is a hypothesis strategy of cases and a function `feed(case, work)` that writes the case under
 ``work/in``, hands it to a reader (whose outputs go to ``work/out``) and returns how it ended: "read" or
 "skipped" (counted with its reason). The reader's one-line error (an instance of the family's `refusals`, whose
-message is one line) is "refused". Anything else is "failed": another exception type (a traceback), an error of more
-than one line, a broken invariant (AssertionError), a hang, too much memory, or a file written outside
-``work/out`` (or ``work/in``, which the case wrote).
+message is one line) is "refused", unless a hang or a MemoryError lies in its __cause__/__context__ chain. Anything
+else is "failed": another exception type (a traceback), an error of more than one line, a broken invariant
+(AssertionError), a hang, too much memory, or a file written outside ``work/out`` (or ``work/in``, which the case
+wrote).
 
 `fuzz` runs a family's cases in ONE forked child (no new interpreter: the readers are already imported), which
 - bounds each case's memory by what the child holds when the case starts: RLIMIT_AS at its size then plus
   CASE_MEMORY, and a case whose peak RSS (VmHWM, reset before each case) rises more than CASE_MEMORY above its RSS
   then fails;
-- bounds time: SIGALRM (a timer) after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the child when it
-  reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on, and kills a child
-  that has not exited CASE_SECONDS after its last case (a thread or process a case left running);
+- bounds time: SIGALRM (a timer) after CASE_SECONDS interrupts a case stuck in Python, and the parent kills the
+  child when it reports nothing for CASE_SECONDS + a grace (a hang in C code), naming the case it was on, and kills
+  a child that has not exited CASE_SECONDS after its last case (a thread or process a case left running);
 - runs a `Lane`: its `examples` (hypothesis' max_examples), of which its wall-clock cap may cut only those past its
   `minimum`: a cut family is named in the ledger's fuzz line, and the slow lane's minimums add up to
   SLOW_LANE_TARGET (tests/test_fuzz_train.py checks the sum);
