@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import Field, fields, replace
-from pathlib import Path
 from typing import get_type_hints
 
 import click
@@ -85,7 +84,9 @@ def main(**options) -> None:
             if cfg.resume not in (None, "latest"):
                 cfg = replace(cfg, resume=str(storage.fetch(cfg.resume)))
             writer = os.environ.get("RANK", "0") == "0"  # the main rank writes the run (torchrun sets RANK)
-            with _one_writer(cfg.out) if writer else nullcontext(), \
+            # one writer per run directory (xclr_schemas.out_lock): the main rank's lock, from before a URL's pull
+            # to its last push; the other ranks of the same job do not take it
+            with exclusive(cfg.out) if writer else nullcontext(), \
                     storage.local_dir(cfg.out, publish=writer) as run:
                 publish = (lambda: storage.push(run, cfg.out)) if storage.is_url(cfg.out) else None
                 last = train(replace(cfg, out=str(run)), preemption, after_save=publish)
@@ -96,10 +97,3 @@ def main(**options) -> None:
         sys.exit(PREEMPTED_EXIT)
     if last:
         click.echo(f"done: step {last['step']}, loss {last['loss']:.4f}; run in {cfg.out}")
-
-
-def _one_writer(out: str):
-    """The run directory's lock (`xclr_schemas.out_lock`), held by the main rank from before a URL's work directory
-    is pulled until its last push: a second xclr-train on the same --out is refused at once (OutputBusy). Other
-    ranks of the same job do not take it."""
-    return exclusive(storage.work_dir(out) if storage.is_url(out) else Path(out))
