@@ -16,6 +16,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,7 @@ from prep_helpers import (
     shard_snapshot,
     start_prep,
     wait_for_lock,
+    wait_for_markers,
 )
 
 from xclr_schemas import load_embed_dir, part_paths
@@ -75,11 +77,12 @@ def killed_holding_the_lock(command: tuple, out: Path) -> bool:
     return lock_holders(out / LOCK) == set()
 
 
-def changed_under_a_run(command: tuple, out: Path, change: Callable[[], None]) -> str:
-    """Start `xclr-prep COMMAND`, call `change` (of its inputs) once it holds OUT's lock: its one-line error when it
-    ends ('' if it is not one)."""
+def changed_under_a_run(command: tuple, change: Callable[[], None], started: Callable[[Popen], object]) -> str:
+    """Start `xclr-prep COMMAND`, call `change` (of its inputs) once `started(the command)` returns (the command is
+    past its checks of the inputs, which would refuse it at once): its one-line error when it ends ('' if it is not
+    one)."""
     running = start_prep(*command)
-    wait_for_lock(running, out)
+    started(running)
     change()
     return one_line_error(*ended(running))
 
@@ -160,7 +163,8 @@ def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, f
         replaced = prep_error(*command)
         shutil.copy2(tars[1], corpus / tars[1].name)  # put back as it was (content and mtime)
         touched, mtime = corpus / tars[0].name, (corpus / tars[0].name).stat().st_mtime_ns
-        under = changed_under_a_run(command, out, lambda: os.utime(touched, ns=(mtime + 10**9, mtime + 10**9)))
+        under = changed_under_a_run(command, lambda: os.utime(touched, ns=(mtime + 10**9, mtime + 10**9)),
+                                    lambda running: wait_for_lock(running, out))
         no_manifest_under = not (out / "manifest.json").exists()
         os.utime(touched, ns=(mtime, mtime))
 
@@ -212,9 +216,17 @@ def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_sh
         write_json_atomic(embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"})  # re-embedded
         rewritten = prep_error(*command)
         write_json_atomic(embed / "manifest.json", original)  # put back
+        tar = Path(json.loads((embed / "plan.json").read_text())["inputs"][0]["path"])  # a corpus tar of embed's
+        mtime = tar.stat().st_mtime_ns
+        os.utime(tar, ns=(mtime + 10**9, mtime + 10**9))  # rewritten since embed: its images may be others
+        corpus_changed = prep_error(*command)
+        os.utime(tar, ns=(mtime, mtime))
 
-        under = changed_under_a_run(command, out, lambda: write_json_atomic(
-            embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"}))
+        for marker in (out / "done").glob("*.json"):  # every shard to write again: changed while they are written
+            marker.unlink()
+        under = changed_under_a_run(command, lambda: write_json_atomic(
+            embed / "manifest.json", {**original, "created": "2000-01-01T00:00:00+00:00"}),
+            lambda running: wait_for_markers(running, out / "done", 1))
         no_manifest = not (out / "manifest.json").exists()
         write_json_atomic(embed / "manifest.json", original)
 
@@ -231,9 +243,11 @@ def test_graph_disk_full_two_writers_and_a_rewritten_embed_dir(tux_embed, tux_sh
             "second graph refused at once while the first ran": BUSY in busy,
             "a kill -9'd holder's lock dropped; the rerun ran": lock_dropped and same}), (
         "input changed", "graph: the embed directory rewritten between a kill -9 and the rerun, and under a running "
-        "command", 2, {
+        "command; a corpus tar rewritten since embed", 3, {
             "embed dir rewritten after a kill: refused, named": f"{embed} was modified" in rewritten,
+            "a corpus tar rewritten since embed: refused, named": f"the corpus of {embed} changed since it was "
+            f"embedded: {tar} was modified" in corpus_changed,
             "rewritten under a running graph: refused, no manifest": "inputs changed while the command ran" in under
             and no_manifest,
             "put back: the rerun equals the clean run": same}))
-    assert not failed, (failed, full, busy, rewritten, under)
+    assert not failed, (failed, full, busy, rewritten, corpus_changed, under)

@@ -23,7 +23,6 @@ stops the command with one line (`xclr_prep.fsutil.no_space_as_error`), even whe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ import ray
 from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir, no_space_as_error, require_unchanged
+from xclr_prep.fsutil import InputIdentity, Plan, claim_dir, no_space_as_error, require_unchanged
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
 from xclr_prep.options import EmbedOptions
 from xclr_prep.scan import read_digests, read_scan_marker, scan_file
@@ -102,14 +101,9 @@ class EmbedWorker:
         return write_embed_part(u.out, u.index, u.scan_path, u.ids, self.encoder, u.dtype, self.worker)
 
 
-def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tuple[str, dict]:
-    inputs = []
-    for f in files:
-        try:
-            size, version = storage.stat_key(f.path)
-        except FileNotFoundError:
-            continue  # deleted since it was found: `fsutil.input_changes` names it gone
-        inputs.append({"path": f.path, "format": f.format, "size": size, "version": version})
+def _plan(files: list[InputFile], opts: EmbedOptions, model: str) -> Plan:
+    """The plan of an embed run: the input files as they are now (one deleted since it was found is left out:
+    `fsutil.input_changes` names it gone) and every option that changes the output."""
     options = {
         "spec": asdict(opts.spec),
         "model": model,
@@ -118,9 +112,8 @@ def _fingerprint(files: list[InputFile], opts: EmbedOptions, model: str) -> tupl
         "part_size": opts.part_size,
         "normalisation": NORMALISATION,
     }
-    plan = {"schema_version": EMBED_SCHEMA_VERSION, "inputs": inputs, "options": options}
-    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    return digest, plan
+    inputs = tuple(i for f in files if (i := InputIdentity.of_file(f.path, f.format)) is not None)
+    return Plan(inputs, options, EMBED_SCHEMA_VERSION)
 
 
 def run_embed(opts: EmbedOptions) -> dict:
@@ -131,10 +124,10 @@ def run_embed(opts: EmbedOptions) -> dict:
     files = find_inputs(list(opts.inputs), opts.input_format)
     for f in files:
         check_columns(f, opts.spec)
-    fingerprint, plan = _fingerprint(files, opts, model)
+    plan = _plan(files, opts, model)
     out = opts.out
     with no_space_as_error(out):
-        if claim_dir(out, fingerprint, plan, "embed", "an embed run", "use another --out or delete it"):
+        if claim_dir(out, plan, "embed", "an embed run", "use another --out or delete it"):
             print(f"{out} is already complete")
             return json.loads((out / MANIFEST).read_text())
         remove_temporaries(out)
@@ -148,13 +141,13 @@ def run_embed(opts: EmbedOptions) -> dict:
             actors = start_pool(EmbedWorker, n, cpus, gpus, model, device, opts.batch_size, cpus)
             infos = ray.get([a.info.remote() for a in actors])
             t_ready = time.perf_counter()
-            manifest = _run_stages(opts, out, files, actors, infos[0], device, fingerprint, model)
+            manifest = _run_stages(opts, out, files, actors, infos[0], device, plan.fingerprint, model)
         finally:
             ray.shutdown()
         manifest["run"] = {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                            "startup_seconds": round(t_ready - t0, 2), "seconds": round(time.perf_counter() - t0, 2)}
         remove_temporaries(out)  # of writers that died with their node while others finished their units
-        require_unchanged(out, plan, _fingerprint(files, opts, model)[1])
+        require_unchanged(out, plan)
         write_json_atomic(out / MANIFEST, manifest)
         shutil.rmtree(out / SCAN, ignore_errors=True)
     return manifest

@@ -10,13 +10,14 @@ Driver flow:
    command with one line (`xclr_prep.fsutil.no_space_as_error`). ``OUT/plan.json``: a fingerprint of the embed
    manifest, every option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that built another index
    is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten embed directory, or
-   the options); the same plan is resumed; a complete OUT is left as it is.
+   the options); the same plan is resumed; a complete OUT is left as it is. A corpus file that changed since embed
+   (the identity the embed directory's ``plan.json`` holds) is refused, named, before any work.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
    (`xclr_prep.search_stage`) unless ``--graph`` names an existing graph of the same embed directory. Below the
    recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
 4. Shards by a pool of `ShardWorker` (`xclr_prep.shard_stage`), then ``sizes.json`` and ``manifest.json`` last.
-   Each manifest (the graph's, the shards') is written only if the embed manifest is still the one the run
-   started from: an embed directory rewritten under a running command is refused, not mixed into its output.
+   Each manifest (the graph's, the shards') is written only if the embed manifest and the corpus files are still
+   the ones the run started from: an input rewritten under a running command is refused, not mixed into its output.
 
 Method ``auto``: `xclr_prep.search_methods.auto_method`, given the smallest live Ray node's memory.
 """
@@ -35,7 +36,16 @@ import ray
 
 from xclr_prep import knn
 from xclr_prep.errors import PrepError
-from xclr_prep.fsutil import claim_dir, no_space_as_error, refuse_changed_inputs, require_unchanged
+from xclr_prep.fsutil import (
+    InputIdentity,
+    Plan,
+    claim_dir,
+    input_changes,
+    no_space_as_error,
+    read_plan,
+    refuse_changed_inputs,
+    require_unchanged,
+)
 from xclr_prep.options import DEFAULT_K, GraphOptions
 from xclr_prep.raypool import cluster_device, pool_shape, require_shared, start_pool, start_ray
 from xclr_prep.search_methods import METHODS, auto_method
@@ -94,63 +104,68 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _embed_input(embed_dir: Path) -> dict:
-    """The embed directory as a plan record's input (`xclr_prep.fsutil`): its path and the SHA-256 of its manifest
-    (None when it has none), which a rewritten directory changes."""
-    manifest = embed_dir / MANIFEST
-    return {"path": str(embed_dir),
-            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None}
+def _corpus_plan(embed_dir: Path) -> Plan:
+    """The corpus files `embed_dir` was embedded from, with the identities its PLAN recorded (none when it has no
+    PLAN). PrepError, naming each, when one changed since: the images are read from them, so a tar replaced since
+    embed would give wrong or missing images under done markers."""
+    corpus = Plan((read_plan(embed_dir) or Plan(None, None)).inputs, None)
+    if changed := input_changes(corpus, corpus.now()):
+        raise PrepError(f"the corpus of {embed_dir} changed since it was embedded: {'; '.join(changed)}; put it back "
+                        f"as it was, or embed it again")
+    return corpus
 
 
 def run_graph(opts: GraphOptions) -> dict:
-    """Run (or resume) the graph stage; return the shards manifest. Raises PrepError on bad input or options, or a
-    full disk. The caller holds OUT's lock (`xclr_schemas.out_lock`)."""
+    """Run (or resume) the graph stage; return the shards manifest. Raises PrepError on bad input or options (the
+    embed directory, or the corpus files it names, changed since the run started or embed ran), or a full disk.
+    The caller holds OUT's lock (`xclr_schemas.out_lock`)."""
     t0 = time.perf_counter()
     try:
         embed_manifest = read_manifest(opts.embed_dir)
         rows = EmbeddingRows(opts.embed_dir, embed_manifest)
     except EmbedDirError as e:
         raise PrepError(str(e)) from e
-    embed = _embed_input(opts.embed_dir)
-    embed_sha = embed["manifest_sha256"]
+    embed = InputIdentity.of_dir(opts.embed_dir)
     with no_space_as_error(opts.out):
-        refuse_changed_inputs(opts.out, {"inputs": [embed]})  # at once, before the embeddings are read
+        refuse_changed_inputs(opts.out, Plan((embed,), None))  # at once, before the embeddings are read
+        corpus = _corpus_plan(opts.embed_dir)
         invalid = invalid_captions(rows)
         k = _resolve_k(opts.k, rows.n - len(invalid))
         start_ray(opts.ray_address)
         try:
-            graph_dir, graph_plan = _graph_plan(opts, k, embed_sha, rows, invalid)
-            plan = {"schema_version": SHARDS_SCHEMA_VERSION, "graph": _digest(asdict(graph_plan)),
-                    "graph_dir": str(graph_dir), "shards": asdict(opts.shards)}
-            record = _record(opts.embed_dir, graph_plan, graph_dir=str(graph_dir), shards=asdict(opts.shards))
+            graph_dir, graph_plan = _graph_plan(opts, k, embed.manifest_sha256, rows, invalid)
+            plan = _plan(embed, graph_plan, SHARDS_SCHEMA_VERSION, graph_dir=str(graph_dir),
+                         shards=asdict(opts.shards))
             hint = f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)"
-            if claim_dir(opts.out, _digest(plan), record, "shards", "shards", hint):
+            if claim_dir(opts.out, plan, "shards", "shards", hint):
                 print(f"{opts.out} is already complete")
                 return json.loads((opts.out / MANIFEST).read_text())
             remove_temporaries(opts.out)
             require_shared([str(opts.out / PLAN), str(opts.embed_dir / MANIFEST)]
                            + ([str(graph_dir / MANIFEST)] if opts.graph else []))
             if opts.graph is None:
-                graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed_manifest, rows, invalid)
+                graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed, corpus, embed_manifest, rows,
+                                              invalid)
             else:
                 graph_manifest = load_graph(graph_dir).manifest
-            manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed_sha, rows, invalid)
+            manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed.manifest_sha256, rows,
+                                     invalid)
         finally:
             ray.shutdown()
         manifest["seconds"] = round(time.perf_counter() - t0, 2)
         remove_temporaries(opts.out)  # of writers that died with their node while others finished their units
-        require_unchanged(opts.out, record, {"inputs": [_embed_input(opts.embed_dir)]})
+        require_unchanged(opts.out, plan)
+        require_unchanged(opts.out, corpus)
         write_json_atomic(opts.out / SIZES, {s["name"]: s["samples"] for s in manifest["shards"]})
         write_json_atomic(opts.out / MANIFEST, manifest)
     return manifest
 
 
-def _record(embed_dir: Path, plan: GraphPlan, **options: object) -> dict:
-    """The plan record (`xclr_prep.fsutil`) of a directory made from `embed_dir` by a graph of `plan`, with further
-    `options`: the embed directory is the input (its manifest's digest the plan holds), the rest are options."""
-    graph = {k: v for k, v in asdict(plan).items() if k != "embed_manifest_sha256"}
-    return {"inputs": [{"path": str(embed_dir), "manifest_sha256": plan.embed_manifest_sha256}],
-            "options": {"graph": graph, **options}}
+def _plan(embed: InputIdentity, graph_plan: GraphPlan, schema_version: int, **options: object) -> Plan:
+    """The plan (`xclr_prep.fsutil`) of a directory made from the embed directory `embed` by a graph of
+    `graph_plan`, with further `options`: the embed directory is the input, the rest are options."""
+    graph = {k: v for k, v in asdict(graph_plan).items() if k != "embed_manifest_sha256"}
+    return Plan((embed,), {"graph": graph, **options}, schema_version)
 
 
 def _graph_plan(opts: GraphOptions, k: int, embed_sha: str, rows: EmbeddingRows,
@@ -177,11 +192,12 @@ def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> GraphPlan:
     return GraphPlan(**manifest["plan"])
 
 
-def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_manifest: dict, rows: EmbeddingRows,
-                 invalid: np.ndarray) -> dict:
-    fingerprint = _digest(asdict(plan))
-    record = _record(opts.embed_dir, plan)
-    if claim_dir(graph_dir, fingerprint, record, "graph", "a graph", "use another --out"):
+def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed: InputIdentity, corpus: Plan,
+                 embed_manifest: dict, rows: EmbeddingRows, invalid: np.ndarray) -> dict:
+    """Search (or resume) the graph of `plan` in `graph_dir`; its manifest, written only while the embed directory
+    and its `corpus` are as the run found them."""
+    dir_plan = _plan(embed, plan, GRAPH_SCHEMA_VERSION)
+    if claim_dir(graph_dir, dir_plan, "graph", "a graph", "use another --out"):
         return load_graph(graph_dir).manifest
     started = time.perf_counter()
     create_neighbors_file(graph_dir, rows.n, plan.k)
@@ -201,7 +217,7 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_man
         "schema_version": GRAPH_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": asdict(plan),
-        "fingerprint": fingerprint,
+        "fingerprint": _digest(asdict(plan)),
         "embed_dir": str(opts.embed_dir),
         "model": embed_manifest["model"],
         "captions": rows.n,
@@ -213,7 +229,8 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed_man
         "run": {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                 "seconds": round(time.perf_counter() - started, 2)},
     }
-    require_unchanged(graph_dir, record, {"inputs": [_embed_input(opts.embed_dir)]})
+    require_unchanged(graph_dir, dir_plan)
+    require_unchanged(graph_dir, corpus)
     write_json_atomic(graph_dir / MANIFEST, manifest)
     return manifest
 
