@@ -169,6 +169,8 @@ def _embedded_parts(out: Path, units: list[EmbedUnit], weights_sha256: str) -> d
 
 def _run_stages(opts: EmbedOptions, out: Path, files: list[InputFile], actors: list, info: dict, device: str,
                 fingerprint: str, model: str) -> dict:
+    """Scan the input files and embed the parts that have no done marker yet, on `actors`; the manifest (not yet
+    written), whose counts hold input rows = kept + skipped. PrepError when no row could be kept."""
     markers = {i: marker for i in range(len(files)) if (marker := read_scan_marker(out, i))}
     run_stage(actors, "scan", [ScanUnit(i, f, opts.spec, out, opts.part_size, opts.too_long)
                                for i, f in enumerate(files)], markers, "scan", "file", opts.progress)

@@ -45,6 +45,11 @@ def no_space_as_error(out: Path) -> Iterator[None]:
                         f"give it more, then rerun the same command: the work finished is kept") from e
 
 
+def json_digest(obj: object) -> str:
+    """The SHA-256 (hex) of `obj` as JSON with sorted keys: a fingerprint of plain values (tuples as lists)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class InputIdentity:
     """One input of a plan: its path and what identifies its content, an input file's `format`, `size` and
@@ -73,7 +78,8 @@ class InputIdentity:
                    if manifest.exists() else None)
 
     def now(self) -> InputIdentity | None:
-        """This input's identity read again (a file: None when gone)."""
+        """This input's identity read again: an input with a `format` is a file (None when gone), else a stage's
+        output directory."""
         return InputIdentity.of_dir(Path(self.path)) if self.format is None else InputIdentity.of_file(
             self.path, self.format)
 
@@ -92,7 +98,7 @@ class Plan:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+        return json_digest(self.to_json())
 
     def to_json(self) -> dict:
         record = {"inputs": [i.to_json() for i in self.inputs or ()], "options": self.options}

@@ -24,7 +24,6 @@ Method ``auto``: `xclr_prep.search_methods.auto_method`, given the smallest live
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -41,6 +40,7 @@ from xclr_prep.fsutil import (
     Plan,
     claim_dir,
     input_changes,
+    json_digest,
     no_space_as_error,
     read_plan,
     refuse_changed_inputs,
@@ -83,6 +83,8 @@ def invalid_captions(rows: EmbeddingRows) -> np.ndarray:
 
 
 def _resolve_k(requested: int | None, valid: int) -> int:
+    """k for `valid` captions with valid embeddings: `requested`, else min(DEFAULT_K, valid - 1). PrepError when
+    valid < 2, or when requested >= valid."""
     if valid < 2:
         raise PrepError(f"a caption graph needs at least 2 unique captions with valid embeddings, this one has {valid}")
     if requested is None:
@@ -94,14 +96,12 @@ def _resolve_k(requested: int | None, valid: int) -> int:
 
 
 def _resolve_method(requested: str, device: str, n: int, dim: int) -> str:
+    """`requested`, or for ``auto`` the method `auto_method` picks for n rows of `dim` on `device`, given the
+    memory of the smallest live Ray node."""
     if requested != "auto":
         return requested
     smallest = min(node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"])
     return auto_method(device, n, dim, smallest)
-
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _corpus_plan(embed_dir: Path) -> Plan:
@@ -183,6 +183,8 @@ def _graph_plan(opts: GraphOptions, k: int, embed_sha: str, rows: EmbeddingRows,
 
 
 def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> GraphPlan:
+    """The plan of the complete graph `graph_dir` (``--graph``); PrepError when it is no complete graph or was
+    computed from an embed directory whose manifest digest is not `embed_sha`."""
     try:
         manifest = load_graph(graph_dir).manifest
     except GraphDirError as e:
@@ -217,7 +219,7 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed: In
         "schema_version": GRAPH_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": asdict(plan),
-        "fingerprint": _digest(asdict(plan)),
+        "fingerprint": json_digest(asdict(plan)),
         "embed_dir": str(opts.embed_dir),
         "model": embed_manifest["model"],
         "captions": rows.n,
@@ -237,6 +239,9 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed: In
 
 def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, embed_manifest: dict, embed_sha: str,
                   rows: EmbeddingRows, invalid: np.ndarray) -> dict:
+    """Write (or resume) the shards of OUT from the graph in `graph_dir`; their manifest (not yet written). Every
+    sample is written or skipped with its reason (written + skipped = the embed directory's kept samples);
+    PrepError when none could be written."""
     caption_ok = np.ones(rows.n, dtype=bool)
     caption_ok[invalid] = False
     n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, 1)  # one shard writer per CPU
