@@ -55,27 +55,13 @@ class Hang(BaseException):
 
 
 @dataclass(frozen=True)
-class KnownFailure:
-    """Failures of a family awaiting a fix in reader code: a failure whose text holds `cause` and `case` (its
-    reproducer's repr) is expected, and the test xfails naming `reason`; any other failure fails the test, and so
-    does the known failure's absence (the fix landed: remove this)."""
-    cause: str
-    case: str
-    reason: str
-
-    def matches(self, failure: str) -> bool:
-        return self.cause in failure and self.case in failure
-
-
-@dataclass(frozen=True)
 class Lane:
     """A family's cases in one lane: `examples` drawn under `seed`; the wall-clock cap `cap_s` may cut those after
-    the first `minimum`; `known`: failures expected in this lane."""
+    the first `minimum`."""
     examples: int
     seed: int
     minimum: int
     cap_s: float
-    known: KnownFailure | None = None
 
 
 @dataclass
@@ -284,33 +270,25 @@ FAST_CASES = 6  # per family in the fast lane
 SLOW_LANE_TARGET = 1000  # fuzzed cases per slow-lane run, at least (issue 34): the sum of the slow lanes' minimums
 
 
-def lanes(count: int, minimum: int, cap_s: float, known: KnownFailure | None = None) -> list:
+def lanes(count: int, minimum: int, cap_s: float) -> list:
     """A family's two lanes, as pytest parameters of one `Lane`: FAST_CASES cases in the fast lane; in the slow lane
-    (CI), `count` cases under another seed, of which the wall-clock cap `cap_s` may cut only those past `minimum`,
-    with the slow lane's `known` failures."""
+    (CI), `count` cases under another seed, of which the wall-clock cap `cap_s` may cut only those past `minimum`."""
     import pytest
 
     return [pytest.param(Lane(FAST_CASES, 1, FAST_CASES, 30), id="fast"),
-            pytest.param(Lane(count, 2, minimum, cap_s, known), id="slow", marks=pytest.mark.slow)]
+            pytest.param(Lane(count, 2, minimum, cap_s), id="slow", marks=pytest.mark.slow)]
 
 
 def fuzz_and_record(name: str, strategy: st.SearchStrategy, feed: Callable, refusals: tuple[type, ...], lane: Lane,
                     root: Path, ledger) -> None:
     """`fuzz` a family, add its cases (and its being cut by the cap) to the session's fuzz tally
-    (tests/fault_ledger.py), and fail listing the failed cases' reproducers, less the lane's known failures
-    (then xfail)."""
-    import pytest
-
+    (tests/fault_ledger.py), and fail listing the failed cases' reproducers."""
     result = fuzz(name, strategy, feed, refusals, lane, root)
     for outcome, count in result.outcomes.items():
         for _ in range(count):
             ledger.fuzzed(outcome)
     if result.capped:
         ledger.fuzz_capped(name)
-    known = [f for f in result.failures if lane.known and lane.known.matches(f)]
-    others = [f for f in result.failures if f not in known]
-    assert not others, f"{len(others)} of {result.cases} cases failed:\n" + "\n".join(others[:10])
+    assert not result.failures, f"{len(result.failures)} of {result.cases} cases failed:\n" + \
+        "\n".join(result.failures[:10])
     assert result.cases >= lane.minimum, f"{name}: {result.cases} cases, under the lane's minimum {lane.minimum}"
-    if lane.known:
-        assert known, f"{name}: the known failure no longer happens (remove its KnownFailure): {lane.known.reason}"
-        pytest.xfail(f"{len(known)} of {result.cases} cases failed as known: {lane.known.reason}")

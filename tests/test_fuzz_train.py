@@ -20,33 +20,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fuzz_harness import SLOW_LANE_TARGET, KnownFailure, Lane, fuzz_and_record, lanes
+from fuzz_harness import SLOW_LANE_TARGET, Lane, fuzz_and_record, lanes
 from fuzz_inputs import Damage, damages, image_cases, shard_cases, some_damage
 from hypothesis import strategies as st
 
 from xclr_schemas import SHARDS_SCHEMA_VERSION
 from xclr_train.augment import RECIPES, crop_view
 from xclr_train.checkpoint import load_checkpoint, read_checkpoint, read_encoder, save_checkpoint
-from xclr_train.data import REASONS, Needs, WorkerState, batches, decode, decode_image, find_shards, read_tar
+from xclr_train.data import (REASONS, Needs, Rows, WorkerState, batches, decode, decode_image, find_shards,
+                             read_tar)
 from xclr_train.errors import TrainError
 from xclr_train.models import Encoder, ModelConfig
 
 REFUSALS = (TrainError,)
-# Failures in reader code under another engineer's edit (the report on issue 34 gives the reproducer and fix): only
-# these are expected; the test fails on any other, and when they stop happening.
-KNOWN_FAILURES = {
-    "shard": KnownFailure("RuntimeError: stack expects each tensor to be equal size", "emb='other-dim'",
-                          "data.decode passes an embedding of another length than the others (emb.npy of shape (5,) "
-                          "beside (8,)), and data.batches' torch.stack then raises RuntimeError"),
-}
 # per family: (cases in the slow lane, the minimum its wall-clock cap may not cut, the cap in seconds)
 FAMILIES = {"shard": (300, 200, 5), "train-image": (120, 80, 8), "shard-dir": (60, 40, 2), "checkpoint": (120, 80, 4)}
 K = 3
+CAPTION_DIM = 8  # the length of a good caption embedding (fuzz_inputs.EMB_ROWS)
 IMAGE_SIZE = 8
 
 
 def family_lanes(family: str) -> list:
-    return lanes(*FAMILIES[family], KNOWN_FAILURES.get(family))
+    return lanes(*FAMILIES[family])
 
 
 def view(image, rng):
@@ -75,7 +70,7 @@ def feed_shard(case, work) -> str:
     for needs in (Needs(neighbors=True, embedding=True, labels=True), Needs()):
         state = WorkerState("fuzz")
         samples = []
-        for sample in decode(view, IMAGE_SIZE, needs, K, state)(iter(raw)):
+        for sample in decode(view, IMAGE_SIZE, needs, Rows(K, CAPTION_DIM), state)(iter(raw)):
             usable(sample)
             samples.append(sample)
         for batch in batches(2, state, 0)(iter(samples)):

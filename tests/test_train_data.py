@@ -22,6 +22,7 @@ from xclr_train.data import (
     EpochStart,
     Needs,
     Position,
+    Rows,
     ShardStream,
     WorkerState,
     decode,
@@ -107,7 +108,7 @@ def test_decode_skips_and_counts_bad_samples(tmp_path):
     bad_nbr = dict(raw[0], **{"nbr.npy": npy_bytes(np.zeros(5, dtype=NEIGHBOR_DTYPE))})
     no_json = {k: v for k, v in raw[0].items() if k != "json"}
     state = WorkerState("test")
-    stage = decode(simclr_crops_8px, 8, Needs(True, False), 3, state)
+    stage = decode(simclr_crops_8px, 8, Needs(True, False), Rows(k=3), state)
     out = list(stage(iter(raw + [broken_image, bad_nbr, no_json])))
     assert len(out) == 1 and out[0]["caption_id"] == 1
     assert out[0]["view1"].shape == (3, 8, 8) and out[0]["view1"].dtype == torch.uint8
@@ -120,7 +121,7 @@ def test_decode_with_labels_skips_and_counts_a_sample_without_one():
     raw = {"__key__": "a", **{n.split(".", 1)[1]: d for n, d in sample_members("a", 1, 0)}}
     labelled = dict(raw, json=json.dumps({"caption_id": 2, "label": 7}).encode())
     state = WorkerState("test")
-    stage = decode(simclr_crops_8px, 8, Needs(False, False, labels=True), 3, state)
+    stage = decode(simclr_crops_8px, 8, Needs(False, False, labels=True), Rows(k=3), state)
     out = list(stage(iter([raw, labelled])))
     assert [(s["caption_id"], s["label"]) for s in out] == [(2, 7)]
     assert state.skipped == Counter(bad_member=1)
@@ -160,8 +161,8 @@ def test_streams_are_seeded_by_epoch_and_rank(tmp_path):
     shards = find_shards(str(tmp_path / "d"))
 
     def stream(rank):
-        return ShardStream(shards, batch_size=4, image_size=8, augment="simclr", needs=Needs(True, False), k=3,
-                           seed=0, rank=rank)
+        return ShardStream(shards, batch_size=4, image_size=8, augment="simclr", needs=Needs(True, False),
+                           rows=Rows(k=3), seed=0, rank=rank)
 
     a, again = take(stream(0), 0, 3), take(stream(0), 0, 3)
     for x, y in zip(a, again):
@@ -184,8 +185,8 @@ def test_a_stream_started_inside_an_epoch_goes_on_as_the_whole_one(tmp_path):
     shards = find_shards(str(tmp_path / "d"))
 
     def batches(start: EpochStart, n: int) -> list[dict]:
-        stream = ShardStream(shards, batch_size=3, image_size=8, augment="simclr", needs=Needs(True, False), k=3,
-                             seed=0, rank=0)
+        stream = ShardStream(shards, batch_size=3, image_size=8, augment="simclr", needs=Needs(True, False),
+                             rows=Rows(k=3), seed=0, rank=0)
         stream.epoch, stream.start = 2, start
         it = iter(make_loader(stream, workers=2, pin_memory=False))
         return [next(it) for _ in range(n)]

@@ -27,7 +27,7 @@ from xclr_schemas.out_lock import exclusive
 from xclr_train.checkpoint import non_finite, read_checkpoint
 from xclr_train.cli import config_of
 from xclr_train.cli import main as train_command
-from xclr_train.data import InputChanged, Needs, ShardStream, find_shards, make_loader
+from xclr_train.data import InputChanged, Needs, Rows, ShardStream, find_shards, make_loader
 from xclr_train.export import main as export_command
 from xclr_train.preemption import Preemption
 from xclr_train.train import train
@@ -297,7 +297,7 @@ def test_shards_rewritten_under_a_running_stream_are_refused(shards, tmp_path, f
     """A DataLoader worker streaming the shards, which are then rewritten (the same bytes, new files): the worker's
     next shard is refused, and the trainer gets the worker's one-line message."""
     data = copy_shards(shards, tmp_path / "shards")
-    stream = ShardStream(find_shards(str(data)), 16, 8, "crop", Needs(), None, seed=0, rank=0)
+    stream = ShardStream(find_shards(str(data)), 16, 8, "crop", Needs(), Rows(), seed=0, rank=0)
     batches = iter(make_loader(stream, workers=1, pin_memory=False))
     next(batches)
     for tar in sorted(data.glob("*.tar")):

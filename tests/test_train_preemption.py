@@ -23,7 +23,7 @@ from fault_ledger import passes, samples_lost
 from train_helpers import assert_same_state, torchrun_cmd, train_in_process, untimed
 from train_helpers import train_metrics as metrics
 
-from xclr_train.data import Needs, ShardStream, find_shards, make_loader
+from xclr_train.data import Needs, Rows, ShardStream, find_shards, make_loader
 from xclr_train.preemption import PREEMPTED_EXIT, Preemption, blocked
 
 STEPS, PER_EPOCH, BATCH = 16, 12, 8  # two checkpoint intervals: 12 steps, then 4
@@ -213,7 +213,7 @@ def test_dataloader_workers_started_amid_stop_signals_live_on(tux_shards):
     def hung(signum, frame) -> None:  # a loader whose worker died may wait for it forever
         raise TimeoutError("the DataLoader stopped amid the signals")
 
-    stream = ShardStream(find_shards(str(tux_shards)), 4, 16, "crop", Needs(), None, seed=0, rank=0)
+    stream = ShardStream(find_shards(str(tux_shards)), 4, 16, "crop", Needs(), Rows(), seed=0, rank=0)
     before = signal.signal(signal.SIGALRM, hung)
     signal.alarm(60)
     with Preemption() as preemption:

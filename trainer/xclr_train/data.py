@@ -278,6 +278,14 @@ class Needs:
     labels: bool = False
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The lengths every sample's rows must have: its neighbour row (`k`, the graph's) and its caption embedding
+    (`caption_dim`, the caption model's); None where the loss reads no such row."""
+    k: int | None = None
+    caption_dim: int | None = None
+
+
 def fast_forward(start: Position, state: WorkerState) -> Callable[[Iterator[dict]], Iterator[dict]]:
     """Drop the first `start.taken` raw samples undecoded, then take up the counts at `start`: the stream from
     there on is the one a worker that had taken them would go on with."""
@@ -292,13 +300,14 @@ def fast_forward(start: Position, state: WorkerState) -> Callable[[Iterator[dict
     return stage
 
 
-def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int, needs: Needs, k: int | None,
+def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int, needs: Needs, rows: Rows,
            state: WorkerState) -> Callable[[Iterator[dict]], Iterator[dict]]:
     """Raw sample -> {"view1", "view2": `view` of the image decoded for `image_size` (`decode_image`), twice, with
     the sample's own generator (`WorkerState`), "caption_id", and "label"/"nbr_id"/"nbr_sim"/"emb" as needed}. A
     bad member: a json without a needed "label" or whose caption id is not a whole number in [0, 2**63), a neighbour
-    row of another dtype or length, with ids below -1 (-1: none) or similarities of its ids that are not finite, an
-    embedding that is not one finite row: the sample is skipped and counted as such."""
+    row of another dtype or length than `rows.k`, with ids below -1 (-1: none) or similarities of its ids that are
+    not finite, an embedding that is not one finite row of `rows.caption_dim`: the sample is skipped and counted as
+    such."""
     skipped = state.skipped
 
     def one(raw: dict, rng: random.Random) -> dict | None:
@@ -314,7 +323,7 @@ def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int
                 out["label"] = _in_range(int(meta["label"]), -2**63)
             if needs.neighbors:
                 nbr = load_npy(raw[NEIGHBORS_SUFFIX])
-                if nbr.dtype != NEIGHBOR_DTYPE or nbr.shape != (k,):
+                if nbr.dtype != NEIGHBOR_DTYPE or nbr.shape != (rows.k,):
                     raise ValueError("neighbour row of another dtype or length")
                 if (nbr["id"] < -1).any() or not np.isfinite(nbr["sim"][nbr["id"] >= 0]).all():
                     raise ValueError("neighbour ids below -1 (none) or similarities that are not finite")
@@ -322,8 +331,8 @@ def decode(view: Callable[[Image.Image, random.Random], Tensor], image_size: int
                 out["nbr_sim"] = torch.from_numpy(nbr["sim"].astype(np.float32))
             if needs.embedding:
                 emb = load_npy(raw[EMBEDDING_SUFFIX]).astype(np.float32)
-                if emb.ndim != 1 or not np.isfinite(emb).all():
-                    raise ValueError("a caption embedding that is not one row of finite numbers")
+                if emb.shape != (rows.caption_dim,) or not np.isfinite(emb).all():
+                    raise ValueError("a caption embedding that is not one row of caption_dim finite numbers")
                 out["emb"] = torch.from_numpy(emb)
         except (ValueError, KeyError, TypeError, OSError, OverflowError, RecursionError):
             skipped["bad_member"] += 1
@@ -383,10 +392,10 @@ class ShardStream(IterableDataset):
     seeding)."""
 
     def __init__(self, shards: ShardSet, batch_size: int, image_size: int, augment: str, needs: Needs,
-                 k: int | None, seed: int, rank: int) -> None:
+                 rows: Rows, seed: int, rank: int) -> None:
         super().__init__()
         self.shards, self.batch_size, self.image_size, self.augment = shards, batch_size, image_size, augment
-        self.needs, self.k, self.seed, self.rank = needs, k, seed, rank
+        self.needs, self.rows, self.seed, self.rank = needs, rows, seed, rank
         self.epoch = 0
         self.start = EpochStart()
 
@@ -406,7 +415,7 @@ class ShardStream(IterableDataset):
             tar_samples(state.skipped, len(self.shards.urls)),
             group_shuffle(rng),
             fast_forward(self.start.positions.get(worker, Position()), state),
-            decode(self.view, self.image_size, self.needs, self.k, state),
+            decode(self.view, self.image_size, self.needs, self.rows, state),
             batches(self.batch_size, state, worker),
         ))
 

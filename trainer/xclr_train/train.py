@@ -42,7 +42,7 @@ from xclr_train.checkpoint import (CheckpointError, Found, epoch_name, load_chec
                                    read_latest, save_checkpoint)
 from xclr_train.compiling import compile_encoder
 from xclr_train.config import FREE_OPTIONS, TrainConfig
-from xclr_train.data import (REASONS, DataError, EpochStart, InputChanged, Position, ShardSet, ShardStream,
+from xclr_train.data import (REASONS, DataError, EpochStart, InputChanged, Position, Rows, ShardSet, ShardStream,
                              find_shards, first_sample, make_loader)
 from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed, rank_timeouts
 from xclr_train.errors import TrainError
@@ -179,7 +179,8 @@ def set_up(cfg: TrainConfig) -> Session:
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ddp = DistributedDataParallel(learner, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None) \
         if dist.world_size > 1 else learner
-    stream = ShardStream(shards, cfg.batch_size, cfg.image_size, cfg.augment, objective.needs, k, cfg.seed, dist.rank)
+    stream = ShardStream(shards, cfg.batch_size, cfg.image_size, cfg.augment, objective.needs, Rows(k, caption_dim),
+                         cfg.seed, dist.rank)
     loader = make_loader(stream, cfg.workers, pin_memory=dist.device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16) \
         if precision != "fp32" else nullcontext()
