@@ -163,8 +163,10 @@ def test_embed_disk_full_two_writers_and_a_changed_corpus(tux_embed, tmp_path, f
         replaced = prep_error(*command)
         shutil.copy2(tars[1], corpus / tars[1].name)  # put back as it was (content and mtime)
         touched, mtime = corpus / tars[0].name, (corpus / tars[0].name).stat().st_mtime_ns
+        for marker in (out / "done").glob("*.json"):  # every part to embed again: changed while they are embedded
+            marker.unlink()
         under = changed_under_a_run(command, lambda: os.utime(touched, ns=(mtime + 10**9, mtime + 10**9)),
-                                    lambda running: wait_for_lock(running, out))
+                                    lambda running: wait_for_markers(running, out / "done", 1))
         no_manifest_under = not (out / "manifest.json").exists()
         os.utime(touched, ns=(mtime, mtime))
 
