@@ -38,9 +38,9 @@ from xclr_train.errors import TrainError, first_line
 # timeout (without ncclCommAbort, which can hang itself); 0 would leave the rank waiting forever. torch's documented
 # default, set where the environment does not choose, so that the rule does not depend on torch's default.
 NCCL_TEAR_DOWN = "3"
-# How torch words a wait that ran out: gloo ("Timed out waiting 10000ms for recv operation to complete", and
+# How torch words a wait that ran out: gloo ("Timed out waiting <N>ms for recv operation to complete", and
 # "Application timeout caused pair closure" for an operation on a connection an earlier timeout closed), the
-# rendezvous store ("Timed out after 10 seconds waiting for clients. 1/2 clients joined.")
+# rendezvous store ("Timed out after <N> seconds waiting for clients. 1/2 clients joined.")
 _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _SOURCE = re.compile(r"^\[[^\]]*\]\s*")  # gloo's "[.../unbound_buffer.cc:78] " before its message
 
