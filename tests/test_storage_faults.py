@@ -238,7 +238,8 @@ def test_a_store_that_is_down_stops_each_command_with_one_line(tmp_path, use_sto
     for name, (run, args, named) in commands.items():
         status, lines = run([str(a) for a in args])
         ended[name] = lines
-        assert status == 2 and len(lines) == 1 and lines[0].startswith(f"Error: {named}: the store failed"), \
+        said = "xclr-prep: error: " if name.startswith("xclr-prep") else "Error: "  # each command's one-line form
+        assert status == 2 and len(lines) == 1 and lines[0].startswith(f"{said}{named}: the store failed"), \
             (name, status, lines)
 
     def retried_for_the_bound() -> None:
