@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from ddp_step import GRAPH, K, M, SIZE, SPECS, global_batch
+from ddp_step import GRAPH, SIZE, SPECS, K, M, global_batch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 

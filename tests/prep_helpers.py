@@ -144,6 +144,7 @@ def wait_for_lock(proc: subprocess.Popen, out: Path, timeout: float = 120) -> No
     deadline = time.monotonic() + timeout
     while proc.pid not in lock_holders(out / LOCK):
         if proc.poll() is not None:
-            raise AssertionError(f"ended ({proc.returncode}) before it held {out / LOCK}:\n{proc.stderr.read()[-3000:]}")
+            tail = proc.stderr.read()[-3000:]
+            raise AssertionError(f"ended ({proc.returncode}) before it held {out / LOCK}:\n{tail}")
         assert time.monotonic() < deadline, f"{out / LOCK} not locked within {timeout} s"
         time.sleep(0.01)

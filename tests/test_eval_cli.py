@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner, Result
 from data_helpers import write_tar
 from PIL import Image
-from train_helpers import train_in_process
 
 from xclr_eval.cli import main as eval_command
 from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx

@@ -27,8 +27,7 @@ from hypothesis import strategies as st
 from xclr_schemas import SHARDS_SCHEMA_VERSION
 from xclr_train.augment import RECIPES, crop_view
 from xclr_train.checkpoint import load_checkpoint, read_checkpoint, read_encoder, save_checkpoint
-from xclr_train.data import (REASONS, Needs, Rows, WorkerState, batches, decode, decode_image, find_shards,
-                             read_tar)
+from xclr_train.data import REASONS, Needs, Rows, WorkerState, batches, decode, decode_image, find_shards, read_tar
 from xclr_train.errors import TrainError
 from xclr_train.models import Encoder, ModelConfig
 

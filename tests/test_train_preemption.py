@@ -56,7 +56,8 @@ def train_cmd(*a) -> list[str]:
     return [sys.executable, "-m", "xclr_train", *map(str, a)]
 
 
-def stopped_run(cmd: list[str], run, rng: random.Random, trainers=lambda proc: [proc.pid]) -> subprocess.CompletedProcess:
+def stopped_run(cmd: list[str], run, rng: random.Random,
+                trainers=lambda proc: [proc.pid]) -> subprocess.CompletedProcess:
     """Start `cmd`, wait for its metrics line of step 3 or 6 (at random), send SIGTERM or SIGUSR1 to the first of
     its `trainers(proc)` (the training processes), which then stop a step or so later, inside the first epoch and
     mostly inside a metrics window; then SIGTERM to every trainer and its DataLoader workers every 50 ms until `cmd`

@@ -38,8 +38,8 @@ from xclr_prep.corpus import CorpusSpec, InputFile, check_columns, find_inputs
 from xclr_prep.dedup import PartIds, assign_caption_ids
 from xclr_prep.errors import PrepError
 from xclr_prep.fsutil import InputIdentity, Plan, claim_dir, no_space_as_error, require_unchanged
-from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
 from xclr_prep.options import EmbedOptions
+from xclr_prep.raypool import cluster_device, pool_shape, require_shared, run_stage, start_pool, start_ray
 from xclr_prep.scan import read_digests, read_scan_marker, scan_file
 from xclr_schemas import EMBED_SCHEMA_VERSION, MANIFEST, default_caption_model, part_paths, storage
 from xclr_schemas.atomic import remove_temporaries, write_json_atomic

@@ -8,8 +8,8 @@ Driver flow:
    k >= U is an error) and the method.
 2. (The command line holds OUT's lock, `xclr_schemas.out_lock`, from before it reads OUT.) A full disk ends the
    command with one line (`xclr_prep.fsutil.no_space_as_error`). ``OUT/plan.json``: a fingerprint of the embed
-   manifest, every option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that built another index
-   is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten embed directory, or
+   manifest, every option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that
+   built another index is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten embed directory, or
    the options); the same plan is resumed; a complete OUT is left as it is. A corpus file that changed since embed
    (the identity the embed directory's ``plan.json`` holds) is refused, named, before any work.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`

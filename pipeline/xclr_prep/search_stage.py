@@ -21,8 +21,8 @@ import numpy as np
 import ray
 
 from xclr_prep.errors import PrepError
-from xclr_prep.search_methods import METHODS
 from xclr_prep.raypool import get, run_stage
+from xclr_prep.search_methods import METHODS
 from xclr_schemas import NEIGHBOR_DTYPE, EmbeddingRows
 from xclr_schemas.atomic import write_atomic, write_json_atomic
 from xclr_schemas.graph_dir import block_marker

@@ -33,7 +33,6 @@ from torch import Tensor
 
 from xclr_train.errors import TrainError, first_line
 
-
 # TORCH_NCCL_ASYNC_ERROR_HANDLING=3: NCCL's watchdog tears the process down when a collective fails or runs past the
 # timeout (without ncclCommAbort, which can hang itself); 0 would leave the rank waiting forever. torch's documented
 # default, set where the environment does not choose, so that the rule does not depend on torch's default.

@@ -38,12 +38,31 @@ from xclr_schemas import load_npy
 from xclr_schemas.names import CHECKPOINTS, CONFIG, LATEST
 from xclr_schemas.shards import EMBEDDING_SUFFIX, META_SUFFIX, NEIGHBORS_SUFFIX
 from xclr_train.augment import RECIPES, draw_photometric, step_generator
-from xclr_train.checkpoint import (CheckpointError, Found, epoch_name, load_checkpoint, non_finite, read_checkpoint,
-                                   read_latest, save_checkpoint)
+from xclr_train.checkpoint import (
+    CheckpointError,
+    Found,
+    epoch_name,
+    load_checkpoint,
+    non_finite,
+    read_checkpoint,
+    read_latest,
+    save_checkpoint,
+)
 from xclr_train.compiling import compile_encoder
 from xclr_train.config import FREE_OPTIONS, TrainConfig
-from xclr_train.data import (REASONS, DataError, EpochStart, InputChanged, Position, Rows, ShardSet, ShardStream,
-                             find_shards, first_sample, make_loader)
+from xclr_train.data import (
+    REASONS,
+    DataError,
+    EpochStart,
+    InputChanged,
+    Position,
+    Rows,
+    ShardSet,
+    ShardStream,
+    find_shards,
+    first_sample,
+    make_loader,
+)
 from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed, rank_timeouts
 from xclr_train.errors import TrainError
 from xclr_train.in_run_eval import InRunEval

@@ -2,8 +2,9 @@
 up to its *last* dot; ``KEY.txt`` is the caption, ``KEY.jpg|jpeg|png|webp`` the image, ``KEY.json`` optional
 metadata (the label is read from its field ``--label-col``). One row per key; a second caption of a key is a
 duplicate sample. A ``KEY.txt`` or ``KEY.json`` over MAX_TEXT_BYTES is not read (a compressed tar could make it
-gigabytes from a few kB): its row is skipped as ``member_too_large``. Images are members: located at their data offset in the tar (a compressed tar is decompressed once
-into the stage directory; headers are read, data is not)."""
+gigabytes from a few kB): its row is skipped as ``member_too_large``. Images are members: located at their data
+offset in the tar (a compressed tar is decompressed once into the stage directory; headers are read, data is not).
+"""
 
 from __future__ import annotations
 
