@@ -201,7 +201,7 @@ def test_bad_input_gets_a_one_line_error(tux_shards, tmp_path):
         (["--data", tux_shards, "--floor", "none", "--calibrate", "background"], "--floor none is for --loss xclr "),
         (["--data", tux_shards, "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["--data", tux_shards, "--workers", "-1"], "--workers must be 0 or more, got -1"),
-        (["--data", tux_shards, "--lr", "1e39"], "--lr must be positive and at most 3.4e38"),
+        (["--data", tux_shards, "--lr", "1e39"], "--lr must be 0 or more and at most 3.4e38"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(train_command, [*map(str, args), "--out", str(tmp_path / "run"), *SMALL])

@@ -22,12 +22,13 @@ from fault_ledger import passes
 from train_helpers import assert_same_state, train_in_process, train_metrics, train_samples_lost, untimed
 
 from xclr_eval.cli import main as eval_command
+from xclr_schemas import storage
 from xclr_schemas.fashion_mnist import FASHION_MNIST_DIR
 from xclr_schemas.out_lock import exclusive
-from xclr_train.checkpoint import non_finite, read_checkpoint
+from xclr_train.checkpoint import non_finite, read_checkpoint, read_latest
 from xclr_train.cli import config_of
 from xclr_train.cli import main as train_command
-from xclr_train.data import InputChanged, Needs, Rows, ShardStream, find_shards, make_loader
+from xclr_train.data import InputChanged, Needs, Rows, ShardStream, find_shards, make_loader, shut_down, unchanged
 from xclr_train.export import main as export_command
 from xclr_train.preemption import Preemption
 from xclr_train.train import train
@@ -154,6 +155,28 @@ def test_a_damaged_checkpoint_with_nothing_intact_to_fall_back_to_is_a_one_line_
     assert one_line_error(train_in_process(*options(shards, run), "--resume", named, check=False)).startswith(
         f"Error: {named} is damaged")
     assert [x["step"] for x in train_metrics(run)] == [1, 2, 3]
+
+
+def test_a_damaged_key_name_is_damage_and_a_missing_latest_falls_back_too(interrupted, tmp_path):
+    """The digest cannot be dodged: latest.pt with its "sha256" key renamed (no digest, but keys only a digested
+    checkpoint has) or its "model_config" key renamed (the digest covers the keys) is damaged, and --resume latest
+    takes epoch-0002.pt; so it does when latest.pt is missing beside it (deleted, or a URL run killed between the
+    uploads of epoch-0002.pt and latest.pt), instead of starting the run over."""
+    epoch_2 = read_checkpoint(interrupted / "checkpoints" / "epoch-0002.pt")
+    for key, said in ((b"sha256", "it has no SHA-256 digest but keys only a checkpoint with one has (inputs, sha257)"),
+                      (b"model_config", "its content does not match the SHA-256 digest"), (None, "is missing")):
+        folder = tmp_path / f"{key}" / "checkpoints"
+        shutil.copytree(interrupted / "checkpoints", folder)
+        latest = folder / "latest.pt"
+        if key is None:
+            latest.unlink()
+        else:
+            data = latest.read_bytes()
+            assert data.count(key) == 1
+            latest.write_bytes(data.replace(key, key[:-1] + bytes([key[-1] + 1])))
+        found = read_latest(folder)
+        assert found.path == folder / "epoch-0002.pt" and said in found.passed_over, (key, found.passed_over)
+        assert_same_state(found.state, epoch_2)
 
 
 @pytest.mark.slow
@@ -303,8 +326,14 @@ def test_shards_rewritten_under_a_running_stream_are_refused(shards, tmp_path, f
     for tar in sorted(data.glob("*.tar")):
         tar.write_bytes(tar.read_bytes())
     message = first_error(batches, 200)
-    del batches  # its worker ends now (a worker ignores SIGTERM, with which Python's exit would try to end it)
+    shut_down(batches)  # the worker ends now (the exception's traceback held the iterator; data.shut_down)
     refused = message.startswith(str(data)) and "changed while the run read it" in message and "\n" not in message
     fault_ledger.record("input changed", "train data: shards rewritten under a running DataLoader worker",
                         survived=refused)
     assert refused, message
+    gone = data / "deleted.tar"  # a shard deleted since the run started: refused too, not a traceback
+    gone.write_bytes(b"a shard")
+    stamps = {str(gone): storage.stat_key(str(gone))}
+    gone.unlink()
+    with pytest.raises(InputChanged, match="now gone"):
+        list(unchanged(stamps)(iter([str(gone)])))

@@ -19,7 +19,8 @@ content, not of the file's bytes: SHA-256 over a walk of the state (every tensor
 other value's repr, dict keys in sorted order), recomputed from what torch loads. A truncated file does not load
 (its zip directory is at the end); a flipped bit loads as other values (or not at all) and fails the digest; a
 flipped bit that changes nothing torch reads (zip padding) is harmless and passes. A checkpoint without "sha256"
-(written before digests) is read unchecked.
+is read unchecked only when its keys are those of a checkpoint written before digests (`UNDIGESTED`); with any
+other key (a damaged key name among them) it is damaged.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from xclr_train.errors import TrainError, first_line
 from xclr_train.models import Encoder, ModelConfig
 
 DIGEST = "sha256"
+# the keys of a checkpoint written before digests: the only ones a checkpoint without DIGEST may have
+UNDIGESTED = frozenset({"model", "model_config", "method", "optimizer", "scaler", "epoch", "step", "skipped", "config",
+                        "inside"})
 EPOCH_NAME = re.compile(r"epoch-(\d+)\.pt")
 
 
@@ -103,12 +107,17 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise DamagedCheckpoint(f"{path} is not a readable xclr checkpoint: damaged, cut short or another kind of "
                                 f"file ({type(exc).__name__}: {first_line(exc).split('. ')[0]})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+    if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not an xclr checkpoint")
     saved = state.pop(DIGEST, None)
     if saved is not None and saved != content_digest(state):
         raise DamagedCheckpoint(f"{path} is damaged: its content does not match the SHA-256 digest saved with it "
                                 "(a flipped bit or an overwritten part)")
+    if saved is None and "model_config" in state and not UNDIGESTED.issuperset(state):
+        raise DamagedCheckpoint(f"{path} is damaged: it has no SHA-256 digest but keys only a checkpoint with one has "
+                                f"({', '.join(sorted(set(state) - UNDIGESTED))})")
+    if not isinstance(state.get("model_config"), dict):
+        raise CheckpointError(f"{path} is not an xclr checkpoint")
     return state
 
 
@@ -122,16 +131,21 @@ class Found:
 
 
 def read_latest(folder: Path) -> Found | None:
-    """FOLDER/latest.pt; when it is damaged, the newest intact epoch-NNNN.pt (the epoch number orders them by step);
-    None when there is no latest.pt. DamagedCheckpoint when latest.pt is damaged and no epoch-NNNN.pt is intact."""
+    """FOLDER/latest.pt; when it is damaged, or missing beside epoch-NNNN.pt files (deleted, or a URL run killed
+    between their uploads), the newest intact epoch-NNNN.pt (the epoch number orders them by step); None when the
+    folder holds neither (a new run). DamagedCheckpoint when no checkpoint there is intact."""
     latest = folder / LATEST
+    kept = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_NAME.fullmatch(p.name))) \
+        if folder.is_dir() else []
     if not latest.exists():
-        return None
-    try:
-        return Found(latest, read_checkpoint(latest))
-    except DamagedCheckpoint as exc:
-        damaged = str(exc)
-    kept = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_NAME.fullmatch(p.name)))
+        if not kept:
+            return None
+        damaged = f"{latest} is missing"
+    else:
+        try:
+            return Found(latest, read_checkpoint(latest))
+        except DamagedCheckpoint as exc:
+            damaged = str(exc)
     for _, path in reversed(kept):
         try:
             return Found(path, read_checkpoint(path), damaged)

@@ -16,8 +16,9 @@ from xclr_train.objectives import OBJECTIVES, Objective, Options, parse_options
 from xclr_train.objectives.base import either
 from xclr_train.optim import PLAIN, default_help
 
-# a float32 parameter update must be able to hold it (a larger one crashed inside the optimizer)
-LEARNING_RATE = Rule(lambda v: 0 < v <= 3.4e38, "must be positive and at most 3.4e38 (float32's largest)")
+# 0 keeps the weights (an export's evaluation run); a float32 update must be able to hold it (a larger one
+# crashed inside the optimizer)
+LEARNING_RATE = Rule(lambda v: 0 <= v <= 3.4e38, "must be 0 or more and at most 3.4e38 (float32's largest)")
 
 # Options that do not change what is computed; a resume may change them.
 FREE_OPTIONS = ("out", "resume", "workers", "device", "progress", "log_every", "save_every", "eval_data",

@@ -24,12 +24,9 @@ shards is never read: `InputChanged` (a run trains on one set of shards, not a m
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import random
-import signal
-import sys
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -176,10 +173,13 @@ def resampled(urls: list[str], rng: random.Random) -> Callable[[], Iterator[str]
 
 def unchanged(stamps: dict[str, tuple[int, str]]) -> Callable[[Iterator[str]], Iterator[str]]:
     """Shard urls, each checked as it is opened against its stamp when the run started (`ShardSet.stamps`):
-    InputChanged for a shard rewritten, replaced or appended to since, so a run never trains on a mix."""
+    InputChanged for a shard rewritten, replaced, appended to or deleted since, so a run never trains on a mix."""
     def stage(urls: Iterator[str]) -> Iterator[str]:
         for url in urls:
-            now = storage.stat_key(url)
+            try:
+                now = storage.stat_key(url)
+            except FileNotFoundError:
+                now = "gone"
             if now != stamps[url]:
                 raise InputChanged(f"{url} changed while the run read it (size and version then {stamps[url]}, now "
                                    f"{now}): a run reads the shards it started with; put them back, or start a new "
@@ -430,17 +430,17 @@ def first_sample(shards: ShardSet) -> dict:
 
 def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoader:
     """Batches come ready from the workers (batch_size=None), in a fixed round-robin order. The workers ignore a
-    scheduler's stop signals (`preemption.ignore_signals`) and die with the training process (`worker_start`)."""
+    scheduler's stop signals (`preemption.ignore_signals`); they do not hold the run directory's lock (a forked
+    child closes its copy, `xclr_schemas.out_lock`)."""
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=worker_start)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_signals)
 
 
-def worker_start(worker: int) -> None:
-    """A DataLoader worker's start: it ignores the stop signals, and on Linux the kernel kills it when the training
-    process dies (prctl PR_SET_PDEATHSIG). A forked worker shares the run directory's lock (`xclr_schemas.out_lock`,
-    an flock) with the main rank; torch's own watchdog would end an orphaned worker only seconds later, which kept
-    the lock from a restarted rank (torchrun --max-restarts) after a kill -9 (a parent that dies before the prctl is
-    left to that watchdog)."""
-    ignore_signals(worker)
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+def shut_down(batches: Iterator) -> None:
+    """End the workers of a DataLoader iterator now, also when the epoch ends by an exception: its traceback would
+    keep the iterator alive, and with it the workers, which ignore SIGTERM (`preemption.ignore_signals`), the signal
+    with which Python's exit ends daemon processes, so the command would never exit. torch has no public close: this
+    is what its iterator's __del__ calls (a process-local iterator has nothing to end)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()

@@ -62,6 +62,7 @@ from xclr_train.data import (
     find_shards,
     first_sample,
     make_loader,
+    shut_down,
 )
 from xclr_train.distributed import Dist, all_reduce_sum, any_rank, init_distributed, rank_timeouts
 from xclr_train.errors import TrainError
@@ -261,8 +262,8 @@ def train_epoch(s: Session, log: MetricsLog | None, bar: tqdm, preemption: Preem
             s.preempted = any_rank(preemption.signal is not None, dist)
             if s.evaluator is not None and not s.preempted:  # at a stop, the resume evaluates (`train`)
                 window.t0 += s.evaluator.after_step(s.step, s.stepper.objective.learner.encoder, log)
-    finally:  # the workers end also when a step or a worker raised (`_shut_down`)
-        _shut_down(batches)
+    finally:  # the workers end also when a step or a worker raised (`data.shut_down`)
+        shut_down(batches)
     _stop_if_not_finite(s, window)  # before any checkpoint of these steps
     if s.step < end:  # stopped inside the epoch
         s.inside = InsideEpoch(EpochStart(s.step - s.epoch * sched.steps_per_epoch, positions), max(1, cfg.workers),
@@ -399,16 +400,6 @@ def _start(s: Session, found: Found | None) -> None:
             raise CheckpointError(f"{path} was saved inside an epoch by {s.inside.workers} DataLoader worker(s) a "
                                   f"rank, whose streams it goes on with: resume it with --workers "
                                   f"{s.inside.workers}")
-
-
-def _shut_down(batches) -> None:
-    """End the workers of a DataLoader iterator now, also when the epoch ends by an exception: its traceback would
-    keep the iterator alive, and with it the workers, which ignore SIGTERM (`preemption.ignore_signals`), the signal
-    with which Python's exit ends daemon processes, so the command would never exit. torch has no public close: this
-    is what its iterator's __del__ calls (a process-local iterator has nothing to end)."""
-    shutdown = getattr(batches, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
 
 
 def _total(positions: dict[int, Position]) -> torch.Tensor:
