@@ -18,8 +18,6 @@ last step and the parameters after the last step (rank 0's). Cases (`CASES`):
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +25,7 @@ import torch.distributed as dist
 from ddp_step import GRAPH, SIZE, SPECS, K, M, global_batch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from train_helpers import one_thread
 
 from xclr_train.augment import RECIPES, draw_photometric
 from xclr_train.distributed import all_reduce_sum, init_distributed
@@ -86,18 +85,6 @@ def stepper(case: Case, world: int, micro_batch: int | None, scaler: torch.amp.G
     return Stepper(objective, net, torch.optim.SGD(learner.parameters(), LR, momentum=0.9),
                    scaler or torch.amp.GradScaler("cpu", enabled=False), torch.autocast("cpu", enabled=False),
                    RECIPE, CLIP, dist.get_rank() if world > 1 else 0, micro_batch)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread inside the block (as each torchrun rank here): tiny tensors on a shared machine run many
-    times faster so, and every run compared uses the same reductions."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_case(case: Case, world: int, micro_batch: int | None, scaler: torch.amp.GradScaler | None = None) -> dict:

@@ -15,11 +15,9 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import assert_same_result
@@ -36,7 +34,7 @@ from prep_helpers import (
     wait_for_markers,
 )
 from ray_cluster import RayCluster
-from train_helpers import torchrun_cmd, train_metrics, train_samples_lost
+from train_helpers import ranks_once_in_epoch_3, torchrun_cmd, train_metrics, train_samples_lost
 
 from xclr_schemas import load_embed_dir, read_shards_manifest
 from xclr_schemas.out_lock import LOCK
@@ -121,12 +119,7 @@ def test_one_training_rank_killed_torchrun_restarts_the_group_from_latest(tux_sh
         proc = subprocess.Popen(torchrun_cmd(2, *train, "--out", run, max_restarts=1), env=env, stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not (run / "checkpoints" / "epoch-0002.pt").exists() or len(train_metrics(run)) < 5:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.02)
-        ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(proc.pid).children()}
-        assert set(ranks) == {"0", "1"}
+        ranks = ranks_once_in_epoch_3(proc, run, log)
         ranks["1"].kill()
         assert not (run / "checkpoints" / "epoch-0006.pt").exists()  # killed before the run's end
         assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from fault_ledger import passes
-from train_helpers import assert_same_state, torchrun_cmd, train_metrics, train_samples_lost, untimed
+from train_helpers import (
+    assert_same_state,
+    ranks_once_in_epoch_3,
+    torchrun_cmd,
+    train_metrics,
+    train_samples_lost,
+    untimed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +74,7 @@ def test_a_stopped_rank_times_out_and_torchrun_restarts_the_group_from_latest(tu
                                 start_new_session=True)
     spawned: list[psutil.Process] = []  # every rank and DataLoader worker seen, to clean up after a failure
     try:
-        deadline = time.monotonic() + 300
-        while not (run / "checkpoints" / "epoch-0002.pt").exists() or len(train_metrics(run)) < 5:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.02)
-        ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(proc.pid).children()}
-        assert set(ranks) == {"0", "1"}
+        ranks = ranks_once_in_epoch_3(proc, run, log)
         spawned += psutil.Process(proc.pid).children(recursive=True)
         stopped = ranks[str(STOPPED)]
         stopped.suspend()  # SIGSTOP

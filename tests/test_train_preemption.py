@@ -13,14 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psutil
 import pytest
 import torch
 from fault_ledger import passes, samples_lost
-from train_helpers import assert_same_state, torchrun_cmd, train_in_process, untimed
+from train_helpers import assert_same_state, one_thread, torchrun_cmd, train_in_process, untimed
 from train_helpers import train_metrics as metrics
 
 from xclr_train.data import Needs, Rows, ShardStream, find_shards, make_loader
@@ -39,17 +37,6 @@ def args(shards, out, batch: int = BATCH) -> list[str]:
 
 def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread, as in the subprocesses under env(): the same reductions, bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_cmd(*a) -> list[str]:

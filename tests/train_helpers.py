@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
-from dataclasses import fields
-
+import psutil
+import torch
 from click.testing import CliRunner, Result
 from fault_ledger import samples_lost
 
@@ -74,3 +79,27 @@ def assert_same_state(a, b, where: str = "") -> None:
             assert_same_state(x, y, f"{where}/{i}")
     else:
         assert a == b, where
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block, as each torchrun rank and subprocess of the tests runs it
+    (OMP_NUM_THREADS=1): the same reductions bit for bit, and tiny tensors on a shared machine run faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ranks_once_in_epoch_3(proc: subprocess.Popen, run: Path, log: Path) -> dict:
+    """Wait (at most 300 s) until the two-rank torchrun `proc` of a 4-step-epoch run has saved epoch-0002.pt and
+    logged 5 steps; its rank processes by LOCAL_RANK ("0", "1")."""
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "epoch-0002.pt").exists() or len(train_metrics(run)) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(proc.pid).children()}
+    assert set(ranks) == {"0", "1"}
+    return ranks
