@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import study_plan as plan
 from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
@@ -57,7 +58,8 @@ class Regime:
     tars that training uses ("" = the tars folder); `embed`: embed arguments beyond those folders; `evaluate`:
     xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
     training tars; `steps`: the training budget; `augment`: the training views (xclr-train --augment); `backbone`:
-    the xclr-train options that choose it."""
+    the xclr-train options that choose it; `curve`: xclr-train's in-run evaluation options (the same placeholders),
+    whose log draws the run's learning curve."""
 
     write: list[str]
     embed: list[str]
@@ -66,6 +68,7 @@ class Regime:
     train: tuple[str, ...] = ("",)
     augment: str = "simclr"
     backbone: tuple[str, ...] = ("--arch", "convnet")
+    curve: tuple[str, ...] = ()
 
 
 # A ViT of the convnet's size for the backbone check: timm's test_vit (0.26M parameters, width 64), 4x4 patches of
@@ -80,12 +83,16 @@ def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr
           backbone: tuple[str, ...] = Regime.backbone) -> Regime:
     """Train on the two other vendors, query with `heldout`'s images."""
     train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
+    curve = ("--eval-data", "{train}", "--eval-queries", "{tars}/" + heldout, "--eval-every", str(steps // 4))
     return Regime(["emoji", "--every", str(every)], ["--label-col", "label"],
-                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment, backbone)
+                  ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment, backbone,
+                  curve)
 
 
 CORPORA = {
     "emoji": {
+        "heldout-google-600": emoji("google", steps=600),  # the validation rotation (study_plan)
+        "heldout-google-1200": emoji("google", steps=1200),  # its budget check
         "heldout-openmoji": emoji("openmoji"),
         "heldout-twitter": emoji("twitter"),
         "heldout-openmoji-600": emoji("openmoji", steps=600),  # 4x the steps
@@ -181,13 +188,14 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     if (run / "done.json").exists():
         return run
     spec = CORPORA[corpus][base.name]
+    curve = [a.format(train=_database(base, spec), tars=base / "tars") for a in spec.curve]
     resume = ["--resume", "latest"] if (run / CHECKPOINTS / LATEST).exists() else []
     start = time.perf_counter()
     # the method's options after the backbone's, so that random-init's --lr 0 wins
     sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *spec.backbone, *args,
        *TRAIN,
        "--augment", spec.augment, "--steps", str(spec.steps), "--samples-per-epoch", str(spec.steps * 128),
-       "--seed", str(seed), *resume)
+       "--seed", str(seed), *curve, *resume)
     (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
     return run
 
@@ -196,7 +204,7 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
     """Every finished run of a regime, each evaluated once by `xclr-eval` (ROOT/.../eval/RUN/), merged into
     ROOT/.../eval/results.json."""
     spec, tars = CORPORA[corpus][base.name], base / "tars"
-    train = "{" + ",".join(str(t) for part in spec.train for t in sorted((tars / part).glob("*.tar"))) + "}"
+    train = _database(base, spec)
     merged: dict = {}
     for run in sorted(done.parent for done in (base / "runs").glob("*/done.json")):
         out = base / "eval" / run.name
@@ -207,6 +215,19 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
     (base / "eval" / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
     return merged
+
+
+def _database(base: Path, spec: Regime) -> str:
+    """The evaluation's database: a folder of links to the training tars, with the corpus's classnames.txt (the
+    in-run evaluation finds the class names of a folder)."""
+    folder = base / "database"
+    if not (folder / "classnames.txt").exists():
+        folder.mkdir(exist_ok=True)
+        for part in spec.train:
+            for tar in sorted((base / "tars" / part).glob("*.tar")):
+                (folder / f"{part or 'all'}-{tar.name}").symlink_to(tar.resolve())
+        (folder / "classnames.txt").symlink_to((base / "tars" / spec.train[0] / "classnames.txt").resolve())
+    return str(folder)
 
 
 def tabulate(root: Path, results: dict[str, dict[str, dict]]) -> dict:
@@ -289,6 +310,21 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def run_grid(root: Path) -> dict[str, plan.Choice]:
+    """The validation rotation's grid (study_plan), method by method, each method's choice frozen as soon as its
+    points are evaluated; then the untrained floor. Returns the frozen choices."""
+    base = prepare(root, "emoji", f"heldout-{plan.VALIDATION}-{plan.GRID_STEPS}")
+    for method, spec in plan.METHODS.items():
+        for point in spec.grid:
+            train(base, "emoji", plan.run_name(method, point), "random", [*spec.args, *point.args], plan.GRID_SEED)
+        frozen = plan.freeze(plan.select(evaluate(root, base, "emoji")["runs"]))
+        print(f"{method}: {frozen[method].point.name} (validation kNN {frozen[method].score:.3f}; "
+              f"{', '.join(f'{n} {v:.3f}' for n, v in frozen[method].candidates.items())})", flush=True)
+    train(base, "emoji", plan.FLOOR, *METHODS[plan.FLOOR], plan.GRID_SEED)
+    evaluate(root, base, "emoji")
+    return plan.load_choices()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("runs/study"))
@@ -300,7 +336,12 @@ def main() -> None:
     parser.add_argument("--add-to", type=Path, default=None,
                         help="Also merge this root's runs into a kept summary (benchmarks/results/study.json: its .md "
                              "and -plots/ are rewritten), so that a study spread over machines adds up.")
+    parser.add_argument("--plan", choices=["grid"], default=None,
+                        help="Run a stage of the emoji study's plan (benchmarks/study_plan.py) instead.")
     opts = parser.parse_args()
+    if opts.plan == "grid":
+        run_grid(opts.root)
+        return
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
     if opts.methods:
         methods = {name: {**METHODS, **SWEEP}[name] for name in opts.methods}

@@ -1,0 +1,136 @@
+"""The emoji study's plan, fixed before any of its runs: which rotation chooses, what is tuned, how a choice is made.
+
+Rotations. Each trains on two vendors and queries with the third (`study.emoji`). Google held out is the VALIDATION
+rotation: every choice is made on it. OpenMoji held out and Twitter held out are the TEST rotations: they are trained
+and evaluated only at the frozen choices, and nothing is chosen on them.
+
+The grid. Every method gets the same number of points (4), trained on the validation rotation, seed GRID_SEED, at
+GRID_STEPS steps, on the same random-order shards, with the same backbone, augmentations, batch and optimizer:
+  * learning rate in LRS x the method's temperature in TEMPERATURES (simclr, supcon, clip: --tau);
+  * X-CLR and X-CLR+CLIP: learning rate in LRS x the target sharpness in TARGETS: the default targets (tau_s 0.1,
+    floor at the background similarity, which leave most of an anchor's target mass on its own caption) and graded
+    ones (tau_s 0.3, no floor, which move about half of it onto the anchor's graph neighbours);
+  * SigLIP learns its own temperature and bias, so its four points are four learning rates (SIGLIP_LRS).
+The rule (`select`): each method's point is the one with the highest subcategory kNN accuracy of `xclr-eval` on the
+validation rotation (the primary metric, named before any run); a tie goes to the earlier point in the grid's
+order. The choices are written once to CHOICES and never rewritten by a later run.
+
+The budget (`budget`): each method's chosen point is trained again at BUDGET_LONG steps on the validation rotation.
+The reported budget is BUDGET_LONG when any method's validation kNN gains at least BUDGET_GAIN from GRID_STEPS to
+BUDGET_LONG, else GRID_STEPS; the in-run evaluation (every quarter of the steps) draws each run's curve.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+VALIDATION = "google"
+TEST = ("openmoji", "twitter")
+GRID_SEED = 0
+GRID_STEPS = 600
+BUDGET_LONG = 1200
+BUDGET_GAIN = 0.01  # one point of subcategory kNN: about the smallest seed spread the old study measured
+PRIMARY = "knn_accuracy"
+LRS = (5e-4, 1e-3)
+SIGLIP_LRS = (2.5e-4, 5e-4, 1e-3, 2e-3)
+TEMPERATURES = (("--tau", "0.1"), ("--tau", "0.2"))
+TARGETS = (("--tau-s", "0.1"), ("--tau-s", "0.3", "--floor", "none"))
+CHOICES = Path(__file__).resolve().parent / "results" / "emoji-choices.json"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: a learning rate and the options the method's own knob takes there."""
+
+    lr: float
+    knob: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """E.g. "lr0.0005-tau0.2", "lr0.001-tau_s0.3-floornone"; the run's name is METHOD@NAME-sSEED."""
+        knob = "-".join(f"{flag.lstrip('-').replace('-', '_')}{value}" for flag, value in zip(self.knob[::2],
+                                                                                               self.knob[1::2]))
+        return f"lr{self.lr:g}" + (f"-{knob}" if knob else "")
+
+    @property
+    def args(self) -> list[str]:
+        return ["--lr", f"{self.lr:g}", *self.knob]
+
+
+@dataclass(frozen=True)
+class Method:
+    """An objective of the comparison: its xclr-train options and its grid."""
+
+    args: tuple[str, ...]
+    grid: tuple[Point, ...]
+
+
+def _grid(lrs: tuple[float, ...], knobs: tuple[tuple[str, ...], ...] = ((),)) -> tuple[Point, ...]:
+    return tuple(Point(lr, knob) for lr, knob in itertools.product(lrs, knobs))
+
+
+METHODS = {
+    "xclr": Method(("--loss", "xclr"), _grid(LRS, TARGETS)),
+    "simclr": Method(("--loss", "simclr"), _grid(LRS, TEMPERATURES)),
+    "supcon": Method(("--loss", "supcon"), _grid(LRS, TEMPERATURES)),
+    "clip": Method(("--loss", "clip"), _grid(LRS, TEMPERATURES)),
+    "xclr-clip": Method(("--loss", "xclr-clip"), _grid(LRS, TARGETS)),
+    "siglip": Method(("--loss", "siglip"), _grid(SIGLIP_LRS)),
+}
+FLOOR = "random-init"  # the untrained backbone (lr 0), trained nowhere, evaluated everywhere
+
+
+def run_name(method: str, point: Point) -> str:
+    return f"{method}@{point.name}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A frozen choice: the point, the validation score that chose it, and every candidate's score."""
+
+    method: str
+    point: Point
+    score: float
+    candidates: dict[str, float]
+
+    @property
+    def run(self) -> str:
+        return run_name(self.method, self.point)
+
+
+def select(validation: dict[str, dict], metric: str = PRIMARY) -> dict[str, Choice]:
+    """Each method's best grid point by `metric`, from the validation rotation's `xclr-eval` runs ({run name: its
+    entry in results.json's "runs"}, seed GRID_SEED). A method with a grid point not yet evaluated is left out."""
+    choices = {}
+    for method, spec in METHODS.items():
+        scores = {}
+        for point in spec.grid:
+            entry = validation.get(f"{run_name(method, point)}-s{GRID_SEED}")
+            if entry is None:
+                break
+            scores[point.name] = entry["metrics"][metric]
+        else:
+            best = max(spec.grid, key=lambda p: scores[p.name])  # max keeps the first of equals
+            choices[method] = Choice(method, best, scores[best.name], scores)
+    return choices
+
+
+def freeze(choices: dict[str, Choice], path: Path = CHOICES) -> dict[str, Choice]:
+    """Write the choices not yet in `path` and return every frozen choice; a choice already there is never changed."""
+    frozen = load_choices(path)
+    for method, choice in choices.items():
+        frozen.setdefault(method, choice)
+    path.write_text(json.dumps({m: {"lr": c.point.lr, "knob": list(c.point.knob), "point": c.point.name,
+                                    "run": c.run, "score": c.score, "candidates": c.candidates}
+                                for m, c in frozen.items()}, indent=2) + "\n")
+    return frozen
+
+
+def load_choices(path: Path = CHOICES) -> dict[str, Choice]:
+    if not path.exists():
+        return {}
+    return {m: Choice(m, Point(c["lr"], tuple(c["knob"])), c["score"], c["candidates"])
+            for m, c in json.loads(path.read_text()).items()}
