@@ -2,7 +2,8 @@
 # Creates .venv at the repository root and installs xclr into it with everything it needs:
 # the Debian data sets of docs/design.md, "Data and models that work offline" (WordNet, tuxpaint stamps, Fashion-MNIST),
 # torch/torchvision from this machine's disk, then the project and its pinned dependencies, and the emoji
-# images of three vendors from the npm registry (`npm pack`, unpacked into .venv/share/xclr-emoji; no node_modules).
+# images of three vendors and their English tags from the npm registry (`npm pack`, unpacked into
+# .venv/share/xclr-emoji; no node_modules).
 # Idempotent: a second call only re-installs when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,4 +45,11 @@ if [ ! -f "$emoji/.complete" ]; then
   tar xzf "$emoji.tmp/openmoji-17.0.0.tgz" -C "$emoji.tmp/openmoji" --strip-components=3 package/color/svg
   rm "$emoji.tmp"/*.tgz
   touch "$emoji.tmp/.complete" && mv "$emoji.tmp" "$emoji"
+fi
+# The emoji's English tags (npm emojibase-data), for the emoji corpus's --captions name+tags.
+if [ ! -f "$emoji/emojibase-en.json" ]; then
+  rm -rf "$emoji/tags.tmp" && mkdir -p "$emoji/tags.tmp"
+  (cd "$emoji/tags.tmp" && npm pack --silent emojibase-data@17.0.0 >/dev/null \
+    && tar xzf emojibase-data-17.0.0.tgz --strip-components=2 package/en/data.json)
+  mv "$emoji/tags.tmp/data.json" "$emoji/emojibase-en.json" && rm -rf "$emoji/tags.tmp"
 fi

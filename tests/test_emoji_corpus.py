@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 from PIL import Image
 
-from xclr_prep.sample_corpora import EMOJI_DIR, EMOJI_SIZE, emoji_list, write_emoji_tars
+from xclr_prep.sample_corpora import EMOJI_DIR, EMOJI_SIZE, EMOJI_TAGS, emoji_list, write_emoji_tars
 
 
 def read_vendor(folder) -> dict[str, dict[str, bytes]]:
@@ -33,7 +33,7 @@ def test_every_vendor_draws_every_emoji_with_one_caption_per_code_point(tmp_path
     captions = defaultdict(set)
     white_corner = []
     for vendor in ("google", "twitter", "openmoji"):
-        assert counts[vendor] == {"written": len(emoji), "skipped": {}}
+        assert counts[vendor] == {"written": len(emoji), "skipped": {}, "tagged": 0}
         samples = read_vendor(tmp_path / vendor)
         assert len(samples) == len(emoji) and len(list((tmp_path / vendor).glob("*.tar"))) == -(-len(emoji) // 50)
         classnames = (tmp_path / vendor / "classnames.txt").read_text().splitlines()
@@ -49,6 +49,21 @@ def test_every_vendor_draws_every_emoji_with_one_caption_per_code_point(tmp_path
     assert sum(white_corner) > 0.8 * len(white_corner)  # the transparent surround became white
     assert all(len(texts) == 1 for texts in captions.values())  # identical across vendors and skin tones
     assert len(captions) == 48
+
+
+def test_tagged_captions_join_the_name_and_emojibases_tags_and_are_shared_by_vendors_and_skin_tones(tmp_path):
+    tags = {e["hexcode"]: e.get("tags", []) for e in json.loads((EMOJI_DIR / EMOJI_TAGS).read_text())}
+    emoji = {e.unified: e for e in emoji_list(captions="name+tags")}
+    assert emoji["1F436"].caption == "dog face: " + ", ".join(tags["1F436"]) and "puppy" in tags["1F436"]
+    assert emoji["1F69A"].caption == "delivery truck: car, delivery, drive, truck, vehicle"
+    assert emoji["00A9-FE0F"].caption == "copyright sign: " + ", ".join(tags["00A9"])  # found without FE0F
+    wave_tone = next(e for e in emoji.values() if e.base == "1F44B" and e.unified != "1F44B")
+    assert wave_tone.caption == emoji["1F44B"].caption == "waving hand sign: " + ", ".join(tags["1F44B"])
+    assert all(e.tagged for e in emoji.values())  # emojibase 17 tags every emoji of emoji-datasource 16
+    counts = write_emoji_tars(tmp_path, ("twitter",), every=40, per_tar=50, captions="name+tags")
+    texts = {s["txt"].decode() for s in read_vendor(tmp_path / "twitter").values()}
+    assert counts["twitter"]["tagged"] == sum(e.tagged for e in emoji_list(every=40, captions="name+tags"))
+    assert texts == {e.caption for e in emoji_list(every=40, captions="name+tags")}
 
 
 def test_missing_and_unreadable_images_are_skipped_and_counted(tmp_path):
@@ -68,8 +83,8 @@ def test_missing_and_unreadable_images_are_skipped_and_counted(tmp_path):
     (source / "openmoji" / f"{car['unified']}.svg").write_text("<svg <broken")
     images = len(emoji_list(source=source))
     counts = write_emoji_tars(tmp_path / "out", ("google", "openmoji"), source=source)
-    assert counts["google"] == {"written": images - 2, "skipped": {"no_image": 1, "unreadable": 1}}
-    assert counts["openmoji"] == {"written": 1, "skipped": {"no_image": images - 2, "unreadable": 1}}
+    assert counts["google"] == {"written": images - 2, "skipped": {"no_image": 1, "unreadable": 1}, "tagged": 0}
+    assert counts["openmoji"] == {"written": 1, "skipped": {"no_image": images - 2, "unreadable": 1}, "tagged": 0}
     written = {json.loads(s["json"])["emoji"] for s in read_vendor(tmp_path / "out" / "openmoji").values()}
     assert written == {dog["unified"]}
 

@@ -13,7 +13,9 @@ offline).
   unpacked into the venv by ``scripts/setup_env.sh``): about 1,900 emoji and 1,900 skin-tone variants per vendor.
   The caption is the emoji's name from emoji-datasource's ``emoji.json`` (lower case), the same text for every
   vendor and skin tone: one caption has one image per vendor and tone, and names carry graded similarity ("dog
-  face" ~ "cat face"). The label is the subcategory (99), beside the category (10).
+  face" ~ "cat face"). The label is the subcategory (99), beside the category (10). With ``--captions name+tags``
+  the caption is the name followed by the emoji's English tags from npm ``emojibase-data`` 17.0.0 ("dog face:
+  adorbs, animal, dog, face, pet, puppies, puppy"), the study's richer-caption ablation.
 
 Used by the README's main job, the tests and the benchmarks. Run as a module to write them to disk::
 
@@ -22,6 +24,7 @@ Used by the README's main job, the tests and the benchmarks. Run as a module to 
     python -m xclr_prep.sample_corpora fashion-mnist OUT_DIR [--split train] [--limit N] [--per-tar 10000]
     python -m xclr_prep.sample_corpora scenes OUT_DIR --n 1000000 [--seed 0] [--per-tar 10000]
     python -m xclr_prep.sample_corpora emoji OUT_DIR [--vendor google ...] [--every N] [--per-tar 1000]
+        [--captions name|name+tags]
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
 EMOJI_DIR = Path(sys.prefix) / "share" / "xclr-emoji"  # where scripts/setup_env.sh unpacks the npm packages
 EMOJI_VENDORS = ("google", "twitter", "openmoji")
 EMOJI_SIZE = 64  # px; emoji-datasource ships 64 px PNGs, OpenMoji's SVGs are rendered at this size
+EMOJI_TAGS = "emojibase-en.json"  # emojibase-data's en/data.json, unpacked beside emoji.json by setup_env.sh
+EMOJI_CAPTIONS = ("name", "name+tags")
 _WORDNET_POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 _QUOTED = re.compile(r'"([^"]+)"')
 
@@ -182,21 +187,37 @@ class Emoji:
     caption: str
     subcategory: str
     category: str
+    tagged: bool = False  # the caption carries emojibase's tags
 
 
-def emoji_list(every: int = 1, source: Path = EMOJI_DIR) -> list[Emoji]:
-    """Every `every`-th emoji of `source`/emoji.json (in its sort order), each followed by its skin-tone variants."""
+def emoji_list(every: int = 1, source: Path = EMOJI_DIR, captions: str = "name") -> list[Emoji]:
+    """Every `every`-th emoji of `source`/emoji.json (in its sort order), each followed by its skin-tone variants.
+    Captions "name": the emoji's name, lower case; "name+tags": "NAME: TAG, TAG, ..." with the base emoji's tags in
+    emojibase's order (found by code points, with or without the FE0F selector), the name alone where it has none."""
     meta = source / "emoji.json"
     if not meta.is_file():
         raise click.ClickException(f"{meta} not found: run scripts/setup_env.sh, which unpacks the npm packages "
                                    "emoji-datasource-google, emoji-datasource-twitter and openmoji there")
+    tags = _emoji_tags(source) if captions == "name+tags" else {}
     entries = sorted(json.loads(meta.read_text(encoding="utf-8")), key=lambda e: e["sort_order"])[::every]
     emoji = []
     for e in entries:
+        name = e["name"].lower()
+        found = tags.get(e["unified"]) or tags.get(e["unified"].replace("-FE0F", ""))
+        caption = f"{name}: {', '.join(found)}" if found else name
         variants = [e, *(e.get("skin_variations") or {}).values()]
-        emoji += [Emoji(v["unified"], v.get("non_qualified"), e["unified"], e["name"].lower(), e["subcategory"],
-                        e["category"]) for v in variants]
+        emoji += [Emoji(v["unified"], v.get("non_qualified"), e["unified"], caption, e["subcategory"],
+                        e["category"], bool(found)) for v in variants]
     return emoji
+
+
+def _emoji_tags(source: Path) -> dict[str, list[str]]:
+    """{code points (emojibase's hexcode): tags}."""
+    path = source / EMOJI_TAGS
+    if not path.is_file():
+        raise click.ClickException(f"{path} not found: run scripts/setup_env.sh, which unpacks npm emojibase-data "
+                                   "there")
+    return {e["hexcode"]: e["tags"] for e in json.loads(path.read_text(encoding="utf-8")) if e.get("tags")}
 
 
 def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str], source: Path = EMOJI_DIR) -> bytes | None:
@@ -236,17 +257,18 @@ def emoji_image(vendor: str, emoji: Emoji, openmoji_svgs: set[str], source: Path
 
 
 def write_emoji_tars(out_dir: Path, vendors: tuple[str, ...] = EMOJI_VENDORS, every: int = 1,
-                     per_tar: int = 1000, source: Path = EMOJI_DIR) -> dict[str, dict]:
+                     per_tar: int = 1000, source: Path = EMOJI_DIR, captions: str = "name") -> dict[str, dict]:
     """Write each vendor's emoji as img2dataset-style tars ``OUT/VENDOR/NNNNN.tar`` (KEY.png, KEY.txt, KEY.json)
     with ``classnames.txt`` (the subcategories, sorted) in every vendor folder, and ``OUT/counts.json``.
 
     KEY = ``VENDOR-unified`` (lower case, dashes). KEY.json holds ``label`` (subcategory index), ``subcategory``,
     ``category``, ``vendor``, ``emoji`` (the base emoji's code points, shared by its skin tones and vendors) and
     ``unified``. An emoji the vendor does not draw is skipped as ``no_image``, a file that cannot be read as
-    ``unreadable``; returns and writes {vendor: {"written": n, "skipped": {reason: n}}}. `source` holds emoji.json
-    and a folder of images per vendor, as setup_env.sh unpacks them.
+    ``unreadable``; returns and writes {vendor: {"written": n, "skipped": {reason: n}, "tagged": n}} ("tagged":
+    images whose caption carries tags, with `captions` "name+tags", see `emoji_list`). `source` holds emoji.json
+    (and emojibase-en.json) and a folder of images per vendor, as setup_env.sh unpacks them.
     """
-    emoji = emoji_list(every, source)
+    emoji = emoji_list(every, source, captions)
     classnames = sorted({e.subcategory for e in emoji_list(1, source)})
     svgs = {p.stem for p in (source / "openmoji").glob("*.svg")} if "openmoji" in vendors else set()
     counts = {}
@@ -256,7 +278,7 @@ def write_emoji_tars(out_dir: Path, vendors: tuple[str, ...] = EMOJI_VENDORS, ev
         (folder / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
         skipped: Counter = Counter()
         members: dict[str, bytes] = {}
-        written = shard = 0
+        written = shard = tagged = 0
         for e in emoji:
             try:
                 png = emoji_image(vendor, e, svgs, source)
@@ -272,12 +294,13 @@ def write_emoji_tars(out_dir: Path, vendors: tuple[str, ...] = EMOJI_VENDORS, ev
             members.update({f"{key}.png": png, f"{key}.txt": e.caption.encode("utf-8"),
                             f"{key}.json": json.dumps(meta).encode()})
             written += 1
+            tagged += e.tagged
             if len(members) == 3 * per_tar:
                 _write_tar(folder / f"{shard:05d}.tar", members)
                 members, shard = {}, shard + 1
         if members:
             _write_tar(folder / f"{shard:05d}.tar", members)
-        counts[vendor] = {"written": written, "skipped": dict(skipped)}
+        counts[vendor] = {"written": written, "skipped": dict(skipped), "tagged": tagged}
     (out_dir / "counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     return counts
 
@@ -347,9 +370,11 @@ def scenes_command(out_dir: Path, n: int, seed: int, per_tar: int) -> None:
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Keep every N-th emoji (with its skin tones), the same ones for every vendor.")
 @click.option("--per-tar", type=click.IntRange(min=1), default=1000, show_default=True)
-def emoji_command(out_dir: Path, vendors: tuple[str, ...], every: int, per_tar: int) -> None:
+@click.option("--captions", type=click.Choice(EMOJI_CAPTIONS), default="name", show_default=True,
+              help="The emoji's name, or its name followed by emojibase's tags (\"dog face: animal, dog, ...\").")
+def emoji_command(out_dir: Path, vendors: tuple[str, ...], every: int, per_tar: int, captions: str) -> None:
     """Emoji of several vendors as img2dataset-style tars, one folder per vendor."""
-    for vendor, count in write_emoji_tars(out_dir, vendors, every, per_tar).items():
+    for vendor, count in write_emoji_tars(out_dir, vendors, every, per_tar, captions=captions).items():
         click.echo(f"{vendor}: wrote {count['written']} images to {out_dir / vendor}"
                    + (f" (skipped: {count['skipped']})" if count["skipped"] else ""))
 
