@@ -57,9 +57,9 @@ class Regime:
     """One regime's data and evaluation. `write`: sample_corpora arguments; `train`: the folders under the written
     tars that training uses ("" = the tars folder); `embed`: embed arguments beyond those folders; `evaluate`:
     xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
-    training tars; `steps`: the training budget; `augment`: the training views (xclr-train --augment); `backbone`:
-    the xclr-train options that choose it; `curve`: xclr-train's in-run evaluation options (the same placeholders),
-    whose log draws the run's learning curve."""
+    training tars; `steps`: the training budget, of `batch` samples; `augment`: the training views (xclr-train
+    --augment); `backbone`: the xclr-train options that choose it, its image size and loader; `curve`: xclr-train's
+    in-run evaluation options (the same placeholders), whose log draws the run's learning curve."""
 
     write: list[str]
     embed: list[str]
@@ -67,38 +67,58 @@ class Regime:
     steps: int
     train: tuple[str, ...] = ("",)
     augment: str = "simclr"
-    backbone: tuple[str, ...] = ("--arch", "convnet")
+    backbone: tuple[str, ...] = ("--arch", "convnet", "--image-size", "32", "--workers", "1")
     curve: tuple[str, ...] = ()
+    batch: int = 128
 
 
 # A ViT of the convnet's size for the backbone check: timm's test_vit (0.26M parameters, width 64), 4x4 patches of
 # 8 px, trained with its family's recipe (weight decay 0.1, gradient clipping) at the convnet's peak learning rate.
-SMALL_VIT = ("--arch", "test_vit", "--patch-size", "8", "--lr", "0.0005")
-SMALL_VIT_P4 = ("--arch", "test_vit", "--patch-size", "4", "--lr", "0.0005")  # 64 patches of 4 px: about 4x the cost
+SMALL_VIT = ("--arch", "test_vit", "--patch-size", "8", "--lr", "0.0005", "--image-size", "32", "--workers", "1")
+SMALL_VIT_P4 = ("--arch", "test_vit", "--patch-size", "4", "--lr", "0.0005", "--image-size", "32",
+                "--workers", "1")  # 64 patches of 4 px: about 4x the cost
+# The GPU preset (`--preset gpu`): a real backbone at the emoji's own 64 px, batch 256, 2,000 steps.
+GPU_BACKBONE = ("--arch", "resnet18", "--image-size", "64", "--workers", "8")
+GPU_STEPS, GPU_BATCH = 2000, 256
 CLASS_MODE = ["--label-col", "label", "--classnames", "{tars}/classnames.txt"]
 EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category", "--no-clustering"]
 
 
 def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr",
-          backbone: tuple[str, ...] = Regime.backbone) -> Regime:
-    """Train on the two other vendors, query with `heldout`'s images."""
+          backbone: tuple[str, ...] = Regime.backbone, captions: str = "name", batch: int = Regime.batch) -> Regime:
+    """Train on the two other vendors, query with `heldout`'s images; `captions` as sample_corpora emoji --captions."""
     train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
     curve = ("--eval-data", "{train}", "--eval-queries", "{tars}/" + heldout, "--eval-every", str(steps // 4))
-    return Regime(["emoji", "--every", str(every)], ["--label-col", "label"],
+    return Regime(["emoji", "--every", str(every), "--captions", captions], ["--label-col", "label"],
                   ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment, backbone,
-                  curve)
+                  curve, batch)
 
 
+def plan_regimes() -> dict[str, Regime]:
+    """The emoji study's regimes (study_plan): every rotation at both budgets, as written by `regime_name`."""
+    regimes = {}
+    for vendor in (plan.VALIDATION, *plan.TEST):
+        for steps in (plan.GRID_STEPS, plan.BUDGET_LONG):
+            regimes[regime_name(vendor, steps)] = emoji(vendor, steps=steps)
+            regimes[regime_name(vendor, steps, "tags")] = emoji(vendor, steps=steps, captions="name+tags")
+            regimes[regime_name(vendor, steps, "low")] = emoji(vendor, every=3, steps=steps)
+        regimes[regime_name(vendor, GPU_STEPS, "gpu")] = emoji(vendor, steps=GPU_STEPS, backbone=GPU_BACKBONE,
+                                                              batch=GPU_BATCH)
+    return regimes
+
+
+def regime_name(heldout: str, steps: int, variant: str = "") -> str:
+    """E.g. heldout-google-600 (the core data), tags-heldout-openmoji-600 (captions with tags), low-... (a third of
+    the emoji), gpu-heldout-twitter-2000 (the GPU preset)."""
+    return (f"{variant}-" if variant else "") + f"heldout-{heldout}-{steps}"
+
+
+PLANNED = set(plan_regimes())
 CORPORA = {
     "emoji": {
-        "heldout-google-600": emoji("google", steps=600),  # the validation rotation (study_plan)
-        "heldout-google-1200": emoji("google", steps=1200),  # its budget check
+        **plan_regimes(),
         "heldout-openmoji": emoji("openmoji"),
         "heldout-twitter": emoji("twitter"),
-        "heldout-openmoji-600": emoji("openmoji", steps=600),  # 4x the steps
-        "heldout-twitter-600": emoji("twitter", steps=600),  # the other rotation at that budget
-        "heldout-openmoji-1200": emoji("openmoji", steps=1200),  # the budget check: has 600 converged?
-        "low-heldout-openmoji-600": emoji("openmoji", every=3, steps=600),  # a third of the emoji
         "heldout-openmoji-600-crop": emoji("openmoji", steps=600, augment="crop"),  # the recipe check
         "heldout-openmoji-600-vit": emoji("openmoji", steps=600, backbone=SMALL_VIT),  # the backbone check
         "heldout-openmoji-600-vit-p4": emoji("openmoji", steps=600, backbone=SMALL_VIT_P4),  # finer patches
@@ -152,8 +172,7 @@ SWEEP = {
 REPORTED = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "caption_R@1", "caption_R@5",
             "semantic_alignment", "caption_alignment")
 # One budget for every method (a 2-core CPU study: a small CNN, or the regime's backbone, at 32 px).
-TRAIN = ["--image-size", "32", "--proj-hidden", "512", "--proj-dim", "128", "--batch-size", "128",
-         "--optimizer", "adamw", "--workers", "1", "--log-every", "10", "--no-progress"]
+TRAIN = ["--proj-hidden", "512", "--proj-dim", "128", "--optimizer", "adamw", "--log-every", "10", "--no-progress"]
 
 
 def sh(*args: str) -> None:
@@ -194,7 +213,8 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     # the method's options after the backbone's, so that random-init's --lr 0 wins
     sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *spec.backbone, *args,
        *TRAIN,
-       "--augment", spec.augment, "--steps", str(spec.steps), "--samples-per-epoch", str(spec.steps * 128),
+       "--augment", spec.augment, "--batch-size", str(spec.batch), "--steps", str(spec.steps),
+       "--samples-per-epoch", str(spec.steps * spec.batch),
        "--seed", str(seed), *curve, *resume)
     (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
     return run
@@ -310,21 +330,6 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def run_grid(root: Path) -> dict[str, plan.Choice]:
-    """The validation rotation's grid (study_plan), method by method, each method's choice frozen as soon as its
-    points are evaluated; then the untrained floor. Returns the frozen choices."""
-    base = prepare(root, "emoji", f"heldout-{plan.VALIDATION}-{plan.GRID_STEPS}")
-    for method, spec in plan.METHODS.items():
-        for point in spec.grid:
-            train(base, "emoji", plan.run_name(method, point), "random", [*spec.args, *point.args], plan.GRID_SEED)
-        frozen = plan.freeze(plan.select(evaluate(root, base, "emoji")["runs"]))
-        print(f"{method}: {frozen[method].point.name} (validation kNN {frozen[method].score:.3f}; "
-              f"{', '.join(f'{n} {v:.3f}' for n, v in frozen[method].candidates.items())})", flush=True)
-    train(base, "emoji", plan.FLOOR, *METHODS[plan.FLOOR], plan.GRID_SEED)
-    evaluate(root, base, "emoji")
-    return plan.load_choices()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("runs/study"))
@@ -336,11 +341,21 @@ def main() -> None:
     parser.add_argument("--add-to", type=Path, default=None,
                         help="Also merge this root's runs into a kept summary (benchmarks/results/study.json: its .md "
                              "and -plots/ are rewritten), so that a study spread over machines adds up.")
-    parser.add_argument("--plan", choices=["grid"], default=None,
-                        help="Run a stage of the emoji study's plan (benchmarks/study_plan.py) instead.")
+    parser.add_argument("--plan", choices=["grid", "budget", "matrix", "captions", "low", "report"], default=None,
+                        help="Run a stage of the emoji study's plan instead (benchmarks/emoji_stages.py); "
+                             "--seeds for matrix, captions and low.")
+    parser.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                        help="--plan matrix: the CPU regimes (convnet at 32 px, the frozen budget) or the GPU ones "
+                             "(ResNet-18 at 64 px, batch 256, 2,000 steps).")
     opts = parser.parse_args()
-    if opts.plan == "grid":
-        run_grid(opts.root)
+    if opts.plan:
+        import emoji_stages as stages
+
+        {"grid": lambda: stages.grid(opts.root), "budget": lambda: stages.budget(opts.root),
+         "matrix": lambda: stages.matrix(opts.root, opts.seeds, opts.preset),
+         "captions": lambda: stages.ablation(opts.root, opts.seeds, "tags"),
+         "low": lambda: stages.ablation(opts.root, opts.seeds, "low"),
+         "report": lambda: stages.report(opts.root)}[opts.plan]()
         return
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
     if opts.methods:

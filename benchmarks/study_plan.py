@@ -17,7 +17,8 @@ order. The choices are written once to CHOICES and never rewritten by a later ru
 
 The budget (`budget`): each method's chosen point is trained again at BUDGET_LONG steps on the validation rotation.
 The reported budget is BUDGET_LONG when any method's validation kNN gains at least BUDGET_GAIN from GRID_STEPS to
-BUDGET_LONG, else GRID_STEPS; the in-run evaluation (every quarter of the steps) draws each run's curve.
+BUDGET_LONG, else GRID_STEPS; it is written once to BUDGET. The in-run evaluation (every quarter of the steps)
+draws each run's curve.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SIGLIP_LRS = (2.5e-4, 5e-4, 1e-3, 2e-3)
 TEMPERATURES = (("--tau", "0.1"), ("--tau", "0.2"))
 TARGETS = (("--tau-s", "0.1"), ("--tau-s", "0.3", "--floor", "none"))
 CHOICES = Path(__file__).resolve().parent / "results" / "emoji-choices.json"
+BUDGET = CHOICES.with_name("emoji-budget.json")
 
 
 @dataclass(frozen=True)
@@ -134,3 +136,18 @@ def load_choices(path: Path = CHOICES) -> dict[str, Choice]:
         return {}
     return {m: Choice(m, Point(c["lr"], tuple(c["knob"])), c["score"], c["candidates"])
             for m, c in json.loads(path.read_text()).items()}
+
+
+def freeze_budget(gains: dict[str, float], path: Path = BUDGET) -> int:
+    """The rule's budget from each method's validation gain (BUDGET_LONG minus GRID_STEPS), written to `path` with
+    the gains unless a budget is frozen there already; returns the frozen budget."""
+    frozen = load_budget(path)
+    if frozen is not None:
+        return frozen
+    steps = BUDGET_LONG if max(gains.values()) >= BUDGET_GAIN else GRID_STEPS
+    path.write_text(json.dumps({"steps": steps, "gains": gains, "rule_gain": BUDGET_GAIN}, indent=2) + "\n")
+    return steps
+
+
+def load_budget(path: Path = BUDGET) -> int | None:
+    return json.loads(path.read_text())["steps"] if path.exists() else None

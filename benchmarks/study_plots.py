@@ -1,0 +1,71 @@
+"""The emoji study's two pictures beyond xclr-eval's: every grid point as subcategory kNN against caption alignment
+(does any method dominate?), and each run's learning curve from its in-run evaluation (has it flattened?)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import study_plan as plan  # noqa: E402
+from xclr_schemas.names import METRICS  # noqa: E402
+
+
+def grid_scatter(per_run: dict[str, dict[str, list[float]]], out: Path) -> None:
+    """`per_run`: the validation regime's table ({run name: {metric: values over seeds}}); one dot per grid point,
+    one colour per method, the frozen choice ringed, the untrained floor a grey cross."""
+    chosen = {c.run for c in plan.load_choices().values()}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colours = dict(zip(plan.METHODS, plt.get_cmap("tab10").colors))
+    for run, values in sorted(per_run.items()):
+        method = run.split("@")[0]
+        x, y = statistics.mean(values["caption_alignment"]), statistics.mean(values["knn_accuracy"])
+        if method == plan.FLOOR:
+            ax.scatter(x, y, marker="x", color="grey", s=60, label="untrained")
+        elif method in colours:
+            ax.scatter(x, y, color=colours[method], s=70 if run in chosen else 35,
+                       edgecolors="black" if run in chosen else "none", linewidths=1.5)
+    for method, colour in colours.items():
+        ax.scatter([], [], color=colour, label=method)
+    ax.set_xlabel("caption alignment (Spearman rho)")
+    ax.set_ylabel("subcategory kNN accuracy")
+    ax.set_title("Validation grid (Google held out): every point of every method; ringed = chosen")
+    ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
+    """One picture per regime with in-run evaluations: validation kNN against step, each run name's mean over its
+    seeds. Returns the pictures written."""
+    written = []
+    for regime in sorted(p for p in corpus_root.iterdir() if (p / "runs").is_dir()):
+        lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for metrics in (regime / "runs").glob("*/" + METRICS):
+            name = metrics.parent.name.rsplit("-s", 1)[0]
+            for record in map(json.loads, metrics.read_text().splitlines()):
+                if "eval/knn_accuracy" in record:
+                    lines[name][record["step"]].append(record["eval/knn_accuracy"])
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for name, points in sorted(lines.items()):
+            steps = sorted(points)
+            ax.plot(steps, [statistics.mean(points[s]) for s in steps], marker="o", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("in-run kNN accuracy (held-out vendor)")
+        ax.set_title(regime.name)
+        ax.legend(fontsize=6)
+        path = out_dir / f"curves-{regime.name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
