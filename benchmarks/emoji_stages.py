@@ -6,6 +6,7 @@
               (--preset gpu: the GPU regimes instead, ResNet-18 at 64 px)
     captions  X-CLR and SimCLR on the test rotations with name+tags captions (the richer-caption ablation)
     low       X-CLR and SimCLR on the test rotations with a third of the emoji (the low-data ablation)
+    demo      the main job: X-CLR and SimCLR on the demo's rotation (emoji_demo), with the study's verdict
     report    the tables (RESULTS, its .md) and plots (RESULTS-plots/) of every run under ROOT/emoji
 
 Each stage refuses to start before the choices it needs are frozen, and every run and evaluation is cached under
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import emoji_demo
 import study
 import study_plan as plan
 import study_plots
@@ -35,7 +37,7 @@ class PlanError(SystemExit):
 
 
 def grid(root: Path) -> None:
-    base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.GRID_STEPS))
+    base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.GRID_STEPS), ("random",))
     for method, spec in plan.METHODS.items():
         for point in spec.grid:
             study.train(base, CORPUS, plan.run_name(method, point), "random", [*spec.args, *point.args],
@@ -49,7 +51,7 @@ def grid(root: Path) -> None:
 def budget(root: Path) -> None:
     choices = _choices()
     short = study.regime_name(plan.VALIDATION, plan.GRID_STEPS)
-    base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.BUDGET_LONG))
+    base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.BUDGET_LONG), ("random",))
     for method, choice in choices.items():
         study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args],
                     plan.GRID_SEED)
@@ -65,7 +67,7 @@ def matrix(root: Path, seeds: list[int], preset: str) -> None:
     choices, steps = _choices(), _budget() if preset == "cpu" else study.GPU_STEPS
     for vendor in (plan.VALIDATION, *plan.TEST):
         name = study.regime_name(vendor, steps, "gpu" if preset == "gpu" else "")
-        base = study.prepare(root, CORPUS, name)
+        base = study.prepare(root, CORPUS, name, ("random",))
         for seed in seeds:
             for method, choice in choices.items():
                 study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args],
@@ -77,13 +79,26 @@ def ablation(root: Path, seeds: list[int], variant: str) -> None:
     """`variant` "tags" or "low": X-CLR and SimCLR at their choices on the test rotations' variant data."""
     choices, steps = _choices(), _budget()
     for vendor in plan.TEST:
-        base = study.prepare(root, CORPUS, study.regime_name(vendor, steps, variant))
+        base = study.prepare(root, CORPUS, study.regime_name(vendor, steps, variant), ("random",))
         for seed in seeds:
             for method in ABLATED:
                 choice = choices[method]
                 study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args],
                             seed)
         study.evaluate(root, base, CORPUS)
+
+
+def demo(root: Path, seeds: list[int]) -> None:
+    choices, regime = _choices(), study.regime_name(emoji_demo.DEMO_HELDOUT, plan.GRID_STEPS)
+    base = study.prepare(root, CORPUS, regime, ("random",))
+    emoji_demo.show_neighbours(base / "shards-random")
+    for seed in seeds:
+        for method in ABLATED:
+            choice = choices[method]
+            study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args], seed)
+    runs = study.evaluate(root, base, CORPUS)["runs"]
+    table = json.loads(RESULTS.read_text()).get(CORPUS, {}) if RESULTS.exists() else {}
+    emoji_demo.report(runs, table, choices, regime)
 
 
 def report(root: Path, out: Path = RESULTS) -> None:

@@ -180,7 +180,7 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, env=ENV)
 
 
-def prepare(root: Path, corpus: str, regime: str) -> Path:
+def prepare(root: Path, corpus: str, regime: str, layouts: tuple[str, ...] = tuple(LAYOUTS)) -> Path:
     """Tars -> embed -> one shard set per layout (skipped once every layout's manifest exists); returns the
     regime's directory."""
     base = root / corpus / regime
@@ -189,15 +189,15 @@ def prepare(root: Path, corpus: str, regime: str) -> Path:
     if not (tars / "done").exists():
         sh(str(BIN / "python"), "-m", "xclr_prep.sample_corpora", spec.write[0], str(tars), *spec.write[1:])
         (tars / "done").touch()
-    if all((base / f"shards-{layout}" / MANIFEST).exists() for layout in LAYOUTS):
+    if all((base / f"shards-{layout}" / MANIFEST).exists() for layout in layouts):
         return base
     embed_args = [a.format(tars=tars) for a in spec.embed]
     sh(str(BIN / "xclr-prep"), "embed", *[str(tars / part) for part in spec.train], "--out", str(base / "embed"),
        *embed_args, "--no-progress")
     graph = []
-    for layout, args in LAYOUTS.items():
-        sh(str(BIN / "xclr-prep"), "graph", str(base / "embed"), "--out", str(base / f"shards-{layout}"), *args,
-           "--with-embeddings", "--shard-samples", "1000", "--no-progress", *graph)
+    for layout in layouts:
+        sh(str(BIN / "xclr-prep"), "graph", str(base / "embed"), "--out", str(base / f"shards-{layout}"),
+           *LAYOUTS[layout], "--with-embeddings", "--shard-samples", "1000", "--no-progress", *graph)
         graph = ["--graph", str(base / f"shards-{layout}" / GRAPH)]
     return base
 
@@ -341,9 +341,9 @@ def main() -> None:
     parser.add_argument("--add-to", type=Path, default=None,
                         help="Also merge this root's runs into a kept summary (benchmarks/results/study.json: its .md "
                              "and -plots/ are rewritten), so that a study spread over machines adds up.")
-    parser.add_argument("--plan", choices=["grid", "budget", "matrix", "captions", "low", "report"], default=None,
-                        help="Run a stage of the emoji study's plan instead (benchmarks/emoji_stages.py); "
-                             "--seeds for matrix, captions and low.")
+    parser.add_argument("--plan", choices=["grid", "budget", "matrix", "captions", "low", "demo", "report"],
+                        default=None, help="Run a stage of the emoji study's plan instead (benchmarks/emoji_stages.py);"
+                                           " --seeds for matrix, captions, low and demo.")
     parser.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
                         help="--plan matrix: the CPU regimes (convnet at 32 px, the frozen budget) or the GPU ones "
                              "(ResNet-18 at 64 px, batch 256, 2,000 steps).")
@@ -355,6 +355,7 @@ def main() -> None:
          "matrix": lambda: stages.matrix(opts.root, opts.seeds, opts.preset),
          "captions": lambda: stages.ablation(opts.root, opts.seeds, "tags"),
          "low": lambda: stages.ablation(opts.root, opts.seeds, "low"),
+         "demo": lambda: stages.demo(opts.root, opts.seeds),
          "report": lambda: stages.report(opts.root)}[opts.plan]()
         return
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
