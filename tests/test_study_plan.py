@@ -1,0 +1,90 @@
+"""The emoji study's selection rule (benchmarks/study_plan.py) and the main job's verdict (benchmarks/emoji_demo.py):
+choices are made on validation runs only, once, and a verdict needs the study's seeds to be beyond their noise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import emoji_demo  # noqa: E402
+import study  # noqa: E402
+import study_plan as plan  # noqa: E402
+
+
+def validation_runs(scores: dict[str, list[float]]) -> dict[str, dict]:
+    """xclr-eval's "runs" of the validation grid, seed GRID_SEED: each method's points scored in grid order."""
+    return {f"{plan.run_name(m, p)}-s{plan.GRID_SEED}": {"metrics": {plan.PRIMARY: v, "caption_alignment": 0.1}}
+            for m, values in scores.items() for p, v in zip(plan.METHODS[m].grid, values)}
+
+
+def test_every_method_gets_the_same_number_of_grid_points_and_distinct_run_names():
+    sizes = {m: len(spec.grid) for m, spec in plan.METHODS.items()}
+    assert set(sizes.values()) == {4}
+    names = [plan.run_name(m, p) for m, spec in plan.METHODS.items() for p in spec.grid]
+    assert len(set(names)) == len(names)
+    assert all(name.rsplit("-s", 1)[0] == name for name in names)  # study.tabulate splits the seed off at "-s"
+    xclr = plan.METHODS["xclr"].grid
+    assert {p.knob for p in xclr} == set(plan.TARGETS) and {p.lr for p in xclr} == set(plan.LRS)
+
+
+def test_each_method_takes_its_best_validation_point_and_a_tie_the_earlier_one(tmp_path):
+    runs = validation_runs({"xclr": [0.40, 0.45, 0.42, 0.45], "simclr": [0.41, 0.39, 0.38, 0.37]})
+    choices = plan.select(runs)
+    assert set(choices) == {"xclr", "simclr"}  # the other methods have no evaluated point yet
+    assert choices["xclr"].point == plan.METHODS["xclr"].grid[1] and choices["xclr"].score == 0.45
+    assert choices["simclr"].point == plan.METHODS["simclr"].grid[0]
+    assert choices["xclr"].candidates == {p.name: v for p, v in zip(plan.METHODS["xclr"].grid,
+                                                                     [0.40, 0.45, 0.42, 0.45])}
+    partial = {k: v for k, v in runs.items() if not k.startswith("simclr@lr0.001-tau0.2")}
+    assert "simclr" not in plan.select(partial)  # a grid point not yet evaluated: no choice
+
+
+def test_a_frozen_choice_is_never_rewritten_by_later_runs(tmp_path):
+    path = tmp_path / "choices.json"
+    plan.freeze(plan.select(validation_runs({"xclr": [0.40, 0.45, 0.42, 0.41]})), path)
+    later = plan.select(validation_runs({"xclr": [0.40, 0.45, 0.50, 0.41], "simclr": [0.3, 0.2, 0.1, 0.0]}))
+    frozen = plan.freeze(later, path)
+    assert frozen["xclr"].point == plan.METHODS["xclr"].grid[1]  # the first freeze stands
+    assert frozen["simclr"].point == plan.METHODS["simclr"].grid[0]  # a new method is added
+    assert plan.load_choices(path) == frozen
+    assert json.loads(path.read_text())["xclr"]["run"] == plan.run_name("xclr", plan.METHODS["xclr"].grid[1])
+
+
+@pytest.mark.parametrize("gains, steps", [({"xclr": 0.012, "simclr": -0.01}, plan.BUDGET_LONG),
+                                          ({"xclr": 0.009, "simclr": 0.0}, plan.GRID_STEPS)])
+def test_the_budget_is_the_longer_one_only_when_some_method_still_gains_a_point(tmp_path, gains, steps):
+    path = tmp_path / "budget.json"
+    assert plan.freeze_budget(gains, path) == steps
+    assert plan.freeze_budget({"xclr": 0.5}, path) == steps == plan.load_budget(path)  # frozen
+
+
+def test_every_planned_regime_is_a_study_regime_with_its_rotation_and_curve():
+    regimes = study.CORPORA["emoji"]
+    for vendor in (plan.VALIDATION, *plan.TEST):
+        spec = regimes[study.regime_name(vendor, plan.GRID_STEPS)]
+        assert vendor not in spec.train and f"{{tars}}/{vendor}" in spec.evaluate
+        assert spec.curve[-1] == str(plan.GRID_STEPS // 4)
+        assert "name+tags" in regimes[study.regime_name(vendor, plan.GRID_STEPS, "tags")].write
+        gpu = regimes[study.regime_name(vendor, study.GPU_STEPS, "gpu")]
+        assert gpu.batch == study.GPU_BATCH and "resnet18" in gpu.backbone
+    assert study.PLANNED <= set(regimes)
+
+
+def seeds(values: list[float]) -> dict[str, list[float]]:
+    return {"knn_accuracy": values, "seed": list(range(len(values)))}
+
+
+def test_the_verdict_names_a_method_only_beyond_two_standard_errors_of_the_studys_seeds():
+    ahead = emoji_demo.verdict(seeds([0.51, 0.50, 0.52]), seeds([0.47, 0.48, 0.46]), 0.04, "knn_accuracy")
+    assert ahead.says == "X-CLR ahead" and ahead.run_agrees
+    assert ahead.study_diff == pytest.approx(0.04) and ahead.se == pytest.approx((2 * 0.01 ** 2 / 3) ** 0.5)
+    level = emoji_demo.verdict(seeds([0.26, 0.24, 0.28]), seeds([0.30, 0.22, 0.26]), 0.05, "knn_accuracy")
+    assert level.says == "level (within seed noise)"
+    behind = emoji_demo.verdict(seeds([0.40, 0.41, 0.40]), seeds([0.45, 0.46, 0.45]), 0.05, "knn_accuracy")
+    assert behind.says == "SimCLR ahead" and not behind.run_agrees  # this run's +5 points is beyond seed noise
