@@ -1,5 +1,6 @@
 """Backbone features of a trained encoder (before the projection head), as the evaluation protocol uses them
-(`xclr_train.eval_features`, shared with the trainer's in-run evaluation)."""
+(`xclr_train.eval_features`, shared with the trainer's in-run evaluation); an open_clip checkpoint's image trunk is
+read by `xclr_eval.openclip` and evaluated the same way."""
 
 from __future__ import annotations
 
@@ -8,19 +9,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xclr_eval.openclip import OpenClipTrunk, config_of, load_openclip
 from xclr_train.checkpoint import read_checkpoint, read_encoder
 from xclr_train.eval_features import EVAL_BATCH, features, view_batches
 from xclr_train.models import Encoder
 
 
-def load_encoder(path: Path) -> tuple[Encoder, dict]:
-    """(the encoder of checkpoint `path` in eval mode, the checkpoint minus its weights and optimizer state)."""
+def load_encoder(path: Path) -> tuple[Encoder | OpenClipTrunk, dict]:
+    """(the encoder of checkpoint `path` in eval mode, the checkpoint minus its weights and optimizer state); an
+    open_clip checkpoint (`xclr_eval.openclip.config_of`) gives its image trunk and `load_openclip`'s info."""
+    openclip_config = config_of(path)
+    if openclip_config is not None:
+        return load_openclip(path, openclip_config)
     state = read_checkpoint(path)
     info = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scaler")}
     return read_encoder(path, state), info
 
 
-def extract_features(model: Encoder, images: list, image_size: int, device: torch.device,
+def extract_features(model: Encoder | OpenClipTrunk, images: list, image_size: int, device: torch.device,
                      batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray]:
     """(features float32 (n_ok, feature_dim), ok bool (n,)): images that do not decode are left out, ok False."""
     model = model.to(device)
