@@ -2,11 +2,11 @@
 under `xclr-prep embed` and `xclr-prep graph`, and a two-process torchrun (gloo) under `xclr-train`.
 
 Injected: kill -9 of the driver (the xclr-prep command, not the cluster); kill -9 of the worker node (every process
-of its `ray start`: raylet, agents, the actors on it); kill -9 of one training rank. The recovery is the documented
-one: a run that loses a node finishes on the nodes left; a killed driver is rerun; for training, torchrun's
-elastic restart of the group with `--resume latest`. Each ends equal to an uninterrupted run, every sample present
-exactly once; every fault goes into the fault ledger (tests/fault_ledger.py) with the samples lost, counted from the
-output.
+of its `ray start`: raylet, agents, the actors on it); kill -9 of one training rank, then SIGSTOP of one (a hung
+rank) in the same torchrun launch. The recovery is the documented one: a run that loses a node finishes on the nodes
+left; a killed driver is rerun; for training, torchrun's elastic restart of the group with `--resume latest`, each
+time. Each ends equal to an uninterrupted run, every sample present exactly once; every fault goes into the fault
+ledger (tests/fault_ledger.py) with the samples lost, counted from the output.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
+import torch
 from data_helpers import assert_same_result
 from fault_ledger import passes, samples_lost
 from prep_helpers import (
@@ -34,7 +36,14 @@ from prep_helpers import (
     wait_for_markers,
 )
 from ray_cluster import RayCluster
-from train_helpers import ranks_once_in_epoch_3, torchrun_cmd, train_metrics, train_samples_lost
+from train_helpers import (
+    assert_same_state,
+    ranks_once_in_epoch,
+    torchrun_cmd,
+    train_metrics,
+    train_samples_lost,
+    untimed,
+)
 
 from xclr_schemas import load_embed_dir, read_shards_manifest
 from xclr_schemas.out_lock import LOCK
@@ -95,46 +104,102 @@ def test_embed_on_two_nodes_and_alone_beside_them(cluster, embed_corpus, embed_r
     assert not {json.loads(p.read_text())["worker"]["node_id"] for p in (alone / "done").glob("*.json")} & nodes
 
 
-def test_one_training_rank_killed_torchrun_restarts_the_group_from_latest(tux_shards, tmp_path, fault_ledger):
-    """torchrun --nproc-per-node 2 --max-restarts 1 ... --resume latest: kill -9 of rank 1 inside epoch 3 of 6;
-    torchrun stops rank 0 and starts both again, which resume from latest.pt (the first start, with no checkpoint
-    yet, is a new run). Every step's loss equals an uninterrupted two-process run's; each step is logged once."""
-    steps, batch = 12, 8
-    train = ["-m", "xclr_train", "--data", tux_shards, "--arch", "convnet", "--image-size", "16", "--no-progress",
-             "--log-every", "1", "--batch-size", batch, "--steps", steps, "--samples-per-epoch", 32, "--workers", 1,
-             "--loss", "supcon", "--resume", "latest"]
+STEPS, BATCH = 12, 8  # 2 ranks: global batches of 16, 2 steps an epoch, 6 epochs
+TIMEOUT = 5  # --rank-timeout of the faulty run: seconds, not the default half hour
+STOPPED = 0  # the hung rank: the main rank, which writes the checkpoints and holds the group's store
+
+
+def train_args(shards, out: Path) -> list:
+    """A metrics line every step, one DataLoader worker a rank, --resume latest (a new run at the first start)."""
+    return ["-m", "xclr_train", "--data", shards, "--out", out, "--arch", "convnet", "--image-size", "16",
+            "--no-progress", "--log-every", "1", "--batch-size", BATCH, "--steps", STEPS, "--samples-per-epoch", 32,
+            "--workers", 1, "--loss", "supcon", "--resume", "latest"]
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def assert_hang_recovered(run: Path, whole: Path, log: str, ended: bool) -> None:
+    """In `log` (torchrun's output from the SIGSTOP on): the other rank exited with status 2 after one line naming
+    the timeout, and no traceback; torchrun restarted the group and had `ended` the stopped rank; the run ends with
+    the uninterrupted run's checkpoint and metrics lines (less their timings)."""
+    said = [line for line in log.splitlines() if "--rank-timeout" in line]
+    assert len(said) == 1 and f"within --rank-timeout {TIMEOUT} s" in said[0], log[-5000:]
+    assert "Traceback" not in log and f"exitcode: 2) local_rank: {1 - STOPPED} " in log, log[-5000:]
+    assert "will restart worker group" in log and ended, log[-5000:]
+    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(whole / "checkpoints" / "latest.pt", weights_only=True)
+    for key in ("model", "method", "optimizer", "skipped", "step", "epoch"):
+        assert_same_state(a[key], b[key], key)
+    assert untimed(train_metrics(run)) == untimed(train_metrics(whole))
+
+
+def test_a_killed_rank_then_a_hung_rank_torchrun_restarts_the_group_from_latest_each_time(tux_shards, tmp_path,
+                                                                                         fault_ledger):
+    """torchrun --nproc-per-node 2 --max-restarts 2 ... --rank-timeout 5 --resume latest over 6 epochs, two faults
+    in one launch. kill -9 of rank 1 inside epoch 3: torchrun stops rank 0 and starts both again, which resume from
+    latest.pt (the first start, with no checkpoint yet, is a new run). Then a hung rank: SIGSTOP of rank 0 of the
+    restarted group inside epoch 5; rank 1's next collective waits past --rank-timeout (`xclr_train.distributed`)
+    and it exits with one line naming the option; torchrun stops the group (SIGTERM, which a stopped process does
+    not handle, then SIGKILL when its grace runs out: 30 s for a restart, fixed in torch 2.14's agent) and starts it
+    again, from latest.pt. Every step's loss equals an uninterrupted two-process run's, each step is logged once, and
+    the run ends with its checkpoint bit for bit. The uninterrupted run goes while the group waits out the timeout
+    and torchrun's grace: its CPUs are idle then."""
     # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: torch 2.14's torchrun keeps one rendezvous store across restarts, and
     # the restarted ranks can read the addresses the killed group left there (pytorch/pytorch#135712): gloo then
     # fails with "connectFullMesh failed ... Connection refused" in 3 of 4 restarts here. INFO: torchrun logs its
     # restarts.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOGLEVEL": "INFO", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    whole = subprocess.run(torchrun_cmd(2, *train, "--out", tmp_path / "whole"), env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-5000:]
-    reference = [x["loss"] for x in train_metrics(tmp_path / "whole")]
-    assert len(reference) == steps
-
-    run, log = tmp_path / "killed", tmp_path / "torchrun.log"
+    run, whole, log = tmp_path / "faulty", tmp_path / "whole", tmp_path / "torchrun.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(torchrun_cmd(2, *train, "--out", run, max_restarts=1), env=env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(torchrun_cmd(2, *train_args(tux_shards, run), "--rank-timeout", TIMEOUT,
+                                             max_restarts=2), env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    spawned: list[psutil.Process] = []  # every rank and DataLoader worker seen, to clean up after a failure
     try:
-        ranks = ranks_once_in_epoch_3(proc, run, log)
+        ranks = ranks_once_in_epoch(proc, run, log, 3)
+        spawned += psutil.Process(proc.pid).children(recursive=True)
         ranks["1"].kill()
         assert not (run / "checkpoints" / "epoch-0006.pt").exists()  # killed before the run's end
-        assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+        ranks = ranks_once_in_epoch(proc, run, log, 5)  # the restarted group's
+        spawned += psutil.Process(proc.pid).children(recursive=True)
+        stopped = ranks[str(STOPPED)]
+        hung_from = log.stat().st_size
+        stopped.suspend()  # SIGSTOP
+        at = max(x["step"] for x in train_metrics(run))
+        reference = subprocess.run(torchrun_cmd(2, *train_args(tux_shards, whole)), env=env, capture_output=True,
+                                   text=True, timeout=300)
+        assert reference.returncode == 0, reference.stderr[-5000:]
+        assert proc.wait(timeout=180) == 0, log.read_text()[-5000:]
+        ended = not stopped.is_running()  # torchrun's SIGTERM stays pending in a stopped process; its SIGKILL
     finally:
         if proc.poll() is None:
-            kill_session(proc)
-    assert "will restart worker group" in log.read_text()  # the group was restarted, not the run finished by rank 0
+            spawned += psutil.Process(proc.pid).children(recursive=True)
+            kill_all([psutil.Process(proc.pid), *spawned])
+            proc.wait()
+        kill_all(spawned)
 
-    lines = train_metrics(run)
-    survived = [x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6)
-    lost = train_samples_lost(lines, steps, 2 * batch)
+    restarts = log.read_text().count("will restart worker group")  # the group, not the run finished by rank 0
+    hang_log = log.read_bytes()[hung_from:].decode(errors="replace")
+    lines, expected = train_metrics(run), [x["loss"] for x in train_metrics(whole)]
+    assert len(expected) == STEPS
+    same_losses = [x["loss"] for x in lines] == pytest.approx(expected, rel=1e-6)
+    lost = train_samples_lost(lines, STEPS, 2 * BATCH)
     fault_ledger.record("kill -9", "train on 2 torchrun ranks: kill -9 of rank 1, elastic restart, --resume latest",
-                        survived=survived, samples_lost=lost)
-    assert [x["step"] for x in lines] == list(range(1, steps + 1)) and lost == 0
-    assert [x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6)
+                        survived=restarts == 2 and same_losses, samples_lost=lost)
+    fault_ledger.record("hung rank", f"train on 2 torchrun ranks: SIGSTOP of rank {STOPPED} after step {at}, the other "
+                        f"out at --rank-timeout {TIMEOUT}, elastic restart, --resume latest",
+                        survived=passes(assert_hang_recovered, run, whole, hang_log, ended) and lost == 0,
+                        samples_lost=lost)
+    assert restarts == 2, log.read_text()[-5000:]
+    assert [x["step"] for x in lines] == list(range(1, STEPS + 1)) and lost == 0
+    assert same_losses
+    assert_hang_recovered(run, whole, hang_log, ended)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch-{e:04d}.pt" for e in range(1, 7)] + [
         "latest.pt"]
 

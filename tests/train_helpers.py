@@ -93,11 +93,12 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def ranks_once_in_epoch_3(proc: subprocess.Popen, run: Path, log: Path) -> dict:
-    """Wait (at most 300 s) until the two-rank torchrun `proc` of a 4-step-epoch run has saved epoch-0002.pt and
-    logged 5 steps; its rank processes by LOCAL_RANK ("0", "1")."""
+def ranks_once_in_epoch(proc: subprocess.Popen, run: Path, log: Path, epoch: int) -> dict:
+    """Wait (at most 300 s) until the two-rank torchrun `proc` of a 2-step-epoch run has saved the checkpoint of
+    epoch `epoch` - 1 and logged the first step of epoch `epoch`; its rank processes by LOCAL_RANK ("0", "1")."""
     deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "epoch-0002.pt").exists() or len(train_metrics(run)) < 5:
+    saved = run / "checkpoints" / f"epoch-{epoch - 1:04d}.pt"
+    while not saved.exists() or len(train_metrics(run)) < 2 * (epoch - 1) + 1:
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.02)
     ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(proc.pid).children()}
