@@ -55,10 +55,11 @@ def fake_run(root: Path, config: dict | None = None, drop: int = 0) -> tuple[Pat
     (root / CONFIG).write_text(json.dumps(config))
     trunk, _ = build_backbone(ModelConfig("timm:test_resnet", 32, 0, 0))
     weights = {f"module.visual.trunk.{k}": v for k, v in list(trunk.state_dict().items())[drop:]}
-    (root / "checkpoints").mkdir()
+    checkpoint = root / "checkpoints" / "epoch_1.pt"
+    checkpoint.parent.mkdir()
     torch.save({"epoch": 1, "name": root.name, "optimizer": {},
-                "state_dict": {**weights, "module.logit_scale": torch.tensor(2.0)}}, root / "checkpoints" / "epoch_1.pt")
-    return root / "checkpoints" / "epoch_1.pt", trunk.eval()
+                "state_dict": {**weights, "module.logit_scale": torch.tensor(2.0)}}, checkpoint)
+    return checkpoint, trunk.eval()
 
 
 def refusal(path: Path) -> str:
