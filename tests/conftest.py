@@ -151,3 +151,19 @@ def graph_reference(wordnet_embed_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("graph-reference") / "out"
     run_prep("graph", wordnet_embed_dir, "--out", out, *GRAPH_ARGS)
     return out
+
+
+@pytest.fixture(scope="session")
+def two_ranks(tmp_path_factory) -> dict:
+    """tests/ddp_two_ranks.py on two real torchrun ranks (gloo, one thread each), run once for the 1-vs-2-process
+    tests of test_train_ddp.py and test_micro_batch.py: {"step": ddp_step's results, "micro": ddp_micro's}."""
+    import subprocess
+
+    import torch
+    from train_helpers import torchrun_cmd
+
+    out = tmp_path_factory.mktemp("two-ranks") / "two.pt"
+    proc = subprocess.run(torchrun_cmd(2, Path(__file__).resolve().parent / "ddp_two_ranks.py", out),
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return torch.load(out)

@@ -1,12 +1,13 @@
 """A few optimizer steps of the trainer's step (`xclr_train.step.Stepper`) on a fixed global batch, with or without
---micro-batch, in one process or as one rank of several (run under torchrun: `ddp_micro.py OUT MICRO_BATCH`, MICRO_BATCH
-0 for none); tests/test_micro_batch.py compares the results.
+--micro-batch, in one process or as one rank of several (on two torchrun ranks in chunks of `CHUNK`: ddp_two_ranks.py);
+tests/test_micro_batch.py compares the results.
 
-Each rank takes its equal slice of the same global batch of M samples (uint8 crops, caption ids, labels, neighbour rows, caption embeddings; `ddp_step.global_batch`; the "crop" recipe, whose photometric half only normalises, so that the views do not depend on
-how the batch is split over ranks) and runs STEPS steps of SGD with
-momentum and gradient clipping (plain SGD: Adam's first steps are about lr x sign(gradient), which would turn
-rounding noise in a near-zero gradient into a whole step); `run` returns, for each case, the loss of every step (the mean over ranks), the parameter gradients of the
-last step and the parameters after the last step (rank 0's). Cases (`CASES`):
+Each rank takes its equal slice of the same global batch of M samples (uint8 crops, caption ids, labels, neighbour
+rows, caption embeddings; `ddp_step.global_batch`; the "crop" recipe, whose photometric half only normalises, so that
+the views do not depend on how the batch is split over ranks) and runs STEPS steps of SGD with momentum and gradient
+clipping (plain SGD: Adam's first steps are about lr x sign(gradient), which would turn rounding noise in a near-zero
+gradient into a whole step); `run` returns, for each case, the loss of every step (the mean over ranks), the parameter
+gradients of the last step and the parameters after the last step (rank 0's). Cases (`CASES`):
 
   every registered objective with timm's test_vit backbone (patch 4 on 16 px) and the BatchNorm layers of the
   projection head and predictor in eval mode, in the learner and the target network: then no layer uses batch
@@ -17,7 +18,6 @@ last step and the parameters after the last step (rank 0's). Cases (`CASES`):
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,12 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from train_helpers import one_thread
 
 from xclr_train.augment import RECIPES, draw_photometric
-from xclr_train.distributed import all_reduce_sum, init_distributed
+from xclr_train.distributed import all_reduce_sum
 from xclr_train.models import Encoder, ModelConfig
 from xclr_train.objectives import OBJECTIVES, make_objective
 from xclr_train.step import Stepper
 
 STEPS, PROJ, LR, CLIP = 3, 16, 0.05, 1.0
+CHUNK = 2  # --micro-batch of the chunked runs: 4 chunks of the 8-sample batch in one process, 2 on each of two ranks
 RECIPE = RECIPES["crop"]
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -115,16 +116,3 @@ def _train(case: Case, world: int, micro_batch: int | None, scaler: torch.amp.Gr
 
 def run(world: int, micro_batch: int | None) -> dict:
     return {name: train_case(case, world, micro_batch) for name, case in CASES.items()}
-
-
-def main(out: str, micro_batch: int) -> None:
-    d = init_distributed("cpu", rank_timeout=300)
-    results = run(d.world_size, micro_batch or None)
-    if d.rank == 0:
-        torch.save(results, out)
-    if d.world_size > 1:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))

@@ -1,21 +1,19 @@
-"""One training step of every loss on a fixed global batch, for the 1-vs-2-process test (run under torchrun).
+"""One training step of every loss on a fixed global batch, for the 1-vs-2-process test (`results`: in the test's
+process, and on two torchrun ranks by ddp_two_ranks.py).
 
 Each rank takes its equal slice of the same 8-sample global batch, runs the trainer's learner (DDP when there are
 two ranks; with the objective's predictor, learned scalars, momentum network and queue), the objective's rows and
-backward, and rank 0 saves the mean loss over ranks and the parameter gradients (the learned scalars' among them)
-to the file named by argv[1]. BatchNorm runs in eval mode: torch has no CPU SyncBatchNorm, and per-rank batch
+backward; the results are the mean loss over ranks and this rank's parameter gradients (the learned scalars' among
+them). BatchNorm runs in eval mode: torch has no CPU SyncBatchNorm, and per-rank batch
 statistics would differ from whole-batch ones by design, not by a bug in the loss. X-CLR's queue gets the same
 fixed entries on every rank. The backbone is a small-stem ResNet-18, and timm's test_vit (6 blocks of width 64;
 patch 4 on 16 px) for the specs in `VIT`.
 """
 
-import sys
-
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from xclr_train.distributed import all_reduce_sum, init_distributed
+from xclr_train.distributed import Dist, all_reduce_sum
 from xclr_train.models import Encoder, ModelConfig
 from xclr_train.objectives import OBJECTIVES, Graph, make_objective
 
@@ -67,11 +65,12 @@ def global_batch() -> dict:
     }
 
 
-def main(out: str) -> None:
-    d = init_distributed("cpu", rank_timeout=300)
+def results(d: Dist) -> dict:
+    """name -> {"loss": the step's loss, the mean over ranks; "grads": this rank's parameter gradients by name} for
+    every spec, on this rank's slice of the global batch."""
     m = M // d.world_size
     local = {k: v[d.rank * m:(d.rank + 1) * m] for k, v in global_batch().items()}
-    results = {}
+    out = {}
     for name, (loss, options, graph) in SPECS.items():
         torch.manual_seed(0)
         objective = make_objective(loss, options, graph)
@@ -92,14 +91,6 @@ def main(out: str) -> None:
         views = objective.views(net, torch.cat([local["view1"], local["view2"]]))
         value, _ = objective.rows(views, local, d.rank)
         value.backward()
-        results[name] = {"loss": all_reduce_sum(value.detach()) / d.world_size,
-                         "grads": {n: p.grad.clone() for n, p in learner.named_parameters()
-                                   if p.grad is not None}}
-    if d.rank == 0:
-        torch.save(results, out)
-    if d.world_size > 1:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+        out[name] = {"loss": all_reduce_sum(value.detach()) / d.world_size,
+                     "grads": {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}}
+    return out

@@ -5,20 +5,16 @@ mode each chunk is normalised by its own statistics, as each rank is under DDP; 
 from __future__ import annotations
 
 import math
-import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from ddp_micro import CASES, M, run, train_case
+from ddp_micro import CASES, CHUNK, M, run, train_case
 from test_train_cli import SMALL
-from train_helpers import torchrun_cmd, train_in_process, train_metrics
+from train_helpers import train_in_process, train_metrics
 
 from xclr_train.objectives import OBJECTIVES
 
-HERE = Path(__file__).resolve().parent
-CHUNK = 2  # samples per chunk: 4 chunks of the 8-sample batch in one process, 2 on each of two ranks
 NO_BATCH_STATS = [name for name, case in CASES.items() if not case.batch_stats]
 
 
@@ -74,15 +70,13 @@ def test_one_chunk_is_the_whole_step_even_with_batch_statistics_dropout_and_a_gr
 
 
 @pytest.mark.slow
-def test_two_ranks_with_chunks_equal_one_process(whole, chunked, tmp_path):
+def test_two_ranks_with_chunks_equal_one_process(whole, chunked, two_ranks):
     """Real torchrun, two ranks of 4 samples in chunks of 2 (gathered columns, DDP reducing in the last chunk's
     backward only, the learned scalars' gradients among them): the losses and weights of one process holding the whole
     batch; with BatchNorm in training mode, those of one process in chunks of 2, whose chunks are the ranks' (the
-    running statistics differ: DDP keeps rank 0's)."""
-    proc = subprocess.run(torchrun_cmd(2, HERE / "ddp_micro.py", tmp_path / "two.pt", CHUNK), capture_output=True,
-                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    two = torch.load(tmp_path / "two.pt")
+    running statistics differ: DDP keeps rank 0's). The ranks run in the launch of test_train_ddp.py's 1-vs-2 test
+    (the session fixture two_ranks)."""
+    two = two_ranks["micro"]
     for name, case in CASES.items():
         if case.batch_stats:
             assert_same(two[name], chunked[name], name, ("grads", "params"))

@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-from ddp_step import SPECS
-from train_helpers import torchrun_cmd
+from ddp_step import SPECS, results
+from train_helpers import one_thread, torchrun_cmd
 
-HERE = Path(__file__).resolve().parent
+from xclr_train.distributed import init_distributed
 
 
 def torchrun(nproc: int, *args, timeout: float = 600) -> subprocess.CompletedProcess:
     cmd = torchrun_cmd(nproc, *args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**__import__("os").environ,
-                                                                                        "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
-def test_one_and_two_processes_give_the_same_loss_and_gradients(tmp_path):
+def test_one_and_two_processes_give_the_same_loss_and_gradients(two_ranks):
     """The same global batch, split over two ranks (all-gather with gradient, DDP averaging), gives the loss and
     parameter gradients of one process holding it all, for every loss (the frameworks with their predictor,
-    momentum network and queue)."""
-    torchrun(1, HERE / "ddp_step.py", tmp_path / "one.pt")
-    torchrun(2, HERE / "ddp_step.py", tmp_path / "two.pt")
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    momentum network and queue). The one process runs here, on one thread as each rank."""
+    with one_thread():
+        one = results(init_distributed("cpu", rank_timeout=300))
+    two = two_ranks["step"]
     assert set(one) == set(two) == set(SPECS)
     for name in one:
         torch.testing.assert_close(two[name]["loss"], one[name]["loss"], rtol=1e-5, atol=1e-6, msg=name)
