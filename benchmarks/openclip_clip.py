@@ -138,7 +138,7 @@ def main() -> None:
         print(train_openclip(opts.shards, opts.out, opts.steps, opts.lr, opts.seed, weight_decay=opts.weight_decay,
                              warmup=opts.warmup))
     except OpenClipError as exc:
-        raise SystemExit(f"openclip_clip.py: error: {exc}") from None
+        parser.exit(2, f"openclip_clip.py: error: {exc}\n")
 
 
 if __name__ == "__main__":
