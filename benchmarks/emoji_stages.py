@@ -3,7 +3,7 @@
     grid      the validation rotation's grid, seed GRID_SEED; each method's choice frozen in CHOICES
     budget    the chosen points at BUDGET_LONG steps on the validation rotation; the rule's budget frozen in BUDGET
     matrix    every rotation x seed x method at its chosen point and the frozen budget, with the untrained floor
-              (--preset gpu: the GPU regimes instead, ResNet-18 at 64 px)
+              (--preset gpu: the GPU regimes instead, ResNet-18 at 64 px, without open_clip's CPU-only runs)
     captions  X-CLR and SimCLR on the test rotations with name+tags captions (the richer-caption ablation)
     low       X-CLR and SimCLR on the test rotations with a third of the emoji (the low-data ablation)
     demo      the main job: X-CLR and SimCLR on the demo's rotation (emoji_demo), with the study's verdict
@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import emoji_demo
+import openclip_clip
 import study
 import study_plan as plan
 import study_plots
@@ -40,8 +41,7 @@ def grid(root: Path) -> None:
     base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.GRID_STEPS), ("random",))
     for method, spec in plan.METHODS.items():
         for point in spec.grid:
-            study.train(base, CORPUS, plan.run_name(method, point), "random", [*spec.args, *point.args],
-                        plan.GRID_SEED)
+            _train(base, method, point, plan.GRID_SEED)
         frozen = plan.freeze(plan.select(study.evaluate(root, base, CORPUS)["runs"]))
         print(f"{method}: {frozen[method].point.name} (validation kNN {frozen[method].score:.3f}; "
               f"{', '.join(f'{n} {v:.3f}' for n, v in frozen[method].candidates.items())})", flush=True)
@@ -53,8 +53,7 @@ def budget(root: Path) -> None:
     short = study.regime_name(plan.VALIDATION, plan.GRID_STEPS)
     base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.BUDGET_LONG), ("random",))
     for method, choice in choices.items():
-        study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args],
-                    plan.GRID_SEED)
+        _train(base, method, choice.point, plan.GRID_SEED)
     long_runs = study.evaluate(root, base, CORPUS)["runs"]
     short_runs = json.loads((root / CORPUS / short / "eval" / "results.json").read_text())["runs"]
     key = f"-s{plan.GRID_SEED}"
@@ -70,8 +69,8 @@ def matrix(root: Path, seeds: list[int], preset: str) -> None:
         base = study.prepare(root, CORPUS, name, ("random",))
         for seed in seeds:
             for method, choice in choices.items():
-                study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args],
-                            seed)
+                if preset == "cpu" or plan.METHODS[method].trainer == plan.XCLR_TRAIN:
+                    _train(base, method, choice.point, seed)
         _floor(root, base, seeds)
 
 
@@ -82,9 +81,7 @@ def ablation(root: Path, seeds: list[int], variant: str) -> None:
         base = study.prepare(root, CORPUS, study.regime_name(vendor, steps, variant), ("random",))
         for seed in seeds:
             for method in ABLATED:
-                choice = choices[method]
-                study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args],
-                            seed)
+                _train(base, method, choices[method].point, seed)
         study.evaluate(root, base, CORPUS)
 
 
@@ -94,8 +91,7 @@ def demo(root: Path, seeds: list[int]) -> None:
     emoji_demo.show_neighbours(base / "shards-random")
     for seed in seeds:
         for method in ABLATED:
-            choice = choices[method]
-            study.train(base, CORPUS, choice.run, "random", [*plan.METHODS[method].args, *choice.point.args], seed)
+            _train(base, method, choices[method].point, seed)
     runs = study.evaluate(root, base, CORPUS)["runs"]
     table = json.loads(RESULTS.read_text()).get(CORPUS, {}) if RESULTS.exists() else {}
     emoji_demo.report(runs, table, choices, regime)
@@ -110,6 +106,16 @@ def report(root: Path, out: Path = RESULTS) -> None:
     study_plots.grid_scatter(table[CORPUS].get(study.regime_name(plan.VALIDATION, plan.GRID_STEPS), {}),
                              out.parent / f"{out.stem}-plots" / "grid.png")
     study_plots.curves(root / CORPUS, out.parent / f"{out.stem}-plots")
+
+
+def _train(base: Path, method: str, point: plan.Point, seed: int) -> None:
+    """One run of `method` at `point` on a regime's random-order shards, by the method's trainer (cached)."""
+    spec, name = plan.METHODS[method], plan.run_name(method, point)
+    if spec.trainer == plan.OPEN_CLIP:
+        openclip_clip.train_openclip(base / "shards-random", base / "runs" / f"{name}-s{seed}",
+                                     study.CORPORA[CORPUS][base.name].steps, point.lr, seed)
+    else:
+        study.train(base, CORPUS, name, "random", [*spec.args, *point.args], seed)
 
 
 def _floor(root: Path, base: Path, seeds: list[int]) -> None:

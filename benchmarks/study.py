@@ -317,7 +317,9 @@ def write_report(table: dict, methods: list[str], out: Path) -> None:
 
 
 def _training_stats(run: Path) -> dict[str, float]:
-    """Means over the logged steps of a run's graph hits (X-CLR runs log them)."""
+    """Means over the logged steps of a run's graph hits (X-CLR runs log them; open_clip's runs log nothing here)."""
+    if not (run / METRICS).exists():
+        return {}
     lines = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
     return {key: sum(x[key] for x in lines) / len(lines) for key in ("graph_hits", "graph_hits_queue")
             if key in lines[0]}

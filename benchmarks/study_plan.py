@@ -10,7 +10,9 @@ GRID_STEPS steps, on the same random-order shards, with the same backbone, augme
   * X-CLR and X-CLR+CLIP: learning rate in LRS x the target sharpness in TARGETS: the default targets (tau_s 0.1,
     floor at the background similarity, which leave most of an anchor's target mass on its own caption) and graded
     ones (tau_s 0.3, no floor, which move about half of it onto the anchor's graph neighbours);
-  * SigLIP learns its own temperature and bias, so its four points are four learning rates (SIGLIP_LRS).
+  * SigLIP and open_clip's CLIP learn their own temperature (and SigLIP its bias), so their four points are four
+    learning rates (LEARNED_TEMPERATURE_LRS). open_clip's CLIP is trained by open_clip's own trainer
+    (benchmarks/openclip_clip.py: an image and a text tower trained together, open_clip's augmentation).
 The rule (`select`): each method's point is the one with the highest subcategory kNN accuracy of `xclr-eval` on the
 validation rotation (the primary metric, named before any run); a tie goes to the earlier point in the grid's
 order. The choices are written once to CHOICES and never rewritten by a later run.
@@ -36,7 +38,7 @@ BUDGET_LONG = 1200
 BUDGET_GAIN = 0.01  # one point of subcategory kNN: about the smallest seed spread the old study measured
 PRIMARY = "knn_accuracy"
 LRS = (5e-4, 1e-3)
-SIGLIP_LRS = (2.5e-4, 5e-4, 1e-3, 2e-3)
+LEARNED_TEMPERATURE_LRS = (2.5e-4, 5e-4, 1e-3, 2e-3)
 TEMPERATURES = (("--tau", "0.1"), ("--tau", "0.2"))
 TARGETS = (("--tau-s", "0.1"), ("--tau-s", "0.3", "--floor", "none"))
 CHOICES = Path(__file__).resolve().parent / "results" / "emoji-choices.json"
@@ -62,12 +64,16 @@ class Point:
         return ["--lr", f"{self.lr:g}", *self.knob]
 
 
+XCLR_TRAIN, OPEN_CLIP = "xclr-train", "open_clip"  # the trainers
+
+
 @dataclass(frozen=True)
 class Method:
-    """An objective of the comparison: its xclr-train options and its grid."""
+    """An objective of the comparison: its trainer, its xclr-train options (none for open_clip) and its grid."""
 
     args: tuple[str, ...]
     grid: tuple[Point, ...]
+    trainer: str = XCLR_TRAIN
 
 
 def _grid(lrs: tuple[float, ...], knobs: tuple[tuple[str, ...], ...] = ((),)) -> tuple[Point, ...]:
@@ -80,7 +86,8 @@ METHODS = {
     "supcon": Method(("--loss", "supcon"), _grid(LRS, TEMPERATURES)),
     "clip": Method(("--loss", "clip"), _grid(LRS, TEMPERATURES)),
     "xclr-clip": Method(("--loss", "xclr-clip"), _grid(LRS, TARGETS)),
-    "siglip": Method(("--loss", "siglip"), _grid(SIGLIP_LRS)),
+    "siglip": Method(("--loss", "siglip"), _grid(LEARNED_TEMPERATURE_LRS)),
+    "openclip": Method((), _grid(LEARNED_TEMPERATURE_LRS), OPEN_CLIP),
 }
 FLOOR = "random-init"  # the untrained backbone (lr 0), trained nowhere, evaluated everywhere
 
