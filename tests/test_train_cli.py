@@ -156,7 +156,7 @@ def test_kill_9_then_resume_repeats_the_uninterrupted_run(tux_shards, tmp_path, 
 
     refused = train_in_process(*args, "--out", run, check=False)
     assert refused.exit_code == 2 and "--resume latest" in refused.stderr
-    run_train(*args, "--out", run, "--resume", "latest")
+    train_in_process(*args, "--out", run, "--resume", "latest")
     lines = metrics(run)
     fault_ledger.record("kill -9", f"train {loss[1]}: kill -9 of the command, --resume latest",
                         survived=[x["loss"] for x in lines] == pytest.approx(reference, rel=1e-6),
