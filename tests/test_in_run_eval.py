@@ -1,8 +1,8 @@
 """In-run evaluation (`xclr-train --eval-data --eval-queries --eval-every`, `xclr_train.in_run_eval`) on real shards
 and real eval sets (the tuxpaint stamps): its lines come at the asked steps and equal what `xclr-eval` computes on the
 checkpoint of that step; a run with it trains bit for bit as one without; two torchrun ranks finish with it, the
-other rank waiting out an evaluation longer than its process group's timeout; a set it cannot use is a one-line
-error before any step."""
+other rank waiting out an evaluation longer than its process group's timeout (the two-rank run is on a single
+shard: test_train_ddp's case of more ranks than shards); a set it cannot use is a one-line error before any step."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import subprocess
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,18 +127,36 @@ def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards,
         [line["eval/knn_accuracy"] for line in lines])
 
 
+def one_shard(shards: Path, out: Path) -> Path:
+    """A shards directory holding the first shard of `shards` alone."""
+    out.mkdir()
+    first = sorted(shards.glob("shard-*.tar"))[0]
+    (out / first.name).symlink_to(first)
+    sizes = json.loads((shards / "sizes.json").read_text())
+    (out / "sizes.json").write_text(json.dumps({first.name: sizes[first.name]}))
+    (out / "manifest.json").symlink_to(shards / "manifest.json")
+    return out
+
+
 @pytest.mark.slow
-def test_two_torchrun_ranks_with_held_out_queries(tux_shards, captioned, tmp_path):
+def test_two_torchrun_ranks_on_a_single_shard_with_held_out_queries(tux_shards, captioned, tmp_path):
     """Two CPU ranks, evaluating after every step against held-out (mirrored) queries: the run finishes, the main
-    rank logs kNN accuracy and caption R@1 at each step, and they are xclr-eval --queries' on the last checkpoint."""
+    rank logs kNN accuracy and caption R@1 at each step, and they are xclr-eval --queries' on the last checkpoint.
+    The run is also test_train_ddp's case of more ranks (x workers: two each) than shards, on a single shard:
+    resampling feeds every rank over three epochs, nothing hangs, metrics come from rank 0."""
     db, queries = captioned
     run = tmp_path / "run"
-    proc = subprocess.run(torchrun_cmd(2, "-m", "xclr_train", "--data", tux_shards, "--out", run, *RUN,
-                                       "--batch-size", "8", "--steps", "2", "--eval-data", db, "--eval-queries",
-                                       queries, "--eval-every", "1"), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun_cmd(2, "-m", "xclr_train", "--data", one_shard(tux_shards, tmp_path / "one-shard"),
+                                       "--out", run, *RUN, "--batch-size", "8", "--steps", "3", "--samples-per-epoch",
+                                       "16", "--workers", "2", "--eval-data", db, "--eval-queries", queries,
+                                       "--eval-every", "1"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    training = [line for line in train_metrics(run) if "loss" in line]
+    assert [x["step"] for x in training] == [1, 2, 3]
+    assert all(x["samples_per_s"] > 0 and x["graph_hits"] > 0 for x in training)
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
     lines = eval_lines(run)
-    assert [line["step"] for line in lines] == [1, 2]
+    assert [line["step"] for line in lines] == [1, 2, 3]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun rank ran: the same reduction order, the same features
     try:
