@@ -6,11 +6,9 @@ shard: test_train_ddp's case of more ranks than shards); a set it cannot use is 
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from data_helpers import write_tar
-from PIL import Image, ImageOps
 from train_helpers import assert_same_state, torchrun_cmd, train_in_process, train_metrics, untimed
 
 from xclr_eval.cli import main as eval_command
@@ -37,39 +34,6 @@ def xclr_eval(out, *args) -> dict:
 
 def eval_lines(run) -> list[dict]:
     return [line for line in train_metrics(run) if "eval/knn_accuracy" in line]
-
-
-@pytest.fixture(scope="module")
-def captioned(tux_embed, tmp_path_factory) -> tuple:
-    """(a database, its held-out queries): every third tuxpaint stamp with a caption, of the categories that have two
-    such stamps or more (the database alone can then be split, stratified by category), as 32 px PNGs labelled by
-    category, and the same stamps mirrored; classnames.txt lists the categories present."""
-    tars, out = tux_embed / "tars", tmp_path_factory.mktemp("captioned")
-    samples = []
-    for path in sorted(tars.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar}
-        samples += [(members[f"{k}.png"], members[f"{k}.txt"], json.loads(members[f"{k}.json"])["category"])
-                    for k in sorted({name.split(".")[0] for name in members if name.endswith(".txt")})]
-    samples = samples[::3]
-    counts = Counter(category for _, _, category in samples)
-    samples = [sample for sample in samples if counts[sample[2]] >= 2]
-    names = sorted({category for _, _, category in samples})
-    sets = []
-    for name, mirror in (("db", False), ("queries", True)):
-        members = []
-        for i, (png, caption, category) in enumerate(samples):
-            image = Image.open(io.BytesIO(png)).convert("RGBA")
-            image.thumbnail((32, 32))
-            buf = io.BytesIO()
-            (ImageOps.mirror(image) if mirror else image).save(buf, format="PNG")
-            members += [(f"{i:05d}.png", buf.getvalue()), (f"{i:05d}.txt", caption),
-                        (f"{i:05d}.json", json.dumps({"label": names.index(category)}).encode())]
-        (out / name).mkdir(parents=True)
-        (out / name / "classnames.txt").write_text("\n".join(names) + "\n")
-        write_tar(out / name / "00000.tar", members)
-        sets.append(out / name)
-    return tuple(sets)
 
 
 def test_the_split_is_scikit_learns_stratified_split():
