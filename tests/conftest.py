@@ -1,7 +1,7 @@
 """Session fixtures: one Ray for the session's `xclr-prep` commands, the real packaged model, real WordNet captions,
-the tuxpaint embed and shards, a small captioned set of the stamps, and the inputs and uninterrupted references of
-the prep fault tests, each built once per session. Helpers live in *_helpers.py, ray_cluster.py and the fault_ledger
-plugin."""
+the tuxpaint embed and shards, a third of the stamps (as they are, and as 32 px captioned sets), and the inputs and
+uninterrupted references of the prep fault tests, each built once per session. Helpers live in *_helpers.py,
+ray_cluster.py and the fault_ledger plugin."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from data_helpers import tiny_png, write_tar
+from data_helpers import labelled_tar, read_labelled_tar, tiny_png
 from prep_helpers import EMBED_ARGS, EMBED_PARTS, GRAPH_ARGS, TUX_GRAPH_ARGS, run_prep
 from ray_cluster import RayCluster
 
@@ -76,42 +76,45 @@ def tux_shards(tux_embed) -> Path:
 
 
 @pytest.fixture(scope="session")
-def captioned(tux_embed, tmp_path_factory) -> tuple:
-    """(a database, its held-out queries): every third tuxpaint stamp with a caption, of the categories that have two
-    such stamps or more (the database alone can then be split, stratified by category), as 32 px PNGs labelled by
-    category, and the same stamps mirrored; classnames.txt lists the categories present. A small labelled set for
-    the in-run evaluation and export tests (xclr-eval's linear probes on all 802 stamps take seconds)."""
-    import io
+def stamps_third(tux_embed, tmp_path_factory) -> Path:
+    """Every third tuxpaint stamp with a caption, of the categories that have two such stamps or more (the set can
+    then be split, stratified by category): their own PNGs, captions and category labels, as a labelled set
+    (classnames.txt lists the categories present). A small set of real stamps for tests that run xclr-eval, whose
+    linear probes on all 802 stamps take seconds."""
     from collections import Counter
 
-    from PIL import Image, ImageOps
-
-    tars, out = tux_embed / "tars", tmp_path_factory.mktemp("captioned")
     samples = []
-    for path in sorted(tars.glob("*.tar")):
+    for path in sorted((tux_embed / "tars").glob("*.tar")):
         with tarfile.open(path) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar}
         samples += [(members[f"{k}.png"], members[f"{k}.txt"], json.loads(members[f"{k}.json"])["category"])
                     for k in sorted({name.split(".")[0] for name in members if name.endswith(".txt")})]
     samples = samples[::3]
     counts = Counter(category for _, _, category in samples)
-    samples = [sample for sample in samples if counts[sample[2]] >= 2]
-    names = sorted({category for _, _, category in samples})
-    sets = []
-    for name, mirror in (("db", False), ("queries", True)):
-        members = []
-        for i, (png, caption, category) in enumerate(samples):
-            image = Image.open(io.BytesIO(png)).convert("RGBA")
-            image.thumbnail((32, 32))
-            buf = io.BytesIO()
-            (ImageOps.mirror(image) if mirror else image).save(buf, format="PNG")
-            members += [(f"{i:05d}.png", buf.getvalue()), (f"{i:05d}.txt", caption),
-                        (f"{i:05d}.json", json.dumps({"label": names.index(category)}).encode())]
-        (out / name).mkdir(parents=True)
-        (out / name / "classnames.txt").write_text("\n".join(names) + "\n")
-        write_tar(out / name / "00000.tar", members)
-        sets.append(out / name)
-    return tuple(sets)
+    names = sorted(category for category, n in counts.items() if n >= 2)
+    return labelled_tar(tmp_path_factory.mktemp("stamps-third") / "set",
+                        [(png, caption, names.index(c)) for png, caption, c in samples if c in names], names)
+
+
+@pytest.fixture(scope="session")
+def captioned(stamps_third, tmp_path_factory) -> tuple[Path, Path]:
+    """(a database, its held-out queries): stamps_third as 32 px PNGs, and the same mirrored."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    out, samples = tmp_path_factory.mktemp("captioned"), read_labelled_tar(stamps_third)
+    names = (stamps_third / "classnames.txt").read_text().split("\n")[:-1]
+
+    def thumbnail(png: bytes, mirror: bool) -> bytes:
+        image = Image.open(io.BytesIO(png)).convert("RGBA")
+        image.thumbnail((32, 32))
+        buf = io.BytesIO()
+        (ImageOps.mirror(image) if mirror else image).save(buf, format="PNG")
+        return buf.getvalue()
+
+    return tuple(labelled_tar(out / name, [(thumbnail(png, mirror), caption, label) for png, caption, label in samples],
+                              names) for name, mirror in (("db", False), ("queries", True)))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,24 @@ def write_tar(path, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+def labelled_tar(path: Path, samples: list[tuple[bytes, bytes, int]], names: list[str]) -> Path:
+    """`path`/00000.tar of (PNG, caption, label) samples as NNNNN.png, .txt and .json ({"label": ...}), and
+    `path`/classnames.txt of `names`: a labelled evaluation set."""
+    path.mkdir(parents=True)
+    (path / "classnames.txt").write_text("\n".join(names) + "\n")
+    write_tar(path / "00000.tar", [m for i, (png, caption, label) in enumerate(samples) for m in (
+        (f"{i:05d}.png", png), (f"{i:05d}.txt", caption), (f"{i:05d}.json", json.dumps({"label": label}).encode()))])
+    return path
+
+
+def read_labelled_tar(path: Path) -> list[tuple[bytes, bytes, int]]:
+    """The (PNG, caption, label) samples of `labelled_tar`'s tar, in order."""
+    with tarfile.open(path / "00000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    keys = sorted({name.split(".")[0] for name in members})
+    return [(members[f"{k}.png"], members[f"{k}.txt"], json.loads(members[f"{k}.json"])["label"]) for k in keys]
+
+
 def tiny_png(i: int) -> bytes:
     """A real 4x4 PNG whose colour encodes `i`."""
     from PIL import Image

@@ -33,12 +33,12 @@ def run_export(*args, check: bool = True):
 
 
 @pytest.fixture(scope="module", params=["vit", "torchvision"])
-def exported(request, trained_run, captioned, tmp_path_factory):
-    """(the export folder, xclr-eval's features of the captioned tuxpaint stamps (conftest.captioned's database),
-    those images, the run) for the session's run of the backbone family (conftest.trained_run)."""
+def exported(request, trained_run, stamps_third, tmp_path_factory):
+    """(the export folder, xclr-eval's features of a third of the tuxpaint stamps (conftest.stamps_third), those
+    images, the run) for the session's run of the backbone family (conftest.trained_run)."""
     root = tmp_path_factory.mktemp(f"export-{request.param}")
     run = trained_run(request.param).dir
-    data = str(captioned[0])
+    data = str(stamps_third)
     run_export(run, "--out", root / "export", "--head", "--onnx")
     result = CliRunner().invoke(eval_command, [str(run / "checkpoints" / "latest.pt"), "--data", data, "--out",
                                                str(root / "eval"), "--no-clustering", "--save-features",
