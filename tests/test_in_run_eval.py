@@ -52,14 +52,14 @@ def test_the_split_is_scikit_learns_stratified_split():
 
 
 @pytest.mark.slow
-def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards, captioned, tmp_path):
-    """--eval-every 2 over 5 steps, one set split (the captioned database: a third of the stamps, which keeps
+def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards, stamps_third, tmp_path):
+    """--eval-every 2 over 5 steps, one set split (a third of the stamps, conftest.stamps_third, which keeps
     xclr-eval's linear probes short): lines at steps 2, 4 and the end (5), once each, a rerun of the finished run
     included; each kNN accuracy is xclr-eval's on the checkpoint of that step, on every image of the set; the
     weights, optimizer and training lines equal a run without evaluation."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    data = captioned[0]
+    data = stamps_third
     with tarfile.open(data / "00000.tar") as tar:
         images = sum(name.endswith(".png") for name in tar.getnames())
     plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
