@@ -8,7 +8,9 @@ wheel), open_clip's preprocessing at 32 px with the mean and std of xclr's augme
 `python -m open_clip_train.main` in .venv-openclip (scripts/setup_openclip.sh: open_clip pins a webdataset that
 xclr's environment cannot have), reading a complete `xclr-prep graph` shards directory as img2dataset-style
 WebDataset tars (KEY.png, KEY.txt; the other members are left alone) on the CPU in fp32, with the study's optimizer
-(AdamW, cosine, linear warm-up; `train_openclip`) and open_clip's own augmentation, loss and learned temperature.
+(AdamW, cosine, xclr-train's linear warm-up; `train_openclip`), open_clip's own loss and learned temperature, and as
+much of xclr's SimCLR augmentation as open_clip's options take (AUGMENTATION: the crop scale, colour jitter and
+grayscale; open_clip has no flip and no blur).
 
 A step budget is expressed as open_clip epochs (`budget`). The run is cached and resumable as study.train's are: a
 run with done.json is skipped, and an unfinished one resumes from its last epoch's checkpoint (open_clip's
@@ -20,7 +22,7 @@ run with done.json is skipped, and an unfinished one resumes from its last epoch
     checkpoints/latest.pt  the final checkpoint (a hard link), once done: what `xclr-eval` reads, as of xclr's runs
     done.json              wall_s (the trainer's whole run), steps, epochs, batches_per_epoch, samples, batch_size
 
-    .venv/bin/python benchmarks/openclip_clip.py SHARDS --out OUT --steps 600 --lr 5e-4 --seed 0
+    .venv/bin/python benchmarks/openclip_clip.py SHARDS --out OUT --steps 600 --lr 5e-4 --seed 0 [--batch 128]
     .venv/bin/xclr-eval OUT/checkpoints/latest.pt --data DATABASE --queries HELD_OUT ... --out EVAL
 """
 
@@ -38,13 +40,16 @@ from pathlib import Path
 from xclr_eval.openclip import CONFIG
 from xclr_schemas.names import CHECKPOINTS, LATEST, SIZES
 from xclr_schemas.shards import ShardsDirError, read_shards_manifest
-from xclr_train.optim import PLAIN
+from xclr_train.augment import RECIPES
+from xclr_train.optim import PLAIN, default_warmup
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-openclip"
 MODEL = Path(__file__).resolve().parent / "openclip" / CONFIG
-BATCH = 128  # the study's batch
 WEIGHT_DECAY = PLAIN["adamw"].weight_decay  # the study's AdamW (its convnet runs take --optimizer adamw)
+_SIMCLR = RECIPES["simclr"]
+AUGMENTATION = [f"scale={_SIMCLR.scale}", f"color_jitter={_SIMCLR.jitter}", f"color_jitter_prob={_SIMCLR.jitter_p}",
+                f"gray_scale_prob={_SIMCLR.gray_p}"]  # open_clip's --aug-cfg, from xclr's simclr recipe
 DONE = "done.json"
 
 
@@ -65,7 +70,7 @@ class Budget:
         return self.epochs * self.batches
 
 
-def budget(steps: int, samples: int, batch_size: int = BATCH) -> Budget:
+def budget(steps: int, samples: int, batch_size: int) -> Budget:
     """epochs x batches = `steps` exactly, epochs the divisor of `steps` nearest to the passes over `samples` that
     the steps make (steps x batch_size / samples; the smaller of two as near), so that an epoch is about one pass."""
     passes = steps * batch_size / samples
@@ -86,11 +91,10 @@ def shard_pattern(shards: Path) -> tuple[str, int]:
     return f"{shards.resolve()}/{pattern}", sum(sizes.values())
 
 
-def train_openclip(shards: Path, out: Path, steps: int, lr: float, seed: int, *,
-                   weight_decay: float = WEIGHT_DECAY, warmup: int | None = None) -> Path:
-    """Train open_clip's CLIP (the module docstring) for `steps` steps of BATCH samples at peak learning rate `lr`
-    (`warmup` steps of linear warm-up, default a tenth of the steps as xclr-train's, then cosine to 0) and return
-    OUT/checkpoints/latest.pt; a finished run (OUT/done.json) is returned as it is."""
+def train_openclip(shards: Path, out: Path, steps: int, lr: float, seed: int, batch: int) -> Path:
+    """Train open_clip's CLIP (the module docstring) for `steps` steps of `batch` samples at peak learning rate `lr`
+    (xclr-train's default warm-up, then cosine to 0) and return OUT/checkpoints/latest.pt; a finished run
+    (OUT/done.json) is returned as it is."""
     final = out / CHECKPOINTS / LATEST
     if (out / DONE).exists():
         return final
@@ -100,13 +104,13 @@ def train_openclip(shards: Path, out: Path, steps: int, lr: float, seed: int, *,
     if not python.exists():
         raise OpenClipError(f"{VENV} is missing: run scripts/setup_openclip.sh")
     pattern, samples = shard_pattern(shards)
-    plan = budget(steps, samples)
+    plan = budget(steps, samples, batch)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL, out / CONFIG)
-    args = ["--train-data", pattern, "--train-num-samples", str(plan.batches * BATCH), "--dataset-type",
+    args = ["--train-data", pattern, "--train-num-samples", str(plan.batches * batch), "--dataset-type",
             "webdataset", "--model", f"local-dir:{out.resolve()}", "--device", "cpu", "--precision", "fp32",
-            "--batch-size", str(BATCH), "--epochs", str(plan.epochs), "--lr", f"{lr:g}", "--wd", f"{weight_decay:g}",
-            "--warmup", str(max(1, steps // 10) if warmup is None else warmup), "--seed", str(seed),
+            "--batch-size", str(batch), "--epochs", str(plan.epochs), "--lr", f"{lr:g}", "--wd", f"{WEIGHT_DECAY:g}",
+            "--warmup", str(default_warmup(steps)), "--seed", str(seed), "--aug-cfg", *AUGMENTATION,
             "--workers", "1", "--logs", str(out.resolve().parent), "--name", out.name, "--save-frequency", "1",
             "--delete-previous-checkpoint", "--resume", "latest", "--report-to", "none", "--log-every-n-steps", "10"]
     start = time.perf_counter()
@@ -120,7 +124,7 @@ def train_openclip(shards: Path, out: Path, steps: int, lr: float, seed: int, *,
     os.link(last, final)
     (out / DONE).write_text(json.dumps({"wall_s": wall, "steps": plan.steps, "epochs": plan.epochs,
                                         "batches_per_epoch": plan.batches, "samples": samples,
-                                        "batch_size": BATCH}) + "\n")
+                                        "batch_size": batch}) + "\n")
     return final
 
 
@@ -131,12 +135,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=5e-4, help="Peak learning rate.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
-    parser.add_argument("--warmup", type=int, default=None, help="Warm-up steps [default: a tenth of the steps].")
+    parser.add_argument("--batch", type=int, default=128, help="Samples per step (the emoji study's batch).")
     opts = parser.parse_args()
     try:
-        print(train_openclip(opts.shards, opts.out, opts.steps, opts.lr, opts.seed, weight_decay=opts.weight_decay,
-                             warmup=opts.warmup))
+        print(train_openclip(opts.shards, opts.out, opts.steps, opts.lr, opts.seed, opts.batch))
     except OpenClipError as exc:
         parser.exit(2, f"openclip_clip.py: error: {exc}\n")
 

@@ -4,9 +4,10 @@ Three corpora:
   * emoji (the main one): three vendors' drawings of the same ~1,900 emoji, captioned by the emoji's name. Train on
     two vendors, evaluate on the third, which training never saw: kNN and linear probe by subcategory (primary) and
     category with the training vendors' images as the database, caption R@1/R@5 (finding the same emoji) and caption
-    alignment. Regimes heldout-VENDOR (openmoji, twitter) at 150 steps; heldout-openmoji-600 (also with the
-    crop-and-flip recipe, -crop; with a small ViT, -vit, and its finer patches, -vit-p4) and heldout-twitter-600 at
-    600; the budget check heldout-openmoji-1200 and the low-data regime low-heldout-openmoji-600 (every third emoji);
+    alignment. The study's plan (`--plan STAGE`, benchmarks/study_plan.py and emoji_stages.py) runs its own regimes
+    (`plan_regimes`: [tags-|low-|gpu-]heldout-VENDOR-STEPS); the earlier study's others remain: heldout-openmoji and
+    heldout-twitter at 150 steps, heldout-openmoji-600-crop (the crop-and-flip recipe), -vit and -vit-p4 (a small
+    ViT with patches of 8 and 4 px);
   * fashion-mnist: class-caption mode ("a photo of a {}"); train on the first N training images, evaluate on the
     IDX test split (10k images); regimes full and low (10%);
   * tuxpaint: caption mode (each stamp's own caption); evaluate on all stamps with their 16 categories as labels;
@@ -29,6 +30,7 @@ seed, into the committed summary (study.md and study-plots/ beside it).
 
     .venv/bin/python benchmarks/study.py --root runs/study [--corpora emoji] [--regimes heldout-openmoji]
         [--seeds 0 1 2] [--sweep] [--methods ...] [--add-to benchmarks/results/study.json]
+    .venv/bin/python benchmarks/study.py --root runs/emoji-study --plan STAGE [--seeds 0 1 2] [--preset gpu]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import study_plan as plan
+
 from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
@@ -202,19 +205,22 @@ def prepare(root: Path, corpus: str, regime: str, layouts: tuple[str, ...] = tup
     return base
 
 
-def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed: int) -> Path:
+def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed: int,
+          steps: int | None = None) -> Path:
+    """Train run NAME-sSEED of a regime (its steps, or `steps`), unless it is done; returns its directory."""
     run = base / "runs" / f"{name}-s{seed}"
     if (run / "done.json").exists():
         return run
     spec = CORPORA[corpus][base.name]
+    steps = steps or spec.steps
     curve = [a.format(train=_database(base, spec), tars=base / "tars") for a in spec.curve]
     resume = ["--resume", "latest"] if (run / CHECKPOINTS / LATEST).exists() else []
     start = time.perf_counter()
     # the method's options after the backbone's, so that random-init's --lr 0 wins
     sh(str(BIN / "xclr-train"), "--data", str(base / f"shards-{layout}"), "--out", str(run), *spec.backbone, *args,
        *TRAIN,
-       "--augment", spec.augment, "--batch-size", str(spec.batch), "--steps", str(spec.steps),
-       "--samples-per-epoch", str(spec.steps * spec.batch),
+       "--augment", spec.augment, "--batch-size", str(spec.batch), "--steps", str(steps),
+       "--samples-per-epoch", str(steps * spec.batch),
        "--seed", str(seed), *curve, *resume)
     (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
     return run
@@ -239,14 +245,16 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
 
 def _database(base: Path, spec: Regime) -> str:
     """The evaluation's database: a folder of links to the training tars, with the corpus's classnames.txt (the
-    in-run evaluation finds the class names of a folder)."""
+    in-run evaluation finds the class names of a folder). Made whole on every call, so an interrupted one is
+    completed."""
     folder = base / "database"
-    if not (folder / "classnames.txt").exists():
-        folder.mkdir(exist_ok=True)
-        for part in spec.train:
-            for tar in sorted((base / "tars" / part).glob("*.tar")):
-                (folder / f"{part or 'all'}-{tar.name}").symlink_to(tar.resolve())
-        (folder / "classnames.txt").symlink_to((base / "tars" / spec.train[0] / "classnames.txt").resolve())
+    folder.mkdir(exist_ok=True)
+    links = {f"{part or 'all'}-{tar.name}": tar
+             for part in spec.train for tar in sorted((base / "tars" / part).glob("*.tar"))}
+    links["classnames.txt"] = base / "tars" / spec.train[0] / "classnames.txt"
+    for name, target in links.items():
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(target.resolve())
     return str(folder)
 
 
@@ -332,11 +340,30 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def run_plan(opts: argparse.Namespace) -> None:
+    """A stage of the emoji study's plan; a stage that cannot start, or an open_clip run that cannot, exits 2 with
+    one line."""
+    import emoji_stages as stages
+    import openclip_clip
+
+    stage = {"grid": lambda: stages.grid(opts.root), "budget": lambda: stages.budget(opts.root),
+             "matrix": lambda: stages.matrix(opts.root, opts.seeds, opts.preset),
+             "captions": lambda: stages.ablation(opts.root, opts.seeds, "tags"),
+             "low": lambda: stages.ablation(opts.root, opts.seeds, "low"),
+             "demo": lambda: stages.demo(opts.root, opts.seeds),
+             "report": lambda: stages.report(opts.root)}[opts.plan]
+    try:
+        stage()
+    except (stages.PlanError, openclip_clip.OpenClipError) as exc:
+        sys.exit(f"Error: {exc}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("runs/study"))
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
-    parser.add_argument("--regimes", nargs="+", default=None, help="Default: every regime of each corpus.")
+    parser.add_argument("--regimes", nargs="+", default=None,
+                        help="Default: every regime of each corpus but the plan's (those run by --plan).")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--sweep", action="store_true", help="Also run the X-CLR ablations (SWEEP).")
     parser.add_argument("--methods", nargs="+", default=None, help="Only these methods (of METHODS and SWEEP).")
@@ -351,20 +378,13 @@ def main() -> None:
                              "(ResNet-18 at 64 px, batch 256, 2,000 steps).")
     opts = parser.parse_args()
     if opts.plan:
-        import emoji_stages as stages
-
-        {"grid": lambda: stages.grid(opts.root), "budget": lambda: stages.budget(opts.root),
-         "matrix": lambda: stages.matrix(opts.root, opts.seeds, opts.preset),
-         "captions": lambda: stages.ablation(opts.root, opts.seeds, "tags"),
-         "low": lambda: stages.ablation(opts.root, opts.seeds, "low"),
-         "demo": lambda: stages.demo(opts.root, opts.seeds),
-         "report": lambda: stages.report(opts.root)}[opts.plan]()
+        run_plan(opts)
         return
     methods = {**METHODS, **(SWEEP if opts.sweep else {})}
     if opts.methods:
         methods = {name: {**METHODS, **SWEEP}[name] for name in opts.methods}
     for corpus in opts.corpora:
-        for regime in opts.regimes or CORPORA[corpus]:
+        for regime in opts.regimes or [r for r in CORPORA[corpus] if r not in PLANNED]:
             if regime not in CORPORA[corpus]:
                 continue
             base = prepare(opts.root, corpus, regime)

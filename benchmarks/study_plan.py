@@ -15,12 +15,16 @@ GRID_STEPS steps, on the same random-order shards, with the same backbone, augme
     (benchmarks/openclip_clip.py: an image and a text tower trained together, open_clip's augmentation).
 The rule (`select`): each method's point is the one with the highest subcategory kNN accuracy of `xclr-eval` on the
 validation rotation (the primary metric, named before any run); a tie goes to the earlier point in the grid's
-order. The choices are written once to CHOICES and never rewritten by a later run.
+order. When that point has the grid's highest or lowest learning rate, the method gets one more point
+(`beyond_edge`): its best point's knob at twice or half that learning rate, and the choice is the best of the five
+(amended after X-CLR's first four points, before any other method's, so that no optimum is left at an edge). The
+choices are written once to CHOICES and never rewritten by a later run.
 
 The budget (`budget`): each method's chosen point is trained again at BUDGET_LONG steps on the validation rotation.
 The reported budget is BUDGET_LONG when any method's validation kNN gains at least BUDGET_GAIN from GRID_STEPS to
-BUDGET_LONG, else GRID_STEPS; it is written once to BUDGET. The in-run evaluation (every quarter of the steps)
-draws each run's curve.
+BUDGET_LONG, else GRID_STEPS; it is written once to BUDGET, with each method's gain over the last quarter of its
+BUDGET_LONG run (its in-run curve), which says whether BUDGET_LONG itself has flattened (a gain under BUDGET_GAIN).
+The in-run evaluation (every quarter of the steps) draws each xclr-train run's curve; open_clip's runs have none.
 """
 
 from __future__ import annotations
@@ -110,21 +114,46 @@ class Choice:
         return run_name(self.method, self.point)
 
 
-def select(validation: dict[str, dict], metric: str = PRIMARY) -> dict[str, Choice]:
-    """Each method's best grid point by `metric`, from the validation rotation's `xclr-eval` runs ({run name: its
-    entry in results.json's "runs"}, seed GRID_SEED). A method with a grid point not yet evaluated is left out."""
+def beyond_edge(method: str, scores: dict[str, float]) -> Point | None:
+    """The fifth point of a method whose best grid point (by `scores`, {point name: score}) has the grid's highest
+    or lowest learning rate: that point's knob at twice or half its learning rate; None when it lies inside."""
+    grid = METHODS[method].grid
+    best = max(grid, key=lambda p: scores[p.name])  # max keeps the first of equals
+    lrs = sorted({p.lr for p in grid})
+    if best.lr == lrs[-1]:
+        return Point(best.lr * 2, best.knob)
+    return Point(best.lr / 2, best.knob) if best.lr == lrs[0] else None
+
+
+def to_train(method: str, validation: dict[str, dict]) -> list[Point]:
+    """The points of `method` that the validation runs ({run name: its entry in results.json's "runs"}) still lack:
+    its grid's, then its fifth point where `beyond_edge` asks for one; [] when its choice can be made."""
+    missing = [p for p in METHODS[method].grid if _score(method, p, validation) is None]
+    if missing:
+        return missing
+    extra = beyond_edge(method, {p.name: _score(method, p, validation) for p in METHODS[method].grid})
+    return [extra] if extra is not None and _score(method, extra, validation) is None else []
+
+
+def select(validation: dict[str, dict]) -> dict[str, Choice]:
+    """Each method's best point by PRIMARY over its grid and its fifth point (the module docstring), from the
+    validation rotation's `xclr-eval` runs, seed GRID_SEED. A method with a point not yet evaluated is left out."""
     choices = {}
     for method, spec in METHODS.items():
-        scores = {}
-        for point in spec.grid:
-            entry = validation.get(f"{run_name(method, point)}-s{GRID_SEED}")
-            if entry is None:
-                break
-            scores[point.name] = entry["metrics"][metric]
-        else:
-            best = max(spec.grid, key=lambda p: scores[p.name])  # max keeps the first of equals
-            choices[method] = Choice(method, best, scores[best.name], scores)
+        if to_train(method, validation):
+            continue
+        points = [*spec.grid]
+        extra = beyond_edge(method, {p.name: _score(method, p, validation) for p in spec.grid})
+        points += [extra] if extra is not None else []
+        scores = {p.name: _score(method, p, validation) for p in points}
+        best = max(points, key=lambda p: scores[p.name])
+        choices[method] = Choice(method, best, scores[best.name], scores)
     return choices
+
+
+def _score(method: str, point: Point, validation: dict[str, dict]) -> float | None:
+    entry = validation.get(f"{run_name(method, point)}-s{GRID_SEED}")
+    return None if entry is None else entry["metrics"][PRIMARY]
 
 
 def freeze(choices: dict[str, Choice], path: Path = CHOICES) -> dict[str, Choice]:
@@ -145,14 +174,16 @@ def load_choices(path: Path = CHOICES) -> dict[str, Choice]:
             for m, c in json.loads(path.read_text()).items()}
 
 
-def freeze_budget(gains: dict[str, float], path: Path = BUDGET) -> int:
+def freeze_budget(gains: dict[str, float], last_quarter: dict[str, float], path: Path = BUDGET) -> int:
     """The rule's budget from each method's validation gain (BUDGET_LONG minus GRID_STEPS), written to `path` with
-    the gains unless a budget is frozen there already; returns the frozen budget."""
+    the gains and the last-quarter gains of the BUDGET_LONG runs unless a budget is frozen there already; returns
+    the frozen budget."""
     frozen = load_budget(path)
     if frozen is not None:
         return frozen
     steps = BUDGET_LONG if max(gains.values()) >= BUDGET_GAIN else GRID_STEPS
-    path.write_text(json.dumps({"steps": steps, "gains": gains, "rule_gain": BUDGET_GAIN}, indent=2) + "\n")
+    path.write_text(json.dumps({"steps": steps, "gains": gains, "last_quarter_gains": last_quarter,
+                                "rule_gain": BUDGET_GAIN}, indent=2) + "\n")
     return steps
 
 

@@ -12,8 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 import study_plan as plan  # noqa: E402
+
 from xclr_schemas.names import METRICS  # noqa: E402
 
 

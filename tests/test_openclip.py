@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from xclr_eval.cli import main as eval_command
 from xclr_eval.errors import EvalError
@@ -101,10 +100,10 @@ def test_an_open_clip_run_is_read_by_its_config_and_anything_else_refused_in_one
 
 
 def test_a_step_budget_is_whole_epochs_of_about_one_pass():
-    assert budget(600, 7572) == budget(600, 7572, 128)
-    plan = budget(600, 7572)
+    plan = budget(600, 7572, 128)
     assert (plan.epochs, plan.batches, plan.steps) == (10, 60, 600)
-    assert budget(7, 10_000).steps == 7 and budget(5, 100).epochs == 5
+    assert budget(7, 10_000, 128).steps == 7 and budget(5, 100, 128).epochs == 5
+    assert budget(600, 7572, 256).epochs == 20  # twice the samples a step: twice the passes
 
 
 @pytest.mark.slow
@@ -113,7 +112,7 @@ def test_open_clip_trains_on_xclr_shards_and_xclr_eval_reads_its_image_trunk(tux
     open_clip's own model and transform on the same images."""
     assert (VENV / "bin" / "python").exists(), f"{VENV} is missing: scripts/setup_openclip.sh makes it " \
                                                "(scripts/run_tests.sh runs it)"
-    checkpoint = train_openclip(tux_shards, tmp_path / "run", steps=3, lr=5e-4, seed=0)
+    checkpoint = train_openclip(tux_shards, tmp_path / "run", steps=3, lr=5e-4, seed=0, batch=128)
     done = json.loads((tmp_path / "run" / "done.json").read_text())
     assert done["steps"] == 3 and done["samples"] > 700 and checkpoint.exists()
     npz = tmp_path / "features.npz"

@@ -17,10 +17,15 @@ import study  # noqa: E402
 import study_plan as plan  # noqa: E402
 
 
-def validation_runs(scores: dict[str, list[float]]) -> dict[str, dict]:
-    """xclr-eval's "runs" of the validation grid, seed GRID_SEED: each method's points scored in grid order."""
-    return {f"{plan.run_name(m, p)}-s{plan.GRID_SEED}": {"metrics": {plan.PRIMARY: v, "caption_alignment": 0.1}}
+def validation_runs(scores: dict[str, list[float]], fifth: dict[str, float] | None = None) -> dict[str, dict]:
+    """xclr-eval's "runs" of the validation grid, seed GRID_SEED: each method's points scored in grid order, and the
+    fifth point's score of the methods in `fifth`."""
+    runs = {f"{plan.run_name(m, p)}-s{plan.GRID_SEED}": {"metrics": {plan.PRIMARY: v}}
             for m, values in scores.items() for p, v in zip(plan.METHODS[m].grid, values)}
+    for method, value in (fifth or {}).items():
+        point = plan.beyond_edge(method, {p.name: v for p, v in zip(plan.METHODS[method].grid, scores[method])})
+        runs[f"{plan.run_name(method, point)}-s{plan.GRID_SEED}"] = {"metrics": {plan.PRIMARY: value}}
+    return runs
 
 
 def test_every_method_gets_the_same_number_of_grid_points_and_distinct_run_names():
@@ -33,22 +38,33 @@ def test_every_method_gets_the_same_number_of_grid_points_and_distinct_run_names
     assert {p.knob for p in xclr} == set(plan.TARGETS) and {p.lr for p in xclr} == set(plan.LRS)
 
 
-def test_each_method_takes_its_best_validation_point_and_a_tie_the_earlier_one(tmp_path):
-    runs = validation_runs({"xclr": [0.40, 0.45, 0.42, 0.45], "simclr": [0.41, 0.39, 0.38, 0.37]})
-    choices = plan.select(runs)
+def test_a_best_point_at_the_edge_of_the_learning_rates_gets_a_fifth_point_beyond_it():
+    grid = plan.METHODS["xclr"].grid  # lr 5e-4, 5e-4, 1e-3, 1e-3 (default and graded targets each)
+    top = plan.beyond_edge("xclr", {p.name: v for p, v in zip(grid, [0.40, 0.41, 0.42, 0.45])})
+    assert top == plan.Point(2e-3, grid[3].knob)
+    bottom = plan.beyond_edge("simclr", {p.name: v for p, v in zip(plan.METHODS["simclr"].grid, [0.5, 0.4, 0.3, 0.2])})
+    assert bottom == plan.Point(2.5e-4, plan.METHODS["simclr"].grid[0].knob)
+    siglip = plan.METHODS["siglip"].grid  # four learning rates: a best one inside needs no fifth
+    assert plan.beyond_edge("siglip", {p.name: v for p, v in zip(siglip, [0.1, 0.3, 0.2, 0.1])}) is None
+
+
+def test_each_method_takes_its_best_validation_point_and_a_tie_the_earlier_one():
+    scores = {"xclr": [0.40, 0.45, 0.42, 0.45], "simclr": [0.41, 0.39, 0.38, 0.37]}
+    assert plan.to_train("xclr", validation_runs(scores)) == [plan.Point(2.5e-4, plan.TARGETS[1])]
+    assert plan.select(validation_runs(scores)) == {}  # both wait for their fifth point
+    choices = plan.select(validation_runs(scores, {"xclr": 0.44, "simclr": 0.42}))
     assert set(choices) == {"xclr", "simclr"}  # the other methods have no evaluated point yet
     assert choices["xclr"].point == plan.METHODS["xclr"].grid[1] and choices["xclr"].score == 0.45
-    assert choices["simclr"].point == plan.METHODS["simclr"].grid[0]
-    assert choices["xclr"].candidates == {p.name: v for p, v in zip(plan.METHODS["xclr"].grid,
-                                                                     [0.40, 0.45, 0.42, 0.45])}
-    partial = {k: v for k, v in runs.items() if not k.startswith("simclr@lr0.001-tau0.2")}
-    assert "simclr" not in plan.select(partial)  # a grid point not yet evaluated: no choice
+    assert choices["simclr"].point == plan.Point(2.5e-4, plan.TEMPERATURES[0]) and choices["simclr"].score == 0.42
+    assert list(choices["xclr"].candidates.values()) == [0.40, 0.45, 0.42, 0.45, 0.44]
+    assert plan.to_train("supcon", {}) == list(plan.METHODS["supcon"].grid)
 
 
 def test_a_frozen_choice_is_never_rewritten_by_later_runs(tmp_path):
     path = tmp_path / "choices.json"
-    plan.freeze(plan.select(validation_runs({"xclr": [0.40, 0.45, 0.42, 0.41]})), path)
-    later = plan.select(validation_runs({"xclr": [0.40, 0.45, 0.50, 0.41], "simclr": [0.3, 0.2, 0.1, 0.0]}))
+    plan.freeze(plan.select(validation_runs({"xclr": [0.40, 0.45, 0.42, 0.41]}, {"xclr": 0.3})), path)
+    later = plan.select(validation_runs({"xclr": [0.40, 0.45, 0.50, 0.41], "simclr": [0.3, 0.2, 0.1, 0.0]},
+                                        {"xclr": 0.3, "simclr": 0.1}))
     frozen = plan.freeze(later, path)
     assert frozen["xclr"].point == plan.METHODS["xclr"].grid[1]  # the first freeze stands
     assert frozen["simclr"].point == plan.METHODS["simclr"].grid[0]  # a new method is added
@@ -60,8 +76,9 @@ def test_a_frozen_choice_is_never_rewritten_by_later_runs(tmp_path):
                                           ({"xclr": 0.009, "simclr": 0.0}, plan.GRID_STEPS)])
 def test_the_budget_is_the_longer_one_only_when_some_method_still_gains_a_point(tmp_path, gains, steps):
     path = tmp_path / "budget.json"
-    assert plan.freeze_budget(gains, path) == steps
-    assert plan.freeze_budget({"xclr": 0.5}, path) == steps == plan.load_budget(path)  # frozen
+    assert plan.freeze_budget(gains, {"xclr": 0.002}, path) == steps
+    assert plan.freeze_budget({"xclr": 0.5}, {}, path) == steps == plan.load_budget(path)  # frozen
+    assert json.loads(path.read_text())["last_quarter_gains"] == {"xclr": 0.002}
 
 
 def test_every_planned_regime_is_a_study_regime_with_its_rotation_and_curve():
@@ -76,15 +93,12 @@ def test_every_planned_regime_is_a_study_regime_with_its_rotation_and_curve():
     assert study.PLANNED <= set(regimes)
 
 
-def seeds(values: list[float]) -> dict[str, list[float]]:
-    return {"knn_accuracy": values, "seed": list(range(len(values)))}
-
-
-def test_the_verdict_names_a_method_only_beyond_two_standard_errors_of_the_studys_seeds():
-    ahead = emoji_demo.verdict(seeds([0.51, 0.50, 0.52]), seeds([0.47, 0.48, 0.46]), 0.04, "knn_accuracy")
-    assert ahead.says == "X-CLR ahead" and ahead.run_agrees
-    assert ahead.study_diff == pytest.approx(0.04) and ahead.se == pytest.approx((2 * 0.01 ** 2 / 3) ** 0.5)
-    level = emoji_demo.verdict(seeds([0.26, 0.24, 0.28]), seeds([0.30, 0.22, 0.26]), 0.05, "knn_accuracy")
-    assert level.says == "level (within seed noise)"
-    behind = emoji_demo.verdict(seeds([0.40, 0.41, 0.40]), seeds([0.45, 0.46, 0.45]), 0.05, "knn_accuracy")
-    assert behind.says == "SimCLR ahead" and not behind.run_agrees  # this run's +5 points is beyond seed noise
+def test_the_verdict_names_a_method_only_beyond_welchs_95_percent_quantile():
+    ahead = emoji_demo.verdict([0.51, 0.50, 0.52], [0.47, 0.48, 0.46])
+    assert ahead.says == "X-CLR ahead" and ahead.diff == pytest.approx(0.04)
+    assert ahead.t == pytest.approx(0.04 / (2 * 0.01 ** 2 / 3) ** 0.5)
+    assert ahead.critical == pytest.approx(2.776, abs=1e-3)  # equal spreads, 3 seeds each: 4 degrees of freedom
+    assert emoji_demo.verdict([0.26, 0.24, 0.28], [0.30, 0.22, 0.26]).says == "level (within seed noise)"
+    assert emoji_demo.verdict([0.40, 0.41, 0.40], [0.45, 0.46, 0.45]).says == "SimCLR ahead"
+    near = emoji_demo.verdict([0.51, 0.50, 0.52], [0.4896, 0.4796, 0.4996])  # 2.5 standard errors apart
+    assert near.t == pytest.approx(2.5, abs=0.01) and near.says == "level (within seed noise)"  # 2 se would not be

@@ -131,6 +131,11 @@ def _has_parameter(module: nn.Module, name: str) -> bool:
         return False
 
 
+def default_warmup(total: int) -> int:
+    """The warm-up when none is given: a tenth of the steps, at least one."""
+    return max(1, total // 10)
+
+
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     """The schedule above."""
     if step < warmup:

@@ -71,7 +71,7 @@ from xclr_train.inside_epoch import InsideEpoch, gather_states
 from xclr_train.metrics_log import MetricsLog, last_step
 from xclr_train.models import Encoder, ModelConfig, family
 from xclr_train.objectives import OBJECTIVES, Graph, Objective, Options
-from xclr_train.optim import lr_at, make_optimizer, resolve
+from xclr_train.optim import default_warmup, lr_at, make_optimizer, resolve
 from xclr_train.preemption import Preempted, Preemption, blocked
 from xclr_train.recompute import recompute_in_backward
 from xclr_train.step import Stepper
@@ -316,7 +316,7 @@ def _schedule(cfg: TrainConfig, shards: ShardSet, world_size: int) -> Schedule:
         raise TrainError(f"--samples-per-epoch {samples_per_epoch} is less than one global batch ({global_batch})")
     total = cfg.steps or cfg.epochs * steps_per_epoch
     return Schedule(global_batch, steps_per_epoch, total, math.ceil(total / steps_per_epoch),
-                    cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 10), cfg.lr)
+                    cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup(total), cfg.lr)
 
 
 def _objective(cfg: TrainConfig, options: Options, shards: ShardSet) -> tuple[Objective, int | None, int | None]:
