@@ -174,6 +174,7 @@ SWEEP = {
 # The table's columns, where a regime's evaluation has them.
 REPORTED = ("knn_accuracy", "knn_accuracy@category", "linear_probe_accuracy", "mAP", "caption_R@1", "caption_R@5",
             "semantic_alignment", "caption_alignment")
+TARGET_STATS = ("graph_hits", "graph_hits_queue", "target_same_caption", "target_entropy")  # metrics.jsonl keys
 # One budget for every method (a 2-core CPU study: a small CNN, or the regime's backbone, at 32 px).
 TRAIN = ["--proj-hidden", "512", "--proj-dim", "128", "--optimizer", "adamw", "--log-every", "10", "--no-progress"]
 
@@ -325,12 +326,18 @@ def write_report(table: dict, methods: list[str], out: Path) -> None:
 
 
 def _training_stats(run: Path) -> dict[str, float]:
-    """Means over the logged steps of a run's graph hits (X-CLR runs log them; open_clip's runs log nothing here)."""
+    """Means over the logged training steps of what X-CLR runs log of their targets: graph hits (in the batch, in
+    the queue), the target mass on the anchor's own caption and the target entropy. Nothing for a run without them
+    (open_clip's runs log nothing here); the in-run evaluation's lines are not training steps."""
     if not (run / METRICS).exists():
         return {}
     lines = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
-    return {key: sum(x[key] for x in lines) / len(lines) for key in ("graph_hits", "graph_hits_queue")
-            if key in lines[0]}
+    stats = {}
+    for key in TARGET_STATS:
+        values = [x[key] for x in lines if key in x]
+        if values:
+            stats[key] = sum(values) / len(values)
+    return stats
 
 
 def _cell(values: list[float]) -> str:

@@ -44,11 +44,13 @@ def grid_scatter(per_run: dict[str, dict[str, list[float]]], out: Path) -> None:
 
 def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
     """One picture per regime with in-run evaluations: validation kNN against step, each run name's mean over its
-    seeds. Returns the pictures written."""
+    finished seeds. Returns the pictures written."""
     written = []
     for regime in sorted(p for p in corpus_root.iterdir() if (p / "runs").is_dir()):
         lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for metrics in (regime / "runs").glob("*/" + METRICS):
+            if not (metrics.parent / "done.json").exists():
+                continue
             name = metrics.parent.name.rsplit("-s", 1)[0]
             for record in map(json.loads, metrics.read_text().splitlines()):
                 if "eval/knn_accuracy" in record:
