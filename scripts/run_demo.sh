@@ -18,9 +18,3 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 .venv/bin/python benchmarks/study.py --root runs/demo --plan demo --seeds 0
-regime=runs/demo/emoji/heldout-twitter-600
-echo
-echo "corpus: $regime/tars (counts.json)   embed: $regime/embed   shards: $regime/shards-random"
-echo "training runs: $regime/runs/ (metrics.jsonl, checkpoints/)"
-echo "evaluation: $regime/eval/RUN/results.md (table), results.json; plots: $regime/eval/RUN/plots/*.png"
-echo "  nearest.png: held-out Twitter queries and their nearest google/OpenMoji images"
