@@ -16,6 +16,7 @@ Without MIN_SEEDS seeds of a setting in the study, it says so and prints no verd
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,8 @@ def verdict(xclr: list[float], simclr: list[float]) -> Verdict:
     """The verdict from each method's per-seed values (at least two each)."""
     vx, vs = statistics.variance(xclr) / len(xclr), statistics.variance(simclr) / len(simclr)
     diff = statistics.mean(xclr) - statistics.mean(simclr)
-    if vx + vs == 0:
-        return Verdict(diff, 0.0 if diff == 0 else float("inf") * diff, 0.0)
+    if vx + vs == 0:  # no spread at all: any difference is beyond it
+        return Verdict(diff, 0.0 if diff == 0 else math.copysign(math.inf, diff), 0.0)
     df = (vx + vs) ** 2 / (vx ** 2 / (len(xclr) - 1) + vs ** 2 / (len(simclr) - 1))
     return Verdict(diff, diff / (vx + vs) ** 0.5, float(stats.t.ppf(0.975, df)))
 
