@@ -4,13 +4,15 @@ Its setting: Twitter held out (DEMO_HELDOUT), GRID_STEPS steps, X-CLR and SimCLR
 trained and evaluated exactly as the study's runs (`study.train`, `study.evaluate`), so that its figures are the
 study's seed 0 of that setting again. (The rotation was fixed with the plan, before any test-rotation run of the
 plan, but after the superseded study had run on both test rotations; the demo therefore prints the study's verdict
-for both.)
+for both at its budget, where the study has them: the matrix's runs if the frozen budget is GRID_STEPS, else the
+demo stage's Twitter runs only.)
 
 The verdict is the study's, over its seeds of a setting (benchmarks/results/emoji-study.json), on the primary metric
 (subcategory kNN; the other metrics are shown, not judged): with d the mean difference X-CLR - SimCLR and Welch's
 t = d / se, se = sqrt(s_x^2 / n_x + s_s^2 / n_s) from the seeds' sample variances, a method is ahead when |t| exceeds
 the two-sided 95% quantile of Student's t at Welch's degrees of freedom, else the two are level within seed noise.
-Without MIN_SEEDS seeds of a setting in the study, it says so and prints no verdict.
+Each rotation's verdict is its own test at 95% (not a joint claim over both). Without MIN_SEEDS seeds of a setting in
+the study, it says so and prints no verdict.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def report(runs: dict[str, dict], seed: int, study_table: dict, choices: dict[st
         per_run = study_table.get(study.regime_name(vendor, plan.GRID_STEPS), {})
         xs, ss = (per_run.get(choices[m].run, {}).get(plan.PRIMARY, []) for m in COMPARED)
         if min(len(xs), len(ss)) < MIN_SEEDS:
-            print(f"  {vendor} held out: the study has {min(len(xs), len(ss))} seeds of it, fewer than {MIN_SEEDS}: "
-                  "no verdict yet (docs/emoji-study.md)")
+            print(f"  {vendor} held out: the study has {min(len(xs), len(ss))} seeds of it at {plan.GRID_STEPS} steps, "
+                  f"fewer than {MIN_SEEDS}: no verdict at this budget (docs/emoji-study.md)")
             continue
         v = verdict(xs, ss)
         print(f"  {vendor} held out: {v.says} (X-CLR - SimCLR {v.diff:+.3f}, t = {v.t:.1f}, 95% at {v.critical:.1f};"

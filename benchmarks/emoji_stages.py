@@ -3,13 +3,17 @@
     grid      the validation rotation's grid, seed GRID_SEED (and a method's fifth point where the rule asks for
               one); each method's choice frozen in CHOICES as soon as its points are evaluated
     budget    the chosen points at BUDGET_LONG steps on the validation rotation; the rule's budget frozen in BUDGET
-    matrix    every rotation x seed x method at its chosen point and the frozen budget, with the untrained floors
-              (--preset gpu: the GPU regimes instead, ResNet-18 at 64 px, without open_clip's CPU-only runs)
+    matrix    every rotation x seed x method at its chosen point and the frozen budget, with the untrained floors,
+              the test rotations first (--preset gpu: the GPU regimes instead, ResNet-18 at 64 px, without open_clip's
+              CPU-only runs and their floor); each seed's runs evaluated as soon as they are done
     captions  X-CLR on the test rotations with name+tags captions (the richer-caption ablation; SimCLR does not
               read captions, so the matrix's SimCLR runs are its reference)
-    low       X-CLR and SimCLR on the test rotations with a third of the emoji (the low-data ablation)
-    demo      the main job: X-CLR and SimCLR on the demo's rotation (emoji_demo), with the study's verdict
-    report    the tables (RESULTS, its .md) and plots (RESULTS-plots/) of every run under ROOT/emoji
+    low       X-CLR and SimCLR on the test rotations with a third of the emoji (the low-data ablation), judged on
+              the full data's database and held-out images, with the convnet's floor
+    demo      the main job: X-CLR and SimCLR on the demo's rotation (emoji_demo), with the study's verdict as
+              RESULTS has it (in the study's own root, run report first)
+    report    every finished run under ROOT/emoji evaluated, then the tables (RESULTS, its .md) and plots
+              (RESULTS-plots/)
 
 Each stage refuses to start before the choices it needs are frozen (PlanError), and every run and evaluation is
 cached under ROOT (study.train, study.evaluate), so a stage can be stopped and rerun. A root holds one plan's runs.
@@ -18,6 +22,7 @@ cached under ROOT (study.train, study.evaluate), so a stage can be stopped and r
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,7 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "emoji-study.json"
 ABLATED = {"tags": ("xclr",), "low": ("xclr", "simclr")}  # the methods each ablation trains
 RANDOM = ("random",)  # every planned run reads the random-order shards
 FLOOR_STEPS = 100  # the floor's steps at lr 0 only settle its BatchNorm statistics
-FLOORS = {plan.FLOOR: (), f"{plan.FLOOR}-test_resnet": ("--arch", "test_resnet")}  # convnet's and open_clip's tower
+CONVNET_FLOOR, OPENCLIP_FLOOR = plan.FLOOR, f"{plan.FLOOR}-test_resnet"
+FLOORS = {CONVNET_FLOOR: (), OPENCLIP_FLOOR: ("--arch", "test_resnet")}  # the convnet's and open_clip's image tower
 
 
 class PlanError(Exception):
@@ -52,7 +58,7 @@ def grid(root: Path) -> None:
         choice = plan.freeze(plan.select(runs))[method]
         print(f"{method}: {choice.point.name} (validation kNN {choice.score:.3f}; "
               f"{', '.join(f'{n} {v:.3f}' for n, v in choice.candidates.items())})", flush=True)
-    _floors(root, base, [plan.GRID_SEED])
+    _floors(root, base, [plan.GRID_SEED], FLOORS)
 
 
 def budget(root: Path) -> None:
@@ -68,19 +74,26 @@ def budget(root: Path) -> None:
              for m, c in choices.items()}
     last_quarter = {m: gain for m, c in choices.items()
                     if (gain := _last_quarter_gain(base / "runs" / (c.run + key))) is not None}
-    print(f"budget: {plan.freeze_budget(gains, last_quarter)} steps", flush=True)
+    steps = plan.freeze_budget(gains, last_quarter)
+    for method, gain in gains.items():
+        print(f"{method}: validation kNN {gain:+.3f} from {plan.GRID_STEPS} to {plan.BUDGET_LONG} steps, "
+              f"{last_quarter.get(method, math.nan):+.3f} in the last quarter", flush=True)
+    print(f"budget: {steps} steps (the rule: {plan.BUDGET_LONG} if any method gains {plan.BUDGET_GAIN} or more)",
+          flush=True)
 
 
 def matrix(root: Path, seeds: list[int], preset: str) -> None:
     choices = _choices(plan.METHODS)
     steps = _budget() if preset == "cpu" else study.GPU_STEPS
-    for vendor in (plan.VALIDATION, *plan.TEST):
+    floors = FLOORS if preset == "cpu" else [CONVNET_FLOOR]
+    for vendor in (*plan.TEST, plan.VALIDATION):
         base = study.prepare(root, CORPUS, study.regime_name(vendor, steps, "gpu" if preset == "gpu" else ""), RANDOM)
         for seed in seeds:
             for method, choice in choices.items():
                 if preset == "cpu" or plan.METHODS[method].trainer == plan.XCLR_TRAIN:
                     _train(base, method, choice.point, seed)
-        _floors(root, base, seeds)
+            study.evaluate(root, base, CORPUS)
+        _floors(root, base, seeds, floors)
 
 
 def ablation(root: Path, seeds: list[int], variant: str) -> None:
@@ -91,7 +104,9 @@ def ablation(root: Path, seeds: list[int], variant: str) -> None:
         for seed in seeds:
             for method in ABLATED[variant]:
                 _train(base, method, choices[method].point, seed)
-        study.evaluate(root, base, CORPUS)
+            study.evaluate(root, base, CORPUS)
+        if variant == "low":  # the tags regime's images are the core regime's, whose floor the matrix trains
+            _floors(root, base, seeds, [CONVNET_FLOOR])
 
 
 def demo(root: Path, seeds: list[int]) -> None:
@@ -111,8 +126,8 @@ def demo(root: Path, seeds: list[int]) -> None:
 
 
 def report(root: Path, out: Path = RESULTS) -> None:
-    results = {done.parts[-3]: json.loads(done.read_text())
-               for done in sorted((root / CORPUS).glob("*/eval/results.json")) if done.parts[-3] in study.PLANNED}
+    results = {base.name: study.evaluate(root, base, CORPUS) for base in sorted((root / CORPUS).iterdir())
+               if base.name in study.PLANNED and any((base / "runs").glob("*/done.json"))}
     if not results:
         raise PlanError(f"no evaluated run of the plan under {root / CORPUS}")
     table = study.tabulate(root, {CORPUS: results})
@@ -133,11 +148,12 @@ def _train(base: Path, method: str, point: plan.Point, seed: int) -> None:
         study.train(base, CORPUS, name, "random", [*spec.args, *point.args], seed)
 
 
-def _floors(root: Path, base: Path, seeds: list[int]) -> None:
-    """The untrained backbones (lr 0): the convnet and open_clip's image tower."""
-    for name, arch in FLOORS.items():
+def _floors(root: Path, base: Path, seeds: list[int], floors: Iterable[str]) -> None:
+    """The untrained backbones (lr 0) named in `floors` (FLOORS: the convnet, open_clip's image tower)."""
+    for name in floors:
         for seed in seeds:
-            study.train(base, CORPUS, name, "random", [*study.METHODS[plan.FLOOR][1], *arch], seed, FLOOR_STEPS)
+            study.train(base, CORPUS, name, "random", [*study.METHODS[plan.FLOOR][1], *FLOORS[name]], seed,
+                        FLOOR_STEPS)
     study.evaluate(root, base, CORPUS)
 
 

@@ -62,7 +62,10 @@ class Regime:
     xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
     training tars; `steps`: the training budget, of `batch` samples; `augment`: the training views (xclr-train
     --augment); `backbone`: the xclr-train options that choose it, its image size and loader; `curve`: xclr-train's
-    in-run evaluation options (the same placeholders), whose log draws the run's learning curve."""
+    in-run evaluation options (the same placeholders), whose log draws the run's learning curve; `judged_by`: the
+    regime whose {tars} and {train} the evaluation and the curve read ("" = this one: the low-data regime trains on a
+    third of the emoji and is judged on the full data's database and held-out images, so that only the training
+    data differs)."""
 
     write: list[str]
     embed: list[str]
@@ -73,6 +76,7 @@ class Regime:
     backbone: tuple[str, ...] = ("--arch", "convnet", "--image-size", "32", "--workers", "1")
     curve: tuple[str, ...] = ()
     batch: int = 128
+    judged_by: str = ""
 
 
 # A ViT of the convnet's size for the backbone check: timm's test_vit (0.26M parameters, width 64), 4x4 patches of
@@ -88,13 +92,14 @@ EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category", "--no
 
 
 def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr",
-          backbone: tuple[str, ...] = Regime.backbone, captions: str = "name", batch: int = Regime.batch) -> Regime:
+          backbone: tuple[str, ...] = Regime.backbone, captions: str = "name", batch: int = Regime.batch,
+          judged_by: str = "") -> Regime:
     """Train on the two other vendors, query with `heldout`'s images; `captions` as sample_corpora emoji --captions."""
     train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
     curve = ("--eval-data", "{train}", "--eval-queries", "{tars}/" + heldout, "--eval-every", str(steps // 4))
     return Regime(["emoji", "--every", str(every), "--captions", captions], ["--label-col", "label"],
                   ["--data", "{train}", "--queries", "{tars}/" + heldout, *EMOJI_EVAL], steps, train, augment, backbone,
-                  curve, batch)
+                  curve, batch, judged_by)
 
 
 def plan_regimes() -> dict[str, Regime]:
@@ -104,7 +109,8 @@ def plan_regimes() -> dict[str, Regime]:
         for steps in (plan.GRID_STEPS, plan.BUDGET_LONG):
             regimes[regime_name(vendor, steps)] = emoji(vendor, steps=steps)
             regimes[regime_name(vendor, steps, "tags")] = emoji(vendor, steps=steps, captions="name+tags")
-            regimes[regime_name(vendor, steps, "low")] = emoji(vendor, every=3, steps=steps)
+            regimes[regime_name(vendor, steps, "low")] = emoji(vendor, every=3, steps=steps,
+                                                               judged_by=regime_name(vendor, steps))
         regimes[regime_name(vendor, GPU_STEPS, "gpu")] = emoji(vendor, steps=GPU_STEPS, backbone=GPU_BACKBONE,
                                                               batch=GPU_BATCH)
     return regimes
@@ -214,7 +220,8 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
         return run
     spec = CORPORA[corpus][base.name]
     steps = steps or spec.steps
-    curve = [a.format(train=_database(base, spec), tars=base / "tars") for a in spec.curve]
+    judge = judged_by(base, corpus)
+    curve = [a.format(train=_database(judge, CORPORA[corpus][judge.name]), tars=judge / "tars") for a in spec.curve]
     resume = ["--resume", "latest"] if (run / CHECKPOINTS / LATEST).exists() else []
     start = time.perf_counter()
     # the method's options after the backbone's, so that random-init's --lr 0 wins
@@ -230,8 +237,8 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
 def evaluate(root: Path, base: Path, corpus: str) -> dict:
     """Every finished run of a regime, each evaluated once by `xclr-eval` (ROOT/.../eval/RUN/), merged into
     ROOT/.../eval/results.json."""
-    spec, tars = CORPORA[corpus][base.name], base / "tars"
-    train = _database(base, spec)
+    spec, judge = CORPORA[corpus][base.name], judged_by(base, corpus)
+    tars, train = judge / "tars", _database(judge, CORPORA[corpus][judge.name])
     merged: dict = {}
     for run in sorted(done.parent for done in (base / "runs").glob("*/done.json")):
         out = base / "eval" / run.name
@@ -242,6 +249,12 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
     (base / "eval" / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
     return merged
+
+
+def judged_by(base: Path, corpus: str) -> Path:
+    """The directory of the regime that judges `base`'s runs (Regime.judged_by), its tars written if need be."""
+    judge = CORPORA[corpus][base.name].judged_by
+    return prepare(base.parent.parent, corpus, judge, layouts=()) if judge else base
 
 
 def _database(base: Path, spec: Regime) -> str:

@@ -18,16 +18,20 @@ from xclr_schemas.names import METRICS  # noqa: E402
 
 
 def grid_scatter(per_run: dict[str, dict[str, list[float]]], out: Path) -> None:
-    """`per_run`: the validation regime's table ({run name: {metric: values over seeds}}); one dot per grid point,
-    one colour per method, the frozen choice ringed, the untrained floor a grey cross."""
+    """`per_run`: the validation regime's table ({run name: {metric: values over seeds, "seed": the seeds}}); one dot
+    per grid point at its GRID_SEED run (the seed every point has; the matrix adds others to the chosen points only),
+    one colour per method, the frozen choice ringed, the untrained floors grey crosses."""
     chosen = {c.run for c in plan.load_choices().values()}
     fig, ax = plt.subplots(figsize=(7, 5))
     colours = dict(zip(plan.METHODS, plt.get_cmap("tab10").colors))
     for run, values in sorted(per_run.items()):
-        method = run.split("@")[0]
-        x, y = statistics.mean(values["caption_alignment"]), statistics.mean(values["knn_accuracy"])
-        if method == plan.FLOOR:
-            ax.scatter(x, y, marker="x", color="grey", s=60, label="untrained")
+        if plan.GRID_SEED not in values["seed"]:
+            continue
+        method, at = run.split("@")[0], values["seed"].index(plan.GRID_SEED)
+        x, y = values["caption_alignment"][at], values["knn_accuracy"][at]
+        if method.startswith(plan.FLOOR):
+            ax.scatter(x, y, marker="x" if method == plan.FLOOR else "+", color="grey", s=60,
+                       label=f"untrained ({'convnet' if method == plan.FLOOR else 'test_resnet'})")
         elif method in colours:
             ax.scatter(x, y, color=colours[method], s=70 if run in chosen else 35,
                        edgecolors="black" if run in chosen else "none", linewidths=1.5)

@@ -81,13 +81,16 @@ def test_the_budget_is_the_longer_one_only_when_some_method_still_gains_a_point(
     assert json.loads(path.read_text())["last_quarter_gains"] == {"xclr": 0.002}
 
 
-def test_every_planned_regime_is_a_study_regime_with_its_rotation_and_curve():
+def test_every_planned_regime_is_a_study_regime_with_its_rotation_curve_and_judge():
     regimes = study.CORPORA["emoji"]
     for vendor in (plan.VALIDATION, *plan.TEST):
         spec = regimes[study.regime_name(vendor, plan.GRID_STEPS)]
         assert vendor not in spec.train and f"{{tars}}/{vendor}" in spec.evaluate
         assert spec.curve[-1] == str(plan.GRID_STEPS // 4)
         assert "name+tags" in regimes[study.regime_name(vendor, plan.GRID_STEPS, "tags")].write
+        low = regimes[study.regime_name(vendor, plan.GRID_STEPS, "low")]  # a third of the emoji, judged on all
+        assert low.write[low.write.index("--every") + 1] == "3" and spec.write[spec.write.index("--every") + 1] == "1"
+        assert low.judged_by == study.regime_name(vendor, plan.GRID_STEPS) and not spec.judged_by
         gpu = regimes[study.regime_name(vendor, study.GPU_STEPS, "gpu")]
         assert gpu.batch == study.GPU_BATCH and "resnet18" in gpu.backbone
     assert study.PLANNED <= set(regimes)
