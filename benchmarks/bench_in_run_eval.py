@@ -48,7 +48,8 @@ def measure(args: argparse.Namespace, arch: str, out: Path) -> dict:
     images = sum(len(v) for v in data.views)
     return {"arch": arch, "step_s": step_s, "eval_s": eval_s, "eval_over_step": eval_s / step_s,
             "eval_images": images, "eval_images_per_s": images / eval_s, "setup_s": setup_s,
-            "eval_calls": len(evals), "steps_timed": len(steps), "eval_lines": [x for x in lines if "eval/seconds" in x]}
+            "eval_calls": len(evals), "steps_timed": len(steps),
+            "eval_lines": [x for x in lines if "eval/seconds" in x]}
 
 
 def main() -> None:

@@ -181,7 +181,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", help="xclr-train options of one configuration (repeatable)")
-    ap.add_argument("--halvings", type=int, default=2, help="also --micro-batch B, B/2, ... B/2^halvings; -1: no chunked configurations")
+    ap.add_argument("--halvings", type=int, default=2,
+                    help="also --micro-batch B, B/2, ... B/2^halvings; -1: no chunked configurations")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration")

@@ -128,10 +128,10 @@ def test_background_similarity_is_the_mean_over_pairs(small):
 def test_a_search_worker_refuses_a_plan_its_engine_would_not_build(tmp_path):
     """A search worker builds the index its graph's plan records; on a node whose FAISS would build another (a plan
     resolved where the faiss-gpu wheel is installed, met on a faiss-cpu node) it refuses to start."""
+    import faiss
+
     from xclr_prep.errors import PrepError
     from xclr_prep.search_stage import GraphPlan, SearchWorker
-
-    import faiss
 
     write_embed_dir(tmp_path / "embed", clustered(1_000, 32, 10, 0.5, seed=1))
     invalid = np.array([7], dtype=np.int64)

@@ -37,8 +37,8 @@ from xclr_train.models import Encoder
 @dataclass(frozen=True)
 class Combined:
     """The images every checkpoint is evaluated on: the database rows, then the query rows (`query` marks them;
-    None = one set, split by `xclr_train.eval_metrics.split`), and caption ids with their embeddings when every image has a caption
-    and a query set was given. `database` and `queries` are the sets as loaded."""
+    None = one set, split by `xclr_train.eval_metrics.split`), and caption ids with their embeddings when every image
+    has a caption and a query set was given. `database` and `queries` are the sets as loaded."""
 
     database: EvalSet
     queries: EvalSet | None
