@@ -79,8 +79,7 @@ def tux_shards(tux_embed) -> Path:
 def stamps_third(tux_embed, tmp_path_factory) -> Path:
     """Every third tuxpaint stamp with a caption, of the categories that have two such stamps or more (the set can
     then be split, stratified by category): their own PNGs, captions and category labels, as a labelled set
-    (classnames.txt lists the categories present). A small set of real stamps for tests that run xclr-eval, whose
-    linear probes on all 802 stamps take seconds."""
+    (classnames.txt lists the categories present). A small set of real stamps for tests that run xclr-eval."""
     from collections import Counter
 
     samples = []

@@ -78,7 +78,7 @@ def test_tuxpaint_tars_all_metrics_plots_and_two_checkpoints(run, tux_embed, tmp
 def test_fashion_mnist_idx_and_saved_features(run, tmp_path):
     npz = tmp_path / "features.npz"
     run_eval(run / "checkpoints" / "latest.pt", "--data", FASHION_MNIST_DIR, "--limit", 400, "--out", tmp_path / "ev",
-             "--save-features", npz)
+             "--save-features", npz, "--no-clustering", "--no-linear-probe")
     saved = np.load(npz)
     _, labels = read_idx(*idx_files(FASHION_MNIST_DIR, "test"))
     assert saved["features"].shape == (400, 256) and saved["features"].dtype == np.float32
@@ -96,7 +96,7 @@ def test_image_folder_counts_undecodable_images(run, tmp_path):
         Image.fromarray(images[i]).save(folder / f"{i}.png")
     (root / "Bag" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "ev"
-    run_eval(run / "checkpoints" / "latest.pt", "--data", root, "--out", out)
+    run_eval(run / "checkpoints" / "latest.pt", "--data", root, "--out", out, "--no-clustering", "--no-linear-probe")
     results = json.loads((out / "results.json").read_text())
     assert results["images"] == 121 and results["runs"]["tux-xclr"]["images"] == 120
     assert results["runs"]["tux-xclr"]["skipped_undecodable_image"] == 1

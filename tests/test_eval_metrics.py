@@ -161,11 +161,16 @@ def test_score_with_a_query_set_uses_it_for_every_query_metric():
     assert bad["knn_accuracy"] < 0.5 and "caption_R@1" not in bad and "knn_accuracy@coarse" not in bad
 
 
-def test_score_without_clustering_leaves_out_exactly_the_clustering_metrics():
+@pytest.mark.parametrize("left_out, keys", [
+    ({"clustering": False}, {"kmeans_ari", "kmeans_nmi", "silhouette", "davies_bouldin", "dunn"}),
+    ({"linear_probe": False}, {"linear_probe_accuracy", "linear_probe_accuracy@coarse"}),
+])
+def test_score_without_clustering_or_probes_leaves_out_exactly_their_metrics(left_out, keys):
     x, y = blobs(10, 3, 8, spread=0.1)
     text = unit(np.random.default_rng(1).normal(size=(3, 8)))
-    full = score(Inputs(features=x, labels=y, text=text, seed=0))
-    lean = score(Inputs(features=x, labels=y, text=text, seed=0, clustering=False))
-    assert set(full.metrics) - set(lean.metrics) == {"kmeans_ari", "kmeans_nmi", "silhouette", "davies_bouldin", "dunn"}
+    coarse = {"coarse": y // 2}
+    full = score(Inputs(features=x, labels=y, text=text, seed=0, more_labels=coarse))
+    lean = score(Inputs(features=x, labels=y, text=text, seed=0, more_labels=coarse, **left_out))
+    assert set(full.metrics) - set(lean.metrics) == keys
     assert all(lean.metrics[k] == full.metrics[k] for k in lean.metrics)
     assert lean.class_similarity == full.class_similarity

@@ -41,8 +41,8 @@ def exported(request, trained_run, stamps_third, tmp_path_factory):
     data = str(stamps_third)
     run_export(run, "--out", root / "export", "--head", "--onnx")
     result = CliRunner().invoke(eval_command, [str(run / "checkpoints" / "latest.pt"), "--data", data, "--out",
-                                               str(root / "eval"), "--no-clustering", "--save-features",
-                                               str(root / "features.npz")])
+                                               str(root / "eval"), "--no-clustering", "--no-linear-probe",
+                                               "--save-features", str(root / "features.npz")])
     assert result.exit_code == 0, result.output[-3000:]
     images = [decode(x) for x in load_eval_set(data, None, "test", None, ("label",)).images]
     return root / "export", np.load(root / "features.npz")["features"], images, run

@@ -26,8 +26,10 @@ RUN = ["--arch", "convnet", "--image-size", "16", "--proj-hidden", "32", "--proj
 
 
 def xclr_eval(out, *args) -> dict:
-    """results.json's runs of `xclr-eval ARGS --out OUT --no-clustering`, run in this process."""
-    result = CliRunner().invoke(eval_command, [*map(str, args), "--out", str(out), "--no-clustering"])
+    """results.json's runs of `xclr-eval ARGS --out OUT --no-clustering --no-linear-probe` (the trainer's in-run
+    evaluation has neither), run in this process."""
+    result = CliRunner().invoke(eval_command, [*map(str, args), "--out", str(out), "--no-clustering",
+                                               "--no-linear-probe"])
     assert result.exit_code == 0, result.output[-3000:]
     return json.loads((out / "results.json").read_text())["runs"]
 
@@ -53,8 +55,7 @@ def test_the_split_is_scikit_learns_stratified_split():
 
 @pytest.mark.slow
 def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards, stamps_third, tmp_path):
-    """--eval-every 2 over 5 steps, one set split (a third of the stamps, conftest.stamps_third, which keeps
-    xclr-eval's linear probes short): lines at steps 2, 4 and the end (5), once each, a rerun of the finished run
+    """--eval-every 2 over 5 steps, one set split (a third of the stamps, conftest.stamps_third): lines at steps 2, 4 and the end (5), once each, a rerun of the finished run
     included; each kNN accuracy is xclr-eval's on the checkpoint of that step, on every image of the set; the
     weights, optimizer and training lines equal a run without evaluation."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -118,7 +118,8 @@ def test_open_clip_trains_on_xclr_shards_and_xclr_eval_reads_its_image_trunk(tux
     npz = tmp_path / "features.npz"
     tars = str(tux_embed / "tars")
     result = CliRunner().invoke(eval_command, [str(checkpoint), "--data", tars, "--out", str(tmp_path / "ev"),
-                                               "--no-clustering", "--save-features", str(npz)])
+                                               "--no-clustering", "--no-linear-probe", "--save-features",
+                                               str(npz)])
     assert result.exit_code == 0, result.output[-3000:]
     run = json.loads((tmp_path / "ev" / "results.json").read_text())["runs"]["run"]
     assert run["loss"] == "open_clip" and run["epoch"] == done["epochs"]

@@ -141,7 +141,8 @@ def _evaluate_one(job: Evaluation, checkpoint: Checkpoint, out: Path) -> tuple[d
             query=None if images.query is None else images.query[ok],
             more_labels={f: v[ok] for f, v in evalset.more_labels.items()},
             caption=None if images.caption is None else images.caption[ok],
-            caption_embeddings=images.caption_embeddings, clustering=options.clustering))
+            caption_embeddings=images.caption_embeddings, clustering=options.clustering,
+            linear_probe=options.linear_probe))
     except ValueError as exc:
         raise EvalError(f"{name}: {exc}") from None
     metrics, similarity = scores.metrics, scores.class_similarity

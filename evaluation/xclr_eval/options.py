@@ -42,6 +42,8 @@ class EvalOptions(Checked):
     save_features: str | None = option(None, "Write features and labels to this .npz (one checkpoint only).")
     clustering: bool = option(True, "k-means ARI/NMI, silhouette, Davies-Bouldin and Dunn (10 k-means restarts: the "
                               "slowest metrics when there are many classes).")
+    linear_probe: bool = option(True, "Linear-probe accuracy: a logistic regression on the database's features, "
+                                "scored on the queries, per label field (slow on large sets).")
     device: str = option("auto", "Where the backbones run (auto: cuda when torch sees a GPU, else cpu).",
                          ("auto", "cpu", "cuda"))
     batch_size: int = option(EVAL_BATCH, "Images per forward pass.", rule=at_least(1))

@@ -44,6 +44,7 @@ class Need(enum.Enum):
 
     CAPTIONS = "caption ids and their embeddings (xclr-eval: --queries, with captions on both sides)"
     CLUSTERING = "the clustering metrics asked for (xclr-eval: --clustering)"
+    LINEAR_PROBE = "the linear probes asked for (xclr-eval: --linear-probe)"
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class Inputs:
 
     `query` (bool (n,)) marks the query rows, the others being the database; None splits the set once
     (`xclr_train.eval_metrics.halves`). `more_labels` are further label fields (n,) each. Caption ids `caption` (n,)
-    index the unit-norm rows of `caption_embeddings`; both or neither. `clustering` False leaves out the metrics that
-    need it."""
+    index the unit-norm rows of `caption_embeddings`; both or neither. `clustering` and `linear_probe` False leave out
+    the metrics that need them."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -78,6 +79,7 @@ class Inputs:
     caption: np.ndarray | None = None
     caption_embeddings: np.ndarray | None = None
     clustering: bool = True
+    linear_probe: bool = True
 
     def __post_init__(self) -> None:
         if (self.caption is None) != (self.caption_embeddings is None):
@@ -85,7 +87,8 @@ class Inputs:
 
     @property
     def available(self) -> frozenset[Need]:
-        met = {Need.CAPTIONS: self.caption is not None, Need.CLUSTERING: self.clustering}
+        met = {Need.CAPTIONS: self.caption is not None, Need.CLUSTERING: self.clustering,
+               Need.LINEAR_PROBE: self.linear_probe}
         return frozenset(need for need, given in met.items() if given)
 
 
@@ -200,7 +203,7 @@ register(Metric("knn_accuracy", (Column("knn_accuracy", "kNN", shown=True),),
                 lambda c: {"knn_accuracy": knn_accuracy(*c.halves())}, per_field=True))
 register(Metric("linear_probe_accuracy", (Column("linear_probe_accuracy", "linear", shown=True),),
                 lambda c: {"linear_probe_accuracy": linear_probe_accuracy(*c.halves(), c.inputs.seed)},
-                per_field=True))
+                per_field=True, needs=frozenset({Need.LINEAR_PROBE})))
 register(Metric("retrieval", (Column("precision@1", "P@1"), Column("precision@10", "P@10"),
                               Column("recall@10", "R@10"), Column("mAP", "mAP", shown=True)),
                 lambda c: retrieval(*c.halves())))
