@@ -55,9 +55,10 @@ def test_the_split_is_scikit_learns_stratified_split():
 
 @pytest.mark.slow
 def test_eval_lines_equal_xclr_eval_and_leave_training_bit_identical(tux_shards, stamps_third, tmp_path):
-    """--eval-every 2 over 5 steps, one set split (a third of the stamps, conftest.stamps_third): lines at steps 2, 4 and the end (5), once each, a rerun of the finished run
-    included; each kNN accuracy is xclr-eval's on the checkpoint of that step, on every image of the set; the
-    weights, optimizer and training lines equal a run without evaluation."""
+    """--eval-every 2 over 5 steps, one set split (a third of the stamps, conftest.stamps_third): lines at steps 2,
+    4 and the end (5), once each, a rerun of the finished run included; each kNN accuracy is xclr-eval's on the
+    checkpoint of that step, on every image of the set; the weights, optimizer and training lines equal a run
+    without evaluation."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = stamps_third
