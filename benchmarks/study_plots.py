@@ -48,7 +48,10 @@ def grid_scatter(per_run: dict[str, dict[str, list[float]]], out: Path) -> None:
 
 def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
     """One picture per regime with in-run evaluations: validation kNN against step, each run name's mean over its
-    finished seeds. Returns the pictures written."""
+    finished seeds, one colour per method (as in the grid picture), the frozen choices bold, the untrained floors
+    grey. Returns the pictures written."""
+    chosen = {c.run for c in plan.load_choices().values()}
+    colours = dict(zip(plan.METHODS, plt.get_cmap("tab10").colors))
     written = []
     for regime in sorted(p for p in corpus_root.iterdir() if (p / "runs").is_dir()):
         lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -61,14 +64,22 @@ def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
                     lines[name][record["step"]].append(record["eval/knn_accuracy"])
         if not lines:
             continue
-        fig, ax = plt.subplots(figsize=(7, 5))
+        fig, ax = plt.subplots(figsize=(8, 5))
         for name, points in sorted(lines.items()):
             steps = sorted(points)
-            ax.plot(steps, [statistics.mean(points[s]) for s in steps], marker="o", label=name)
+            means = [statistics.mean(points[s]) for s in steps]
+            method = name.split("@")[0]
+            if method.startswith(plan.FLOOR):
+                ax.plot(steps, means, marker="x" if method == plan.FLOOR else "+", color="grey", linestyle="none",
+                        label=name)
+            else:
+                bold = name in chosen
+                ax.plot(steps, means, marker="o", markersize=4 if bold else 2, color=colours.get(method, "black"),
+                        linewidth=2.2 if bold else 0.8, alpha=1.0 if bold else 0.4, label=name if bold else None)
         ax.set_xlabel("step")
         ax.set_ylabel("in-run kNN accuracy (held-out vendor)")
-        ax.set_title(regime.name)
-        ax.legend(fontsize=6)
+        ax.set_title(f"{regime.name}: bold = each method's frozen choice, faint = its other grid points")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         path = out_dir / f"curves-{regime.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
