@@ -12,8 +12,8 @@
               the full data's database and held-out images, with the convnet's floor
     demo      the main job: X-CLR and SimCLR on the demo's rotation (emoji_demo), with the study's verdict as
               RESULTS has it (in the study's own root, run report first)
-    report    every finished run under ROOT/emoji evaluated, then the tables (RESULTS, its .md) and plots
-              (RESULTS-plots/)
+    report    every finished run under ROOT/emoji evaluated (it writes evaluations: never beside another stage),
+              then the tables (RESULTS, its .md) and plots (RESULTS-plots/)
 
 Each stage refuses to start before the choices it needs are frozen (PlanError), and every run and evaluation is
 cached under ROOT (study.train, study.evaluate), so a stage can be stopped and rerun. A root holds one plan's runs.
@@ -22,7 +22,6 @@ cached under ROOT (study.train, study.evaluate), so a stage can be stopped and r
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,8 +38,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "emoji-study.json"
 ABLATED = {"tags": ("xclr",), "low": ("xclr", "simclr")}  # the methods each ablation trains
 RANDOM = ("random",)  # every planned run reads the random-order shards
 FLOOR_STEPS = 100  # the floor's steps at lr 0 only settle its BatchNorm statistics
-CONVNET_FLOOR, OPENCLIP_FLOOR = plan.FLOOR, f"{plan.FLOOR}-test_resnet"
-FLOORS = {CONVNET_FLOOR: (), OPENCLIP_FLOOR: ("--arch", "test_resnet")}  # the convnet's and open_clip's image tower
 
 
 class PlanError(Exception):
@@ -49,16 +46,16 @@ class PlanError(Exception):
 
 def grid(root: Path) -> None:
     base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.GRID_STEPS), RANDOM)
-    runs = study.evaluate(root, base, CORPUS)["runs"] if (base / "runs").is_dir() else {}
+    runs = study.evaluate(base, CORPUS)["runs"] if (base / "runs").is_dir() else {}
     for method in plan.METHODS:
         while points := plan.to_train(method, runs):
             for point in points:
                 _train(base, method, point, plan.GRID_SEED)
-            runs = study.evaluate(root, base, CORPUS)["runs"]
+            runs = study.evaluate(base, CORPUS)["runs"]
         choice = plan.freeze(plan.select(runs))[method]
         print(f"{method}: {choice.point.name} (validation kNN {choice.score:.3f}; "
               f"{', '.join(f'{n} {v:.3f}' for n, v in choice.candidates.items())})", flush=True)
-    _floors(root, base, [plan.GRID_SEED], FLOORS)
+    _floors(base, [plan.GRID_SEED], plan.FLOORS)
 
 
 def budget(root: Path) -> None:
@@ -67,7 +64,7 @@ def budget(root: Path) -> None:
     base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.BUDGET_LONG), RANDOM)
     for method, choice in choices.items():
         _train(base, method, choice.point, plan.GRID_SEED)
-    long_runs = study.evaluate(root, base, CORPUS)["runs"]
+    long_runs = study.evaluate(base, CORPUS)["runs"]
     short_runs = json.loads((root / CORPUS / short / "eval" / "results.json").read_text())["runs"]
     key = f"-s{plan.GRID_SEED}"
     gains = {m: long_runs[c.run + key]["metrics"][plan.PRIMARY] - short_runs[c.run + key]["metrics"][plan.PRIMARY]
@@ -77,7 +74,8 @@ def budget(root: Path) -> None:
     steps = plan.freeze_budget(gains, last_quarter)
     for method, gain in gains.items():
         print(f"{method}: validation kNN {gain:+.3f} from {plan.GRID_STEPS} to {plan.BUDGET_LONG} steps, "
-              f"{last_quarter.get(method, math.nan):+.3f} in the last quarter", flush=True)
+              + (f"{last_quarter[method]:+.3f} in the last quarter" if method in last_quarter else "no curve"),
+              flush=True)
     print(f"budget: {steps} steps (the rule: {plan.BUDGET_LONG} if any method gains {plan.BUDGET_GAIN} or more)",
           flush=True)
 
@@ -85,15 +83,15 @@ def budget(root: Path) -> None:
 def matrix(root: Path, seeds: list[int], preset: str) -> None:
     choices = _choices(plan.METHODS)
     steps = _budget() if preset == "cpu" else study.GPU_STEPS
-    floors = FLOORS if preset == "cpu" else [CONVNET_FLOOR]
+    floors = plan.FLOORS if preset == "cpu" else [plan.FLOOR]
     for vendor in (*plan.TEST, plan.VALIDATION):
         base = study.prepare(root, CORPUS, study.regime_name(vendor, steps, "gpu" if preset == "gpu" else ""), RANDOM)
         for seed in seeds:
             for method, choice in choices.items():
                 if preset == "cpu" or plan.METHODS[method].trainer == plan.XCLR_TRAIN:
                     _train(base, method, choice.point, seed)
-            study.evaluate(root, base, CORPUS)
-        _floors(root, base, seeds, floors)
+            study.evaluate(base, CORPUS)
+        _floors(base, seeds, floors)
 
 
 def ablation(root: Path, seeds: list[int], variant: str) -> None:
@@ -104,9 +102,9 @@ def ablation(root: Path, seeds: list[int], variant: str) -> None:
         for seed in seeds:
             for method in ABLATED[variant]:
                 _train(base, method, choices[method].point, seed)
-            study.evaluate(root, base, CORPUS)
+            study.evaluate(base, CORPUS)
         if variant == "low":  # the tags regime's images are the core regime's, whose floor the matrix trains
-            _floors(root, base, seeds, [CONVNET_FLOOR])
+            _floors(base, seeds, [plan.FLOOR])
 
 
 def demo(root: Path, seeds: list[int]) -> None:
@@ -117,7 +115,7 @@ def demo(root: Path, seeds: list[int]) -> None:
     for seed in seeds:
         for method in emoji_demo.COMPARED:
             _train(base, method, choices[method].point, seed)
-    runs = study.evaluate(root, base, CORPUS)["runs"]
+    runs = study.evaluate(base, CORPUS)["runs"]
     table = json.loads(RESULTS.read_text()).get(CORPUS, {}) if RESULTS.exists() else {}
     emoji_demo.report(runs, seeds[0], table, choices, regime)
     print(f"\nEverything is under {base}: tars/ (counts.json), embed/, shards-random/, runs/ (metrics.jsonl, "
@@ -126,10 +124,12 @@ def demo(root: Path, seeds: list[int]) -> None:
 
 
 def report(root: Path, out: Path = RESULTS) -> None:
-    results = {base.name: study.evaluate(root, base, CORPUS) for base in sorted((root / CORPUS).iterdir())
+    if not (root / CORPUS).is_dir():
+        raise PlanError(f"no run of the plan under {root / CORPUS}")
+    results = {base.name: study.evaluate(base, CORPUS) for base in sorted((root / CORPUS).iterdir())
                if base.name in study.PLANNED and any((base / "runs").glob("*/done.json"))}
     if not results:
-        raise PlanError(f"no evaluated run of the plan under {root / CORPUS}")
+        raise PlanError(f"no finished run of the plan under {root / CORPUS}")
     table = study.tabulate(root, {CORPUS: results})
     runs = sorted({m for regime in table[CORPUS].values() for m in regime})
     study.write_report(table, runs, out)
@@ -148,13 +148,13 @@ def _train(base: Path, method: str, point: plan.Point, seed: int) -> None:
         study.train(base, CORPUS, name, "random", [*spec.args, *point.args], seed)
 
 
-def _floors(root: Path, base: Path, seeds: list[int], floors: Iterable[str]) -> None:
-    """The untrained backbones (lr 0) named in `floors` (FLOORS: the convnet, open_clip's image tower)."""
+def _floors(base: Path, seeds: list[int], floors: Iterable[str]) -> None:
+    """The untrained backbones (lr 0) named in `floors` (plan.FLOORS: the convnet, open_clip's image tower)."""
     for name in floors:
         for seed in seeds:
-            study.train(base, CORPUS, name, "random", [*study.METHODS[plan.FLOOR][1], *FLOORS[name]], seed,
+            study.train(base, CORPUS, name, "random", [*study.METHODS[plan.FLOOR][1], *plan.FLOORS[name]], seed,
                         FLOOR_STEPS)
-    study.evaluate(root, base, CORPUS)
+    study.evaluate(base, CORPUS)
 
 
 def _last_quarter_gain(run: Path) -> float | None:

@@ -59,13 +59,13 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 class Regime:
     """One regime's data and evaluation. `write`: sample_corpora arguments; `train`: the folders under the written
     tars that training uses ("" = the tars folder); `embed`: embed arguments beyond those folders; `evaluate`:
-    xclr-eval arguments, where {root} is the study root, {tars} the written tars and {train} a brace pattern of the
-    training tars; `steps`: the training budget, of `batch` samples; `augment`: the training views (xclr-train
-    --augment); `backbone`: the xclr-train options that choose it, its image size and loader; `curve`: xclr-train's
-    in-run evaluation options (the same placeholders), whose log draws the run's learning curve; `judged_by`: the
-    regime whose {tars} and {train} the evaluation and the curve read ("" = this one: the low-data regime trains on a
-    third of the emoji and is judged on the full data's database and held-out images, so that only the training
-    data differs)."""
+    xclr-eval arguments, where {tars} is the written tars and {train} a folder of links to the training tars with the
+    class names (`_database`), both of the regime `judged_by`; `steps`: the training budget, of `batch` samples;
+    `augment`: the training views (xclr-train --augment); `backbone`: the xclr-train options that choose it, its
+    image size and loader; `curve`: xclr-train's in-run evaluation options (the same placeholders), whose log draws
+    the run's learning curve; `judged_by`: the regime whose {tars} and {train} the evaluation and the curve read
+    ("" = this one; a low-data regime is judged on its full regime's database and held-out images, so that only the
+    training data differs)."""
 
     write: list[str]
     embed: list[str]
@@ -93,7 +93,7 @@ EMOJI_EVAL = ["--label-field", "subcategory", "--label-field", "category", "--no
 
 def emoji(heldout: str, every: int = 1, steps: int = 150, augment: str = "simclr",
           backbone: tuple[str, ...] = Regime.backbone, captions: str = "name", batch: int = Regime.batch,
-          judged_by: str = "") -> Regime:
+          judged_by: str = Regime.judged_by) -> Regime:
     """Train on the two other vendors, query with `heldout`'s images; `captions` as sample_corpora emoji --captions."""
     train = tuple(v for v in ("google", "twitter", "openmoji") if v != heldout)
     curve = ("--eval-data", "{train}", "--eval-queries", "{tars}/" + heldout, "--eval-every", str(steps // 4))
@@ -139,9 +139,9 @@ CORPORA = {
                       ["--data", "/usr/share/datasets/fashion-mnist"], 100),
     },
     "tuxpaint": {
-        "full": Regime(["tuxpaint"], ["--label-col", "label"], ["--data", "{root}/tuxpaint/full/tars"], 60),
-        "low": Regime(["tuxpaint", "--every", "10"], ["--label-col", "label"], ["--data", "{root}/tuxpaint/full/tars"],
-                      60),
+        "full": Regime(["tuxpaint"], ["--label-col", "label"], ["--data", "{tars}"], 60),
+        "low": Regime(["tuxpaint", "--every", "10"], ["--label-col", "label"], ["--data", "{tars}"], 60,
+                      judged_by="full"),
     },
 }
 LAYOUTS = {"groups": ["--group-size", "8"], "random": ["--group-size", "1"]}
@@ -234,7 +234,7 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
     return run
 
 
-def evaluate(root: Path, base: Path, corpus: str) -> dict:
+def evaluate(base: Path, corpus: str) -> dict:
     """Every finished run of a regime, each evaluated once by `xclr-eval` (ROOT/.../eval/RUN/), merged into
     ROOT/.../eval/results.json."""
     spec, judge = CORPORA[corpus][base.name], judged_by(base, corpus)
@@ -244,7 +244,7 @@ def evaluate(root: Path, base: Path, corpus: str) -> dict:
         out = base / "eval" / run.name
         if not (out / "results.json").exists():
             sh(str(BIN / "xclr-eval"), str(run / CHECKPOINTS / LATEST),
-               *[a.format(root=root, tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
+               *[a.format(tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
         results = json.loads((out / "results.json").read_text())
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
     (base / "eval" / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
@@ -375,7 +375,8 @@ def run_plan(opts: argparse.Namespace) -> None:
     try:
         stage()
     except (stages.PlanError, openclip_clip.OpenClipError) as exc:
-        sys.exit(f"Error: {exc}")
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:
@@ -411,7 +412,7 @@ def main() -> None:
             for seed in opts.seeds:
                 for name, (layout, args) in methods.items():
                     train(base, corpus, name, layout, args, seed)
-            evaluate(opts.root, base, corpus)
+            evaluate(base, corpus)
     results: dict[str, dict[str, dict]] = {}
     for done in sorted(opts.root.glob("*/*/eval/results.json")):
         results.setdefault(done.parts[-4], {})[done.parts[-3]] = json.loads(done.read_text())

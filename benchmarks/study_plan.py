@@ -94,6 +94,8 @@ METHODS = {
     "openclip": Method((), _grid(LEARNED_TEMPERATURE_LRS), OPEN_CLIP),
 }
 FLOOR = "random-init"  # the untrained backbone (lr 0), trained nowhere, evaluated everywhere
+OPENCLIP_FLOOR = f"{FLOOR}-test_resnet"  # open_clip's image tower untrained
+FLOORS = {FLOOR: (), OPENCLIP_FLOOR: ("--arch", "test_resnet")}  # each floor's run name: its backbone options
 
 
 def run_name(method: str, point: Point) -> str:

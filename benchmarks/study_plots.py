@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,26 +18,41 @@ import study_plan as plan  # noqa: E402
 from xclr_schemas.names import METRICS  # noqa: E402
 
 
+@dataclass(frozen=True)
+class Style:
+    """How one run name is drawn in both pictures: a method's colour, bold when it is the frozen choice; the
+    untrained floors grey crosses (+ for open_clip's tower)."""
+
+    colour: object
+    marker: str
+    bold: bool
+    label: str | None
+
+
+def _style(run: str, chosen: set[str]) -> Style:
+    method = run.split("@")[0]
+    if method in plan.FLOORS:
+        return Style("grey", "x" if method == plan.FLOOR else "+", False, f"untrained ({method})")
+    colours = dict(zip(plan.METHODS, plt.get_cmap("tab10").colors))
+    return Style(colours.get(method, "black"), "o", run in chosen, run if run in chosen else None)
+
+
 def grid_scatter(per_run: dict[str, dict[str, list[float]]], out: Path) -> None:
     """`per_run`: the validation regime's table ({run name: {metric: values over seeds, "seed": the seeds}}); one dot
     per grid point at its GRID_SEED run (the seed every point has; the matrix adds others to the chosen points only),
     one colour per method, the frozen choice ringed, the untrained floors grey crosses."""
     chosen = {c.run for c in plan.load_choices().values()}
     fig, ax = plt.subplots(figsize=(7, 5))
-    colours = dict(zip(plan.METHODS, plt.get_cmap("tab10").colors))
     for run, values in sorted(per_run.items()):
         if plan.GRID_SEED not in values["seed"]:
             continue
-        method, at = run.split("@")[0], values["seed"].index(plan.GRID_SEED)
-        x, y = values["caption_alignment"][at], values["knn_accuracy"][at]
-        if method.startswith(plan.FLOOR):
-            ax.scatter(x, y, marker="x" if method == plan.FLOOR else "+", color="grey", s=60,
-                       label=f"untrained ({'convnet' if method == plan.FLOOR else 'test_resnet'})")
-        elif method in colours:
-            ax.scatter(x, y, color=colours[method], s=70 if run in chosen else 35,
-                       edgecolors="black" if run in chosen else "none", linewidths=1.5)
-    for method, colour in colours.items():
-        ax.scatter([], [], color=colour, label=method)
+        at, style = values["seed"].index(plan.GRID_SEED), _style(run, chosen)
+        ax.scatter(values["caption_alignment"][at], values["knn_accuracy"][at], color=style.colour,
+                   marker=style.marker, s=70 if style.bold else 40, linewidths=1.5,
+                   edgecolors=None if style.marker != "o" else "black" if style.bold else "none",
+                   label=style.label if style.marker != "o" else None)
+    for method in plan.METHODS:
+        ax.scatter([], [], color=_style(method, set()).colour, label=method)
     ax.set_xlabel("caption alignment (Spearman rho)")
     ax.set_ylabel("subcategory kNN accuracy")
     ax.set_title("Validation grid (Google held out): every point of every method; ringed = chosen")
@@ -51,7 +67,6 @@ def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
     finished seeds, one colour per method (as in the grid picture), the frozen choices bold, the untrained floors
     grey. Returns the pictures written."""
     chosen = {c.run for c in plan.load_choices().values()}
-    colours = dict(zip(plan.METHODS, plt.get_cmap("tab10").colors))
     written = []
     for regime in sorted(p for p in corpus_root.iterdir() if (p / "runs").is_dir()):
         lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -67,15 +82,12 @@ def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 5))
         for name, points in sorted(lines.items()):
             steps = sorted(points)
-            means = [statistics.mean(points[s]) for s in steps]
-            method = name.split("@")[0]
-            if method.startswith(plan.FLOOR):
-                ax.plot(steps, means, marker="x" if method == plan.FLOOR else "+", color="grey", linestyle="none",
-                        label=name)
-            else:
-                bold = name in chosen
-                ax.plot(steps, means, marker="o", markersize=4 if bold else 2, color=colours.get(method, "black"),
-                        linewidth=2.2 if bold else 0.8, alpha=1.0 if bold else 0.4, label=name if bold else None)
+            style = _style(name, chosen)
+            ax.plot(steps, [statistics.mean(points[s]) for s in steps], marker=style.marker, color=style.colour,
+                    markersize=4 if style.bold else 2 if style.marker == "o" else 7,
+                    linewidth=2.2 if style.bold else 0.8,
+                    alpha=1.0 if style.bold or style.marker != "o" else 0.4, label=style.label,
+                    linestyle="-" if style.marker == "o" else "none")
         ax.set_xlabel("step")
         ax.set_ylabel("in-run kNN accuracy (held-out vendor)")
         ax.set_title(f"{regime.name}: bold = each method's frozen choice, faint = its other grid points")

@@ -100,6 +100,8 @@ def test_image_folder_counts_undecodable_images(run, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["images"] == 121 and results["runs"]["tux-xclr"]["images"] == 120
     assert results["runs"]["tux-xclr"]["skipped_undecodable_image"] == 1
+    left_out = {"linear_probe_accuracy", "kmeans_ari", "kmeans_nmi", "silhouette", "davies_bouldin", "dunn"}
+    assert not left_out & set(results["runs"]["tux-xclr"]["metrics"])  # --no-linear-probe, --no-clustering
     assert results["classnames"] == sorted(p.name for p in root.iterdir())
 
 

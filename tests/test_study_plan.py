@@ -96,6 +96,17 @@ def test_every_planned_regime_is_a_study_regime_with_its_rotation_curve_and_judg
     assert study.PLANNED <= set(regimes)
 
 
+def test_a_low_data_regime_is_judged_by_its_full_regimes_folders(tmp_path):
+    """study.judged_by: the low-data regime's evaluation reads the full regime's tars (written there once), a core
+    regime reads its own; nothing is written when the judge's tars are done."""
+    full = tmp_path / "emoji" / study.regime_name(plan.VALIDATION, plan.GRID_STEPS)
+    (full / "tars").mkdir(parents=True)
+    (full / "tars" / "done").touch()
+    low = tmp_path / "emoji" / study.regime_name(plan.VALIDATION, plan.GRID_STEPS, "low")
+    assert study.judged_by(low, "emoji") == full and study.judged_by(full, "emoji") == full
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["done", "emoji", full.name, "tars"]
+
+
 def test_the_verdict_names_a_method_only_beyond_welchs_95_percent_quantile():
     ahead = emoji_demo.verdict([0.51, 0.50, 0.52], [0.47, 0.48, 0.46])
     assert ahead.says == "X-CLR ahead" and ahead.diff == pytest.approx(0.04)

@@ -29,8 +29,8 @@ class EvalOptions(Checked):
                                  "both have captions (KEY.txt).")
     label_fields: tuple[str, ...] = option(("label",), "KEY.json field(s) of tar sets to use as labels: the first is "
                                            "the primary label of every metric, each further one adds kNN and "
-                                           "linear-probe accuracy. Integer fields index --classnames, string fields "
-                                           "name their classes.", name="--label-field")
+                                           "(unless --no-linear-probe) linear-probe accuracy. Integer fields index "
+                                           "--classnames, string fields name their classes.", name="--label-field")
     out: str = required("Results directory (a path or URL).")
     classnames: str | None = option(None, "Class names in label order, one per line [default: DATA/classnames.txt, "
                                     "folder names, or Fashion-MNIST's].")
@@ -42,8 +42,8 @@ class EvalOptions(Checked):
     save_features: str | None = option(None, "Write features and labels to this .npz (one checkpoint only).")
     clustering: bool = option(True, "k-means ARI/NMI, silhouette, Davies-Bouldin and Dunn (10 k-means restarts: the "
                               "slowest metrics when there are many classes).")
-    linear_probe: bool = option(True, "Linear-probe accuracy: a logistic regression on the database's features, "
-                                "scored on the queries, per label field (slow on large sets).")
+    linear_probe: bool = option(True, "Linear-probe accuracy: a logistic regression fitted on the database (or the "
+                                "split's first half) and scored on the rest, per label field (slow on large sets).")
     device: str = option("auto", "Where the backbones run (auto: cuda when torch sees a GPU, else cpu).",
                          ("auto", "cpu", "cuda"))
     batch_size: int = option(EVAL_BATCH, "Images per forward pass.", rule=at_least(1))
