@@ -36,6 +36,8 @@ from xclr_schemas.names import METRICS
 CORPUS = "emoji"
 RESULTS = Path(__file__).resolve().parent / "results" / "emoji-study.json"
 ABLATED = {"tags": ("xclr",), "low": ("xclr", "simclr")}  # the methods each ablation trains
+# the floors each ablation trains: the tags regime's images are the core regime's, whose floor the matrix trains
+ABLATION_FLOORS = {"tags": (), "low": (plan.FLOOR,)}
 RANDOM = ("random",)  # every planned run reads the random-order shards
 FLOOR_STEPS = 100  # the floor's steps at lr 0 only settle its BatchNorm statistics
 
@@ -103,8 +105,7 @@ def ablation(root: Path, seeds: list[int], variant: str) -> None:
             for method in ABLATED[variant]:
                 _train(base, method, choices[method].point, seed)
             study.evaluate(base, CORPUS)
-        if variant == "low":  # the tags regime's images are the core regime's, whose floor the matrix trains
-            _floors(base, seeds, [plan.FLOOR])
+        _floors(base, seeds, ABLATION_FLOORS[variant])
 
 
 def demo(root: Path, seeds: list[int]) -> None:

@@ -220,8 +220,11 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
         return run
     spec = CORPORA[corpus][base.name]
     steps = steps or spec.steps
-    judge = judged_by(base, corpus)
-    curve = [a.format(train=_database(judge, CORPORA[corpus][judge.name]), tars=judge / "tars") for a in spec.curve]
+    curve: list[str] = []
+    if spec.curve:  # the judge's tars and database are made only for a run that evaluates itself
+        judge = judged_by(base, corpus)
+        curve = [a.format(train=_database(judge, CORPORA[corpus][judge.name]), tars=judge / "tars")
+                 for a in spec.curve]
     resume = ["--resume", "latest"] if (run / CHECKPOINTS / LATEST).exists() else []
     start = time.perf_counter()
     # the method's options after the backbone's, so that random-init's --lr 0 wins
