@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from data_helpers import labelled_tar, read_labelled_tar, tiny_png
-from prep_helpers import EMBED_ARGS, EMBED_PARTS, GRAPH_ARGS, TUX_GRAPH_ARGS, run_prep
+from prep_helpers import EMBED_ARGS, EMBED_PART_ROWS, EMBED_PARTS, GRAPH_ARGS, TUX_GRAPH_ARGS, run_prep
 from ray_cluster import RayCluster
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may download; subprocesses inherit it
@@ -73,6 +73,19 @@ def tux_shards(tux_embed) -> Path:
     out = tux_embed / "train-shards"
     run_prep("graph", tux_embed / "embed", "--out", out, *TUX_GRAPH_ARGS)
     return out
+
+
+@pytest.fixture(scope="session")
+def fashion_embed(tmp_path_factory) -> Path:
+    """Root holding ``tars`` (the first 1000 Fashion-MNIST training images as img2dataset tars of 500, with
+    classnames.txt) and ``embed``, their class-label-mode embed (--classnames, --template "a photo of a {}")."""
+    from xclr_prep.sample_corpora import write_fashion_mnist_tars
+
+    root = tmp_path_factory.mktemp("fashion")
+    write_fashion_mnist_tars(root / "tars", limit=1000, per_tar=500)
+    run_prep("embed", root / "tars", "--out", root / "embed", "--label-col", "label", "--classnames",
+             root / "tars" / "classnames.txt", "--template", "a photo of a {}", "--no-progress")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -159,12 +172,12 @@ def prep():
 
 @pytest.fixture(scope="session")
 def embed_corpus(tmp_path_factory, wordnet) -> Path:
-    """3000 WordNet captions with a tiny PNG each (column "image") in one Parquet table: EMBED_PARTS parts of 150
-    rows under EMBED_ARGS."""
+    """EMBED_PARTS x EMBED_PART_ROWS WordNet captions with a tiny PNG each (column "image") in one Parquet table:
+    EMBED_PARTS parts under EMBED_ARGS."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = wordnet.slice(0, 150 * EMBED_PARTS)
+    table = wordnet.slice(0, EMBED_PART_ROWS * EMBED_PARTS)
     path = tmp_path_factory.mktemp("corpus") / "wordnet.parquet"
     pq.write_table(table.append_column("image", pa.array([tiny_png(i) for i in range(table.num_rows)])), path)
     return path

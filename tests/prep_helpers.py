@@ -95,13 +95,11 @@ def shard_keys(out: Path) -> list[str]:
 TUX_GRAPH_ARGS = ["--k", "16", "--shard-samples", "200", "--with-embeddings", "--no-progress"]
 
 
-EMBED_ARGS = ["--image-col", "image", "--part-size", "150", "--batch-size", "32", "--no-progress"]
+EMBED_PARTS, EMBED_PART_ROWS = 20, 75  # embed_corpus: 1500 captions
+EMBED_ARGS = ["--image-col", "image", "--part-size", str(EMBED_PART_ROWS), "--batch-size", "32", "--no-progress"]
 
 
-EMBED_PARTS = 20
-
-
-GRAPH_ARGS = ["--block-size", "200", "--shard-samples", "60", "--k", "8", "--no-progress"]
+GRAPH_ARGS = ["--block-size", "100", "--shard-samples", "30", "--k", "8", "--no-progress"]
 
 
 class Tmpfs:

@@ -88,6 +88,7 @@ class RayCluster:
         self.temp = tempfile.mkdtemp(prefix="xr-")  # short: Ray's socket paths must fit in 107 bytes
         self.head: RayNode | None = None
         self.workers: list[RayNode] = []
+        self.lost = 0  # nodes killed through lose(): the head lists them, not alive
         self.address = ""
 
     def __enter__(self) -> RayCluster:
@@ -123,14 +124,22 @@ class RayCluster:
         self.workers.append(node)
         return node
 
+    def lose(self, node: RayNode) -> int:
+        """kill -9 a worker node (RayNode.kill); how many processes it had."""
+        self.workers.remove(node)
+        self.lost += 1
+        return node.kill()
+
     def wait_alive(self, n: int, timeout: float = 180) -> None:
-        """Wait until the cluster counts n alive nodes (a killed node counts until its heartbeats are missed)."""
+        """Wait until the cluster counts n alive nodes and every lost node as dead (a killed node counts as alive
+        until its heartbeats are missed)."""
         code = ("import logging, sys, time, ray\n"
                 f"ray.init(address={self.address!r}, logging_level=logging.ERROR)\n"
+                "count = lambda alive: sum(node['Alive'] == alive for node in ray.nodes())\n"
                 f"deadline = time.monotonic() + {timeout}\n"
-                f"while sum(node['Alive'] for node in ray.nodes()) != {n}:\n"
+                f"while (count(True), count(False)) != ({n}, {self.lost}):\n"
                 "    if time.monotonic() > deadline:\n"
-                "        sys.exit(f'{sum(node[\"Alive\"] for node in ray.nodes())} nodes alive')\n"
+                "        sys.exit(f'{count(True)} nodes alive, {count(False)} dead')\n"
                 "    time.sleep(0.5)\n")
         proc = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
                               timeout=timeout + 60)

@@ -70,11 +70,10 @@ def lose_worker_node(cluster: RayCluster, proc: subprocess.Popen, markers: Path,
     """kill -9 the worker node once `markers` holds n done markers: the run must finish on the head alone (the
     lost actor's units go to the head's actor). Then a worker node comes back, for the next test."""
     wait_for_markers(proc, markers, n)
-    assert cluster.workers[-1].kill() > 0
+    assert cluster.lose(cluster.workers[-1]) > 0
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    cluster.wait_alive(1)  # the lost node is marked dead
     cluster.add_worker(cpus=1)
-    cluster.wait_alive(2)
+    cluster.wait_alive(2)  # and the lost node marked dead
 
 
 def mtimes(folder: Path) -> dict[str, int]:
@@ -86,22 +85,19 @@ def assert_identical_embed(d, reference) -> None:
     assert np.array_equal(d.embeddings, reference.embeddings)
 
 
-def test_embed_on_two_nodes_and_alone_beside_them(cluster, embed_corpus, embed_reference, tmp_path):
+def test_embed_on_two_nodes(cluster, embed_corpus, embed_reference, tmp_path):
     """`ray start --head` + `ray start --address` on a loopback address, joined through RAY_ADDRESS (as under `ray
-    job submit`; the other tests pass --ray-address): both nodes do work. Without either, the stage starts a local
-    Ray of its own, even while the cluster runs on this machine. Both end with the embed directory of the reference
-    run. (Runs first: the cluster is still whole.)"""
-    out, alone = tmp_path / "out", tmp_path / "alone"
+    job submit`; the other tests pass --ray-address): both nodes do work, and the run ends with the embed directory
+    of the reference run. (Runs first: the cluster is still whole. A command without either starts a local Ray of
+    its own beside a running one: test_embed_faults.py, whose actor is the command's child.)"""
+    out = tmp_path / "out"
     run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS, "--num-workers", "2",
              env={**cluster.env, "RAY_ADDRESS": cluster.address})
-    run_prep("embed", embed_corpus, "--out", alone, *EMBED_ARGS, env=cluster.env)
     d = load_embed_dir(out)
     assert_same_result(d, embed_reference)
     nodes = {json.loads(p.read_text())["worker"]["node_id"] for p in (out / "done").glob("*.json")}
     assert len(nodes) == 2  # both nodes did work
     assert d.manifest["run"]["workers"] == 2
-    assert_same_result(load_embed_dir(alone), embed_reference)
-    assert not {json.loads(p.read_text())["worker"]["node_id"] for p in (alone / "done").glob("*.json")} & nodes
 
 
 STEPS, BATCH = 12, 8  # 2 ranks: global batches of 16, 2 steps an epoch, 6 epochs
@@ -282,7 +278,6 @@ def test_an_output_directory_that_a_node_cannot_see_is_refused(cluster, embed_co
         proc = run_prep("embed", embed_corpus, "--out", hidden / "out", *EMBED_ARGS, "--ray-address",
                         cluster.address, check=False, env=cluster.env)
     finally:
-        node.kill()
-        cluster.workers.remove(node)
+        cluster.lose(node)
     assert proc.returncode == 2 and "is not visible on Ray node" in proc.stderr.strip().splitlines()[-1]
     assert sorted(p.name for p in (hidden / "out").iterdir()) == [LOCK, "plan.json"]  # no work was done

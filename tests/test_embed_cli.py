@@ -1,7 +1,6 @@
 """`xclr-prep embed` end to end: real Ray (the session's, conftest.shared_ray), real model, real files; real corpora
 where installed."""
 
-import gzip
 import json
 
 import numpy as np
@@ -16,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from xclr_prep.captions import normalise
 from xclr_prep.sample_corpora import tuxpaint_stamps
 from xclr_schemas import load_embed_dir
+from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
 from xclr_schemas.out_lock import LOCK
 
 FAST = ["--no-progress", "--batch-size", "64"]
@@ -123,31 +123,18 @@ def test_a_model_that_cannot_load_and_an_empty_corpus_are_one_line_errors(tmp_pa
     assert "nothing to embed: 2 input rows, all skipped (caption_empty: 2)" in last_line(proc)
 
 
-def fashion_mnist_labels(n):
-    with gzip.open("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz") as f:
-        data = f.read()
-    assert int.from_bytes(data[:4], "big") == 2049
-    return list(data[8 : 8 + n])
-
-
-FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
 @pytest.mark.slow
-def test_class_label_mode_on_fashion_mnist(tmp_path, model_path):
-    labels = fashion_mnist_labels(2000)
-    pq.write_table(pa.table({"key": [f"fm{i}" for i in range(2000)], "label": labels}), tmp_path / "fm.parquet")
-    (tmp_path / "classes.txt").write_text("\n".join(FASHION) + "\n")
-    out = tmp_path / "out"
-    run_prep("embed", tmp_path / "fm.parquet", "--out", out, "--label-col", "label", "--classnames",
-             tmp_path / "classes.txt", "--template", "a photo of a {}", *FAST)
-    d = load_embed_dir(out)
+def test_class_label_mode_on_fashion_mnist(fashion_embed, model_path):
+    """One caption a class, from --template and --classnames, in order of first appearance; each sample keeps its
+    label and points at its class's caption."""
+    labels = read_idx(*idx_files(FASHION_MNIST_DIR, "train"))[1][:1000].tolist()
+    d = load_embed_dir(fashion_embed / "embed")
     order = list(dict.fromkeys(labels))
-    assert d.captions == [f"a photo of a {FASHION[i]}" for i in order]
+    assert d.captions == [f"a photo of a {FASHION_MNIST_CLASSES[i]}" for i in order]
     assert d.samples.column("label").to_pylist() == labels
     assert [d.captions[i] for i in d.samples.column("caption_id").to_pylist()] == [
-        f"a photo of a {FASHION[i]}" for i in labels]
-    assert d.manifest["classnames"] == FASHION
+        f"a photo of a {FASHION_MNIST_CLASSES[i]}" for i in labels]
+    assert d.manifest["classnames"] == list(FASHION_MNIST_CLASSES)
     direct = SentenceTransformer(model_path, device="cpu").encode(d.captions)
     assert cosine_rows(d.embeddings, direct).min() >= 0.999
 

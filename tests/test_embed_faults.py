@@ -47,7 +47,8 @@ def keys_lost(corpus, d) -> int:
 def test_an_actor_killed_then_the_command_killed_then_rerun(corpus, reference, tmp_path, fault_ledger):
     """kill -9 of the actor after 2 parts: Ray restarts it and its unit is retried. kill -9 of the command (and the
     local Ray it started) 3 parts later. The rerun does only the parts left and ends with the embed directory of an
-    uninterrupted run."""
+    uninterrupted run. The command starts its Ray beside the session's running one (conftest.shared_ray) and does
+    not join it: its one actor is the command's child."""
     out = tmp_path / "out"
     proc = start(corpus, out)
     wait_for_parts(proc, out, 2)

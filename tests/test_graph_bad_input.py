@@ -92,7 +92,7 @@ def test_nan_rows_missing_and_undecodable_images_are_skipped_and_counted(tmp_pat
 @pytest.mark.slow  # a whole command (the fast lane, -m "not slow", leaves it out)
 @pytest.mark.parametrize("method", ["ivf", "hnsw"])
 def test_approximate_graph_reports_its_measured_recall(tmp_path, method):
-    x = clustered(10_000, 64, 100, 0.5, seed=3)
+    x = clustered(4_000, 64, 100, 0.5, seed=3)
     write_embed_dir(tmp_path / "embed", x)
     run_prep("graph", tmp_path / "embed", "--out", tmp_path / "out", "--index", method, "--k", "10", *FAST)
     graph = load_graph(tmp_path / "out" / "graph")

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 from data_helpers import assert_topk_equal, brute_force_topk
-from prep_helpers import TUX_GRAPH_ARGS, run_prep
+from prep_helpers import TUX_GRAPH_ARGS, prep_error, run_prep
 
 from xclr_prep.groups import in_group_neighbors
-from xclr_prep.sample_corpora import write_fashion_mnist_tars
 from xclr_schemas import load_embed_dir, load_graph, load_npy, read_shards_manifest
 
 pytestmark = pytest.mark.slow  # whole commands end to end (the fast lane, -m "not slow", leaves them out)
@@ -130,20 +129,17 @@ def test_rerun_of_a_complete_dir_does_nothing_and_other_options_are_refused(tux_
     assert "holds shards from other inputs or options" in other.stderr and "--graph" in other.stderr
 
 
-def test_class_label_mode_gives_the_dense_class_graph(tmp_path):
-    write_fashion_mnist_tars(tmp_path / "tars", limit=1000, per_tar=500)
-    run_prep("embed", tmp_path / "tars", "--out", tmp_path / "embed", "--label-col", "label", "--classnames",
-             tmp_path / "tars" / "classnames.txt", *FAST)
-    run_prep("graph", tmp_path / "embed", "--out", tmp_path / "shards", *FAST)  # k defaults to min(32, U - 1)
+def test_class_label_mode_gives_the_dense_class_graph(fashion_embed, tmp_path):
+    embed = fashion_embed / "embed"
+    run_prep("graph", embed, "--out", tmp_path / "shards", *FAST)  # k defaults to min(32, U - 1)
     graph = load_graph(tmp_path / "shards" / "graph")
     assert graph.manifest["k"] == 9
     for c, row in enumerate(graph.neighbors["id"]):
         assert sorted(row) == [i for i in range(10) if i != c]
     manifest = read_shards_manifest(tmp_path / "shards")
     assert manifest["counts"]["written"] == 1000 and manifest["classnames"][0] == "T-shirt/top"
-    too_many = run_prep("graph", tmp_path / "embed", "--out", tmp_path / "s2", "--k", "10", *FAST, check=False)
-    assert too_many.returncode == 2
-    assert "--k 10 needs more than 10 unique captions, there are 10" in too_many.stderr
+    assert prep_error("graph", embed, "--out", tmp_path / "s2", "--k", "10", *FAST).startswith(
+        "xclr-prep: error: --k 10 needs more than 10 unique captions, there are 10 (use --k 9 or less")
 
 
 def test_images_from_every_source_kind(tmp_path):

@@ -164,7 +164,7 @@ def test_the_pipeline_on_a_flaky_store_equals_the_pipeline_on_local_paths(tux_em
     assert steps == list(range(1, 13))  # resumed from the published checkpoint: nothing repeated, nothing lost
 
     run_cli("xclr_eval", f"{url}/run/checkpoints/latest.pt", "--data", f"{url}/corpus", "--out", f"{url}/eval",
-            env=machine_a)
+            "--no-linear-probe", "--no-clustering", env=machine_a)
     results = json.loads((bucket / "eval" / "results.json").read_text())
     pngs = sum(name.endswith(".png") for t in (bucket / "corpus").glob("*.tar") for name in tarfile.open(t).getnames())
     assert results["runs"]["run"]["step"] == 12 and results["images"] == pngs
