@@ -52,12 +52,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def nodes(tmp_path_factory):
+    """The module's cluster: a head node, and worker nodes as the tests add them."""
     with RayCluster(tmp_path_factory.mktemp("cluster"), lost_node_s=6) as c:
         c.start_head(cpus=1)
-        c.add_worker(cpus=1)
-        c.wait_alive(2)
         yield c
+
+
+@pytest.fixture
+def cluster(nodes: RayCluster) -> RayCluster:
+    """The module's cluster with one worker node beside the head (a new one where a test lost the last)."""
+    if not nodes.workers:
+        nodes.add_worker(cpus=1)
+    nodes.wait_alive(2)  # and a lost node marked dead
+    return nodes
 
 
 def start_logged(cmd: list, cluster: RayCluster, log: Path) -> subprocess.Popen:
@@ -68,12 +76,10 @@ def start_logged(cmd: list, cluster: RayCluster, log: Path) -> subprocess.Popen:
 
 def lose_worker_node(cluster: RayCluster, proc: subprocess.Popen, markers: Path, n: int, log: Path) -> None:
     """kill -9 the worker node once `markers` holds n done markers: the run must finish on the head alone (the
-    lost actor's units go to the head's actor). Then a worker node comes back, for the next test."""
+    lost actor's units go to the head's actor)."""
     wait_for_markers(proc, markers, n)
     assert cluster.lose(cluster.workers[-1]) > 0
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    cluster.add_worker(cpus=1)
-    cluster.wait_alive(2)  # and the lost node marked dead
 
 
 def mtimes(folder: Path) -> dict[str, int]:
@@ -88,8 +94,8 @@ def assert_identical_embed(d, reference) -> None:
 def test_embed_on_two_nodes(cluster, embed_corpus, embed_reference, tmp_path):
     """`ray start --head` + `ray start --address` on a loopback address, joined through RAY_ADDRESS (as under `ray
     job submit`; the other tests pass --ray-address): both nodes do work, and the run ends with the embed directory
-    of the reference run. (Runs first: the cluster is still whole. A command without either starts a local Ray of
-    its own beside a running one: test_embed_faults.py, whose actor is the command's child.)"""
+    of the reference run. (A command without either starts a local Ray of its own beside a running one:
+    test_embed_faults.py, whose actor is the command's child.)"""
     out = tmp_path / "out"
     run_prep("embed", embed_corpus, "--out", out, *EMBED_ARGS, "--num-workers", "2",
              env={**cluster.env, "RAY_ADDRESS": cluster.address})
@@ -267,17 +273,17 @@ def test_graph_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluste
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
-def test_an_output_directory_that_a_node_cannot_see_is_refused(cluster, embed_corpus, tmp_path):
-    """A third node that does not mount the output's filesystem (it sees an empty directory there): the run stops
+def test_an_output_directory_that_a_node_cannot_see_is_refused(nodes, embed_corpus, tmp_path):
+    """A node that does not mount the output's filesystem (it sees an empty directory there) joins: the run stops
     with a one-line error before any work, instead of leaving parts on that node where the driver never looks."""
     hidden = tmp_path / "not-shared"
     hidden.mkdir()
-    node = cluster.add_worker(cpus=1, hide=hidden)
+    node = nodes.add_worker(cpus=1, hide=hidden)
     try:
-        cluster.wait_alive(3)
+        nodes.wait_alive(len(nodes.workers) + 1)
         proc = run_prep("embed", embed_corpus, "--out", hidden / "out", *EMBED_ARGS, "--ray-address",
-                        cluster.address, check=False, env=cluster.env)
+                        nodes.address, check=False, env=nodes.env)
     finally:
-        cluster.lose(node)
+        nodes.lose(node)
     assert proc.returncode == 2 and "is not visible on Ray node" in proc.stderr.strip().splitlines()[-1]
     assert sorted(p.name for p in (hidden / "out").iterdir()) == [LOCK, "plan.json"]  # no work was done
