@@ -11,6 +11,7 @@ from data_helpers import assert_topk_equal, brute_force_topk, clustered, write_e
 
 from xclr_prep import knn
 from xclr_prep.search_methods import METHODS
+from xclr_prep.torch_search import exact_search_torch
 from xclr_schemas import EmbeddingRows
 
 
@@ -49,7 +50,7 @@ def test_torch_path_equals_faiss_path(small, monkeypatch):
     monkeypatch.setattr(knn, "DB_BLOCK", 1000)
     queries, ids = rows.take(np.arange(0, 3000, 7)), np.arange(rows.n)
     faiss_sims, faiss_ids = knn.exact_search(rows, queries, ids, 9)
-    torch_sims, torch_ids = knn._exact_search_torch(rows, queries, ids, 9, "cpu")
+    torch_sims, torch_ids = exact_search_torch(rows, queries, ids, 9, "cpu")
     assert_topk_equal(torch_sims, torch_ids, faiss_sims.astype(np.float64), faiss_ids, atol=1e-5)
 
 

@@ -2,7 +2,7 @@
 
 Exact: queries against the database streamed in blocks of `DB_BLOCK` rows, per-query heaps merged across blocks.
 Memory is the query block, one database block and the heaps: (q + DB_BLOCK) * dim * 4 + q * (k + 1) * 12 bytes;
-nothing is N x N.
+nothing is N x N. The torch-cuda engine's exact search is `xclr_prep.torch_search`.
 
 Methods, their engines and their FAISS recipes: `xclr_prep.search_methods`. An approximate index's search parameter
 (nprobe / efSearch, and a CPU IVF index's re-ranking factor) is tuned on a query sample until recall@k reaches the
@@ -15,16 +15,15 @@ ties at the k-th place count as hits, so recall 1.0 means "as good as exact", wh
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from xclr_prep.search_methods import method as search_method
+from xclr_prep.torch_search import DB_BLOCK, exact_search_torch
 from xclr_schemas import EmbeddingRows
 
-DB_BLOCK = 65_536
 _TIE_EPS = 1e-4
 _TUNING_MARGIN = 0.01  # tune a little above the target: the final recall is measured on another sample
 
@@ -53,7 +52,7 @@ def exact_search(rows: EmbeddingRows, queries: np.ndarray, database_ids: np.ndar
     """(sims, ids), each (len(queries), k), best first: the k database rows (among `database_ids`, sorted) with
     the largest inner product with each query."""
     if engine == "torch-cuda":
-        return _exact_search_torch(rows, queries, database_ids, k, "cuda")
+        return exact_search_torch(rows, queries, database_ids, k, "cuda")
     gpu = engine == "faiss-gpu"
     if gpu:
         queries = queries.astype(np.float16)
@@ -68,27 +67,6 @@ def exact_search(rows: EmbeddingRows, queries: np.ndarray, database_ids: np.ndar
         heap.add_result(sims, ids[local])
     heap.finalize()
     return heap.D, heap.I
-
-
-def _exact_search_torch(rows: EmbeddingRows, queries: np.ndarray, database_ids: np.ndarray, k: int,
-                        device: str) -> tuple[np.ndarray, np.ndarray]:
-    """The exact search as fp16 matmuls + top-k in torch (the torch-cuda engine; `device` may be "cpu" in tests,
-    then in fp32)."""
-    import torch
-
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    q = torch.from_numpy(queries).to(device, dtype)
-    best_sims = torch.full((len(queries), 0), -math.inf, device=device)
-    best_ids = torch.empty((len(queries), 0), dtype=torch.int64, device=device)
-    for start in range(0, len(database_ids), DB_BLOCK):
-        ids = torch.from_numpy(database_ids[start:start + DB_BLOCK]).to(device)
-        block = torch.from_numpy(rows.take(database_ids[start:start + DB_BLOCK])).to(device, dtype)
-        sims, local = (q @ block.T).float().topk(min(k, len(ids)), dim=1)
-        merged_sims = torch.cat([best_sims, sims], dim=1)
-        merged_ids = torch.cat([best_ids, ids[local]], dim=1)
-        best_sims, order = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-        best_ids = merged_ids.gather(1, order)
-    return best_sims.cpu().numpy(), best_ids.cpu().numpy()
 
 
 def drop_self(sims: np.ndarray, ids: np.ndarray, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
