@@ -11,6 +11,7 @@ from data_helpers import brute_force_topk, clustered, tiny_png, write_embed_dir,
 from prep_helpers import prep_error, run_prep
 
 from xclr_prep import knn
+from xclr_prep.graph_stage import check_embeddings
 from xclr_prep.search_methods import METHODS
 from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
 from xclr_schemas.out_lock import LOCK
@@ -87,6 +88,25 @@ def test_nan_rows_missing_and_undecodable_images_are_skipped_and_counted(tmp_pat
     others = np.delete(graph.neighbors["id"], 7, axis=0)
     assert (others >= 0).all() and not (others == 7).any()
     assert sum(json.loads((tmp_path / "out" / "sizes.json").read_text()).values()) == 396
+
+
+def test_the_driver_unmaps_the_embeddings_it_checked(tmp_path):
+    """check_embeddings reads every row (so every page of the mapped parts) and returns their shape and invalid ids
+    only: no part file stays mapped in this process, where its pages would count in the driver's RSS."""
+    x = clustered(3_000, 64, 10, 0.5, seed=1)
+    x[5] = np.nan
+    write_embed_dir(tmp_path / "embed", x)
+    parts = sorted(str(p) for p in (tmp_path / "embed" / "embeddings").glob("*.npy"))
+
+    def mapped() -> set[str]:
+        return {line.split()[-1] for line in open("/proc/self/maps") if line.rstrip().endswith(".npy")}
+
+    rows = EmbeddingRows(tmp_path / "embed")
+    assert mapped() >= set(parts)  # what would stay mapped with rows held
+    del rows
+    checked = check_embeddings(EmbeddingRows(tmp_path / "embed"))
+    assert (checked.n, checked.dim, checked.invalid.tolist(), checked.valid) == (3_000, 64, [5], 2_999)
+    assert not mapped() & set(parts)
 
 
 @pytest.mark.slow  # a whole command (the fast lane, -m "not slow", leaves it out)

@@ -9,9 +9,9 @@ Driver flow:
 2. (The command line holds OUT's lock, `xclr_schemas.out_lock`, from before it reads OUT.) A full disk ends the
    command with one line (`xclr_prep.fsutil.no_space_as_error`). ``OUT/plan.json``: a fingerprint of the embed
    manifest, every option and the index recipe (`SearchMethod.recipe`: a graph half searched by a version that
-   built another index is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten embed directory, or
-   the options); the same plan is resumed; a complete OUT is left as it is. A corpus file that changed since embed
-   (the identity the embed directory's ``plan.json`` holds) is refused, named, before any work.
+   built another index is not resumed). An OUT holding another plan is refused, naming what changed (a rewritten
+   embed directory, or the options); the same plan is resumed; a complete OUT is left as it is. A corpus file that
+   changed since embed (the identity the embed directory's ``plan.json`` holds) is refused, named, before any work.
 3. Ray (local or ``--ray-address``). Graph: ``OUT/graph/`` searched by a pool of `SearchWorker`
    (`xclr_prep.search_stage`) unless ``--graph`` names an existing graph of the same embed directory. Below the
    recall target the run stops with an error and no graph manifest (``--allow-low-recall`` accepts it).
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,6 +67,27 @@ from xclr_schemas.names import GRAPH, PLAN
 
 VALIDITY_BLOCK = 32_768  # rows of the embedding check's blocks (invalid_captions)
 NORM_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class CheckedEmbeddings:
+    """What the driver keeps of the caption embeddings once checked (`check_embeddings`): their shape and the ids
+    of the invalid ones."""
+
+    n: int
+    dim: int
+    invalid: np.ndarray
+
+    @property
+    def valid(self) -> int:
+        return self.n - len(self.invalid)
+
+
+def check_embeddings(rows: EmbeddingRows) -> CheckedEmbeddings:
+    """`rows` checked (invalid_captions). The caller passes rows it holds no other reference to: they are unmapped
+    when this returns, since the check read every page of them and the pages of a mapping count in the driver's
+    RSS while it lives (the whole fp16 embeddings, 2.3 GB at 3M captions, through the shard writing)."""
+    return CheckedEmbeddings(rows.n, rows.dim, invalid_captions(rows))
 
 
 def invalid_captions(rows: EmbeddingRows) -> np.ndarray:
@@ -122,18 +143,18 @@ def run_graph(opts: GraphOptions) -> dict:
     t0 = time.perf_counter()
     try:
         embed_manifest = read_manifest(opts.embed_dir)
-        rows = EmbeddingRows(opts.embed_dir, embed_manifest)
+        EmbeddingRows(opts.embed_dir, embed_manifest)  # its parts are checked at once; read after the plan's check
     except EmbedDirError as e:
         raise PrepError(str(e)) from e
     embed = InputIdentity.of_dir(opts.embed_dir)
     with no_space_as_error(opts.out):
         refuse_changed_inputs(opts.out, Plan((embed,), None))  # at once, before the embeddings are read
         corpus = _corpus_plan(opts.embed_dir)
-        invalid = invalid_captions(rows)
-        k = _resolve_k(opts.k, rows.n - len(invalid))
+        emb = check_embeddings(EmbeddingRows(opts.embed_dir, embed_manifest))
+        k = _resolve_k(opts.k, emb.valid)
         start_ray(opts.ray_address)
         try:
-            graph_dir, graph_plan = _graph_plan(opts, k, embed.manifest_sha256, rows, invalid)
+            graph_dir, graph_plan = _graph_plan(opts, k, embed.manifest_sha256, emb)
             plan = _plan(embed, graph_plan, SHARDS_SCHEMA_VERSION, graph_dir=str(graph_dir),
                          shards=asdict(opts.shards))
             hint = f"use another --out (to re-pack with other shard options, pass --graph {opts.out}/graph)"
@@ -144,12 +165,10 @@ def run_graph(opts: GraphOptions) -> dict:
             require_shared([str(opts.out / PLAN), str(opts.embed_dir / MANIFEST)]
                            + ([str(graph_dir / MANIFEST)] if opts.graph else []))
             if opts.graph is None:
-                graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed, corpus, embed_manifest, rows,
-                                              invalid)
+                graph_manifest = _build_graph(opts, graph_dir, graph_plan, embed, corpus, embed_manifest, emb)
             else:
                 graph_manifest = load_graph(graph_dir).manifest
-            manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed.manifest_sha256, rows,
-                                     invalid)
+            manifest = _build_shards(opts, graph_dir, graph_manifest, embed_manifest, embed.manifest_sha256, emb)
         finally:
             ray.shutdown()
         manifest["seconds"] = round(time.perf_counter() - t0, 2)
@@ -168,16 +187,15 @@ def _plan(embed: InputIdentity, graph_plan: GraphPlan, schema_version: int, **op
     return Plan((embed,), {"graph": graph, **options}, schema_version)
 
 
-def _graph_plan(opts: GraphOptions, k: int, embed_sha: str, rows: EmbeddingRows,
-                invalid: np.ndarray) -> tuple[Path, GraphPlan]:
+def _graph_plan(opts: GraphOptions, k: int, embed_sha: str, emb: CheckedEmbeddings) -> tuple[Path, GraphPlan]:
     """Where the graph is and its plan: OUT/graph searched with the options' method (auto resolved on the running
     Ray), or the complete graph ``--graph`` reuses."""
     if opts.graph is not None:
         return opts.graph, _reused_graph_plan(opts.graph, embed_sha)
     device = cluster_device(opts.device)
-    method = _resolve_method(opts.method, device, rows.n - len(invalid), rows.dim)
+    method = _resolve_method(opts.method, device, emb.valid, emb.dim)
     record = METHODS[method]
-    recipe = record.recipe(rows.n - len(invalid), rows.dim, record.engine(device, knn.faiss_gpu_build()))
+    recipe = record.recipe(emb.valid, emb.dim, record.engine(device, knn.faiss_gpu_build()))
     return opts.out / GRAPH, GraphPlan(GRAPH_SCHEMA_VERSION, embed_sha, k, method, opts.recall_target,
                                        opts.block_size, device, opts.search_seed or 0, recipe)
 
@@ -195,18 +213,19 @@ def _reused_graph_plan(graph_dir: Path, embed_sha: str) -> GraphPlan:
 
 
 def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed: InputIdentity, corpus: Plan,
-                 embed_manifest: dict, rows: EmbeddingRows, invalid: np.ndarray) -> dict:
+                 embed_manifest: dict, emb: CheckedEmbeddings) -> dict:
     """Search (or resume) the graph of `plan` in `graph_dir`; its manifest, written only while the embed directory
     and its `corpus` are as the run found them."""
     dir_plan = _plan(embed, plan, GRAPH_SCHEMA_VERSION)
     if claim_dir(graph_dir, dir_plan, "graph", "a graph", "use another --out"):
         return load_graph(graph_dir).manifest
     started = time.perf_counter()
-    create_neighbors_file(graph_dir, rows.n, plan.k)
+    create_neighbors_file(graph_dir, emb.n, plan.k)
     device = plan.device
     n, cpus, gpus = pool_shape(device, opts.num_workers, opts.gpus_per_worker, None)
-    actors = start_pool(SearchWorker, n, cpus, gpus, str(opts.embed_dir), str(graph_dir), plan, invalid, device, cpus)
-    result = search_graph(actors, graph_dir, rows.n, opts.block_size, plan.method, plan.seed,
+    actors = start_pool(SearchWorker, n, cpus, gpus, str(opts.embed_dir), str(graph_dir), plan, emb.invalid, device,
+                        cpus)
+    result = search_graph(actors, graph_dir, emb.n, opts.block_size, plan.method, plan.seed,
                           opts.recall_target, opts.progress)
     for actor in actors:
         ray.kill(actor)
@@ -222,11 +241,11 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed: In
         "fingerprint": json_digest(asdict(plan)),
         "embed_dir": str(opts.embed_dir),
         "model": embed_manifest["model"],
-        "captions": rows.n,
+        "captions": emb.n,
         "k": plan.k,
         "method": plan.method,
         "recall_target": opts.recall_target,
-        "invalid_captions": {"count": len(invalid), "ids": invalid[:100].tolist()},
+        "invalid_captions": {"count": len(emb.invalid), "ids": emb.invalid[:100].tolist()},
         **result,
         "run": {"workers": n, "device": device, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                 "seconds": round(time.perf_counter() - started, 2)},
@@ -238,18 +257,18 @@ def _build_graph(opts: GraphOptions, graph_dir: Path, plan: GraphPlan, embed: In
 
 
 def _build_shards(opts: GraphOptions, graph_dir: Path, graph_manifest: dict, embed_manifest: dict, embed_sha: str,
-                  rows: EmbeddingRows, invalid: np.ndarray) -> dict:
+                  emb: CheckedEmbeddings) -> dict:
     """Write (or resume) the shards of OUT from the graph in `graph_dir`; their manifest (not yet written). Every
     sample is written or skipped with its reason (written + skipped = the embed directory's kept samples);
     PrepError when none could be written."""
-    caption_ok = np.ones(rows.n, dtype=bool)
-    caption_ok[invalid] = False
+    caption_ok = np.ones(emb.n, dtype=bool)
+    caption_ok[emb.invalid] = False
     n, cpus, _ = pool_shape("cpu", opts.num_workers, 0, 1)  # one shard writer per CPU
     parts = EmbedParts.of(embed_manifest)
     actors = start_pool(ShardWorker, n, cpus, 0, str(opts.embed_dir), str(graph_dir), str(opts.out), parts,
                         opts.shards.with_embeddings, cpus)
     result = run_shards(actors, opts.out, opts.embed_dir, parts, caption_ok, load_graph(graph_dir).neighbors["id"],
-                        graph_manifest["k"], rows.dim, opts.shards, opts.progress)
+                        graph_manifest["k"], emb.dim, opts.shards, opts.progress)
     skipped = result["skipped"]
     kept = embed_manifest["counts"]["kept"]
     if result["written"] + sum(skipped.values()) != kept:
