@@ -1,11 +1,13 @@
-"""Every GPU figure the docs wait for, in one command of about 8 minutes on one GPU, each figure against a baseline
-measured in the same run (docs/benchmarks.md, "On a GPU: one command").
+"""Every GPU figure the docs wait for, in one command sized to run in about 8 minutes on one GPU (not yet run on
+one), each figure against a baseline measured in the same run (docs/benchmarks.md, "On a GPU: one command").
 
     bash benchmarks/gpu_check.sh                          # a GPU node: runs/gpu-check/gpu-check.{json,txt}
     bash benchmarks/gpu_check.sh --device cpu --quick     # the dry run of the suite (tests/test_gpu_check.py)
 
 It needs no corpus and imports neither Ray nor FAISS (faiss-gpu's row is measured where it is installed). Sections,
-in this order (SECTIONS); the JSON is rewritten after each, so that a run cut short keeps what it measured:
+in this order (SECTIONS; --sections runs some); the JSON is rewritten after each, so that a run cut short keeps
+what it measured, and a section that fails is recorded with its one-line error while the others run (the command
+then exits 1):
 
   embed   captions/s of xclr's CaptionEncoder (token-count batches; fp16 on CUDA) against a plain
           SentenceTransformer.encode of the same model in the same precision and batch size, taking turns. The
@@ -14,9 +16,9 @@ in this order (SECTIONS); the JSON is rewritten after each, so that a run cut sh
           captions are 4 to 20 words drawn from its vocabulary, seeded.
   topk    exact top-k (k = 32) of Q queries among N random unit vectors (dim 384, stored fp16 as embed stores
           them): xclr's torch engine (`xclr_prep.torch_search`: database blocks copied from host memory) against
-          one plain torch matmul + topk with the whole database already on the device; and faiss-gpu's
-          `knn_gpu` where FAISS with GPUs is importable. Reported: seconds, the matmul's FLOP/s, and the time of
-          a whole graph of N captions (N / Q times the query set's).
+          plain torch matmuls + topk of PLAIN_QUERIES queries each, the whole database already on the device;
+          and faiss-gpu's `knn_gpu` where FAISS with GPUs is importable. Reported: seconds, the matmul's FLOP/s,
+          and the time of a whole graph of N captions (N / Q times the query set's).
   step    bench_train section 2 (`bench_train.bench_step`): ResNet-50 at 224 px, B = 256, bf16, on synthetic
           crops (no loader): step time and phases, and the X-CLR objective's forward + backward and SimCLR's
           NT-Xent on the same projections, each as a share of the step.
@@ -54,6 +56,8 @@ import numpy as np
 import torch
 
 DIM, K = 384, 32  # the caption model's embedding size; the graph's neighbours
+PLAIN_QUERIES = 1024  # queries per matmul of the plain top-k: 1024 x 1M similarities are 4 GB in float32
+TURNS_BUDGET = 10.0  # seconds of turns of each section's functions (at least 5 turns)
 WEIGHT_FILES = (".safetensors", ".bin", ".onnx", ".xml")
 
 
@@ -79,24 +83,11 @@ QUICK = Sizes(captions=64, embed_batch=16, vectors=4_000, queries=512, arch="con
               steps=2, loader_steps=6, workers=1, samples=64, source_px=48)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def in_turns(fns: dict[str, Callable[[], object]], device: str) -> dict[str, float]:
+    """Median seconds of each function, taking turns (bench_train.bench_interleaved: at least 5 turns)."""
+    from bench_train import bench_interleaved
 
-
-def seconds_in_turns(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, float]:
-    """Median seconds of each function over `repeats` turns, after one warm-up call each; they take turns, so
-    that a change of load touches them alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for turn in range(repeats + 1):
-        for name, fn in fns.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            if turn:
-                times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return bench_interleaved(fns, torch.device(device), budget=TURNS_BUDGET, max_repeats=5)[0]
 
 
 def machine(device: str) -> dict:
@@ -153,13 +144,13 @@ def embed(s: Sizes, device: str, work: Path, model_files: Path) -> dict:
     plain = SentenceTransformer(str(model), device=device)
     if device == "cuda":
         plain.half()
-    seconds = seconds_in_turns({
+    seconds = in_turns({
         "xclr": lambda: ours.encode(captions),
         "plain": lambda: plain.encode(captions, batch_size=s.embed_batch, normalize_embeddings=True,
-                                      show_progress_bar=False)}, device, repeats=3)
+                                      show_progress_bar=False)}, device)
     return {"captions": s.captions, "batch_size": s.embed_batch, "precision": "fp16" if device == "cuda" else "fp32",
             "xclr_captions_per_s": s.captions / seconds["xclr"], "plain_captions_per_s": s.captions / seconds["plain"],
-            "xclr_vs_plain": seconds["plain"] / seconds["xclr"]}
+            "xclr_speedup": seconds["plain"] / seconds["xclr"]}
 
 
 # --- topk ------------------------------------------------------------------------------------------------------
@@ -194,17 +185,18 @@ def topk(s: Sizes, device: str) -> dict:
     dtype = torch.float16 if device == "cuda" else torch.float32
     database, q = torch.from_numpy(x).to(device, dtype), torch.from_numpy(queries).to(device, dtype)
     fns = {"xclr": lambda: exact_search_torch(rows, queries, ids, K + 1, device),
-           "plain": lambda: (q @ database.T).float().topk(K + 1, dim=1)}
+           "plain": lambda: [(q[i:i + PLAIN_QUERIES] @ database.T).float().topk(K + 1, dim=1)
+                             for i in range(0, s.queries, PLAIN_QUERIES)]}
     faiss = faiss_gpu() if device == "cuda" else None
     if faiss is not None:
         resources = faiss.StandardGpuResources()
         fns["faiss_gpu"] = lambda: faiss.knn_gpu(resources, queries.astype(np.float16), x, K + 1,
                                                  metric=faiss.METRIC_INNER_PRODUCT)
-    seconds = seconds_in_turns(fns, device, repeats=3)
+    seconds = in_turns(fns, device)
     flop = 2 * s.queries * s.vectors * DIM
     out = {"vectors": s.vectors, "queries": s.queries, "dim": DIM, "k": K,
            "faiss_gpu": "measured" if faiss is not None else "skipped: no FAISS with GPUs is installed",
-           "xclr_vs_plain": seconds["xclr"] / seconds["plain"]}
+           "xclr_time_vs_plain": seconds["xclr"] / seconds["plain"]}
     for name, t in seconds.items():
         out |= {f"{name}_seconds": t, f"{name}_tflops": flop / t / 1e12,
                 f"{name}_graph_seconds": t * s.vectors / s.queries}
@@ -309,19 +301,20 @@ SECTIONS = ("embed", "topk", "step", "loader", "memory")
 
 
 def summary(results: dict) -> list[str]:
-    """One line a figure, for the text file and the terminal."""
+    """One line a figure (or a failed section's error), for the text file and the terminal."""
     m, sec = results["machine"], results["sections"]
     gpu = f", driver {m['driver']}, CUDA {m['cuda']}" if m["device"] == "cuda" else ""
     lines = [f"{m['card']} ({m['device']}{gpu}, torch {m['torch']})"]
+    lines += [f"{name}: failed: {error}" for name, error in results["failed"].items()]
     if "embed" in sec:
         e = sec["embed"]
         lines.append(f"embed: {e['xclr_captions_per_s']:,.0f} captions/s ({e['precision']}, batch {e['batch_size']})"
-                     f", {e['xclr_vs_plain']:.2f}x a plain SentenceTransformer.encode")
+                     f", {e['xclr_speedup']:.2f}x a plain SentenceTransformer.encode's rate")
     if "topk" in sec:
         t = sec["topk"]
         lines.append(f"topk: {t['queries']:,} x {t['vectors']:,} in {t['xclr_seconds']:.3f} s "
-                     f"({t['xclr_tflops']:.1f} TFLOP/s, {t['xclr_vs_plain']:.2f}x the plain matmul + topk's time; "
-                     f"a {t['vectors']:,}-caption graph {t['xclr_graph_seconds']:.0f} s); faiss-gpu: "
+                     f"({t['xclr_tflops']:.1f} TFLOP/s, {t['xclr_time_vs_plain']:.2f}x the plain matmul + topk's "
+                     f"time; a {t['vectors']:,}-caption graph {t['xclr_graph_seconds']:.0f} s); faiss-gpu: "
                      + (f"{t['faiss_gpu_seconds']:.3f} s" if "faiss_gpu_seconds" in t else t["faiss_gpu"]))
     if "step" in sec:
         st = sec["step"]
@@ -341,12 +334,19 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
 def main() -> None:
     from xclr_schemas import default_caption_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--quick", action="store_true", help="QUICK sizes: every section in seconds (the CPU dry run)")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="run these sections only (in SECTIONS' order; loader's step ratio needs step)")
     ap.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="gpu-check.json and gpu-check.txt here")
     ap.add_argument("--model-files", type=Path, default=None,
                     help="a sentence-transformers folder whose configuration and tokenizer the embed section uses "
@@ -355,26 +355,32 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: error: torch sees no GPU (--device cpu runs the dry run)")
     sizes = QUICK if args.quick else FULL
-    model_files = args.model_files or Path(default_caption_model())
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine(args.device), "sizes": asdict(sizes), "sections": {}, "seconds": {}}
+    results: dict = {"machine": machine(args.device), "sizes": asdict(sizes), "sections": {}, "failed": {},
+                     "seconds": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run = {"embed": lambda: embed(sizes, args.device, work, model_files),
+        run = {"embed": lambda: embed(sizes, args.device, work,
+                                      args.model_files or Path(default_caption_model())),
                "topk": lambda: topk(sizes, args.device),
                "step": lambda: step(sizes, args.device),
                "loader": lambda: loader(sizes, args.device, work,
                                         results["sections"].get("step", {}).get("step_ms")),
                "memory": lambda: memory(sizes, args.device)}
-        for name in SECTIONS:
+        for name in [n for n in SECTIONS if n in args.sections]:
             t = time.perf_counter()
-            results["sections"][name] = run[name]()
+            try:
+                results["sections"][name] = run[name]()
+            except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+                results["failed"][name] = first_line(exc)
             results["seconds"][name] = time.perf_counter() - t
             (args.out / "gpu-check.json").write_text(json.dumps(results, indent=2))
-            print(f"{name}: done in {results['seconds'][name]:.0f} s", flush=True)
+            print(f"{name}: {'failed' if name in results['failed'] else 'done'} in {results['seconds'][name]:.0f} s",
+                  flush=True)
     text = "\n".join(summary(results)) + "\n"
     (args.out / "gpu-check.txt").write_text(text)
     print(text, end="")
+    sys.exit(1 if results["failed"] else 0)
 
 
 if __name__ == "__main__":

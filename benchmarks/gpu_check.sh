@@ -3,14 +3,15 @@
 # one command").
 #   bash benchmarks/gpu_check.sh                        # on a GPU: runs/gpu-check/gpu-check.{json,txt}
 #   bash benchmarks/gpu_check.sh --device cpu --quick   # the CPU dry run
-# Python: $PYTHON, else python3 (one with torch, torchvision and sentence-transformers). A node without the
-# project's other dependencies gets them from the folder scripts/gpu_wheels.sh made, copied into the checkout as
-# gpu-wheels/ (or named in XCLR_GPU_WHEELS): its wheels are installed offline into $XCLR_GPU_SITE, and its copy of
-# the caption model's configuration and tokenizer is the embed section's.
+# Python: $PYTHON, else python3. Either it has the project's dependencies (.venv/bin/python here), or it has torch,
+# torchvision and sentence-transformers only and the rest comes from the folder scripts/gpu_wheels.sh made, copied
+# into the checkout as gpu-wheels/ (or named in XCLR_GPU_WHEELS): its wheels are installed offline into
+# $XCLR_GPU_SITE (default /tmp/xclr-gpu-site), and its copy of the caption model's configuration and tokenizer is the
+# embed section's.
 set -euo pipefail
+WHEELS=$(realpath -m "${XCLR_GPU_WHEELS:-$(dirname "$0")/../gpu-wheels}")
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-WHEELS=${XCLR_GPU_WHEELS:-gpu-wheels}
 SITE=${XCLR_GPU_SITE:-/tmp/xclr-gpu-site}
 EXTRA=()
 if [ -d "$WHEELS" ]; then

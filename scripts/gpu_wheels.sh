@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The folder benchmarks/gpu_check.sh needs on a GPU node that has torch, torchvision and sentence-transformers but
-# cannot reach a package registry: the wheels of the project's other dependencies that the check imports (PACKAGES,
+# cannot reach a package registry: the wheels of the other distributions the check imports (scripts/gpu_wheels.txt,
 # at the versions of this checkout's .venv) and the caption model's configuration and tokenizer (not its weights:
 # the check's embed section uses random ones). Made here, where pip can download; at most 64 MiB (the size is
-# printed; more is an error).
+# printed; more is an error). DIR is replaced only if it is such a folder (it holds .xclr-gpu-wheels).
 #   bash scripts/gpu_wheels.sh [DIR [PYTHON_VERSION]]    defaults: gpu-wheels, 3.12 (the node's python3 --version)
 # Then copy DIR into the node's checkout as gpu-wheels/ and run bash benchmarks/gpu_check.sh there.
 set -euo pipefail
@@ -11,10 +11,17 @@ cd "$(dirname "$0")/.."
 DIR=${1:-gpu-wheels}
 PY=${2:-3.12}
 LIMIT_MIB=64
-PACKAGES="webdataset braceexpand pyarrow fsspec click timm psutil tensorboard protobuf"
-PINS=$(.venv/bin/python -c "import importlib.metadata as m, sys; print(' '.join(f'{p}=={m.version(p)}' for p in sys.argv[1:]))" $PACKAGES)
+PINS=$(.venv/bin/python -c "import importlib.metadata as m, sys
+names = [line.strip() for line in open(sys.argv[1]) if line.strip() and not line.startswith('#')]
+print(' '.join(f'{p}=={m.version(p)}' for p in names))" \
+  scripts/gpu_wheels.txt)
+if [ -e "$DIR" ] && [ ! -e "$DIR/.xclr-gpu-wheels" ]; then
+  echo "gpu_wheels: error: $DIR exists and is not a folder this script made" >&2
+  exit 2
+fi
 rm -rf "$DIR"
 mkdir -p "$DIR"
+touch "$DIR/.xclr-gpu-wheels"
 # shellcheck disable=SC2086  # one argument a pin
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$DIR" $PINS

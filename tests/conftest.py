@@ -77,14 +77,29 @@ def tux_shards(tux_embed) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion_embed(tmp_path_factory) -> Path:
-    """Root holding ``tars`` (the first 1000 Fashion-MNIST training images as img2dataset tars of 500, with
-    classnames.txt) and ``embed``, their class-label-mode embed (--classnames, --template "a photo of a {}")."""
-    from xclr_prep.sample_corpora import write_fashion_mnist_tars
+    """Root holding ``fm.parquet`` (the first 1000 Fashion-MNIST training images: key, label, PNG bytes in "image"),
+    ``classes.txt`` and ``embed``, their class-label-mode embed (--label-col, --classnames, --template "a photo of a
+    {}")."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from xclr_schemas.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files, read_idx
 
     root = tmp_path_factory.mktemp("fashion")
-    write_fashion_mnist_tars(root / "tars", limit=1000, per_tar=500)
-    run_prep("embed", root / "tars", "--out", root / "embed", "--label-col", "label", "--classnames",
-             root / "tars" / "classnames.txt", "--template", "a photo of a {}", "--no-progress")
+    images, labels = read_idx(*idx_files(FASHION_MNIST_DIR, "train"))
+    pngs = []
+    for image in images[:1000]:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    pq.write_table(pa.table({"key": [f"fm{i}" for i in range(1000)], "label": labels[:1000].tolist(), "image": pngs}),
+                   root / "fm.parquet")
+    (root / "classes.txt").write_text("\n".join(FASHION_MNIST_CLASSES) + "\n")
+    run_prep("embed", root / "fm.parquet", "--out", root / "embed", "--label-col", "label", "--image-col", "image",
+             "--classnames", root / "classes.txt", "--template", "a photo of a {}", "--no-progress")
     return root
 
 

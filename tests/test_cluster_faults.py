@@ -208,8 +208,8 @@ def test_a_killed_rank_then_a_hung_rank_torchrun_restarts_the_group_from_latest_
 
 def test_embed_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluster, embed_corpus, embed_reference,
                                                                           tmp_path, fault_ledger):
-    """Kill -9 of the driver after 3 parts; the rerun loses the worker node 3 parts later; the rerun after a node
-    is back ends with the embed directory of an uninterrupted run, bit for bit."""
+    """Kill -9 of the driver after 3 parts; the rerun loses the worker node 3 parts later and finishes on the head
+    alone, with the embed directory of an uninterrupted run, bit for bit; a further rerun has nothing to do."""
     out = tmp_path / "out"
     cmd = ["embed", embed_corpus, "--out", out, *EMBED_ARGS, "--ray-address", cluster.address, "--num-workers", "2"]
     proc = start_logged(cmd, cluster, tmp_path / "killed-driver.log")
@@ -240,8 +240,8 @@ def test_embed_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluste
 
 def test_graph_on_two_nodes_killed_driver_and_lost_worker_node_then_rerun(cluster, wordnet_embed_dir, graph_reference,
                                                                           tmp_path, fault_ledger):
-    """Kill -9 of the driver while it searches; the rerun loses the worker node while it writes shards; the rerun
-    after a node is back writes the shards of an uninterrupted run, byte for byte."""
+    """Kill -9 of the driver while it searches; the rerun loses the worker node while it writes shards and finishes
+    on the head alone, with the shards of an uninterrupted run, byte for byte; a further rerun has nothing to do."""
     out = tmp_path / "out"
     cmd = ["graph", wordnet_embed_dir, "--out", out, *GRAPH_ARGS, "--ray-address", cluster.address]
     proc = start_logged(cmd, cluster, tmp_path / "killed-driver.log")

@@ -125,8 +125,8 @@ def test_a_model_that_cannot_load_and_an_empty_corpus_are_one_line_errors(tmp_pa
 
 @pytest.mark.slow
 def test_class_label_mode_on_fashion_mnist(fashion_embed, model_path):
-    """One caption a class, from --template and --classnames, in order of first appearance; each sample keeps its
-    label and points at its class's caption."""
+    """A Parquet table's --label-col with --classnames and --template: one caption a class, in order of first
+    appearance; each sample keeps its label and points at its class's caption."""
     labels = read_idx(*idx_files(FASHION_MNIST_DIR, "train"))[1][:1000].tolist()
     d = load_embed_dir(fashion_embed / "embed")
     order = list(dict.fromkeys(labels))

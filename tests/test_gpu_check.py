@@ -1,6 +1,11 @@
 """benchmarks/gpu_check.sh's dry run (--device cpu --quick) as a GPU node without a package registry would run it:
 the project's other dependencies from the folder scripts/gpu_wheels.sh makes, installed offline, and neither Ray,
-FAISS nor grpc importable (each shadowed by a package that raises ImportError)."""
+FAISS nor grpc importable (each shadowed by a package that raises ImportError). Every module its processes hold at
+their exit is logged (a sitecustomize on PYTHONPATH; DataLoader workers, which end without exit handlers, are forks
+of a process that logs): each must be the standard library's, the project's, pip's (the script installs with the
+node's), or of a distribution the node has (torch, torchvision, sentence-transformers and what they require) or the
+folder carries, so that a dependency missing from the folder fails here, not on the node. (Optional imports that
+succeed only because this environment has more: OPTIONAL.)"""
 
 from __future__ import annotations
 
@@ -13,9 +18,59 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from gpu_check import SECTIONS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("embed", "topk", "step", "loader", "memory")
+NODE = ("torch", "torchvision", "sentence-transformers")
+LOG_IMPORTS = """import atexit, os, sys
+def _log():
+    with open(os.environ["XCLR_IMPORT_LOG"], "a") as f:
+        f.write("\\n".join({name.partition(".")[0] for name in sys.modules}) + "\\n")
+atexit.register(_log)
+"""
 pytestmark = pytest.mark.slow
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def node_distributions() -> set[str]:
+    """NODE and every distribution they require, as their metadata here says (extras left out)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    todo, seen = list(NODE), set()
+    while todo:
+        name = canonical(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [r.name for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return seen
+
+
+# Distributions imported here only because this environment has them: an import that tries them and goes on without
+OPTIONAL = {"charset-normalizer": "numpy.f2py.crackfortran's encoding detection",
+            "attrs": "rich.pretty's (typer's, pip's vendored copy's) support for attrs classes"}
+
+
+def foreign_imports(imported: set[str], carried: set[str]) -> dict[str, list[str]]:
+    """The top-level modules of `imported` whose distributions the node neither has nor gets from the folder:
+    {module: its distributions here}. (A module of no distribution is the standard library's, the project's, or an
+    extension module registered at the top level; a missing dependency is always some distribution's.)"""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    # the project runs from the checkout; the .sh installs with the node's pip
+    allowed = node_distributions() | carried | set(OPTIONAL) | {"xclr", "pip"}
+    return {m: dists[m] for m in imported if dists.get(m) and not any(canonical(d) in allowed for d in dists[m])}
 
 
 def test_the_dry_run_on_the_wheel_folder_alone_measures_every_section(tmp_path):
@@ -32,13 +87,15 @@ def test_the_dry_run_on_the_wheel_folder_alone_measures_every_section(tmp_path):
     for name in ("ray", "faiss", "grpc"):
         (blocked / name).mkdir(parents=True)
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not on this node')\n")
+    (blocked / "sitecustomize.py").write_text(LOG_IMPORTS)
+    log = tmp_path / "imported.txt"
     env = {**os.environ, "PYTHON": sys.executable, "XCLR_GPU_WHEELS": str(tmp_path / "wheels"),
-           "XCLR_GPU_SITE": str(tmp_path / "site"), "PYTHONPATH": str(blocked)}
+           "XCLR_GPU_SITE": str(tmp_path / "site"), "PYTHONPATH": str(blocked), "XCLR_IMPORT_LOG": str(log)}
     run = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick", "--out",
                           str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-5000:]
     results = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
-    assert tuple(results["sections"]) == SECTIONS and results["machine"]["device"] == "cpu"
+    assert tuple(results["sections"]) == SECTIONS and not results["failed"] and results["machine"]["device"] == "cpu"
     sec = results["sections"]
     assert sec["embed"]["xclr_captions_per_s"] > 0 and sec["embed"]["plain_captions_per_s"] > 0
     assert sec["topk"]["faiss_gpu"].startswith("skipped") and sec["topk"]["xclr_seconds"] > 0
@@ -48,4 +105,10 @@ def test_the_dry_run_on_the_wheel_folder_alone_measures_every_section(tmp_path):
     assert plain["step_vs_plain"] == 1 and "--micro-batch" in chunked["options"] and chunked["step_vs_plain"] > 0
     summary = (tmp_path / "out" / "gpu-check.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in summary[1:]] == ["embed", "topk", "step", "loader", "memory", "memory"]
+
+    carried = {canonical(line) for line in (ROOT / "scripts" / "gpu_wheels.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    imported = set(log.read_text().split())
+    assert {"webdataset", "pyarrow", "torch", "sentence_transformers", "xclr_train"} <= imported  # the log works
+    assert not foreign_imports(imported, carried)
 

@@ -13,7 +13,7 @@ from prep_helpers import prep_error, run_prep
 from xclr_prep import knn
 from xclr_prep.graph_stage import check_embeddings
 from xclr_prep.search_methods import METHODS
-from xclr_schemas import EmbeddingRows, load_graph, read_shards_manifest
+from xclr_schemas import EmbeddingRows, load_graph, read_manifest, read_shards_manifest
 from xclr_schemas.out_lock import LOCK
 
 FAST = ["--no-progress"]
@@ -104,7 +104,7 @@ def test_the_driver_unmaps_the_embeddings_it_checked(tmp_path):
     rows = EmbeddingRows(tmp_path / "embed")
     assert mapped() >= set(parts)  # what would stay mapped with rows held
     del rows
-    checked = check_embeddings(EmbeddingRows(tmp_path / "embed"))
+    checked = check_embeddings(tmp_path / "embed", read_manifest(tmp_path / "embed"))
     assert (checked.n, checked.dim, checked.invalid.tolist(), checked.valid) == (3_000, 64, [5], 2_999)
     assert not mapped() & set(parts)
 

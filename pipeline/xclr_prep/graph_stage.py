@@ -83,10 +83,14 @@ class CheckedEmbeddings:
         return self.n - len(self.invalid)
 
 
-def check_embeddings(rows: EmbeddingRows) -> CheckedEmbeddings:
-    """`rows` checked (invalid_captions). The caller passes rows it holds no other reference to: they are unmapped
-    when this returns, since the check read every page of them and the pages of a mapping count in the driver's
-    RSS while it lives (the whole fp16 embeddings, 2.3 GB at 3M captions, through the shard writing)."""
+def check_embeddings(embed_dir: Path, manifest: dict) -> CheckedEmbeddings:
+    """The embed directory's embeddings checked (invalid_captions); PrepError for parts that are not what its
+    manifest says. They are mapped only while this runs: the check reads every page of them, and the pages of a
+    mapping count in the driver's RSS while it lives (the whole fp16 embeddings, 2.3 GB at 3M captions)."""
+    try:
+        rows = EmbeddingRows(embed_dir, manifest)
+    except EmbedDirError as e:
+        raise PrepError(str(e)) from e
     return CheckedEmbeddings(rows.n, rows.dim, invalid_captions(rows))
 
 
@@ -143,14 +147,13 @@ def run_graph(opts: GraphOptions) -> dict:
     t0 = time.perf_counter()
     try:
         embed_manifest = read_manifest(opts.embed_dir)
-        EmbeddingRows(opts.embed_dir, embed_manifest)  # its parts are checked at once; read after the plan's check
     except EmbedDirError as e:
         raise PrepError(str(e)) from e
     embed = InputIdentity.of_dir(opts.embed_dir)
     with no_space_as_error(opts.out):
         refuse_changed_inputs(opts.out, Plan((embed,), None))  # at once, before the embeddings are read
         corpus = _corpus_plan(opts.embed_dir)
-        emb = check_embeddings(EmbeddingRows(opts.embed_dir, embed_manifest))
+        emb = check_embeddings(opts.embed_dir, embed_manifest)
         k = _resolve_k(opts.k, emb.valid)
         start_ray(opts.ray_address)
         try:

@@ -2,8 +2,9 @@
 neither FAISS nor Ray, so that a GPU node without them can run and time it (benchmarks/gpu_check.py).
 
 The database is streamed in blocks of DB_BLOCK rows: per block, one matmul of the queries against it and a top-k
-of its similarities; the block's best are merged with the running best by another top-k. Memory is the queries,
-one block and the running best: (q + DB_BLOCK) * dim * 2 + q * (2k) * 12 bytes on the device in fp16.
+of its similarities; the block's best are merged with the running best by another top-k. Memory on the device, in
+fp16: the queries and one block, (q + DB_BLOCK) * dim * 2 bytes, the block's similarities in fp16 and their float32
+copy, q * DB_BLOCK * 6 bytes (6 GiB at q = 16,384), and the running best, q * 2k * 12 bytes.
 """
 
 from __future__ import annotations
