@@ -57,7 +57,7 @@ import torch
 
 DIM, K = 384, 32  # the caption model's embedding size; the graph's neighbours
 PLAIN_QUERIES = 1024  # queries per matmul of the plain top-k: 1024 x 1M similarities are 4 GB in float32
-TURNS_BUDGET = 10.0  # seconds of turns of each section's functions (at least 5 turns)
+TURNS = 5  # timed turns of each section's functions, after a warm-up call each (two on CUDA)
 WEIGHT_FILES = (".safetensors", ".bin", ".onnx", ".xml")
 
 
@@ -84,10 +84,11 @@ QUICK = Sizes(captions=64, embed_batch=16, vectors=4_000, queries=512, arch="con
 
 
 def in_turns(fns: dict[str, Callable[[], object]], device: str) -> dict[str, float]:
-    """Median seconds of each function, taking turns (bench_train.bench_interleaved: at least 5 turns)."""
+    """Median seconds of each function over TURNS turns (bench_train.bench_interleaved, whose budget then plays no
+    part)."""
     from bench_train import bench_interleaved
 
-    return bench_interleaved(fns, torch.device(device), budget=TURNS_BUDGET, max_repeats=5)[0]
+    return bench_interleaved(fns, torch.device(device), budget=0.0, max_repeats=TURNS)[0]
 
 
 def machine(device: str) -> dict:
