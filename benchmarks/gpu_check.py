@@ -235,6 +235,7 @@ def write_shards(out: Path, s: Sizes, per_shard: int = 256) -> Path:
     captions each; a caption's K neighbours are its group's other captions, then random others (similarities
     0.9 down to 0.4, background 0.2, as bench_train's synthetic batch)."""
     from xclr_schemas import MANIFEST, NEIGHBOR_DTYPE, SHARDS_SCHEMA_VERSION, SIZES, npy_bytes, shard_name
+    from xclr_schemas.shards import IMAGE_SUFFIX_OF_FORMAT, META_SUFFIX, NEIGHBORS_SUFFIX, TEXT_SUFFIX
 
     rng = np.random.default_rng(0)
     captions = s.samples // 2
@@ -250,9 +251,10 @@ def write_shards(out: Path, s: Sizes, per_shard: int = 256) -> Path:
                 others = rng.integers(0, captions - 1, K - len(group))
                 nbr["id"] = group + [o + (o >= caption) for o in others]  # never the caption itself
                 nbr["sim"] = np.linspace(0.9, 0.4, K)
-                members = {"jpg": smooth_jpeg(rng, s.source_px), "txt": f"caption {caption}".encode(),
-                           "json": json.dumps({"caption_id": caption, "group": i // 8}).encode(),
-                           "nbr.npy": npy_bytes(nbr)}
+                members = {IMAGE_SUFFIX_OF_FORMAT["JPEG"]: smooth_jpeg(rng, s.source_px),
+                           TEXT_SUFFIX: f"caption {caption}".encode(),
+                           META_SUFFIX: json.dumps({"caption_id": caption, "group": i // 8}).encode(),
+                           NEIGHBORS_SUFFIX: npy_bytes(nbr)}
                 for suffix, data in members.items():
                     info = tarfile.TarInfo(f"s{i:07d}.{suffix}")
                     info.size = len(data)
