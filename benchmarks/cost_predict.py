@@ -42,13 +42,12 @@ calibration sizes (cost_fit); c: a constant (the mean of the two calibration run
           search  anon = min(U, 32768) D 9          the driver's embedding check (a float32 block, its squares,
                                                     the finiteness mask)
                          [+ index_bytes(U)]         the method's index, in each node's search actor
-                  mapped = U D 2                    fp16 embeddings, read whole by the driver and the search actor
+                  mapped = U D 2                    fp16 embeddings, read whole by the driver's check and then by
+                                                    the search actor (the driver unmaps them first: one at a time)
           shards  anon = 200 B N                    the driver's numbers per sample (xclr_prep.shard_stage; at
                                                     small sizes the driver's peak is set by allocator arenas, so a
                                                     calibration slope says nothing about it)
                   mapped = U k 12                   neighbors.npy, read by the driver and the writers
-                         + U D 2                    the fp16 embeddings the driver mapped for its check (the
-                                                    pages it read stay in its RSS)
                          + b_r N                    the row and text files (b_r: their bytes per sample), read by
                                                     the writers
           train   M = M0 C / c0                     (C / c0 ranks per node)
@@ -256,12 +255,11 @@ def embed_terms(n: float) -> MemoryTerms:
 
 def search_terms(u: float, method: str = "exact") -> MemoryTerms:
     index = METHODS[method].index_bytes(int(u), DIM)
-    return MemoryTerms(min(u, VALIDITY_BLOCK) * DIM * 9 + index, (Mapped(u * DIM * 2, 2),))
+    return MemoryTerms(min(u, VALIDITY_BLOCK) * DIM * 9 + index, (Mapped(u * DIM * 2, 1),))
 
 
 def shard_terms(n: float, u: float, row_bytes: float, writers: int) -> MemoryTerms:
-    return MemoryTerms(LAYOUT_BYTES * n, (Mapped(u * K_NEIGHBORS * 12, 1 + writers), Mapped(u * DIM * 2, 1),
-                                          Mapped(row_bytes * n, writers)))
+    return MemoryTerms(LAYOUT_BYTES * n, (Mapped(u * K_NEIGHBORS * 12, 1 + writers), Mapped(row_bytes * n, writers)))
 
 
 def node_memory(m: Memory, terms: MemoryTerms, actors: int) -> dict[str, float]:
