@@ -36,6 +36,7 @@ import argparse
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -115,15 +116,24 @@ def dir_bytes(path: Path, exclude: Path | None = None) -> int:
 
 
 def write_corpus(root: Path, n: int) -> list[Path]:
-    """The first `n` samples of the corpus (module docstring) as tars of PER_TAR samples; reuses tars written."""
+    """The first `n` samples of the corpus (module docstring) as tars of PER_TAR samples. Tars written before are
+    left as they are: the embed directories made from them record them, and the graph stage refuses a corpus
+    modified since (a smaller corpus is a prefix of a larger one, so only the missing tars are added)."""
     from xclr_prep.sample_corpora import write_scene_tars
 
     if n % PER_TAR:
         raise SystemExit(f"sizes must be multiples of {PER_TAR}, not {n}")
     corpus = root / "corpus"
     tars = [corpus / f"{i:05d}.tar" for i in range(n // PER_TAR)]
-    if not all(t.exists() for t in tars):  # a prefix of a larger corpus: write them all again, seeded
-        write_scene_tars(corpus, n, seed=0, per_tar=PER_TAR)
+    missing = [t for t in tars if not t.exists()]
+    if missing:
+        fresh = root / "corpus.tmp"
+        shutil.rmtree(fresh, ignore_errors=True)
+        write_scene_tars(fresh, n, seed=0, per_tar=PER_TAR)
+        corpus.mkdir(exist_ok=True)
+        for t in missing:
+            (fresh / t.name).rename(t)
+        shutil.rmtree(fresh)
     return tars
 
 
@@ -315,6 +325,7 @@ def calibration(root: Path, args: argparse.Namespace) -> tuple[Coefficients, int
               for s in args.train_steps]
     checkpoint = measure_train(root, "resnet50-checkpoint", shards, CHECKPOINT_ARGS)
     approx_n = max(n for n in args.check if n <= EXACT_MAX_CPU)  # above, auto picks IVF
+    measure_embed(root, approx_n)  # a check run as well; the IVF runs search its embeddings
     runs = CalibrationRuns(embeds, graphs, trains, checkpoint, gemm, measure_graph(root, approx_n, "ivf"),
                            ivf_query_costs(root, approx_n), json.loads(GRAPH_BENCH.read_text()))
     return calibrate(runs), approx_n
@@ -384,7 +395,7 @@ def main() -> None:
     gpu = gpu_training(json.loads(GPU_RUN.read_text()), f"benchmarks/results/{GPU_RUN.name} (earlier H100 run)")
     errors, errors_by_n = median_errors(rows)
     result = {
-        "command": COMMAND,
+        "command": " ".join([COMMAND, *map(shlex.quote, sys.argv[1:])]),
         "machine": this.name, "calibration_sizes": args.calibration, "calibration_train_steps": args.train_steps,
         "corpus": "scene captions (xclr_prep.scene_captions, seed 0), each with a Fashion-MNIST PNG (cycled, "
                   f"{image_bytes / 1e3:.2f} KB mean), img2dataset-style tars of {PER_TAR}; --shard-samples 1000",
