@@ -44,6 +44,8 @@ calibration sizes (cost_fit); c: a constant (the mean of the two calibration run
                          [+ index_bytes(U)]         the method's index, in each node's search actor
                   mapped = U D 2                    fp16 embeddings, read whole by the driver's check and then by
                                                     the search actor (the driver unmaps them first: one at a time)
+                         + U k 12                   neighbors.npy, read whole by the search actor for the graph's
+                                                    k-th similarity (search_stage.SearchWorker.measure)
           shards  anon = 200 B N                    the driver's numbers per sample (xclr_prep.shard_stage; at
                                                     small sizes the driver's peak is set by allocator arenas, so a
                                                     calibration slope says nothing about it)
@@ -255,7 +257,7 @@ def embed_terms(n: float) -> MemoryTerms:
 
 def search_terms(u: float, method: str = "exact") -> MemoryTerms:
     index = METHODS[method].index_bytes(int(u), DIM)
-    return MemoryTerms(min(u, VALIDITY_BLOCK) * DIM * 9 + index, (Mapped(u * DIM * 2, 1),))
+    return MemoryTerms(min(u, VALIDITY_BLOCK) * DIM * 9 + index, (Mapped(u * DIM * 2, 1), Mapped(u * K_NEIGHBORS * 12, 1)))
 
 
 def shard_terms(n: float, u: float, row_bytes: float, writers: int) -> MemoryTerms:

@@ -70,15 +70,15 @@ def fake_runs() -> CalibrationRuns:
     graphs = []
     for n, u, base, after, actors_after, layout, locate in ((1000, 500, 800e6, 700e6, 400e6, 0.5, 3.0),
                                                             (3000, 1500, 900e6, 800e6, 600e6, 0.9, 2.0)):
-        # the N terms (cost_predict docstring): search 9 D u anon + 2 D u mapped twice; shards (2 writers)
-        # 200 n anon + 12 k u mapped 3 times + 2 D u once + 150 n row bytes twice = 500 n + 1920 u
+        # the N terms (cost_predict docstring): search 9 D u anon + 2 D u and 12 k u mapped once; shards
+        # (2 writers) 200 n anon + 12 k u mapped 3 times + 150 n row bytes twice = 500 n + 1152 u
         graphs.append({"n": n, "captions": u, "search_seconds": search_seconds(u),
                        "shards_seconds": layout + locate, "wall_seconds": search_seconds(u) + layout + locate + 6.0,
                        "layout_seconds": layout, "locate_write_seconds": locate,
                        "graph_disk_bytes": 200 * u, "shards_disk_bytes": 500_000 + 1500 * n,
                        "layout_disk_bytes": 150 * n,
-                       "peaks": {**peaks("before", base + 9 * D * u + 2 * 2 * D * u, 300e6, 1),
-                                 **peaks("after", after + 500 * n + 1920 * u, actors_after, 2)}})
+                       "peaks": {**peaks("before", base + 9 * D * u + 2 * D * u + 12 * 32 * u, 300e6, 1),
+                                 **peaks("after", after + 500 * n + 1152 * u, actors_after, 2)}})
     trains = [{"steps": 5, "wall_seconds": 10.0, "disk_bytes": 10, "peaks": peaks("all", 1e9, 0, 0)},
               {"steps": 25, "wall_seconds": 20.0, "disk_bytes": 20, "peaks": peaks("all", 2e9, 0, 0)}]
     ivf = {"captions": 1024, "search_seconds": 30.0,
@@ -156,12 +156,13 @@ def test_predict_memory_disk_and_the_other_stages():
     got = predict(c, CLUSTER, n, method="ivf")
     index = n * (D // 4 + 2 * D + 8) + 4096 * D * 4  # 4-bit codes, fp16 vectors, ids; float32 centroids
     anon = 32_768 * D * 9 + index  # the driver's check block, and the index
-    assert got["graph search"]["rss"] == pytest.approx(8e8 + anon + 2 * n * D * 2)  # embeddings mapped twice
-    assert got["graph search"]["resident"] == pytest.approx(8e8 + anon + n * D * 2)
+    mapped = n * D * 2 + n * 32 * 12  # the embeddings and the neighbour rows, each read by one process at a time
+    assert got["graph search"]["rss"] == pytest.approx(8e8 + anon + mapped)
+    assert got["graph search"]["resident"] == pytest.approx(8e8 + anon + mapped)
     assert got["embed"] == pytest.approx({"seconds": 10.0 + 0.002 * n * 0.25, "disk": 1000.0 + 800.0 * n,
                                           "rss": 1e9 + 80 * n, "resident": 1e9 + 80 * n, "mapped": 0})
     writers = 4  # one per core of a node; 2 calibrated, 2e8 per more
-    mapped = [(n * 32 * 12, 1 + writers), (n * D * 2, 1), (100.0 * n, writers)]
+    mapped = [(n * 32 * 12, 1 + writers), (100.0 * n, writers)]  # the driver unmapped the embeddings
     base = 7e8 + (writers - 2) * 2e8 + 200 * n
     assert got["shard writing"] == pytest.approx({
         "seconds": 0.3 + 1e-5 * n + 0.5 + 3e-4 * n * 0.25, "disk": 4000.0 * n,
