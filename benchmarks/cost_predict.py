@@ -257,7 +257,8 @@ def embed_terms(n: float) -> MemoryTerms:
 
 def search_terms(u: float, method: str = "exact") -> MemoryTerms:
     index = METHODS[method].index_bytes(int(u), DIM)
-    return MemoryTerms(min(u, VALIDITY_BLOCK) * DIM * 9 + index, (Mapped(u * DIM * 2, 1), Mapped(u * K_NEIGHBORS * 12, 1)))
+    return MemoryTerms(min(u, VALIDITY_BLOCK) * DIM * 9 + index,
+                       (Mapped(u * DIM * 2, 1), Mapped(u * K_NEIGHBORS * 12, 1)))
 
 
 def shard_terms(n: float, u: float, row_bytes: float, writers: int) -> MemoryTerms:
