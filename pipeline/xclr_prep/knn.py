@@ -170,10 +170,10 @@ def index_neighbors(index: faiss.Index, rows: EmbeddingRows, query_ids: np.ndarr
 def tune(index: faiss.Index, method: str, rows: EmbeddingRows, query_ids: np.ndarray, database_ids: np.ndarray,
          k: int, target: float, exact_engine: str = "faiss-cpu") -> tuple[SearchParams, float]:
     """The cheapest parameters whose recall@k on `query_ids` reaches target + margin (or the largest tried), and
-    the recall they reach, trying the method's grid (`xclr_prep.search_methods`). A CPU IVF index first takes the first
-    of its re-ranking factors that reaches it with a quarter of the lists probed (where the 4-bit codes rank poorly, re-ranking more candidates is what helps; more lists do
-    not), then the smallest power-of-two nprobe; HNSW the smallest power-of-two efSearch. Exact references run on
-    `exact_engine`."""
+    the recall they reach, trying the method's grid (`xclr_prep.search_methods`). A CPU IVF index first takes the
+    first of its re-ranking factors that reaches it with a quarter of the lists probed (where the 4-bit codes rank
+    poorly, re-ranking more candidates is what helps; more lists do not), then the smallest power-of-two nprobe;
+    HNSW the smallest power-of-two efSearch. Exact references run on `exact_engine`."""
     exact_sims, _ = exact_neighbors(rows, query_ids, database_ids, k, exact_engine)
     goal = min(1.0, target + _TUNING_MARGIN)
 

@@ -13,8 +13,8 @@ runs without autograd).
 BatchNorm. A recomputed forward would update a BatchNorm's running statistics a second time (torch and timm leave
 that to the user: pytorch/pytorch#96136). Every BatchNorm of the backbone gets hooks (`_OneUpdate`) that, when it
 runs inside a backward pass (where a forward runs only to recompute), leave its running statistics and batch count
-as the first forward left them; the recomputation normalises by the batch's statistics, as the first forward did. A checkpointed run's
-losses, gradients, weights and running statistics then equal the plain run's.
+as the first forward left them; the recomputation normalises by the batch's statistics, as the first forward did. A
+checkpointed run's losses, gradients, weights and running statistics then equal the plain run's.
 
 State dict keys do not change: a checkpointed segment holds the same modules under the same names, so checkpoints,
 resumes and exports are those of a plain run.

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-
 def momentum_at(step: int, total: int, base: float) -> float:
     """mu above: `base` at step 0, rising to 1 at `total`."""
     return 1 - (1 - base) * (math.cos(math.pi * step / total) + 1) / 2
