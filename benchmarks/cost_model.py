@@ -1,6 +1,6 @@
 """Cost model of the pipeline: wall time, peak memory and disk of every stage, calibrated on small runs of the real
-commands, checked against measured runs at 10k, 30k, 100k and 1M captions (and a graph-only run at 3M), and
-extrapolated to 1M, 3M (CC3M) and 12M (CC12M) captions on a stated cluster.
+commands, checked against measured runs (by default at 10k, 30k, 100k and 1M captions and a graph-only run at 3M;
+`--check`, `--grow`), and extrapolated to 1M, 3M (CC3M) and 12M (CC12M) captions on a stated cluster.
 
     HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 .venv/bin/python benchmarks/cost_model.py
 
@@ -17,17 +17,17 @@ interrupted run resumes; a contended run is measured again (harness.least_conten
 Corpus. The scene captions of `xclr_prep.scene_captions` (seed 0: unique, so U = N), each with Fashion-MNIST image
 i mod 70,000 (PNG; images repeat, their mean size is in cost_model.json), img2dataset-style tars of 1000 samples
 (KEY.png, KEY.txt): every size draws from the same distribution and a smaller corpus is a prefix of a larger one.
-The graph-only check at 3M runs on the 1M embeddings grown to 3M (`write_grown_embed_dir`: noisy copies, the
-cluster structure kept). The graph stage runs with --shard-samples 1000 (so that the small runs have a shard per
-writer); training uses the quality study's CPU set-up (32 px convnet, batch 128, AdamW, one DataLoader worker).
+A graph-only check (`--grow`, 3M by default) runs on the largest check's embeddings grown to its size
+(`write_grown_embed_dir`: noisy copies, the cluster structure kept). The graph stage runs with --shard-samples 1000
+(so that the small runs have a shard per writer); training uses the quality study's CPU set-up (32 px convnet, batch 128, AdamW, one DataLoader worker).
 
 Calibration at 2k and 20k captions (5 and 25 training steps): the larger size exceeds ENCODE_CHUNK (16,384): the
 embed stage sorts each chunk of captions by length before batching them, and a corpus smaller than one chunk pads
-more per caption than a large one does. IVF is calibrated by an `--index ivf` run at 100k and the query costs of IVF
-indexes on 25k and 100k captions (ivf_query_costs, cached in ROOT/results/ivf-queries-100000.json). The check runs
-the same commands at 10k, 30k, 100k and 1M captions (training: cost_report.check_steps: partial epochs), plus
-`--index hnsw` at 100k and the graph-only run at 3M, and reports (predicted - measured) / measured. Outputs:
-OUT/cost_model.json, OUT/cost_model.md and OUT/cost-plots/{predicted-vs-measured,scale}.png.
+more per caption than a large one does. IVF is calibrated by an `--index ivf` run at U0 (the largest check size up to
+EXACT_MAX_CPU: 100k by default) and the query costs of IVF indexes on U0 / 4 and U0 captions (ivf_query_costs, cached
+in ROOT/results/ivf-queries-U0.json). The check runs the same commands at every `--check` size (training:
+cost_report.check_steps: partial epochs), plus `--index hnsw` at U0 and the graph-only runs, and reports
+(predicted - measured) / measured. Outputs: OUT/cost_model.json, OUT/cost_model.md and OUT/cost-plots/{predicted-vs-measured,scale}.png.
 """
 
 from __future__ import annotations
@@ -340,20 +340,28 @@ def check(root: Path, args: argparse.Namespace, coeffs: Coefficients, this: Clus
         steps = check_steps(n)
         train = measure_train(root, f"n{n}", root / f"shards-{n}", train_steps_args(steps))
         predicted = predict(coeffs, this, n, train_steps=steps)
-        check_runs[n] = {"embed": embed["name"], "graph": graph["name"], "train": train["name"], "train_steps": steps}
+        check_runs[n] = {"embed": embed["name"], "graph": graph["name"], "search": search_record(graph),
+                         "train": train["name"], "train_steps": steps}
         for stage, got in measured_rows(embed, graph, train).items():
             rows += compare(n, stage, predicted[stage], got)
     hnsw = measure_graph(root, approx_n, "hnsw")
+    check_runs[f"{approx_n} hnsw"] = {"graph": hnsw["name"], "search": search_record(hnsw)}
     predicted = predict(coeffs, this, approx_n, method="hnsw")["graph search"]
     rows += compare(approx_n, "graph search (hnsw)", predicted, graph_search_row(hnsw))
     for n in args.grow:
         grown = write_grown_embed_dir(root / f"embed-{args.check[-1]}", root / f"embed-grown-{n}", n)
         graph = measure_graph(root, n, embed_dir=grown)
-        check_runs[n] = {"graph": graph["name"], "grown_from": args.check[-1]}
+        check_runs[n] = {"graph": graph["name"], "search": search_record(graph), "grown_from": args.check[-1]}
         predicted = predict(coeffs, this, n)
         rows += compare(n, "graph search", predicted["graph search"], graph_search_row(graph))
         rows += compare(n, "shard writing", predicted["shard writing"], shard_writing_row(graph))
     return rows, check_runs
+
+
+def search_record(graph: dict) -> dict:
+    """What a measured graph run's search was: the method, the index and its tuned settings with their build and
+    tuning seconds, and the recall measured against exact search."""
+    return {"method": graph["method"], "index": graph["index"], "recall": graph["recall"]}
 
 
 def parse_args() -> argparse.Namespace:
