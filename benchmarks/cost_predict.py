@@ -45,13 +45,16 @@ calibration sizes (cost_fit); c: a constant (the mean of the two calibration run
                   mapped = U D 2                    fp16 embeddings, read whole by the driver's check and then by
                                                     the search actor (the driver unmaps them first: one at a time)
                          + U k 12                   neighbors.npy, read whole by the search actor for the graph's
-                                                    k-th similarity (search_stage.SearchWorker.measure)
+                                                    k-th similarity (search_stage.SearchWorker.measure; the first
+                                                    actor, which on a cluster may not be on the head node)
+                  The driver's check block and the actor's index are never held at once (upper bound, <= 113 MB).
           shards  anon = 200 B N                    the driver's numbers per sample (xclr_prep.shard_stage; at
                                                     small sizes the driver's peak is set by allocator arenas, so a
                                                     calibration slope says nothing about it)
                   mapped = U k 12                   neighbors.npy, read by the driver and the writers
                          + b_r N                    the row and text files (b_r: their bytes per sample), read by
                                                     the writers
+                  (--with-embeddings: the writers' reads of the embeddings are not counted)
           train   M = M0 C / c0                     (C / c0 ranks per node)
           RSS counts a mapped file once per process that reads it: the check compares that; on the cluster it is
           counted once per node and also reported alone ("mapped": page cache, shared and reclaimable).
@@ -231,7 +234,8 @@ def with_image_bytes(c: Coefficients, corpus_image_bytes: float, image_bytes: fl
 
 @dataclass(frozen=True)
 class Mapped:
-    """A file memory-mapped and read whole by `readers` processes (RSS counts it once per process)."""
+    """A file memory-mapped and read whole by `readers` processes at the stage's peak (RSS counts it once per
+    process)."""
 
     size: float
     readers: int
