@@ -18,16 +18,18 @@ Corpus. The scene captions of `xclr_prep.scene_captions` (seed 0: unique, so U =
 i mod 70,000 (PNG; images repeat, their mean size is in cost_model.json), img2dataset-style tars of 1000 samples
 (KEY.png, KEY.txt): every size draws from the same distribution and a smaller corpus is a prefix of a larger one.
 A graph-only check (`--grow`, 3M by default) runs on the largest check's embeddings grown to its size
-(`write_grown_embed_dir`: noisy copies, the cluster structure kept). The graph stage runs with --shard-samples 1000
-(so that the small runs have a shard per writer); training uses the quality study's CPU set-up (32 px convnet, batch 128, AdamW, one DataLoader worker).
+(`write_grown_embed_dir`: noisy copies, the cluster structure kept). The graph stage runs with --shard-samples 1000 (so
+that the small runs have a shard per writer); training uses the quality study's CPU set-up (32 px convnet, batch 128,
+AdamW, one DataLoader worker).
 
-Calibration at 2k and 20k captions (5 and 25 training steps): the larger size exceeds ENCODE_CHUNK (16,384): the
-embed stage sorts each chunk of captions by length before batching them, and a corpus smaller than one chunk pads
-more per caption than a large one does. IVF is calibrated by an `--index ivf` run at U0 (the largest check size up to
-EXACT_MAX_CPU: 100k by default) and the query costs of IVF indexes on U0 / 4 and U0 captions (ivf_query_costs, cached
-in ROOT/results/ivf-queries-U0.json). The check runs the same commands at every `--check` size (training:
-cost_report.check_steps: partial epochs), plus `--index hnsw` at U0 and the graph-only runs, and reports
-(predicted - measured) / measured. Outputs: OUT/cost_model.json, OUT/cost_model.md and OUT/cost-plots/{predicted-vs-measured,scale}.png.
+Calibration at 2k and 20k captions (5 and 25 training steps): the larger size exceeds ENCODE_CHUNK (16,384): the embed
+stage sorts each chunk of captions by length before batching them, and a corpus smaller than one chunk pads more per
+caption than a large one does. IVF is calibrated by an `--index ivf` run at U0 (the largest check size up to
+EXACT_MAX_CPU: 100k by default) and the query costs of IVF indexes on U0 / 4 and U0 captions (ivf_query_costs, cached in
+ROOT/results/ivf-queries-U0.json). The check runs the same commands at every `--check` size (training:
+cost_report.check_steps: partial epochs), plus `--index hnsw` at U0 and the graph-only runs, and reports (predicted -
+measured) / measured. Outputs: OUT/cost_model.json, OUT/cost_model.md and
+OUT/cost-plots/{predicted-vs-measured,scale}.png.
 """
 
 from __future__ import annotations
