@@ -133,13 +133,14 @@ def settled_memory(device: torch.device) -> int:
     return mem.rss - mem.shared
 
 
-def measure(cfg: TrainConfig, device: torch.device, warmup: int, steps: int, threads: int) -> dict:
+def measure(cfg: TrainConfig, device: torch.device, warmup: int, steps: int, threads: int,
+            timeout: float | None = None) -> dict:
     options = options_of(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         marker = Path(tmp) / "set-up"
         run = run_measured([sys.executable, __file__, "--child", options, "--marker", str(marker), "--device",
                             device.type, "--warmup", str(warmup), "--steps", str(steps), "--threads", str(threads)],
-                           marker, period=PERIOD)
+                           marker, period=PERIOD, timeout=timeout)
     got = json.loads(run.stdout.strip().splitlines()[-1])
     peak = got.pop("cuda_peak_above_baseline", None)
     if peak is None:

@@ -17,18 +17,23 @@ then exits 1):
   topk    exact top-k (k = 32) of Q queries among N random unit vectors (dim 384, stored fp16 as embed stores
           them): xclr's torch engine (`xclr_prep.torch_search`: database blocks copied from host memory) against
           plain torch matmuls + topk of PLAIN_QUERIES queries each, the whole database already on the device;
-          and faiss-gpu's `knn_gpu` where FAISS with GPUs is importable. Reported: seconds, the matmul's FLOP/s,
+          and faiss-gpu's `knn_gpu` where FAISS with GPUs is importable (timed apart: its failure is recorded and
+          the other rows kept). Reported: seconds, the effective FLOP/s (2 Q N D over the whole call: for xclr's
+          engine that includes gathering each block on the host and copying it, not the matmul's rate alone),
           and the time of a whole graph of N captions (N / Q times the query set's).
   step    bench_train section 2 (`bench_train.bench_step`): ResNet-50 at 224 px, B = 256, bf16, on synthetic
           crops (no loader): step time and phases, and the X-CLR objective's forward + backward and SimCLR's
           NT-Xent on the same projections, each as a share of the step.
   loader  `python -m xclr_train` itself, X-CLR on tiny shards written here (`write_shards`: JPEGs of smooth
-          random colour fields, one caption and its graph neighbours each), with `workers` DataLoader workers:
-          the share of a step spent waiting for data (its metrics' data_time / step_time, medians after the
-          warm-up), and its step time against `step`'s synthetic one.
+          random colour fields, one caption and its graph neighbours each), with `workers` DataLoader workers,
+          one epoch of `loader_steps` steps (the workers start once): after a warm-up of two batches a worker,
+          the share of the time spent waiting for data (sum of its metrics' data_time / sum of step_time), the
+          samples a second, and its mean step against `step`'s synthetic one (each logged step synchronises
+          with the device; the smooth JPEGs decode faster than photos, so the share is a lower bound).
   memory  bench_step_memory (`measure`): step time and peak memory above the set-up of the plain step, of
           --micro-batch B/4 and (CUDA only: inductor's CPU build alone would take the dry run's budget) of
-          --compile, each in a process of its own, as ratios to the plain step.
+          --compile, each in a process of its own (at most CHILD_SECONDS each), as ratios to the plain step; a
+          configuration that fails is recorded with its error beside the others' rows.
 
 Sizes: FULL on a GPU; QUICK (--quick) runs every section in seconds on a CPU.
 """
@@ -36,13 +41,13 @@ Sizes: FULL on a GPU; QUICK (--quick) runs every section in seconds on a CPU.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -56,6 +61,7 @@ import numpy as np
 import torch
 
 DIM, K = 384, 32  # the caption model's embedding size; the graph's neighbours
+CHILD_SECONDS = 300  # the loader's xclr-train run and each memory configuration: a hang costs no more
 PLAIN_QUERIES = 1024  # queries per matmul of the plain top-k: 1024 x 1M similarities are 4 GB in float32
 TURNS = 5  # timed turns of each section's functions, after a warm-up call each (two on CUDA)
 WEIGHT_FILES = (".safetensors", ".bin", ".onnx", ".xml")
@@ -71,14 +77,14 @@ class Sizes:
     image_size: int
     batch: int
     steps: int  # timed steps of `step` and `memory`
-    loader_steps: int  # steps of the xclr-train run; the first third is its warm-up
-    workers: int  # DataLoader workers of the xclr-train run (at most the CPUs there are)
+    loader_steps: int  # steps of the xclr-train run, one epoch; the first 2 x workers are its warm-up
+    workers: int  # DataLoader workers of the xclr-train run (at most the CPUs this process may use)
     samples: int  # in the tiny shards
     source_px: int  # side of their JPEGs, cropped and resized to image_size by the trainer
 
 
 FULL = Sizes(captions=40_000, embed_batch=256, vectors=1_000_000, queries=16_384, arch="resnet50", image_size=224,
-             batch=256, steps=20, loader_steps=48, workers=16, samples=4_096, source_px=320)
+             batch=256, steps=20, loader_steps=160, workers=16, samples=4_096, source_px=320)
 QUICK = Sizes(captions=64, embed_batch=16, vectors=4_000, queries=512, arch="convnet", image_size=32, batch=8,
               steps=2, loader_steps=6, workers=1, samples=64, source_px=48)
 
@@ -93,18 +99,27 @@ def in_turns(fns: dict[str, Callable[[], object]], device: str) -> dict[str, flo
 
 def machine(device: str) -> dict:
     """The card (or CPU), its driver and the software the figures were measured with."""
-    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "cpus": os.cpu_count(), "host": platform.node()}
+    from importlib.metadata import version
+
+    info = {"device": device, "python": platform.python_version(), "host": platform.node(), "cpus": usable_cpus(),
+            **{name: version(name) for name in ("torch", "torchvision", "sentence-transformers", "transformers")},
+            "shm_gib": shutil.disk_usage("/dev/shm").total / 2**30 if Path("/dev/shm").is_dir() else None}
     if device == "cuda":
         smi = shutil.which("nvidia-smi")
-        driver = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                                text=True).stdout.split("\n")[0].strip() if smi else None
+        query = subprocess.run([smi, "--query-gpu=driver_version,compute_mode", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=30).stdout.splitlines() if smi else []
+        driver, mode = (query[0].split(", ") + [None, None])[:2] if query else (None, None)
         props = torch.cuda.get_device_properties(0)
         info |= {"card": torch.cuda.get_device_name(0), "memory_gib": props.total_memory / 2**30, "driver": driver,
-                 "cuda": torch.version.cuda}
+                 "compute_mode": mode, "cuda": torch.version.cuda}
     else:
         info["card"] = platform.processor() or platform.machine()
     return info
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a batch scheduler's limit, where os.cpu_count() gives the node's)."""
+    return len(os.sched_getaffinity(0))
 
 
 # --- embed -----------------------------------------------------------------------------------------------------
@@ -185,21 +200,24 @@ def topk(s: Sizes, device: str) -> dict:
     queries = rows.take(ids[:s.queries])
     dtype = torch.float16 if device == "cuda" else torch.float32
     database, q = torch.from_numpy(x).to(device, dtype), torch.from_numpy(queries).to(device, dtype)
-    fns = {"xclr": lambda: exact_search_torch(rows, queries, ids, K + 1, device),
-           "plain": lambda: [(q[i:i + PLAIN_QUERIES] @ database.T).float().topk(K + 1, dim=1)
-                             for i in range(0, s.queries, PLAIN_QUERIES)]}
+    seconds = in_turns({"xclr": lambda: exact_search_torch(rows, queries, ids, K + 1, device),
+                        "plain": lambda: [(q[i:i + PLAIN_QUERIES] @ database.T).float().topk(K + 1, dim=1)
+                                          for i in range(0, s.queries, PLAIN_QUERIES)]}, device)
     faiss = faiss_gpu() if device == "cuda" else None
+    faiss_row = "skipped: no FAISS with GPUs is installed"
     if faiss is not None:
-        resources = faiss.StandardGpuResources()
-        fns["faiss_gpu"] = lambda: faiss.knn_gpu(resources, queries.astype(np.float16), x, K + 1,
-                                                 metric=faiss.METRIC_INNER_PRODUCT)
-    seconds = in_turns(fns, device)
+        try:
+            resources = faiss.StandardGpuResources()
+            seconds |= in_turns({"faiss_gpu": lambda: faiss.knn_gpu(
+                resources, queries.astype(np.float16), x, K + 1, metric=faiss.METRIC_INNER_PRODUCT)}, device)
+            faiss_row = "measured"
+        except Exception as exc:  # noqa: BLE001 - its own row: xclr's and the plain figures stand
+            faiss_row = f"failed: {first_line(exc)}"
     flop = 2 * s.queries * s.vectors * DIM
-    out = {"vectors": s.vectors, "queries": s.queries, "dim": DIM, "k": K,
-           "faiss_gpu": "measured" if faiss is not None else "skipped: no FAISS with GPUs is installed",
+    out = {"vectors": s.vectors, "queries": s.queries, "dim": DIM, "k": K, "faiss_gpu": faiss_row,
            "xclr_time_vs_plain": seconds["xclr"] / seconds["plain"]}
     for name, t in seconds.items():
-        out |= {f"{name}_seconds": t, f"{name}_tflops": flop / t / 1e12,
+        out |= {f"{name}_seconds": t, f"{name}_effective_tflops": flop / t / 1e12,
                 f"{name}_graph_seconds": t * s.vectors / s.queries}
     return out
 
@@ -219,8 +237,8 @@ def step(s: Sizes, device: str) -> dict:
 
 
 def smooth_jpeg(rng: np.random.Generator, px: int) -> bytes:
-    """A JPEG of a smooth random colour field (an 8 x 8 grid of colours, upsampled): it decodes like a photo of
-    its size, where noise would not compress."""
+    """A JPEG of a smooth random colour field (an 8 x 8 grid of colours, upsampled): it compresses as a photo
+    does, where noise would not, with fewer coefficients to decode (so it decodes at least as fast)."""
     from PIL import Image
 
     grid = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
@@ -268,20 +286,24 @@ def write_shards(out: Path, s: Sizes, per_shard: int = 256) -> Path:
 
 def loader(s: Sizes, device: str, work: Path, synthetic_step_ms: float | None) -> dict:
     shards = write_shards(work / "shards", s)
-    workers = min(s.workers, os.cpu_count() or 1)
+    workers = min(s.workers, usable_cpus())
     run = work / "train"
     cmd = [sys.executable, "-m", "xclr_train", "--data", str(shards), "--out", str(run), "--arch", s.arch,
            "--image-size", str(s.image_size), "--batch-size", str(s.batch), "--steps", str(s.loader_steps),
-           "--samples-per-epoch", str(s.samples), "--workers", str(workers), "--log-every", "1", "--no-progress",
-           "--device", device]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           "--samples-per-epoch", str(s.batch * s.loader_steps), "--workers", str(workers), "--log-every", "1",
+           "--no-progress", "--device", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_SECONDS)
     if proc.returncode:
         raise RuntimeError(f"xclr-train failed:\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    timed = [x for x in lines if "step_time" in x][s.loader_steps // 3:]
-    step_ms = 1e3 * statistics.median(x["step_time"] for x in timed)
+    timed = [x for x in lines if "step_time" in x][2 * workers:]
+    if not timed:
+        raise RuntimeError(f"xclr-train logged no step after its warm-up of {2 * workers}")
+    step_seconds = sum(x["step_time"] for x in timed)
+    step_ms = 1e3 * step_seconds / len(timed)
     return {"workers": workers, "steps_timed": len(timed), "step_ms": step_ms,
-            "data_wait_share": statistics.median(x["data_time"] / x["step_time"] for x in timed),
+            "samples_per_s": s.batch * len(timed) / step_seconds,
+            "data_wait_share": sum(x["data_time"] for x in timed) / step_seconds,
             "step_vs_synthetic": step_ms / synthetic_step_ms if synthetic_step_ms else None}
 
 
@@ -293,9 +315,15 @@ def memory(s: Sizes, device: str) -> dict:
 
     base = f"--arch {s.arch} --image-size {s.image_size} --batch-size {s.batch}"
     configs = [base, f"{base} --micro-batch {s.batch // 4}"] + ([f"{base} --compile"] if device == "cuda" else [])
-    rows = [measure(train_config(c), torch.device(device), warmup=1, steps=s.steps, threads=1) for c in configs]
+    rows, errors = [], {}
+    for c in configs:
+        try:
+            rows.append(measure(train_config(c), torch.device(device), warmup=1, steps=s.steps, threads=1,
+                                timeout=CHILD_SECONDS))
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - harness stops with SystemExit on a failed child
+            errors[c] = first_line(exc)
     ratios(rows)
-    return {"rows": rows, "compile": "measured" if device == "cuda" else "skipped on the CPU"}
+    return {"rows": rows, "errors": errors, "compile": "measured" if device == "cuda" else "skipped on the CPU"}
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
@@ -306,8 +334,10 @@ SECTIONS = ("embed", "topk", "step", "loader", "memory")
 def summary(results: dict) -> list[str]:
     """One line a figure (or a failed section's error), for the text file and the terminal."""
     m, sec = results["machine"], results["sections"]
-    gpu = f", driver {m['driver']}, CUDA {m['cuda']}" if m["device"] == "cuda" else ""
-    lines = [f"{m['card']} ({m['device']}{gpu}, torch {m['torch']})"]
+    gpu = f", driver {m['driver']}, CUDA {m['cuda']}, {m['compute_mode']} mode" if m["device"] == "cuda" else ""
+    shm = f", /dev/shm {m['shm_gib']:.1f} GiB" if m["shm_gib"] is not None else ""
+    lines = [f"{m['card']} ({m['device']}{gpu}, torch {m['torch']}, sentence-transformers "
+             f"{m['sentence-transformers']}, {m['cpus']} CPUs{shm})"]
     lines += [f"{name}: failed: {error}" for name, error in results["failed"].items()]
     if "embed" in sec:
         e = sec["embed"]
@@ -316,7 +346,8 @@ def summary(results: dict) -> list[str]:
     if "topk" in sec:
         t = sec["topk"]
         lines.append(f"topk: {t['queries']:,} x {t['vectors']:,} in {t['xclr_seconds']:.3f} s "
-                     f"({t['xclr_tflops']:.1f} TFLOP/s, {t['xclr_time_vs_plain']:.2f}x the plain matmul + topk's "
+                     f"({t['xclr_effective_tflops']:.1f} TFLOP/s over the whole call, "
+                     f"{t['xclr_time_vs_plain']:.2f}x the plain matmul + topk's "
                      f"time; a {t['vectors']:,}-caption graph {t['xclr_graph_seconds']:.0f} s); faiss-gpu: "
                      + (f"{t['faiss_gpu_seconds']:.3f} s" if "faiss_gpu_seconds" in t else t["faiss_gpu"]))
     if "step" in sec:
@@ -328,11 +359,11 @@ def summary(results: dict) -> list[str]:
     if "loader" in sec:
         lo = sec["loader"]
         against = f", {lo['step_vs_synthetic']:.2f}x the synthetic step" if lo["step_vs_synthetic"] else ""
-        lines.append(f"loader: {lo['workers']} workers: {100 * lo['data_wait_share']:.0f}% of a step waiting for "
-                     f"data ({lo['step_ms']:.0f} ms a step{against})")
+        lines.append(f"loader: {lo['workers']} workers: {100 * lo['data_wait_share']:.0f}% of the time waiting for "
+                     f"data, {lo['samples_per_s']:,.0f} samples/s ({lo['step_ms']:.0f} ms a step{against})")
     for r in sec.get("memory", {}).get("rows", []):
         vs = f" ({r['step_vs_plain']:.2f}x, {r['peak_vs_plain']:.2f}x the plain step's)" if r["step_vs_plain"] else ""
-        lines.append(f"memory: `{r['options']}`: {r['step_ms']:.0f} ms, peak "
+        lines.append(f"memory: `{r['options'] or 'the plain step'}`: {r['step_ms']:.0f} ms, peak "
                      f"{r['peak_above_baseline_bytes'] / 2**20:,.0f} MiB above the set-up{vs}")
     return lines
 
@@ -373,10 +404,15 @@ def main() -> None:
         for name in [n for n in SECTIONS if n in args.sections]:
             t = time.perf_counter()
             try:
-                results["sections"][name] = run[name]()
-            except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+                got = results["sections"][name] = run[name]()
+                if got.get("errors"):  # parts that failed beside parts measured
+                    results["failed"][name] = "; ".join(f"{part}: {e}" for part, e in got["errors"].items())
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded; the other sections still run
                 results["failed"][name] = first_line(exc)
             results["seconds"][name] = time.perf_counter() - t
+            gc.collect()
+            if args.device == "cuda":  # what a section cached is free for the next one's processes
+                torch.cuda.empty_cache()
             (args.out / "gpu-check.json").write_text(json.dumps(results, indent=2))
             print(f"{name}: {'failed' if name in results['failed'] else 'done'} in {results['seconds'][name]:.0f} s",
                   flush=True)

@@ -9,6 +9,7 @@
 # $XCLR_GPU_SITE (default /tmp/xclr-gpu-site), and its copy of the caption model's configuration and tokenizer is the
 # embed section's.
 set -euo pipefail
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # the node may have no network: no lookup may wait on one
 WHEELS=$(realpath -m "${XCLR_GPU_WHEELS:-$(dirname "$0")/../gpu-wheels}")
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -20,4 +21,4 @@ if [ -d "$WHEELS" ]; then
   EXTRA=(--model-files "$WHEELS/caption-model")
 fi
 export PYTHONPATH="schemas:pipeline:trainer:benchmarks${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PYTHON" benchmarks/gpu_check.py "${EXTRA[@]}" "$@"
+exec "$PYTHON" benchmarks/gpu_check.py ${EXTRA[@]+"${EXTRA[@]}"} "$@"  # bash < 4.4: an empty array is unset

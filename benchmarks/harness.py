@@ -99,9 +99,9 @@ def _sample_tree(pid: int, marker: Path | None, period: float, stop: threading.E
 
 
 def run_measured(cmd: list[str], marker: Path | None = None, env: Mapping[str, str] | None = None,
-                 period: float = 0.25) -> Measured:
-    """Run `cmd` (environment `env`, default this one's) and measure it (module docstring); a failed command
-    stops the benchmark with its exit code and the end of its stderr."""
+                 period: float = 0.25, timeout: float | None = None) -> Measured:
+    """Run `cmd` (environment `env`, default this one's) and measure it (module docstring); a failed command, or
+    one still running after `timeout` seconds (then killed), stops the benchmark with the end of its stderr."""
     me = psutil.Process()
     busy0, me0 = _busy_cpu_seconds(), sum(me.cpu_times()[:2])
     started = time.perf_counter()
@@ -111,7 +111,13 @@ def run_measured(cmd: list[str], marker: Path | None = None, env: Mapping[str, s
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_tree, args=(proc.pid, marker, period, stop, peaks, cpu), daemon=True)
     sampler.start()
-    stdout, stderr = proc.communicate()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        stop.set()
+        raise SystemExit(f"command killed after {timeout:g} s: {' '.join(cmd)}\n{stderr[-4000:]}") from None
     wall = time.perf_counter() - started
     stop.set()
     sampler.join()

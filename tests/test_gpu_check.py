@@ -14,12 +14,13 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from gpu_check import SECTIONS  # noqa: E402
+from gpu_check import QUICK, SECTIONS, memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = ("torch", "torchvision", "sentence-transformers")
@@ -98,9 +99,11 @@ def test_the_dry_run_on_the_wheel_folder_alone_measures_every_section(tmp_path):
     assert tuple(results["sections"]) == SECTIONS and not results["failed"] and results["machine"]["device"] == "cpu"
     sec = results["sections"]
     assert sec["embed"]["xclr_captions_per_s"] > 0 and sec["embed"]["plain_captions_per_s"] > 0
-    assert sec["topk"]["faiss_gpu"].startswith("skipped") and sec["topk"]["xclr_seconds"] > 0
+    assert sec["topk"]["faiss_gpu"].startswith("skipped") and sec["topk"]["xclr_effective_tflops"] > 0
     assert 0 < sec["step"]["objective_fraction_at_b"] < 1 and 0 < sec["step"]["simclr_fraction_at_b"] < 1
-    assert 0 <= sec["loader"]["data_wait_share"] < 1 and sec["loader"]["steps_timed"] > 0
+    loader = sec["loader"]
+    assert 0 <= loader["data_wait_share"] < 1 and loader["samples_per_s"] > 0
+    assert loader["steps_timed"] == QUICK.loader_steps - 2 * loader["workers"]  # one epoch, less the warm-up
     plain, chunked = sec["memory"]["rows"]
     assert plain["step_vs_plain"] == 1 and "--micro-batch" in chunked["options"] and chunked["step_vs_plain"] > 0
     summary = (tmp_path / "out" / "gpu-check.txt").read_text().splitlines()
@@ -112,3 +115,12 @@ def test_the_dry_run_on_the_wheel_folder_alone_measures_every_section(tmp_path):
     assert {"webdataset", "pyarrow", "torch", "sentence_transformers", "xclr_train"} <= imported  # the log works
     assert not foreign_imports(imported, carried)
 
+
+
+def test_a_memory_configuration_that_fails_is_recorded_beside_the_others_rows():
+    """--micro-batch B/4 of B = 2 is 0, which xclr-train refuses: that row is an error, the plain step's row stands,
+    and the section's errors make the command exit 1 (gpu_check.main)."""
+    got = memory(replace(QUICK, batch=2), "cpu")
+    assert [r["step_vs_plain"] for r in got["rows"]] == [1.0]
+    (config, error), = got["errors"].items()
+    assert "--micro-batch 0" in config and "at least 1" in error

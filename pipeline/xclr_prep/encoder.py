@@ -46,7 +46,8 @@ class CaptionEncoder:
             st.half()
         self.model = st
         self.batch_size = batch_size
-        self.dim = int(st.get_embedding_dimension())
+        # sentence-transformers before 5.4 (a GPU node's may be older than the pinned one) name it differently
+        self.dim = int((getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)())
         self.max_seq_length = int(st.max_seq_length)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
