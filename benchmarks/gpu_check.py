@@ -78,7 +78,7 @@ class Sizes:
     batch: int
     steps: int  # timed steps of `step` and `memory`
     loader_steps: int  # steps of the xclr-train run, one epoch; the first 2 x workers are its warm-up
-    workers: int  # DataLoader workers of the xclr-train run (at most the CPUs this process may use)
+    workers: int  # DataLoader workers of the xclr-train run (at most the CPUs this process may use, less one)
     samples: int  # in the tiny shards
     source_px: int  # side of their JPEGs, cropped and resized to image_size by the trainer
 
@@ -98,23 +98,44 @@ def in_turns(fns: dict[str, Callable[[], object]], device: str) -> dict[str, flo
 
 
 def machine(device: str) -> dict:
-    """The card (or CPU), its driver and the software the figures were measured with."""
-    from importlib.metadata import version
-
+    """The card (or CPU), its driver and the software the figures were measured with; what cannot be read is
+    None (nothing here may stop the run)."""
     info = {"device": device, "python": platform.python_version(), "host": platform.node(), "cpus": usable_cpus(),
-            **{name: version(name) for name in ("torch", "torchvision", "sentence-transformers", "transformers")},
+            **{name: distribution_version(name)
+               for name in ("torch", "torchvision", "sentence-transformers", "transformers")},
             "shm_gib": shutil.disk_usage("/dev/shm").total / 2**30 if Path("/dev/shm").is_dir() else None}
     if device == "cuda":
-        smi = shutil.which("nvidia-smi")
-        query = subprocess.run([smi, "--query-gpu=driver_version,compute_mode", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=30).stdout.splitlines() if smi else []
-        driver, mode = (query[0].split(", ") + [None, None])[:2] if query else (None, None)
+        driver, mode = smi_query(("driver_version", "compute_mode"))
         props = torch.cuda.get_device_properties(0)
         info |= {"card": torch.cuda.get_device_name(0), "memory_gib": props.total_memory / 2**30, "driver": driver,
                  "compute_mode": mode, "cuda": torch.version.cuda}
     else:
         info["card"] = platform.processor() or platform.machine()
     return info
+
+
+def distribution_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:  # on PYTHONPATH without metadata
+        return None
+
+
+def smi_query(fields: tuple[str, ...]) -> list[str | None]:
+    """nvidia-smi's `fields` of the GPU torch calls 0 (matched by UUID; CUDA_VISIBLE_DEVICES may hide others),
+    each None where nvidia-smi is missing or fails."""
+    smi = shutil.which("nvidia-smi")
+    try:
+        out = subprocess.run([smi, f"--query-gpu=uuid,{','.join(fields)}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout if smi else ""
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", "")).removeprefix("GPU-")
+    rows = [line.split(", ") for line in out.splitlines() if line.count(", ") == len(fields)]
+    row = next((r for r in rows if r[0].removeprefix("GPU-") == uuid), rows[0] if len(rows) == 1 else None)
+    return row[1:] if row else [None] * len(fields)
 
 
 def usable_cpus() -> int:
@@ -203,16 +224,16 @@ def topk(s: Sizes, device: str) -> dict:
     seconds = in_turns({"xclr": lambda: exact_search_torch(rows, queries, ids, K + 1, device),
                         "plain": lambda: [(q[i:i + PLAIN_QUERIES] @ database.T).float().topk(K + 1, dim=1)
                                           for i in range(0, s.queries, PLAIN_QUERIES)]}, device)
-    faiss = faiss_gpu() if device == "cuda" else None
     faiss_row = "skipped: no FAISS with GPUs is installed"
-    if faiss is not None:
-        try:
+    try:
+        faiss = faiss_gpu() if device == "cuda" else None
+        if faiss is not None:
             resources = faiss.StandardGpuResources()
             seconds |= in_turns({"faiss_gpu": lambda: faiss.knn_gpu(
                 resources, queries.astype(np.float16), x, K + 1, metric=faiss.METRIC_INNER_PRODUCT)}, device)
             faiss_row = "measured"
-        except Exception as exc:  # noqa: BLE001 - its own row: xclr's and the plain figures stand
-            faiss_row = f"failed: {first_line(exc)}"
+    except Exception as exc:  # noqa: BLE001 - its own row: xclr's and the plain figures stand
+        faiss_row = f"failed: {first_line(exc)}"
     flop = 2 * s.queries * s.vectors * DIM
     out = {"vectors": s.vectors, "queries": s.queries, "dim": DIM, "k": K, "faiss_gpu": faiss_row,
            "xclr_time_vs_plain": seconds["xclr"] / seconds["plain"]}
@@ -286,13 +307,17 @@ def write_shards(out: Path, s: Sizes, per_shard: int = 256) -> Path:
 
 def loader(s: Sizes, device: str, work: Path, synthetic_step_ms: float | None) -> dict:
     shards = write_shards(work / "shards", s)
-    workers = min(s.workers, usable_cpus())
+    workers = min(s.workers, max(1, usable_cpus() - 1))  # a CPU left to the trainer's own process
     run = work / "train"
     cmd = [sys.executable, "-m", "xclr_train", "--data", str(shards), "--out", str(run), "--arch", s.arch,
            "--image-size", str(s.image_size), "--batch-size", str(s.batch), "--steps", str(s.loader_steps),
            "--samples-per-epoch", str(s.batch * s.loader_steps), "--workers", str(workers), "--log-every", "1",
            "--no-progress", "--device", device]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_SECONDS)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_SECONDS)
+    except subprocess.TimeoutExpired as exc:  # its stderr so far: bytes, whatever text= said
+        said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        raise RuntimeError(f"xclr-train killed after {CHILD_SECONDS} s:\n{said[-3000:]}") from None
     if proc.returncode:
         raise RuntimeError(f"xclr-train failed:\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -334,7 +359,7 @@ SECTIONS = ("embed", "topk", "step", "loader", "memory")
 def summary(results: dict) -> list[str]:
     """One line a figure (or a failed section's error), for the text file and the terminal."""
     m, sec = results["machine"], results["sections"]
-    gpu = f", driver {m['driver']}, CUDA {m['cuda']}, {m['compute_mode']} mode" if m["device"] == "cuda" else ""
+    gpu = f", driver {m['driver']}, CUDA {m['cuda']}, compute mode {m['compute_mode']}" if m["device"] == "cuda" else ""
     shm = f", /dev/shm {m['shm_gib']:.1f} GiB" if m["shm_gib"] is not None else ""
     lines = [f"{m['card']} ({m['device']}{gpu}, torch {m['torch']}, sentence-transformers "
              f"{m['sentence-transformers']}, {m['cpus']} CPUs{shm})"]
@@ -369,8 +394,10 @@ def summary(results: dict) -> list[str]:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+    """The error in one line: its first line (what failed: harness names the command and its exit status or
+    timeout) and, when there are more, its last (the child's last words)."""
+    lines = str(exc).strip().splitlines() or [""]
+    return f"{type(exc).__name__}: {lines[0]}" + (f" ... {lines[-1]}" if len(lines) > 1 else "")
 
 
 def main() -> None:
@@ -404,15 +431,15 @@ def main() -> None:
         for name in [n for n in SECTIONS if n in args.sections]:
             t = time.perf_counter()
             try:
+                gc.collect()
+                if args.device == "cuda":  # what the last section cached is free for this one's processes
+                    torch.cuda.empty_cache()
                 got = results["sections"][name] = run[name]()
                 if got.get("errors"):  # parts that failed beside parts measured
                     results["failed"][name] = "; ".join(f"{part}: {e}" for part, e in got["errors"].items())
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded; the other sections still run
                 results["failed"][name] = first_line(exc)
             results["seconds"][name] = time.perf_counter() - t
-            gc.collect()
-            if args.device == "cuda":  # what a section cached is free for the next one's processes
-                torch.cuda.empty_cache()
             (args.out / "gpu-check.json").write_text(json.dumps(results, indent=2))
             print(f"{name}: {'failed' if name in results['failed'] else 'done'} in {results['seconds'][name]:.0f} s",
                   flush=True)

@@ -114,6 +114,15 @@ def run_measured(cmd: list[str], marker: Path | None = None, env: Mapping[str, s
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        try:  # its workers too: they may hold the pipes
+            workers = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            workers = []
+        for w in workers:
+            try:
+                w.kill()
+            except psutil.NoSuchProcess:
+                pass
         proc.kill()
         stdout, stderr = proc.communicate()
         stop.set()
