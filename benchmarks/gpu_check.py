@@ -403,9 +403,10 @@ def first_line(exc: BaseException) -> str:
 def main() -> None:
     from xclr_schemas import default_caption_model
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--quick", action="store_true", help="QUICK sizes: every section in seconds (the CPU dry run)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to measure (cpu: the dry run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="QUICK sizes, the dry run's: every section in seconds on a CPU (on CUDA --compile still runs)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                     help="run these sections only (in SECTIONS' order; loader's step ratio needs step)")
     ap.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="gpu-check.json and gpu-check.txt here")
