@@ -6,7 +6,7 @@ A method says how it is run, not how fast it is (measured: docs/benchmarks.md, "
 | method | FAISS recipe (`recipe`) | engine on a GPU worker: faiss-gpu wheel / faiss-cpu wheel | tuned | auto |
 |---|---|---|---|---|
 | exact | none | faiss-gpu (`knn_gpu`) / torch-cuda (fp16 matmul + top-k) | - | yes |
-| ivf | ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)``; faiss-gpu: ``IVF{nlist},SQfp16`` | faiss-gpu / faiss-cpu | nprobe, re-ranking factor | yes |
+| ivf | ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)``; GPU: ``IVF{nlist},SQfp16`` | faiss-gpu / faiss-cpu | nprobe, refine | yes |
 | hnsw | ``HNSW32`` | faiss-cpu / faiss-cpu (FAISS has no GPU HNSW) | efSearch | no |
 
 A CPU worker runs every method on faiss-cpu. ivf on CPU scans the probed lists as 4-bit PQ codes (FAISS's SIMD
