@@ -3,15 +3,16 @@ command line, the `auto` policy and the cost model (benchmarks/cost_model.py).
 
 A method says how it is run, not how fast it is (measured: docs/benchmarks.md, "Graph search"):
 
-| method | FAISS recipe (`recipe`) | engine on a GPU worker: faiss-gpu wheel / faiss-cpu wheel | tuned | auto |
+| method | FAISS recipe (`recipe`) | engine on a GPU worker, faiss-gpu wheel / faiss-cpu wheel | tuned | auto |
 |---|---|---|---|---|
 | exact | none | faiss-gpu (`knn_gpu`) / torch-cuda (fp16 matmul + top-k) | - | yes |
-| ivf | ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)``; GPU: ``IVF{nlist},SQfp16`` | faiss-gpu / faiss-cpu | nprobe, refine | yes |
+| ivf | ``IVF{nlist},PQ{D/2}x4fs,Refine(SQfp16)`` (faiss-gpu: below) | faiss-gpu / faiss-cpu | nprobe, refine | yes |
 | hnsw | ``HNSW32`` | faiss-cpu / faiss-cpu (FAISS has no GPU HNSW) | efSearch | no |
 
 A CPU worker runs every method on faiss-cpu. ivf on CPU scans the probed lists as 4-bit PQ codes (FAISS's SIMD
 fast-scan) and re-ranks the best `refine` * (k + 1) candidates with fp16 vectors (the embeddings are stored in fp16,
-so the re-ranking is exact); FAISS's GPU indexes have neither, so on faiss-gpu the lists hold fp16 codes.
+so the re-ranking is exact); FAISS's GPU indexes have neither, so on faiss-gpu the lists hold fp16 codes
+(``IVF{nlist},SQfp16``).
 
 `auto_method`: exact on GPUs, and on CPUs up to EXACT_MAX_CPU captions; above, the first approximate method that
 `auto` may pick whose index fits in half the smallest node's memory, else exact (which needs only block-sized memory,
