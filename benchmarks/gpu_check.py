@@ -306,6 +306,8 @@ def write_shards(out: Path, s: Sizes, per_shard: int = 256) -> Path:
 
 
 def loader(s: Sizes, device: str, work: Path, synthetic_step_ms: float | None) -> dict:
+    from harness import run_measured
+
     shards = write_shards(work / "shards", s)
     workers = min(s.workers, max(1, usable_cpus() - 1))  # a CPU left to the trainer's own process
     run = work / "train"
@@ -313,13 +315,7 @@ def loader(s: Sizes, device: str, work: Path, synthetic_step_ms: float | None) -
            "--image-size", str(s.image_size), "--batch-size", str(s.batch), "--steps", str(s.loader_steps),
            "--samples-per-epoch", str(s.batch * s.loader_steps), "--workers", str(workers), "--log-every", "1",
            "--no-progress", "--device", device]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_SECONDS)
-    except subprocess.TimeoutExpired as exc:  # its stderr so far: bytes, whatever text= said
-        said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-        raise RuntimeError(f"xclr-train killed after {CHILD_SECONDS} s:\n{said[-3000:]}") from None
-    if proc.returncode:
-        raise RuntimeError(f"xclr-train failed:\n{proc.stderr[-3000:]}")
+    run_measured(cmd, timeout=CHILD_SECONDS)  # a failure or a hang (then killed, its workers too): SystemExit
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     timed = [x for x in lines if "step_time" in x][2 * workers:]
     if not timed:
