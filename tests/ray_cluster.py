@@ -4,6 +4,7 @@ kill."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -77,14 +78,16 @@ class RayNode:
 
 class RayCluster:
     """A head and worker nodes on 127.0.0.2 (Ray rewrites 127.0.0.1 to the primary interface's address on Linux),
-    with token authentication (Ray 2.5x clusters need RAY_AUTH_MODE=token in every process: use `env`), free ports
+    with token authentication (Ray 2.5x clusters need RAY_AUTH_MODE=token and the cluster's token in every process:
+    use `env`, which carries a token of its own in RAY_AUTH_TOKEN, so that nothing depends on ~/.ray), free ports
     and a temp dir of its own. Leaving the `with` block kills every node. `lost_node_s`: the head declares a node
     that stopped answering dead after about this many seconds (Ray's default: about 30 s)."""
 
     def __init__(self, root: Path, lost_node_s: float | None = None) -> None:
         self.root = root
         self.lost_node_s = lost_node_s
-        self.env = {**local_ray_env(), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {**local_ray_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
         self.temp = tempfile.mkdtemp(prefix="xr-")  # short: Ray's socket paths must fit in 107 bytes
         self.head: RayNode | None = None
         self.workers: list[RayNode] = []
