@@ -5,7 +5,7 @@
     budget    the chosen points at BUDGET_LONG steps on the validation rotation; the rule's budget frozen in BUDGET
     matrix    every rotation x seed x method at its chosen point and the frozen budget, with the untrained floors,
               the test rotations first (--preset gpu: the GPU regimes instead, ResNet-18 at 64 px, without open_clip's
-              CPU-only runs and their floor); each seed's runs evaluated as soon as they are done
+              CPU-only runs and their floor)
     captions  X-CLR on the test rotations with name+tags captions (the richer-caption ablation; SimCLR does not
               read captions, so the matrix's SimCLR runs are its reference)
     low       X-CLR and SimCLR on the test rotations with a third of the emoji (the low-data ablation), judged on
@@ -17,11 +17,15 @@
 
 Each stage refuses to start before the choices it needs are frozen (PlanError), and every run and evaluation is
 cached under ROOT (study.train, study.evaluate), so a stage can be stopped and rerun. A root holds one plan's runs.
+Each run is evaluated as soon as it is done and its records kept in KEPT (`keep`), which the repository holds; every
+stage starts by restoring the kept runs a root lacks (`restore`, study.py), so that the study goes on where it
+stopped on any machine, without the checkpoints of the runs it restored.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,10 +35,14 @@ import study
 import study_plan as plan
 import study_plots
 
+from xclr_schemas.atomic import write_atomic
 from xclr_schemas.names import METRICS
 
 CORPUS = "emoji"
 RESULTS = Path(__file__).resolve().parent / "results" / "emoji-study.json"
+# Each evaluated run's records, kept beside RESULTS (committed) so that the study resumes on another machine:
+# KEPT/REGIME/RUN/ holds the run's METRICS, its EVALUATION and, last, its RUN_DONE.
+KEPT = RESULTS.with_name("emoji-runs")
 ABLATED = {"tags": ("xclr",), "low": ("xclr", "simclr")}  # the methods each ablation trains
 # the floors each ablation trains: the tags regime's images are the core regime's, whose floor the matrix trains
 ABLATION_FLOORS = {"tags": (), "low": (plan.FLOOR,)}
@@ -67,7 +75,7 @@ def budget(root: Path) -> None:
     for method, choice in choices.items():
         _train(base, method, choice.point, plan.GRID_SEED)
     long_runs = study.evaluate(base, CORPUS)["runs"]
-    short_runs = json.loads((root / CORPUS / short / "eval" / "results.json").read_text())["runs"]
+    short_runs = json.loads((root / CORPUS / short / "eval" / plan.EVALUATION).read_text())["runs"]
     key = f"-s{plan.GRID_SEED}"
     gains = {m: long_runs[c.run + key]["metrics"][plan.PRIMARY] - short_runs[c.run + key]["metrics"][plan.PRIMARY]
              for m, c in choices.items()}
@@ -92,7 +100,6 @@ def matrix(root: Path, seeds: list[int], preset: str) -> None:
             for method, choice in choices.items():
                 if preset == "cpu" or plan.METHODS[method].trainer == plan.XCLR_TRAIN:
                     _train(base, method, choice.point, seed)
-            study.evaluate(base, CORPUS)
         _floors(base, seeds, floors)
 
 
@@ -104,7 +111,6 @@ def ablation(root: Path, seeds: list[int], variant: str) -> None:
         for seed in seeds:
             for method in ABLATED[variant]:
                 _train(base, method, choices[method].point, seed)
-            study.evaluate(base, CORPUS)
         _floors(base, seeds, ABLATION_FLOORS[variant])
 
 
@@ -131,6 +137,8 @@ def report(root: Path, out: Path = RESULTS) -> None:
                if base.name in study.PLANNED and any((base / "runs").glob("*/done.json"))}
     if not results:
         raise PlanError(f"no finished run of the plan under {root / CORPUS}")
+    for regime in results:
+        keep(root / CORPUS / regime)
     table = study.tabulate(root, {CORPUS: results})
     runs = sorted({m for regime in table[CORPUS].values() for m in regime})
     study.write_report(table, runs, out)
@@ -139,14 +147,47 @@ def report(root: Path, out: Path = RESULTS) -> None:
     study_plots.curves(root / CORPUS, out.parent / f"{out.stem}-plots")
 
 
+def keep(base: Path, kept: Path = KEPT) -> None:
+    """Every evaluated run of regime `base` not yet in KEPT/REGIME/, its records copied there (atomic, RUN_DONE
+    last: a copy cut short is not a kept run and is made again)."""
+    for done in sorted((base / "runs").glob(f"*/{plan.RUN_DONE}")):
+        run, evaluation = done.parent, base / "eval" / done.parent.name / plan.EVALUATION
+        target = kept / base.name / run.name
+        if evaluation.exists() and not (target / plan.RUN_DONE).exists():
+            _copy([(run / METRICS, target / METRICS), (evaluation, target / plan.EVALUATION),
+                   (done, target / plan.RUN_DONE)])
+
+
+def restore(root: Path, kept: Path = KEPT) -> None:
+    """The kept runs (`keep`) that ROOT lacks, their records copied under ROOT/CORPUS/REGIME/ (RUN_DONE last), so that
+    a stage reuses them as finished and evaluated; their checkpoints stay on the machine that trained them."""
+    for done in sorted(kept.glob(f"*/*/{plan.RUN_DONE}")):
+        record, regime = done.parent, root / CORPUS / done.parent.parent.name
+        run = regime / "runs" / record.name
+        if not (run / plan.RUN_DONE).exists():
+            _copy([(record / METRICS, run / METRICS),
+                   (record / plan.EVALUATION, regime / "eval" / record.name / plan.EVALUATION),
+                   (done, run / plan.RUN_DONE)])
+
+
+def _copy(pairs: list[tuple[Path, Path]]) -> None:
+    """Each source that exists (open_clip's runs have no METRICS) to its target, in order, atomically."""
+    for source, target in pairs:
+        if source.exists():
+            write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+
+
 def _train(base: Path, method: str, point: plan.Point, seed: int) -> None:
-    """One run of `method` at `point` on a regime's random-order shards, by the method's trainer (cached)."""
+    """One run of `method` at `point` on a regime's random-order shards, by the method's trainer (cached), then
+    evaluated and kept (`keep`)."""
     spec, name, regime = plan.METHODS[method], plan.run_name(method, point), study.CORPORA[CORPUS][base.name]
     if spec.trainer == plan.OPEN_CLIP:
         openclip_clip.train_openclip(base / "shards-random", base / "runs" / f"{name}-s{seed}", regime.steps,
                                      point.lr, seed, regime.batch)
     else:
         study.train(base, CORPUS, name, "random", [*spec.args, *point.args], seed)
+    study.evaluate(base, CORPUS)
+    keep(base)
 
 
 def _floors(base: Path, seeds: list[int], floors: Iterable[str]) -> None:
@@ -156,6 +197,7 @@ def _floors(base: Path, seeds: list[int], floors: Iterable[str]) -> None:
             study.train(base, CORPUS, name, "random", [*study.METHODS[plan.FLOOR][1], *plan.FLOORS[name]], seed,
                         FLOOR_STEPS)
     study.evaluate(base, CORPUS)
+    keep(base)
 
 
 def _last_quarter_gain(run: Path) -> float | None:

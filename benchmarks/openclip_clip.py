@@ -37,7 +37,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import study_plan
+
 from xclr_eval.openclip import CONFIG
+from xclr_schemas.atomic import write_json_atomic
 from xclr_schemas.names import CHECKPOINTS, LATEST, SIZES
 from xclr_schemas.shards import ShardsDirError, read_shards_manifest
 from xclr_train.augment import RECIPES
@@ -50,7 +53,6 @@ WEIGHT_DECAY = PLAIN["adamw"].weight_decay  # the study's AdamW (its convnet run
 _SIMCLR = RECIPES["simclr"]
 AUGMENTATION = [f"scale={_SIMCLR.scale}", f"color_jitter={_SIMCLR.jitter}", f"color_jitter_prob={_SIMCLR.jitter_p}",
                 f"gray_scale_prob={_SIMCLR.gray_p}"]  # open_clip's --aug-cfg, from xclr's simclr recipe
-DONE = "done.json"
 
 
 class OpenClipError(Exception):
@@ -96,7 +98,7 @@ def train_openclip(shards: Path, out: Path, steps: int, lr: float, seed: int, ba
     (xclr-train's default warm-up, then cosine to 0) and return OUT/checkpoints/latest.pt; a finished run
     (OUT/done.json) is returned as it is."""
     final = out / CHECKPOINTS / LATEST
-    if (out / DONE).exists():
+    if (out / study_plan.RUN_DONE).exists():
         return final
     python = VENV / "bin" / "python"
     if steps < 1:
@@ -122,9 +124,9 @@ def train_openclip(shards: Path, out: Path, steps: int, lr: float, seed: int, ba
                             f"{out / 'out.log'}")
     final.unlink(missing_ok=True)
     os.link(last, final)
-    (out / DONE).write_text(json.dumps({"wall_s": wall, "steps": plan.steps, "epochs": plan.epochs,
-                                        "batches_per_epoch": plan.batches, "samples": samples,
-                                        "batch_size": batch}) + "\n")
+    write_json_atomic(out / study_plan.RUN_DONE, {"wall_s": wall, "steps": plan.steps, "epochs": plan.epochs,
+                                                  "batches_per_epoch": plan.batches, "samples": samples,
+                                                  "batch_size": batch})
     return final
 
 

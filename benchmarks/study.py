@@ -48,11 +48,12 @@ from pathlib import Path
 
 import study_plan as plan
 
+from xclr_schemas.atomic import write_json_atomic
 from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-
+RUN_DONE, EVALUATION = plan.RUN_DONE, plan.EVALUATION
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
           steps: int | None = None) -> Path:
     """Train run NAME-sSEED of a regime (its steps, or `steps`), unless it is done; returns its directory."""
     run = base / "runs" / f"{name}-s{seed}"
-    if (run / "done.json").exists():
+    if (run / RUN_DONE).exists():
         return run
     spec = CORPORA[corpus][base.name]
     steps = steps or spec.steps
@@ -233,24 +234,25 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
        "--augment", spec.augment, "--batch-size", str(spec.batch), "--steps", str(steps),
        "--samples-per-epoch", str(steps * spec.batch),
        "--seed", str(seed), *curve, *resume)
-    (run / "done.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
+    write_json_atomic(run / RUN_DONE, {"wall_s": time.perf_counter() - start})
     return run
 
 
 def evaluate(base: Path, corpus: str) -> dict:
     """Every finished run of a regime, each evaluated once by `xclr-eval` (ROOT/.../eval/RUN/), merged into
     ROOT/.../eval/results.json."""
-    spec, judge = CORPORA[corpus][base.name], judged_by(base, corpus)
-    tars, train = judge / "tars", _database(judge, CORPORA[corpus][judge.name])
+    spec = CORPORA[corpus][base.name]
     merged: dict = {}
-    for run in sorted(done.parent for done in (base / "runs").glob("*/done.json")):
+    for run in sorted(done.parent for done in (base / "runs").glob(f"*/{RUN_DONE}")):
         out = base / "eval" / run.name
-        if not (out / "results.json").exists():
+        if not (out / EVALUATION).exists():  # the judge's tars and database are needed only here
+            judge = judged_by(base, corpus)
+            tars, train = judge / "tars", _database(judge, CORPORA[corpus][judge.name])
             sh(str(BIN / "xclr-eval"), str(run / CHECKPOINTS / LATEST),
                *[a.format(tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
-        results = json.loads((out / "results.json").read_text())
+        results = json.loads((out / EVALUATION).read_text())
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
-    (base / "eval" / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    (base / "eval" / EVALUATION).write_text(json.dumps(merged, indent=2) + "\n")
     return merged
 
 
@@ -376,6 +378,7 @@ def run_plan(opts: argparse.Namespace) -> None:
              "demo": lambda: stages.demo(opts.root, opts.seeds),
              "report": lambda: stages.report(opts.root)}[opts.plan]
     try:
+        stages.restore(opts.root)
         stage()
     except (stages.PlanError, openclip_clip.OpenClipError) as exc:
         print(f"Error: {exc}", file=sys.stderr)

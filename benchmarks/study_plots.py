@@ -71,7 +71,7 @@ def curves(corpus_root: Path, out_dir: Path) -> list[Path]:
     for regime in sorted(p for p in corpus_root.iterdir() if (p / "runs").is_dir()):
         lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for metrics in (regime / "runs").glob("*/" + METRICS):
-            if not (metrics.parent / "done.json").exists():
+            if not (metrics.parent / plan.RUN_DONE).exists():
                 continue
             name = metrics.parent.name.rsplit("-s", 1)[0]
             for record in map(json.loads, metrics.read_text().splitlines()):

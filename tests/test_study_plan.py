@@ -116,3 +116,39 @@ def test_the_verdict_names_a_method_only_beyond_welchs_95_percent_quantile():
     assert emoji_demo.verdict([0.40, 0.41, 0.40], [0.45, 0.46, 0.45]).says == "SimCLR ahead"
     near = emoji_demo.verdict([0.51, 0.50, 0.52], [0.4896, 0.4796, 0.4996])  # 2.5 standard errors apart
     assert near.t == pytest.approx(2.5, abs=0.01) and near.says == "level (within seed noise)"  # 2 se would not be
+
+
+def test_kept_runs_are_restored_on_another_machine_as_finished_and_evaluated(tmp_path):
+    """emoji_stages.keep / restore: a root's evaluated runs kept (records only) come back in a fresh root, where
+    study.train reuses them and study.evaluate reads them without any checkpoint; a kept copy cut short before its
+    RUN_DONE, and a run not yet evaluated, are not restored."""
+    import emoji_stages
+
+    regime = study.regime_name(plan.TEST[0], plan.BUDGET_LONG)
+    base, kept = tmp_path / "a" / "emoji" / regime, tmp_path / "kept"
+    runs = {"xclr@lr0.002-s0": 0.55, "simclr@lr0.002-s0": 0.49}
+    for name, knn in runs.items():
+        (base / "runs" / name).mkdir(parents=True)
+        (base / "runs" / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "graph_hits": 3.0}) + "\n")
+        (base / "runs" / name / plan.RUN_DONE).write_text('{"wall_s": 1}\n')
+        (base / "eval" / name).mkdir(parents=True)
+        (base / "eval" / name / plan.EVALUATION).write_text(json.dumps({"runs": {name: {"metrics": {"knn": knn}}}}))
+    (base / "runs" / "supcon@lr0.002-s0").mkdir()  # trained, not evaluated: not kept
+    (base / "runs" / "supcon@lr0.002-s0" / plan.RUN_DONE).write_text('{"wall_s": 1}\n')
+    emoji_stages.keep(base, kept)
+    assert sorted(p.name for p in (kept / regime).iterdir()) == sorted(runs)
+    assert sorted(p.name for p in (kept / regime / "xclr@lr0.002-s0").iterdir()) == sorted(
+        ["metrics.jsonl", plan.EVALUATION, plan.RUN_DONE])
+    (kept / regime / "simclr@lr0.002-s0" / plan.RUN_DONE).unlink()  # as if killed mid-copy
+
+    fresh = tmp_path / "b"
+    emoji_stages.restore(fresh, kept)
+    restored = fresh / "emoji" / regime
+    assert study.train(restored, "emoji", "xclr@lr0.002", "random", [], 0) == restored / "runs" / "xclr@lr0.002-s0"
+    assert not (restored / "runs" / "simclr@lr0.002-s0" / plan.RUN_DONE).exists()
+    assert study.evaluate(restored, "emoji")["runs"] == {"xclr@lr0.002-s0": {"metrics": {"knn": 0.55}}}
+    table = study.tabulate(fresh, {"emoji": {regime: study.evaluate(restored, "emoji")}})
+    assert table["emoji"][regime]["xclr@lr0.002"] == {"knn": [0.55], "graph_hits": [3.0], "seed": [0]}
+    emoji_stages.keep(base, kept)  # the copy cut short is made again
+    emoji_stages.restore(fresh, kept)
+    assert sorted(study.evaluate(restored, "emoji")["runs"]) == sorted(runs)
