@@ -13,13 +13,15 @@
     demo      the main job: X-CLR and SimCLR on the demo's rotation (emoji_demo), with the study's verdict as
               RESULTS has it (in the study's own root, run report first)
     report    every finished run under ROOT/emoji evaluated (it writes evaluations: never beside another stage),
-              then the tables (RESULTS, its .md) and plots (RESULTS-plots/)
+              then merged into the tables (RESULTS: a run it has of a seed ROOT lacks stays; its .md) and plots
+              (RESULTS-plots/)
 
 Each stage refuses to start before the choices it needs are frozen (PlanError), and every run and evaluation is
 cached under ROOT (study.train, study.evaluate), so a stage can be stopped and rerun. A root holds one plan's runs.
-Each run is evaluated as soon as it is done and its records kept in KEPT (`keep`), which the repository holds; every
-stage starts by restoring the kept runs a root lacks (`restore`, study.py), so that the study goes on where it
-stopped on any machine, without the checkpoints of the runs it restored.
+Each run is evaluated as soon as it is done. With `--keep` (the project's own study, study.py), each evaluated run's
+records are kept in KEPT (`keep`), which the repository holds, and the stage starts by restoring the kept runs its
+root lacks (`restore`), so that the study goes on where it stopped on any machine, without the checkpoints of the
+runs it restored.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import study
 import study_plan as plan
 import study_plots
 
-from xclr_schemas.atomic import write_atomic
+from xclr_schemas.atomic import remove_temporaries, write_atomic, write_json_atomic
 from xclr_schemas.names import METRICS
 
 CORPUS = "emoji"
@@ -54,28 +56,28 @@ class PlanError(Exception):
     """A stage started before what it needs is frozen (study.py prints it in one line, exit status 2)."""
 
 
-def grid(root: Path) -> None:
+def grid(root: Path, kept: Path | None = None) -> None:
     base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.GRID_STEPS), RANDOM)
     runs = study.evaluate(base, CORPUS)["runs"] if (base / "runs").is_dir() else {}
     for method in plan.METHODS:
         while points := plan.to_train(method, runs):
             for point in points:
-                _train(base, method, point, plan.GRID_SEED)
+                _train(base, method, point, plan.GRID_SEED, kept)
             runs = study.evaluate(base, CORPUS)["runs"]
         choice = plan.freeze(plan.select(runs))[method]
         print(f"{method}: {choice.point.name} (validation kNN {choice.score:.3f}; "
               f"{', '.join(f'{n} {v:.3f}' for n, v in choice.candidates.items())})", flush=True)
-    _floors(base, [plan.GRID_SEED], plan.FLOORS)
+    _floors(base, [plan.GRID_SEED], plan.FLOORS, kept)
 
 
-def budget(root: Path) -> None:
+def budget(root: Path, kept: Path | None = None) -> None:
     choices = _choices(plan.METHODS)
     short = study.regime_name(plan.VALIDATION, plan.GRID_STEPS)
     base = study.prepare(root, CORPUS, study.regime_name(plan.VALIDATION, plan.BUDGET_LONG), RANDOM)
     for method, choice in choices.items():
-        _train(base, method, choice.point, plan.GRID_SEED)
+        _train(base, method, choice.point, plan.GRID_SEED, kept)
     long_runs = study.evaluate(base, CORPUS)["runs"]
-    short_runs = json.loads((root / CORPUS / short / "eval" / plan.EVALUATION).read_text())["runs"]
+    short_runs = study.evaluate(root / CORPUS / short, CORPUS)["runs"]
     key = f"-s{plan.GRID_SEED}"
     gains = {m: long_runs[c.run + key]["metrics"][plan.PRIMARY] - short_runs[c.run + key]["metrics"][plan.PRIMARY]
              for m, c in choices.items()}
@@ -90,7 +92,7 @@ def budget(root: Path) -> None:
           flush=True)
 
 
-def matrix(root: Path, seeds: list[int], preset: str) -> None:
+def matrix(root: Path, seeds: list[int], preset: str, kept: Path | None = None) -> None:
     choices = _choices(plan.METHODS)
     steps = _budget() if preset == "cpu" else study.GPU_STEPS
     floors = plan.FLOORS if preset == "cpu" else [plan.FLOOR]
@@ -99,29 +101,29 @@ def matrix(root: Path, seeds: list[int], preset: str) -> None:
         for seed in seeds:
             for method, choice in choices.items():
                 if preset == "cpu" or plan.METHODS[method].trainer == plan.XCLR_TRAIN:
-                    _train(base, method, choice.point, seed)
-        _floors(base, seeds, floors)
+                    _train(base, method, choice.point, seed, kept)
+        _floors(base, seeds, floors, kept)
 
 
-def ablation(root: Path, seeds: list[int], variant: str) -> None:
+def ablation(root: Path, seeds: list[int], variant: str, kept: Path | None = None) -> None:
     """`variant` "tags" or "low": its methods (ABLATED) at their choices on the test rotations' variant data."""
     choices, steps = _choices(ABLATED[variant]), _budget()
     for vendor in plan.TEST:
         base = study.prepare(root, CORPUS, study.regime_name(vendor, steps, variant), RANDOM)
         for seed in seeds:
             for method in ABLATED[variant]:
-                _train(base, method, choices[method].point, seed)
-        _floors(base, seeds, ABLATION_FLOORS[variant])
+                _train(base, method, choices[method].point, seed, kept)
+        _floors(base, seeds, ABLATION_FLOORS[variant], kept)
 
 
-def demo(root: Path, seeds: list[int]) -> None:
+def demo(root: Path, seeds: list[int], kept: Path | None = None) -> None:
     choices = _choices(emoji_demo.COMPARED)
     regime = study.regime_name(emoji_demo.DEMO_HELDOUT, plan.GRID_STEPS)
     base = study.prepare(root, CORPUS, regime, RANDOM)
     emoji_demo.show_neighbours(base / "shards-random")
     for seed in seeds:
         for method in emoji_demo.COMPARED:
-            _train(base, method, choices[method].point, seed)
+            _train(base, method, choices[method].point, seed, kept)
     runs = study.evaluate(base, CORPUS)["runs"]
     table = json.loads(RESULTS.read_text()).get(CORPUS, {}) if RESULTS.exists() else {}
     emoji_demo.report(runs, seeds[0], table, choices, regime)
@@ -130,16 +132,19 @@ def demo(root: Path, seeds: list[int]) -> None:
           "nearest training images)")
 
 
-def report(root: Path, out: Path = RESULTS) -> None:
+def report(root: Path, kept: Path | None = None, out: Path = RESULTS) -> None:
     if not (root / CORPUS).is_dir():
         raise PlanError(f"no run of the plan under {root / CORPUS}")
     results = {base.name: study.evaluate(base, CORPUS) for base in sorted((root / CORPUS).iterdir())
-               if base.name in study.PLANNED and any((base / "runs").glob("*/done.json"))}
+               if base.name in study.PLANNED and any((base / "runs").glob(f"*/{plan.RUN_DONE}"))}
     if not results:
         raise PlanError(f"no finished run of the plan under {root / CORPUS}")
     for regime in results:
-        keep(root / CORPUS / regime)
+        if kept is not None:
+            keep(root / CORPUS / regime, kept)
     table = study.tabulate(root, {CORPUS: results})
+    if out.exists():  # the runs of OUT that ROOT lacks stay (e.g. those made before runs were kept)
+        table = study.merge(json.loads(out.read_text()), table)
     runs = sorted({m for regime in table[CORPUS].values() for m in regime})
     study.write_report(table, runs, out)
     study_plots.grid_scatter(table[CORPUS].get(study.regime_name(plan.VALIDATION, plan.GRID_STEPS), {}),
@@ -148,14 +153,20 @@ def report(root: Path, out: Path = RESULTS) -> None:
 
 
 def keep(base: Path, kept: Path = KEPT) -> None:
-    """Every evaluated run of regime `base` not yet in KEPT/REGIME/, its records copied there (atomic, RUN_DONE
-    last: a copy cut short is not a kept run and is made again)."""
+    """Every evaluated run of regime `base` not yet whole in KEPT/REGIME/, its records copied there: METRICS, its
+    EVALUATION less the class similarity matrices (the data of its heatmaps, which no table reads; 99 x 99 twice)
+    and, last, RUN_DONE; each atomic, so that a copy cut short is not a kept run and is made again."""
+    remove_temporaries(kept)
     for done in sorted((base / "runs").glob(f"*/{plan.RUN_DONE}")):
         run, evaluation = done.parent, base / "eval" / done.parent.name / plan.EVALUATION
         target = kept / base.name / run.name
-        if evaluation.exists() and not (target / plan.RUN_DONE).exists():
-            _copy([(run / METRICS, target / METRICS), (evaluation, target / plan.EVALUATION),
-                   (done, target / plan.RUN_DONE)])
+        if evaluation.exists() and not _whole(target):
+            _copy([(run / METRICS, target / METRICS)])
+            results = json.loads(evaluation.read_text())
+            write_json_atomic(target / plan.EVALUATION, {**results, "runs": {
+                name: {k: v for k, v in entry.items() if k != "class_similarity"}
+                for name, entry in results["runs"].items()}})
+            _copy([(done, target / plan.RUN_DONE)])
 
 
 def restore(root: Path, kept: Path = KEPT) -> None:
@@ -164,10 +175,16 @@ def restore(root: Path, kept: Path = KEPT) -> None:
     for done in sorted(kept.glob(f"*/*/{plan.RUN_DONE}")):
         record, regime = done.parent, root / CORPUS / done.parent.parent.name
         run = regime / "runs" / record.name
-        if not (run / plan.RUN_DONE).exists():
+        if _whole(record) and not (run / plan.RUN_DONE).exists():
             _copy([(record / METRICS, run / METRICS),
                    (record / plan.EVALUATION, regime / "eval" / record.name / plan.EVALUATION),
                    (done, run / plan.RUN_DONE)])
+
+
+def _whole(record: Path) -> bool:
+    """A kept record is whole when its RUN_DONE and its EVALUATION are there (a copy cut short, or a record committed
+    in part, is neither restored nor left as it is)."""
+    return (record / plan.RUN_DONE).exists() and (record / plan.EVALUATION).exists()
 
 
 def _copy(pairs: list[tuple[Path, Path]]) -> None:
@@ -177,7 +194,7 @@ def _copy(pairs: list[tuple[Path, Path]]) -> None:
             write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
 
 
-def _train(base: Path, method: str, point: plan.Point, seed: int) -> None:
+def _train(base: Path, method: str, point: plan.Point, seed: int, kept: Path | None) -> None:
     """One run of `method` at `point` on a regime's random-order shards, by the method's trainer (cached), then
     evaluated and kept (`keep`)."""
     spec, name, regime = plan.METHODS[method], plan.run_name(method, point), study.CORPORA[CORPUS][base.name]
@@ -187,17 +204,19 @@ def _train(base: Path, method: str, point: plan.Point, seed: int) -> None:
     else:
         study.train(base, CORPUS, name, "random", [*spec.args, *point.args], seed)
     study.evaluate(base, CORPUS)
-    keep(base)
+    if kept is not None:
+        keep(base, kept)
 
 
-def _floors(base: Path, seeds: list[int], floors: Iterable[str]) -> None:
+def _floors(base: Path, seeds: list[int], floors: Iterable[str], kept: Path | None) -> None:
     """The untrained backbones (lr 0) named in `floors` (plan.FLOORS: the convnet, open_clip's image tower)."""
     for name in floors:
         for seed in seeds:
             study.train(base, CORPUS, name, "random", [*study.METHODS[plan.FLOOR][1], *plan.FLOORS[name]], seed,
                         FLOOR_STEPS)
     study.evaluate(base, CORPUS)
-    keep(base)
+    if kept is not None:
+        keep(base, kept)
 
 
 def _last_quarter_gain(run: Path) -> float | None:

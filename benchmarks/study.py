@@ -246,13 +246,15 @@ def evaluate(base: Path, corpus: str) -> dict:
     for run in sorted(done.parent for done in (base / "runs").glob(f"*/{RUN_DONE}")):
         out = base / "eval" / run.name
         if not (out / EVALUATION).exists():  # the judge's tars and database are needed only here
+            if not (run / CHECKPOINTS / LATEST).exists():  # a run restored from its records (emoji_stages.restore)
+                sys.exit(f"Error: {run} has no {CHECKPOINTS}/{LATEST} to evaluate: restore {out / EVALUATION} too")
             judge = judged_by(base, corpus)
             tars, train = judge / "tars", _database(judge, CORPORA[corpus][judge.name])
             sh(str(BIN / "xclr-eval"), str(run / CHECKPOINTS / LATEST),
                *[a.format(tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
         results = json.loads((out / EVALUATION).read_text())
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
-    (base / "eval" / EVALUATION).write_text(json.dumps(merged, indent=2) + "\n")
+    write_json_atomic(base / "eval" / EVALUATION, merged)
     return merged
 
 
@@ -371,14 +373,16 @@ def run_plan(opts: argparse.Namespace) -> None:
     import emoji_stages as stages
     import openclip_clip
 
-    stage = {"grid": lambda: stages.grid(opts.root), "budget": lambda: stages.budget(opts.root),
-             "matrix": lambda: stages.matrix(opts.root, opts.seeds, opts.preset),
-             "captions": lambda: stages.ablation(opts.root, opts.seeds, "tags"),
-             "low": lambda: stages.ablation(opts.root, opts.seeds, "low"),
-             "demo": lambda: stages.demo(opts.root, opts.seeds),
-             "report": lambda: stages.report(opts.root)}[opts.plan]
+    kept = stages.KEPT if opts.keep else None
+    stage = {"grid": lambda: stages.grid(opts.root, kept), "budget": lambda: stages.budget(opts.root, kept),
+             "matrix": lambda: stages.matrix(opts.root, opts.seeds, opts.preset, kept),
+             "captions": lambda: stages.ablation(opts.root, opts.seeds, "tags", kept),
+             "low": lambda: stages.ablation(opts.root, opts.seeds, "low", kept),
+             "demo": lambda: stages.demo(opts.root, opts.seeds, kept),
+             "report": lambda: stages.report(opts.root, kept)}[opts.plan]
     try:
-        stages.restore(opts.root)
+        if kept is not None:
+            stages.restore(opts.root, kept)
         stage()
     except (stages.PlanError, openclip_clip.OpenClipError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -400,6 +404,9 @@ def main() -> None:
     parser.add_argument("--plan", choices=["grid", "budget", "matrix", "captions", "low", "demo", "report"],
                         default=None, help="Run a stage of the emoji study's plan instead (benchmarks/emoji_stages.py);"
                                            " --seeds for matrix, captions, low and demo.")
+    parser.add_argument("--keep", action="store_true",
+                        help="--plan: keep each evaluated run's records in the repository (emoji_stages.KEPT: the "
+                             "project's own study) and first restore the kept runs ROOT lacks.")
     parser.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
                         help="--plan matrix: the CPU regimes (convnet at 32 px, the frozen budget) or the GPU ones "
                              "(ResNet-18 at 64 px, batch 256, 2,000 steps).")
@@ -420,7 +427,7 @@ def main() -> None:
                     train(base, corpus, name, layout, args, seed)
             evaluate(base, corpus)
     results: dict[str, dict[str, dict]] = {}
-    for done in sorted(opts.root.glob("*/*/eval/results.json")):
+    for done in sorted(opts.root.glob(f"*/*/eval/{EVALUATION}")):
         results.setdefault(done.parts[-4], {})[done.parts[-3]] = json.loads(done.read_text())
     table = tabulate(opts.root, results)
     write_report(table, [*METHODS, *SWEEP], opts.root / "results.json")

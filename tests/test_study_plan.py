@@ -120,35 +120,54 @@ def test_the_verdict_names_a_method_only_beyond_welchs_95_percent_quantile():
 
 def test_kept_runs_are_restored_on_another_machine_as_finished_and_evaluated(tmp_path):
     """emoji_stages.keep / restore: a root's evaluated runs kept (records only) come back in a fresh root, where
-    study.train reuses them and study.evaluate reads them without any checkpoint; a kept copy cut short before its
-    RUN_DONE, and a run not yet evaluated, are not restored."""
+    study.train reuses them, study.evaluate reads them without any checkpoint and the report merges them into the
+    tables beside the runs those had; a kept copy cut short before its RUN_DONE or without its evaluation, and a run
+    not yet evaluated, are not restored."""
     import emoji_stages
 
     regime = study.regime_name(plan.TEST[0], plan.BUDGET_LONG)
     base, kept = tmp_path / "a" / "emoji" / regime, tmp_path / "kept"
-    runs = {"xclr@lr0.002-s0": 0.55, "simclr@lr0.002-s0": 0.49}
+    runs = {"xclr@lr0.002-s0": 0.55, "simclr@lr0.002-s0": 0.49, "supcon@lr0.002-s0": 0.5}
     for name, knn in runs.items():
         (base / "runs" / name).mkdir(parents=True)
         (base / "runs" / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "graph_hits": 3.0}) + "\n")
         (base / "runs" / name / plan.RUN_DONE).write_text('{"wall_s": 1}\n')
         (base / "eval" / name).mkdir(parents=True)
-        (base / "eval" / name / plan.EVALUATION).write_text(json.dumps({"runs": {name: {"metrics": {"knn": knn}}}}))
-    (base / "runs" / "supcon@lr0.002-s0").mkdir()  # trained, not evaluated: not kept
-    (base / "runs" / "supcon@lr0.002-s0" / plan.RUN_DONE).write_text('{"wall_s": 1}\n')
+        (base / "eval" / name / plan.EVALUATION).write_text(
+            json.dumps({"runs": {name: {"metrics": {plan.PRIMARY: knn, "caption_alignment": 0.2},
+                                        "class_similarity": {"learned": [[1.0]], "target": [[1.0]]}}}}))
+    (base / "runs" / "clip@lr0.002-s0").mkdir()  # trained, not evaluated: not kept
+    (base / "runs" / "clip@lr0.002-s0" / plan.RUN_DONE).write_text('{"wall_s": 1}\n')
     emoji_stages.keep(base, kept)
     assert sorted(p.name for p in (kept / regime).iterdir()) == sorted(runs)
     assert sorted(p.name for p in (kept / regime / "xclr@lr0.002-s0").iterdir()) == sorted(
         ["metrics.jsonl", plan.EVALUATION, plan.RUN_DONE])
     (kept / regime / "simclr@lr0.002-s0" / plan.RUN_DONE).unlink()  # as if killed mid-copy
+    (kept / regime / "supcon@lr0.002-s0" / plan.EVALUATION).unlink()  # as if committed in part
 
     fresh = tmp_path / "b"
     emoji_stages.restore(fresh, kept)
     restored = fresh / "emoji" / regime
     assert study.train(restored, "emoji", "xclr@lr0.002", "random", [], 0) == restored / "runs" / "xclr@lr0.002-s0"
-    assert not (restored / "runs" / "simclr@lr0.002-s0" / plan.RUN_DONE).exists()
-    assert study.evaluate(restored, "emoji")["runs"] == {"xclr@lr0.002-s0": {"metrics": {"knn": 0.55}}}
+    assert sorted(p.name for p in (restored / "runs").iterdir()) == ["xclr@lr0.002-s0"]
+    assert study.evaluate(restored, "emoji")["runs"] == {
+        "xclr@lr0.002-s0": {"metrics": {plan.PRIMARY: 0.55, "caption_alignment": 0.2}}}
     table = study.tabulate(fresh, {"emoji": {regime: study.evaluate(restored, "emoji")}})
-    assert table["emoji"][regime]["xclr@lr0.002"] == {"knn": [0.55], "graph_hits": [3.0], "seed": [0]}
-    emoji_stages.keep(base, kept)  # the copy cut short is made again
+    assert table["emoji"][regime]["xclr@lr0.002"] == {plan.PRIMARY: [0.55], "caption_alignment": [0.2],
+                                                      "graph_hits": [3.0], "seed": [0]}
+
+    emoji_stages.keep(base, kept)  # the copies cut short are made again
     emoji_stages.restore(fresh, kept)
     assert sorted(study.evaluate(restored, "emoji")["runs"]) == sorted(runs)
+    out = tmp_path / "results.json"
+    grid = study.regime_name(plan.VALIDATION, plan.GRID_STEPS)
+    out.write_text(json.dumps({"emoji": {grid: {"xclr@lr0.002": {plan.PRIMARY: [0.5], "caption_alignment": [0.1],
+                                                                 "seed": [0]}},
+                                         regime: {"xclr@lr0.002": {plan.PRIMARY: [0.4, 0.6], "seed": [0, 1]}}}}))
+    emoji_stages.report(fresh, out=out)
+    merged = json.loads(out.read_text())["emoji"]
+    assert merged[grid] == {"xclr@lr0.002": {plan.PRIMARY: [0.5], "caption_alignment": [0.1], "seed": [0]}}  # stays
+    assert (tmp_path / "results-plots" / "grid.png").is_file()  # the grid drawn from the merged tables
+    assert merged[regime]["xclr@lr0.002"][plan.PRIMARY] == [0.6, 0.55]  # seed 0 the root's, seed 1 kept
+    assert merged[regime]["xclr@lr0.002"]["seed"] == [1, 0]
+    assert merged[regime]["simclr@lr0.002"][plan.PRIMARY] == [0.49]
