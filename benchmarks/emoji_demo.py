@@ -4,8 +4,8 @@ Its setting: Twitter held out (DEMO_HELDOUT), GRID_STEPS steps, X-CLR and SimCLR
 trained and evaluated exactly as the study's runs (`study.train`, `study.evaluate`), so that its figures are the
 study's seed 0 of that setting again. (The rotation was fixed with the plan, before any test-rotation run of the
 plan, but after the superseded study had run on both test rotations; the demo therefore prints the study's verdict
-for both at its budget, where the study has them: the matrix's runs if the frozen budget is GRID_STEPS, else the
-demo stage's Twitter runs only.)
+for its own setting, from the demo stage's seeds, and for both test rotations at the frozen budget, from the
+matrix's: `settings`.)
 
 The verdict is the study's, over its seeds of a setting (benchmarks/results/emoji-study.json), on the primary metric
 (subcategory kNN; the other metrics are shown, not judged): with d the mean difference X-CLR - SimCLR and Welch's
@@ -94,16 +94,23 @@ def report(runs: dict[str, dict], seed: int, study_table: dict, choices: dict[st
         print(f"{column_name(key):24} {x:7.3f} {s:7.3f} {x - s:+7.3f}   "
               + ", ".join(_mean_sd(study_runs[m].get(key, [])) for m in COMPARED))
     print(f"\nThe study's verdict on {column_name(plan.PRIMARY)} (Welch's t over its seeds, 95%):")
-    for vendor in plan.TEST:
-        per_run = study_table.get(study.regime_name(vendor, plan.GRID_STEPS), {})
+    for vendor, steps in settings():
+        per_run = study_table.get(study.regime_name(vendor, steps), {})
         xs, ss = (per_run.get(choices[m].run, {}).get(plan.PRIMARY, []) for m in COMPARED)
         if min(len(xs), len(ss)) < MIN_SEEDS:
-            print(f"  {vendor} held out: the study has {min(len(xs), len(ss))} seeds of it at {plan.GRID_STEPS} steps, "
-                  f"fewer than {MIN_SEEDS}: no verdict at this budget (docs/emoji-study.md)")
+            print(f"  {vendor} held out, {steps} steps: the study has {min(len(xs), len(ss))} seeds of it, fewer than "
+                  f"{MIN_SEEDS}: no verdict (docs/emoji-study.md)")
             continue
         v = verdict(xs, ss)
-        print(f"  {vendor} held out: {v.says} (X-CLR - SimCLR {v.diff:+.3f}, t = {v.t:.1f}, 95% at {v.critical:.1f};"
-              f" {len(xs)} and {len(ss)} seeds)")
+        print(f"  {vendor} held out, {steps} steps: {v.says} (X-CLR - SimCLR {v.diff:+.3f}, t = {v.t:.1f}, 95% at "
+              f"{v.critical:.1f}; {len(xs)} and {len(ss)} seeds)")
+
+
+def settings() -> list[tuple[str, int]]:
+    """The settings whose verdict the main job prints: its own (DEMO_HELDOUT at GRID_STEPS, the demo stage's runs),
+    then every test rotation at the frozen budget (the matrix's runs), as (held-out vendor, steps)."""
+    budget = plan.load_budget() or plan.GRID_STEPS
+    return list(dict.fromkeys([(DEMO_HELDOUT, plan.GRID_STEPS), *((v, budget) for v in plan.TEST)]))
 
 
 def _mean_sd(values: list[float]) -> str:

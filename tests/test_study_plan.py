@@ -171,3 +171,27 @@ def test_kept_runs_are_restored_on_another_machine_as_finished_and_evaluated(tmp
     assert merged[regime]["xclr@lr0.002"][plan.PRIMARY] == [0.6, 0.55]  # seed 0 the root's, seed 1 kept
     assert merged[regime]["xclr@lr0.002"]["seed"] == [1, 0]
     assert merged[regime]["simclr@lr0.002"][plan.PRIMARY] == [0.49]
+
+
+def test_the_main_job_prints_the_verdict_of_its_own_setting_and_of_the_matrix_at_the_frozen_budget(capsys):
+    """emoji_demo.report: the demo's rotation at GRID_STEPS (the demo stage's seeds) and each test rotation at the
+    frozen budget (the matrix's); a setting with fewer than MIN_SEEDS seeds gets no verdict."""
+    choices = plan.load_choices()
+    budget = plan.load_budget()
+    assert budget is not None and budget != plan.GRID_STEPS  # frozen at BUDGET_LONG: the settings differ
+    metrics = {key: 0.5 for key in emoji_demo.SHOWN}
+    runs = {f"{choices[m].run}-s0": {"metrics": metrics} for m in emoji_demo.COMPARED}
+    knn = {"xclr": [0.53, 0.54, 0.535], "simclr": [0.49, 0.50, 0.495]}
+    table = {study.regime_name(emoji_demo.DEMO_HELDOUT, plan.GRID_STEPS):
+             {choices[m].run: {plan.PRIMARY: knn[m]} for m in emoji_demo.COMPARED},
+             study.regime_name(plan.TEST[0], budget):
+             {choices[m].run: {plan.PRIMARY: knn[m][:2]} for m in emoji_demo.COMPARED}}
+    emoji_demo.report(runs, 0, table, choices, study.regime_name(emoji_demo.DEMO_HELDOUT, plan.GRID_STEPS))
+    lines = capsys.readouterr().out.splitlines()
+    verdicts = lines[lines.index(next(x for x in lines if x.startswith("The study's verdict"))) + 1:]
+    assert [line.split(":")[0].strip() for line in verdicts] == [
+        f"{emoji_demo.DEMO_HELDOUT} held out, {plan.GRID_STEPS} steps",
+        *(f"{v} held out, {budget} steps" for v in plan.TEST)]
+    assert "X-CLR ahead (X-CLR - SimCLR +0.040" in verdicts[0]
+    assert "has 2 seeds of it, fewer than 3: no verdict" in verdicts[1]
+    assert "has 0 seeds of it" in verdicts[2]
