@@ -96,7 +96,7 @@ def nearest_images(queries: list, neighbours: dict[str, list[list]], same: dict[
         top.set_title(captions[q][:28], fontsize=6)
         for r, run in enumerate(runs):
             row = axes[q * len(runs) + r]
-            row[1].text(-0.15, 0.5, run, transform=row[1].transAxes, ha="right", va="center", fontsize=7)
+            row[1].set_title(run, fontsize=6, loc="left")  # above its row: a run name can be longer than a column
             for n, image in enumerate(neighbours[run][q]):
                 row[n + 1].imshow(image)
                 row[n + 1].set_axis_on()
