@@ -11,7 +11,7 @@ The verdict is the study's, over its seeds of a setting (benchmarks/results/emoj
 (subcategory kNN; the other metrics are shown, not judged): with d the mean difference X-CLR - SimCLR and Welch's
 t = d / se, se = sqrt(s_x^2 / n_x + s_s^2 / n_s) from the seeds' sample variances, a method is ahead when |t| exceeds
 the two-sided 95% quantile of Student's t at Welch's degrees of freedom, else the two are level within seed noise.
-Each rotation's verdict is its own test at 95% (not a joint claim over both). Without MIN_SEEDS seeds of a setting in
+Each setting's verdict is its own test at 95% (not a joint claim over them). Without MIN_SEEDS seeds of a setting in
 the study, it says so and prints no verdict.
 """
 
@@ -83,7 +83,7 @@ def show_neighbours(shards: Path, shown: int = 4, k: int = 3) -> None:
 def report(runs: dict[str, dict], seed: int, study_table: dict, choices: dict[str, plan.Choice],
            regime: str) -> None:
     """Print this run's X-CLR and SimCLR figures (seed `seed`) beside the study's seeds of `regime`, then the study's
-    verdict on the primary metric for every test rotation at this budget."""
+    verdict on the primary metric for each of `settings()`."""
     mine = {m: runs[f"{choices[m].run}-s{seed}"]["metrics"] for m in COMPARED}
     study_runs = {m: study_table.get(regime, {}).get(choices[m].run, {}) for m in COMPARED}
     print(f"\n{DEMO_HELDOUT} held out, {plan.GRID_STEPS} steps: this run (seed {seed}) and the study's seeds "
@@ -108,9 +108,11 @@ def report(runs: dict[str, dict], seed: int, study_table: dict, choices: dict[st
 
 def settings() -> list[tuple[str, int]]:
     """The settings whose verdict the main job prints: its own (DEMO_HELDOUT at GRID_STEPS, the demo stage's runs),
-    then every test rotation at the frozen budget (the matrix's runs), as (held-out vendor, steps)."""
-    budget = plan.load_budget() or plan.GRID_STEPS
-    return list(dict.fromkeys([(DEMO_HELDOUT, plan.GRID_STEPS), *((v, budget) for v in plan.TEST)]))
+    then every test rotation at the frozen budget (the matrix's runs; none before the budget is frozen), as
+    (held-out vendor, steps)."""
+    budget = plan.load_budget()
+    matrix = [(v, budget) for v in plan.TEST] if budget is not None else []
+    return list(dict.fromkeys([(DEMO_HELDOUT, plan.GRID_STEPS), *matrix]))
 
 
 def _mean_sd(values: list[float]) -> str:

@@ -139,8 +139,8 @@ def report(root: Path, kept: Path | None = None, out: Path = RESULTS) -> None:
                if base.name in study.PLANNED and any((base / "runs").glob(f"*/{plan.RUN_DONE}"))}
     if not results:
         raise PlanError(f"no finished run of the plan under {root / CORPUS}")
-    for regime in results:
-        if kept is not None:
+    if kept is not None:
+        for regime in results:
             keep(root / CORPUS / regime, kept)
     table = study.tabulate(root, {CORPUS: results})
     if out.exists():  # the runs of OUT that ROOT lacks stay (e.g. those made before runs were kept)
@@ -156,11 +156,11 @@ def keep(base: Path, kept: Path = KEPT) -> None:
     """Every evaluated run of regime `base` not yet whole in KEPT/REGIME/, its records copied there: METRICS, its
     EVALUATION less the class similarity matrices (the data of its heatmaps, which no table reads; 99 x 99 twice)
     and, last, RUN_DONE; each atomic, so that a copy cut short is not a kept run and is made again."""
-    remove_temporaries(kept)
+    remove_temporaries(kept / base.name)  # this regime's only: another stage may be keeping another regime
     for done in sorted((base / "runs").glob(f"*/{plan.RUN_DONE}")):
         run, evaluation = done.parent, base / "eval" / done.parent.name / plan.EVALUATION
         target = kept / base.name / run.name
-        if evaluation.exists() and not _whole(target):
+        if evaluation.exists() and not _whole(target, metrics=(run / METRICS).exists()):
             _copy([(run / METRICS, target / METRICS)])
             results = json.loads(evaluation.read_text())
             write_json_atomic(target / plan.EVALUATION, {**results, "runs": {
@@ -181,10 +181,11 @@ def restore(root: Path, kept: Path = KEPT) -> None:
                    (done, run / plan.RUN_DONE)])
 
 
-def _whole(record: Path) -> bool:
-    """A kept record is whole when its RUN_DONE and its EVALUATION are there (a copy cut short, or a record committed
-    in part, is neither restored nor left as it is)."""
-    return (record / plan.RUN_DONE).exists() and (record / plan.EVALUATION).exists()
+def _whole(record: Path, metrics: bool = False) -> bool:
+    """A kept record is whole when its RUN_DONE and its EVALUATION are there, and its METRICS where `metrics` (the
+    run has them; open_clip's runs do not): a copy cut short, or a record committed in part, is neither restored nor
+    left as it is."""
+    return all((record / name).exists() for name in (plan.RUN_DONE, plan.EVALUATION, *([METRICS] if metrics else [])))
 
 
 def _copy(pairs: list[tuple[Path, Path]]) -> None:

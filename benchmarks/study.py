@@ -30,7 +30,7 @@ seed, into the committed summary (study.md and study-plots/ beside it).
 
     .venv/bin/python benchmarks/study.py --root runs/study [--corpora emoji] [--regimes heldout-openmoji]
         [--seeds 0 1 2] [--sweep] [--methods ...] [--add-to benchmarks/results/study.json]
-    .venv/bin/python benchmarks/study.py --root runs/emoji-study --plan STAGE [--seeds 0 1 2] [--preset gpu]
+    .venv/bin/python benchmarks/study.py --root runs/emoji-study --plan STAGE [--keep] [--seeds 0 1 2] [--preset gpu]
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from xclr_schemas.names import CHECKPOINTS, GRAPH, LATEST, MANIFEST, METRICS
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-RUN_DONE, EVALUATION = plan.RUN_DONE, plan.EVALUATION
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
           steps: int | None = None) -> Path:
     """Train run NAME-sSEED of a regime (its steps, or `steps`), unless it is done; returns its directory."""
     run = base / "runs" / f"{name}-s{seed}"
-    if (run / RUN_DONE).exists():
+    if (run / plan.RUN_DONE).exists():
         return run
     spec = CORPORA[corpus][base.name]
     steps = steps or spec.steps
@@ -234,7 +233,7 @@ def train(base: Path, corpus: str, name: str, layout: str, args: list[str], seed
        "--augment", spec.augment, "--batch-size", str(spec.batch), "--steps", str(steps),
        "--samples-per-epoch", str(steps * spec.batch),
        "--seed", str(seed), *curve, *resume)
-    write_json_atomic(run / RUN_DONE, {"wall_s": time.perf_counter() - start})
+    write_json_atomic(run / plan.RUN_DONE, {"wall_s": time.perf_counter() - start})
     return run
 
 
@@ -243,18 +242,19 @@ def evaluate(base: Path, corpus: str) -> dict:
     ROOT/.../eval/results.json."""
     spec = CORPORA[corpus][base.name]
     merged: dict = {}
-    for run in sorted(done.parent for done in (base / "runs").glob(f"*/{RUN_DONE}")):
+    for run in sorted(done.parent for done in (base / "runs").glob(f"*/{plan.RUN_DONE}")):
         out = base / "eval" / run.name
-        if not (out / EVALUATION).exists():  # the judge's tars and database are needed only here
-            if not (run / CHECKPOINTS / LATEST).exists():  # a run restored from its records (emoji_stages.restore)
-                sys.exit(f"Error: {run} has no {CHECKPOINTS}/{LATEST} to evaluate: restore {out / EVALUATION} too")
+        if not (out / plan.EVALUATION).exists():  # the judge's tars and database are needed only here
+            # a run restored from its records (emoji_stages.restore); PlanError lives above this module
+            if not (run / CHECKPOINTS / LATEST).exists():
+                sys.exit(f"Error: {run} has no {CHECKPOINTS}/{LATEST} to evaluate: restore {out / plan.EVALUATION} too")
             judge = judged_by(base, corpus)
             tars, train = judge / "tars", _database(judge, CORPORA[corpus][judge.name])
             sh(str(BIN / "xclr-eval"), str(run / CHECKPOINTS / LATEST),
                *[a.format(tars=tars, train=train) for a in spec.evaluate], "--out", str(out))
-        results = json.loads((out / EVALUATION).read_text())
+        results = json.loads((out / plan.EVALUATION).read_text())
         merged = {**results, "runs": {**merged.get("runs", {}), **results["runs"]}}
-    write_json_atomic(base / "eval" / EVALUATION, merged)
+    write_json_atomic(base / "eval" / plan.EVALUATION, merged)
     return merged
 
 
@@ -427,7 +427,7 @@ def main() -> None:
                     train(base, corpus, name, layout, args, seed)
             evaluate(base, corpus)
     results: dict[str, dict[str, dict]] = {}
-    for done in sorted(opts.root.glob(f"*/*/eval/{EVALUATION}")):
+    for done in sorted(opts.root.glob(f"*/*/eval/{plan.EVALUATION}")):
         results.setdefault(done.parts[-4], {})[done.parts[-3]] = json.loads(done.read_text())
     table = tabulate(opts.root, results)
     write_report(table, [*METHODS, *SWEEP], opts.root / "results.json")

@@ -46,11 +46,11 @@ LEARNED_TEMPERATURE_LRS = (2.5e-4, 5e-4, 1e-3, 2e-3)
 TEMPERATURES = (("--tau", "0.1"), ("--tau", "0.2"))
 TARGETS = (("--tau-s", "0.1"), ("--tau-s", "0.3", "--floor", "none"))
 CHOICES = Path(__file__).resolve().parent / "results" / "emoji-choices.json"
+BUDGET = CHOICES.with_name("emoji-budget.json")
 # A study run's records, whichever trainer made it: ROOT/CORPUS/REGIME/runs/RUN/RUN_DONE (written last, with the run's
 # wall time) and ROOT/CORPUS/REGIME/eval/RUN/EVALUATION (its xclr-eval results; eval/EVALUATION: all runs merged).
 RUN_DONE = "done.json"
 EVALUATION = "results.json"
-BUDGET = CHOICES.with_name("emoji-budget.json")
 
 
 @dataclass(frozen=True)
